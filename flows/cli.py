@@ -1,0 +1,141 @@
+"""The `novi-mailman` command line: save credentials, check connections, plan and sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tasks.planner import ACTIONS
+
+app = typer.Typer(help="Keep Mailman 3 lists in step with Novi AMS membership.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+out = Console()
+
+EXIT_FAILED, EXIT_REFUSED = 1, 3
+
+NoviBlock = Annotated[str, typer.Option(help="Name of the saved NoviCredentials block.")]
+MailmanBlock = Annotated[str, typer.Option(help="Name of the saved MailmanCredentials block.")]
+RulesOpt = Annotated[Optional[str], typer.Option("--rules", help="Routing rules file (YAML).")]
+BatchSize = Annotated[int, typer.Option(help="Changes per batch task (1-500).")]
+Workers = Annotated[int, typer.Option(help="Tasks in flight at once (1-8).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
+ListOpt = Annotated[Optional[str], typer.Option("--list", help="One list id, every default rule (instead of --rules).")]
+
+
+def _secret(env_var: str, prompt: str) -> str:
+    """A secret from the environment or a hidden prompt; never from a flag, never echoed."""
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise typer.BadParameter(f"set {env_var} (no terminal to prompt on)")
+    return typer.prompt(prompt, hide_input=True)
+
+
+@app.command()
+def blocks(
+    novi_url: Annotated[str, typer.Option(help="Novi site URL, e.g. https://www.example.org")],
+    mailman_url: Annotated[str, typer.Option(help="Mailman REST URL, e.g. http://127.0.0.1:8001")],
+    mailman_user: Annotated[str, typer.Option(help="Mailman REST admin user.")] = "restadmin",
+    novi_block: NoviBlock = "novi",
+    mailman_block: MailmanBlock = "mailman",
+) -> None:
+    """Save both credentials as Prefect blocks (secrets from NOVI_API_KEY / MAILMAN_PASSWORD or a prompt)."""
+    from tasks.blocks import MailmanCredentials, NoviCredentials
+
+    api_key = _secret("NOVI_API_KEY", "Novi API key")
+    password = _secret("MAILMAN_PASSWORD", "Mailman REST password")
+    NoviCredentials(site_url=novi_url, api_key=api_key).save(novi_block, overwrite=True)
+    MailmanCredentials(rest_url=mailman_url, username=mailman_user, password=password).save(
+        mailman_block, overwrite=True)
+    err.print(f"Saved NoviCredentials '{novi_block}' and MailmanCredentials '{mailman_block}'.")
+
+
+@app.command()
+def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman",
+          rules: RulesOpt = None) -> None:
+    """Test both connections: Novi's member total, Mailman's version and lists."""
+    from tasks.blocks import MailmanCredentials, NoviCredentials
+    from tasks.errors import SyncError
+    from tasks.rules import load_rules
+
+    try:
+        total = NoviCredentials.load(novi_block).get_client().member_total()
+        out.print(f"Novi: connected, {total:,} member records")
+        mailman = MailmanCredentials.load(mailman_block).get_client()
+        version = mailman.version()
+        lists = mailman.list_ids()
+        out.print(f"Mailman {version}: connected, {len(lists)} lists: {', '.join(lists) or '(none)'}")
+        if rules:
+            missing = [r.list_id for r in load_rules(rules).lists if r.list_id not in lists]
+            if missing:
+                raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
+            out.print(f"Rules {rules}: every list exists")
+    except (SyncError, ValueError) as exc:
+        err.print(f"[red]check failed:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
+         batch_size: int, workers: int, as_json: bool) -> None:
+    from flows.sync import sync_lists
+    from tasks.errors import GuardRefused
+
+    state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
+                       dry_run=dry_run, batch_size=batch_size, workers=workers, return_state=True)
+    if state.is_completed():
+        summary, code = state.result(), 0
+    else:
+        exc = state.result(raise_on_failure=False)
+        summary = getattr(exc, "summary", None) or {"state": "failed", "message": str(exc)}
+        code = EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        _show(summary)
+    raise typer.Exit(code)
+
+
+def _show(summary: dict) -> None:
+    colour = {"completed": "green", "refused": "yellow"}.get(summary.get("state"), "red")
+    if summary.get("lists"):
+        table = Table(title="Dry run: nothing written" if summary.get("dry_run") else "Sync")
+        for column in ["list", "eligible", "on roster", "in step", *ACTIONS, "failed"]:
+            table.add_column(column, justify="left" if column == "list" else "right")
+        for item in summary["lists"]:
+            table.add_row(item["list_id"], f"{item['eligible']:,}", f"{item['roster']:,}", f"{item['in_step']:,}",
+                          *[f"{item['changes'][a]:,}" for a in ACTIONS], f"{item['outcomes'].get('failed', 0):,}")
+        out.print(table)
+        out.print(f"Novi members: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,}")
+        if summary.get("plan_csv"):
+            out.print(f"Full plan: {summary['plan_csv']}")
+    out.print(f"[{colour}]{summary.get('message')}[/{colour}]")
+
+
+@app.command()
+def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
+         mailman_block: MailmanBlock = "mailman",
+         batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
+         ) -> None:
+    """Dry run: read both sides, plan and report; write nothing to Mailman."""
+    _run(True, rules, list_id, novi_block, mailman_block, batch_size, workers, as_json)
+
+
+@app.command()
+def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
+         mailman_block: MailmanBlock = "mailman",
+         batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
+         ) -> None:
+    """Apply: bring every list in the rules in step with Novi."""
+    _run(False, rules, list_id, novi_block, mailman_block, batch_size, workers, as_json)
+
+
+if __name__ == "__main__":
+    app()

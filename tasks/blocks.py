@@ -1,0 +1,54 @@
+"""Credentials blocks: saved once, loaded by name, each returning a ready client."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+from tasks.mailman import MailmanClient, rest_base
+from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NoviClient, api_base
+
+
+class NoviCredentials(Block):
+    """A Novi AMS site and an API key for it (Settings → Advanced → API Keys)."""
+
+    _block_type_name = "Novi Credentials"
+    _block_type_slug = "novi-credentials"  # fixed: renaming it would orphan saved blocks
+    _description = "Site URL and API key of a Novi AMS site, for novi-mailman."
+
+    site_url: str = Field(description="The site root, e.g. https://www.example.org (with or without /api).")
+    api_key: SecretStr = Field(description="The API key, exactly as Novi shows it.")
+    requests_per_second: float = Field(
+        default=DEFAULT_REQUESTS_PER_SECOND, gt=0, le=20,
+        description="Client-side cap; Novi reports 20/s and 600/min per key.")
+
+    @field_validator("site_url")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        api_base(value)  # raises ValueError with a readable message
+        return value.strip()
+
+    def get_client(self) -> NoviClient:
+        return NoviClient(self.site_url, self.api_key.get_secret_value(),
+                          requests_per_second=self.requests_per_second)
+
+
+class MailmanCredentials(Block):
+    """A Mailman 3 core's REST API and its admin login."""
+
+    _block_type_name = "Mailman Credentials"
+    _block_type_slug = "mailman-credentials"
+    _description = "REST URL and admin login of a GNU Mailman 3 core, for novi-mailman."
+
+    rest_url: str = Field(description="The core's REST root, e.g. http://127.0.0.1:8001 (with or without /3.1).")
+    username: str = Field(default="restadmin", description="[webservice] admin_user")
+    password: SecretStr = Field(description="[webservice] admin_pass")
+
+    @field_validator("rest_url")
+    @classmethod
+    def _rest(cls, value: str) -> str:
+        rest_base(value)
+        return value.strip()
+
+    def get_client(self) -> MailmanClient:
+        return MailmanClient(self.rest_url, self.username, self.password.get_secret_value())

@@ -1,0 +1,67 @@
+"""Typed failures of a sync. Messages never carry secrets or member addresses."""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of every failure this project raises on purpose."""
+
+
+class HTTPFailure(SyncError):
+    """A request that did not get the answer the API promises."""
+
+    def __init__(self, message: str, *, method: str, path: str, status: int | None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.path = path
+        self.status = status
+
+
+class TransientHTTPError(HTTPFailure):
+    """Worth retrying: 429, 5xx, a timeout or a refused connection."""
+
+    def __init__(self, message: str, *, method: str, path: str, status: int | None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, method=method, path=path, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentHTTPError(HTTPFailure):
+    """Retrying cannot help: a 4xx other than 429."""
+
+
+class CredentialsRefused(PermanentHTTPError):
+    """401/403: the API key or password was refused."""
+
+
+class UnexpectedResponse(SyncError):
+    """A 2xx whose body is not what the API documents (an HTML page, a wrong envelope)."""
+
+
+class IncompleteSweep(SyncError):
+    """A paged read that cannot be trusted to be whole; nothing may be planned from it."""
+
+
+class RulesError(SyncError):
+    """The routing rules file is missing or invalid."""
+
+
+class GuardRefused(SyncError):
+    """A safety guard stopped the run before any write."""
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class ChangesFailed(SyncError):
+    """Some planned changes failed after retries; the run must end Failed."""
+
+    def __init__(self, message: str, summary: dict | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a retry could succeed where this attempt failed."""
+    return isinstance(exc, TransientHTTPError)

@@ -1,0 +1,185 @@
+"""The one place that knows HTTP: session, timeouts, user agent, throttling and failure classes.
+
+Both clients (Novi, Mailman) send every request through `ApiSession.request`, which turns
+each failure into a typed error from `tasks.errors`: 429/5xx/timeouts/refused connections are
+transient, other 4xx permanent, 401/403 a refused credential. Messages carry the method, the
+status and a redacted path, never a query string, an address or a credential.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import threading
+import time
+from collections.abc import Callable, Collection
+from datetime import timezone
+from importlib.metadata import PackageNotFoundError, version
+from urllib.parse import urlsplit
+
+import requests
+
+from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse
+
+try:
+    USER_AGENT = f"novi-mailman/{version('novi-mailman')}"
+except PackageNotFoundError:  # running from a source tree that was never installed
+    USER_AGENT = "novi-mailman/dev"
+
+# (connect, read) seconds. Novi pages of 1,000 full records and Mailman mass unsubscribes of
+# 500 addresses take about a second; a minute of silence means the peer is stuck.
+DEFAULT_TIMEOUT = (10.0, 60.0)
+MAX_RETRY_AFTER = 300.0
+
+_ADDRESSY = re.compile(r"@|%40", re.IGNORECASE)
+
+
+def redact_path(url: str) -> str:
+    """The path of a URL with any segment that holds an address replaced, and no query."""
+    path = urlsplit(url).path or "/"
+    return "/".join("<address>" if _ADDRESSY.search(seg) else seg for seg in path.split("/"))
+
+
+def redact_text(text: str) -> str:
+    """Text from a peer (an error description) with anything address-like masked."""
+    return re.sub(r"\S+@\S+", "<address>", text)[:300]
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return min(max(0.0, when.timestamp() - now()), MAX_RETRY_AFTER)
+
+
+def _peer_reason(response: requests.Response) -> str:
+    """Mailman's `{"title", "description"}` (or any short text body), redacted."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        text = str(body.get("description") or body.get("title") or body.get("Message") or "")
+    else:
+        text = "" if "html" in response.headers.get("Content-Type", "") else response.text
+    return redact_text(text.strip())
+
+
+class Throttle:
+    """Spaces requests at least `interval` seconds apart across threads (a client-side rate limit)."""
+
+    def __init__(self, per_second: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / per_second if per_second else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            self._sleep(start - now)
+
+
+class ApiSession:
+    """A `requests.Session` bound to one base URL, with the project's failure classes."""
+
+    def __init__(self, base_url: str, *, headers: dict[str, str], auth: tuple[str, str] | None = None,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT, per_second: float | None = None,
+                 waits_on_429: int = 0, system: str = "peer",
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.system = system
+        self.timeout = timeout
+        self.waits_on_429 = waits_on_429
+        self.calls: dict[str, int] = {}
+        self._throttle = Throttle(per_second, sleep=sleep)
+        self._sleep = sleep
+        self._counter_lock = threading.Lock()
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **headers})
+        if auth is not None:
+            self.session.auth = auth
+
+    def __repr__(self) -> str:  # never show headers: they hold the key
+        return f"ApiSession({self.system} at {self.base_url})"
+
+    def _count(self, kind: str) -> None:
+        with self._counter_lock:
+            self.calls[kind] = self.calls.get(kind, 0) + 1
+
+    def request(self, method: str, path: str, *, kind: str, accept: Collection[int] = (),
+                **kwargs) -> requests.Response:
+        """Send one request; return a 2xx (or an `accept`ed status) or raise a typed error.
+
+        A 429 is waited out here (its Retry-After, else a growing pause) up to `waits_on_429`
+        times, since the peer asked for exactly that; every other retry belongs to the caller.
+        """
+        url = f"{self.base_url}/{path.lstrip('/')}"
+        where = redact_path(url)
+        for attempt in range(self.waits_on_429 + 1):
+            self._throttle.wait()
+            self._count(kind)
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            except requests.Timeout:
+                raise TransientHTTPError(
+                    f"{self.system}: {method} {where} timed out", method=method, path=where, status=None
+                ) from None
+            except requests.ConnectionError:
+                raise TransientHTTPError(
+                    f"{self.system}: {method} {where} could not connect", method=method, path=where,
+                    status=None,
+                ) from None
+            status = response.status_code
+            if status < 300 or status in accept:
+                return response
+            if status == 429 and attempt < self.waits_on_429:
+                delay = parse_retry_after(response.headers.get("Retry-After"))
+                self._sleep(delay if delay is not None else min(2.0 ** attempt, 60.0))
+                continue
+            raise self._failure(method, where, response)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _failure(self, method: str, where: str, response: requests.Response) -> Exception:
+        status = response.status_code
+        reason = _peer_reason(response)
+        detail = f": {reason}" if reason else ""
+        if status == 429 or status >= 500 or status == 408:
+            return TransientHTTPError(
+                f"{self.system}: {method} {where} answered {status}{detail}", method=method,
+                path=where, status=status, retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status in (401, 403):
+            return CredentialsRefused(
+                f"{self.system}: {method} {where} answered {status}: the API key or password was refused",
+                method=method, path=where, status=status,
+            )
+        return PermanentHTTPError(
+            f"{self.system}: {method} {where} answered {status}{detail}", method=method, path=where,
+            status=status,
+        )
+
+
+def json_body(response: requests.Response, what: str) -> object:
+    """The JSON body of a 2xx, or `UnexpectedResponse` (an HTML page with status 200, say)."""
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type", "unknown type")
+        raise UnexpectedResponse(f"{what}: the answer is not JSON ({kind})") from None
+

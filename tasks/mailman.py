@@ -1,0 +1,219 @@
+"""GNU Mailman 3 core: the REST client, roster extraction and the batched writes.
+
+Every fact here was measured on a real core (reference/mailman-rest.md): dot-form list ids,
+`count` and `page` always together, a missing `entries` on an empty page, 409 for an existing
+member, 202 for a pending request, and a case-sensitive mass unsubscribe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import addresses
+from tasks.errors import UnexpectedResponse
+from tasks.http import ApiSession, json_body, redact_text
+from tasks.paging import numbered_pages
+from tasks.retry import retry_if_transient
+
+ROSTER_PAGE_SIZE = 1000
+ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", "held"]
+
+# Outcomes of one change.
+APPLIED, ALREADY, PENDING, FAILED = "applied", "already so", "pending", "failed"
+
+
+def dot_list_id(name: str) -> str:
+    """`members@example.org` or `members.example.org` → `members.example.org` (what POST /members needs)."""
+    text = name.strip().lower()
+    if not text or text.count("@") > 1 or " " in text:
+        raise ValueError(f"not a Mailman list id: {name!r}")
+    return text.replace("@", ".", 1)
+
+
+def rest_base(rest_url: str) -> str:
+    """The REST root given with or without `/3.1`, always ending in `/3.1`."""
+    url = rest_url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("the Mailman REST URL must start with http:// or https://")
+    return url if url.endswith("/3.1") else f"{url}/3.1"
+
+
+class MailmanClient:
+    """One Mailman core, one admin login, one HTTP session."""
+
+    def __init__(self, rest_url: str, user: str, password: str, *,
+                 timeout: tuple[float, float] | None = None) -> None:
+        extra = {"timeout": timeout} if timeout else {}
+        self.http = ApiSession(rest_base(rest_url), headers={}, auth=(user, password),
+                               system="Mailman", **extra)
+
+    def __repr__(self) -> str:
+        return f"MailmanClient({self.http.base_url})"
+
+    # reads -------------------------------------------------------------------------------
+    def version(self) -> str:
+        body = json_body(self.http.request("GET", "system/versions", kind="mailman_read"), "Mailman versions")
+        if not isinstance(body, dict) or "mailman_version" not in body:
+            raise UnexpectedResponse("Mailman /system/versions: no mailman_version in the answer")
+        return str(body["mailman_version"])
+
+    def list_ids(self) -> list[str]:
+        """Every list on the server, by dot-form id."""
+        def fetch(count: int, page: int) -> object:
+            return json_body(self.http.request("GET", "lists", kind="mailman_read",
+                                               params={"count": count, "page": page}), "Mailman lists")
+        return [e["list_id"] for entries in numbered_pages(fetch, 100, "list of lists") for e in entries]
+
+    def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> pd.DataFrame:
+        """The list's members (role=member), with who is held, as a roster frame."""
+        list_id = dot_list_id(list_id)
+
+        def fetch(count: int, page: int) -> object:
+            # fields= trims each entry to what the plan needs: ~5x faster reads.
+            params = [("count", count), ("page", page), ("fields", "email"),
+                      ("fields", "display_name"), ("fields", "member_id")]
+            response = self.http.request("GET", f"lists/{list_id}/roster/member", kind="roster_page",
+                                         params=params)
+            return json_body(response, "roster")
+
+        entries = [e for page in numbered_pages(fetch, page_size, f"roster of {list_id}") for e in page]
+        held = self.held_member_ids(list_id, page_size)
+        email = pd.Series([e.get("email") for e in entries], dtype="string").str.lower()
+        member_id = pd.Series([str(e.get("member_id", "")) for e in entries], dtype="string")
+        return pd.DataFrame({
+            "list_id": pd.Series([list_id] * len(entries), dtype="string"),
+            "email": email,
+            "match_key": addresses.match_key(email),
+            "display_name": pd.Series([e.get("display_name") or "" for e in entries], dtype="string"),
+            "member_id": member_id,
+            "held": member_id.isin(held).astype(bool),
+        }, columns=ROSTER_COLUMNS)
+
+    def held_member_ids(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
+        """Members whose delivery is held (`by_moderator`); the roster itself does not say."""
+        def fetch(count: int, page: int) -> object:
+            params = {"list_id": list_id, "role": "member", "delivery_status": "by_moderator",
+                      "count": count, "page": page}
+            return json_body(self.http.request("GET", "members/find", kind="roster_page", params=params),
+                             "members/find")
+        return {str(e.get("member_id")) for page in numbered_pages(fetch, page_size, f"held members of {list_id}")
+                for e in page}
+
+    # writes ------------------------------------------------------------------------------
+    def subscribe(self, list_id: str, address: str, display_name: str, *, welcome: bool) -> tuple[str, str]:
+        """Subscribe pre-verified, pre-confirmed and pre-approved, so nobody is mailed a confirmation."""
+        data = {"list_id": list_id, "subscriber": address, "display_name": display_name,
+                "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true",
+                "send_welcome_message": "true" if welcome else "false"}
+        response = self.http.request("POST", "members", kind="subscribe", data=data, accept=(400, 409))
+        if response.status_code == 201:
+            return APPLIED, ""
+        if response.status_code == 202:
+            return PENDING, "Mailman holds a subscription request: not a member until approved"
+        reason = _description(response)
+        if response.status_code == 409:
+            if "pending" in reason.lower():
+                return PENDING, reason
+            return ALREADY, reason
+        return FAILED, reason or "Mailman refused the address"
+
+    def unsubscribe_many(self, list_id: str, emails: Sequence[str]) -> dict[str, bool]:
+        """Mass unsubscribe: no goodbye mail, no moderation; False = was not a member."""
+        lowered = [e.lower() for e in emails]  # the call compares case-sensitively
+        response = self.http.request("DELETE", f"lists/{list_id}/roster/member", kind="mass_unsubscribe",
+                                     json={"emails": lowered})
+        body = json_body(response, "mass unsubscribe")
+        if not isinstance(body, dict):
+            raise UnexpectedResponse("Mailman mass unsubscribe: the answer is not an object")
+        return {e: bool(body[e]) for e in lowered if e in body}
+
+    def unsubscribe_one(self, list_id: str, email: str) -> tuple[str, str]:
+        """One unsubscribe that lets Mailman send its goodbye mail (the list's rule asked for it)."""
+        response = self.http.request("DELETE", f"lists/{list_id}/member/{quote(email.lower(), safe='')}",
+                                     kind="unsubscribe", data={"pre_approved": "true"}, accept=(404,))
+        if response.status_code == 404:
+            return ALREADY, "not a member"
+        if response.status_code == 202:
+            return PENDING, "Mailman holds the unsubscription for moderation"
+        return APPLIED, ""
+
+    def rename(self, email: str, display_name: str) -> tuple[str, str]:
+        """Set the address's display name (PATCH on the member itself answers 400)."""
+        response = self.http.request("PATCH", f"addresses/{quote(email, safe='')}", kind="rename",
+                                     data={"display_name": display_name}, accept=(400, 404))
+        if response.status_code == 404:
+            return FAILED, "the address is no longer known to Mailman"
+        if response.status_code == 400:
+            return FAILED, _description(response) or "Mailman refused the name"
+        return APPLIED, ""
+
+    def set_delivery(self, member_id: str, delivery_status: str) -> tuple[str, str]:
+        """Hold (`by_moderator`) or release (`enabled`) delivery without unsubscribing."""
+        response = self.http.request("PATCH", f"members/{quote(member_id, safe='')}/preferences",
+                                     kind="hold" if delivery_status == "by_moderator" else "release",
+                                     data={"delivery_status": delivery_status}, accept=(400, 404))
+        if response.status_code == 400:
+            return FAILED, _description(response) or "Mailman refused the delivery change"
+        if response.status_code == 404:
+            return FAILED, "the member is no longer on the list"
+        return APPLIED, ""
+
+
+def _description(response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        return redact_text(str(body.get("description") or body.get("title") or ""))
+    return ""
+
+
+@task(name="extract-roster", retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def extract_roster(client: MailmanClient, list_id: str) -> pd.DataFrame:
+    """Read one list's whole roster and its held members; a partial read raises."""
+    return client.roster(list_id)
+
+
+def apply_changes(client: MailmanClient, list_id: str, action: str, changes: Iterable[dict],
+                  *, mail: bool = False) -> list[dict]:
+    """Apply one batch of same-kind changes to one list; the outcome of each, in order.
+
+    A change Mailman refuses (400) is a failed row with Mailman's reason and the batch goes
+    on; a transient failure raises, so the whole batch is retried (every write is idempotent).
+    """
+    rows = list(changes)
+    if action == "unsubscribe" and not mail:
+        answer = client.unsubscribe_many(list_id, [r["email"] for r in rows])
+        results = []
+        for r in rows:
+            done = answer.get(r["email"].lower())
+            results.append((APPLIED, "") if done else (ALREADY, "not a member") if done is False
+                           else (FAILED, "Mailman did not answer for this address"))
+    else:
+        results = []
+        for r in rows:
+            if action == "subscribe":
+                results.append(client.subscribe(list_id, r["email"], r["display_name"] or "", welcome=mail))
+            elif action == "unsubscribe":
+                results.append(client.unsubscribe_one(list_id, r["email"]))
+            elif action == "rename":
+                results.append(client.rename(r["email"], r["display_name"] or ""))
+            elif action in ("hold", "release"):
+                results.append(client.set_delivery(r["member_id"], "by_moderator" if action == "hold" else "enabled"))
+            else:
+                raise ValueError(f"unknown action {action!r}")
+    return [{"email": r["email"], "outcome": o, "detail": d} for r, (o, d) in zip(rows, results)]
+
+
+@task(name="apply-batch", retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def apply_batch(client: MailmanClient, list_id: str, action: str, changes: list[dict], mail: bool) -> list[dict]:
+    """One Prefect task per batch of changes (never per member): see `apply_changes`."""
+    return apply_changes(client, list_id, action, changes, mail=mail)

@@ -1,0 +1,196 @@
+"""Novi AMS: the client, the member sweep and the members frame (see reference/novi-api.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import addresses
+from tasks.errors import IncompleteSweep, UnexpectedResponse
+from tasks.http import ApiSession, json_body
+from tasks.retry import retry_if_transient
+
+DEFAULT_PAGE_SIZE = 500
+# Novi reports 20 requests/s and 600/min per key; 600/min is the binding one (10/s sustained).
+DEFAULT_REQUESTS_PER_SECOND = 8.0
+WAITS_ON_429 = 6
+
+MEMBER_COLUMNS = [
+    "novi_id", "email", "match_key", "display_name", "status", "active", "customer_type",
+    "is_person", "member_type", "member_type_id", "group_ids", "group_names", "opted_out",
+    "expires", "quarantine",
+]
+
+
+def api_base(site_url: str) -> str:
+    """`https://www.x.org`, `https://www.x.org/`, `.../api` and `.../api/` all give `https://www.x.org/api`."""
+    url = site_url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("the Novi site URL must start with https:// (or http:// for a local sandbox)")
+    if url.lower().endswith("/api"):
+        url = url[:-4]
+    return f"{url}/api"
+
+
+class NoviClient:
+    """One Novi site, one key, one HTTP session."""
+
+    def __init__(self, site_url: str, api_key: str, *, requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND,
+                 timeout: tuple[float, float] | None = None, sleep=None) -> None:
+        extra = {"timeout": timeout} if timeout else {}
+        if sleep is not None:
+            extra["sleep"] = sleep
+        # Novi takes the key as is after "Basic ", not base64(user:password).
+        self.http = ApiSession(api_base(site_url), headers={"Authorization": f"Basic {api_key}"},
+                               per_second=requests_per_second, waits_on_429=WAITS_ON_429,
+                               system="Novi", **extra)
+
+    def __repr__(self) -> str:
+        return f"NoviClient({self.http.base_url})"
+
+    def _page(self, page_size: int, offset: int) -> tuple[int, list[dict]]:
+        response = self.http.request("GET", "members", kind="novi_page",
+                                     params={"pageSize": page_size, "offset": offset})
+        body = json_body(response, "Novi /api/members")
+        if not isinstance(body, dict) or not isinstance(body.get("Results"), list):
+            raise UnexpectedResponse("Novi /api/members: the answer has no Results list")
+        total = body.get("TotalCount")
+        if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+            raise UnexpectedResponse("Novi /api/members: the answer has no valid TotalCount")
+        if not all(isinstance(r, dict) for r in body["Results"]):
+            raise UnexpectedResponse("Novi /api/members: Results holds something other than records")
+        return total, body["Results"]
+
+    def member_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[tuple[int, list[dict]]]:
+        """Every page of `/api/members`, with the stop rules that make the sweep trustworthy.
+
+        The offset advances by the records actually received (a server may cap the page);
+        the sweep stops at `TotalCount`; a total that changes, an empty page before the end,
+        or more pages than the total allows fails the sweep rather than shortening it.
+        """
+        offset, announced, pages = 0, None, 0
+        while announced is None or offset < announced:
+            total, records = self._page(page_size, offset)
+            pages += 1
+            if announced is None:
+                announced = total
+            elif total != announced:
+                raise IncompleteSweep(
+                    f"Novi's member total changed from {announced} to {total} during the sweep; "
+                    "members were added or removed meanwhile, rerun to read a consistent list")
+            if not records:
+                if offset < announced:
+                    raise IncompleteSweep(
+                        f"Novi returned an empty page at offset {offset} of {announced} members")
+                break
+            if pages > announced:  # every page holds a record, so a whole sweep ends by then
+                raise IncompleteSweep("Novi kept returning pages past its announced total")
+            yield announced, records
+            offset += len(records)
+
+    def members(self, page_size: int = DEFAULT_PAGE_SIZE) -> list[dict]:
+        """All member records, deduplicated by `UniqueID` and counted against `TotalCount`."""
+        by_id: dict[str, dict] = {}
+        received, announced = 0, 0
+        for announced, records in self.member_pages(page_size):
+            for record in records:
+                uid = record.get("UniqueID")
+                if not isinstance(uid, str) or not uid.strip():
+                    raise UnexpectedResponse("Novi /api/members: a record has no UniqueID")
+                by_id[uid.strip().lower()] = record
+            received += len(records)
+        if len(by_id) != announced:
+            raise IncompleteSweep(
+                f"Novi announced {announced} members but the sweep found {len(by_id)} distinct "
+                f"ones in {received} records; records moved between pages, rerun to read a consistent list")
+        return list(by_id.values())
+
+    def member_total(self) -> int:
+        """`TotalCount` from a one-record page: a cheap connection check."""
+        total, _ = self._page(1, 0)
+        return total
+
+    def member(self, unique_id: str) -> dict | None:
+        """One record, or None where Novi answers 200 with no identity (its "not found")."""
+        response = self.http.request("GET", f"members/{unique_id}", kind="novi_member", accept=(404,))
+        if response.status_code == 404 or not response.content.strip():
+            return None
+        body = json_body(response, "Novi /api/members/{id}")
+        if not isinstance(body, dict) or not body.get("UniqueID"):
+            return None
+        return body
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return None
+
+
+def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Email", "AccountEmail")) -> pd.DataFrame:
+    """Normalise Novi records into the members frame the planner reads.
+
+    A record whose address is missing or that Mailman would refuse, or whose fields have the
+    wrong type, keeps its row with a `quarantine` reason: it is never subscribed and never the
+    cause of a removal.
+    """
+    get = lambda field: [r.get(field) for r in records]  # noqa: E731 - column extraction
+    ids = pd.Series([str(r.get("UniqueID")).strip() for r in records], dtype="string")
+
+    address = pd.Series(pd.NA, index=ids.index, dtype="string")
+    for field in address_fields:
+        candidate = addresses.repair(pd.Series(get(field), dtype="object").map(
+            lambda v: v if isinstance(v, str) else None))
+        address = address.fillna(candidate)
+
+    first = [_text(v) for v in get("FirstName")]
+    last = [_text(v) for v in get("LastName")]
+    name = [_text(v) for v in get("Name")]
+    display = [" ".join(p for p in (f, l) if p) or n or "" for f, l, n in zip(first, last, name)]
+
+    member_type = [mt if isinstance(mt, dict) else ({"Name": mt} if isinstance(mt, str) else {})
+                   for mt in get("MemberType")]
+    groups = [g if isinstance(g, list) else [] for g in get("Groups")]
+    active_raw = get("Active")
+    opt_raw = get("UnsubscribeFromEmails")
+    status_raw = get("MemberStatus")
+
+    frame = pd.DataFrame({
+        "novi_id": ids,
+        "email": address,
+        "match_key": addresses.match_key(address),
+        "display_name": pd.Series(display, dtype="string"),
+        "status": pd.Series([s.strip().lower() if isinstance(s, str) else "" for s in status_raw],
+                            dtype="string"),
+        "active": pd.Series([a is True for a in active_raw], dtype=bool),
+        "customer_type": pd.Series([_text(v) or "" for v in get("CustomerType")], dtype="string"),
+        "member_type": pd.Series([_text(mt.get("Name")) or "" for mt in member_type], dtype="string"),
+        "member_type_id": pd.Series([(_text(mt.get("UniqueID")) or "").lower() for mt in member_type],
+                                    dtype="string"),
+        "group_ids": [[str(g.get("GroupUniqueID", "")).lower() for g in gs if isinstance(g, dict)] for gs in groups],
+        "group_names": [[str(g.get("GroupName") or "") for g in gs if isinstance(g, dict)] for gs in groups],
+        "opted_out": pd.Series([o is True for o in opt_raw], dtype=bool),
+        "expires": pd.to_datetime(pd.Series(get("MembershipExpires"), dtype="object"),
+                                  errors="coerce", utc=True, format="ISO8601"),
+    })
+    frame["is_person"] = frame["customer_type"].str.casefold() == "person"
+
+    wrong_type = pd.Series(
+        ["Active is not true/false" if not isinstance(a, bool)
+         else "UnsubscribeFromEmails is not true/false" if o is not None and not isinstance(o, bool)
+         else None for a, o in zip(active_raw, opt_raw)], dtype="string")
+    frame["quarantine"] = addresses.refusal(frame["email"]).fillna(wrong_type)
+    return frame[MEMBER_COLUMNS]
+
+
+@task(name="extract-members", retries=2, retry_delay_seconds=[5, 30], retry_jitter_factor=0.5,
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+def extract_members(client: NoviClient, page_size: int, address_fields: list[str]) -> pd.DataFrame:
+    """Sweep every Novi member once and normalise them; a partial sweep raises, never returns."""
+    return members_frame(client.members(page_size), address_fields)

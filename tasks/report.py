@@ -1,0 +1,117 @@
+"""What a run did and why: the summary dict, the markdown summary, the changes table and the plan CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from tasks.mailman import ALREADY, APPLIED, FAILED, PENDING
+from tasks.planner import ACTIONS, Plan
+
+PLANNED = "planned (dry run)"
+OUTCOMES = [APPLIED, ALREADY, PENDING, FAILED]
+SUMMARY_KEY = "novi-mailman-summary"
+CHANGES_KEY = "novi-mailman-changes"
+PLAN_KEY = "novi-mailman-plan"
+
+
+def _counts(series: pd.Series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in series.value_counts().sort_index().items()}
+
+
+def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
+              novi_members: int, duration_s: float, plan_csv: str | None) -> dict:
+    """The run as one plain dict: what the flow returns and `--json` prints."""
+    lists = []
+    for figure in plan.figures.to_dict("records"):
+        list_id = figure["list_id"]
+        mine = outcomes.loc[outcomes["list_id"] == list_id]
+        alone = plan.left_alone.loc[plan.left_alone["list_id"] == list_id]
+        lists.append({
+            **{k: (int(v) if k != "list_id" else v) for k, v in figure.items()},
+            "changes": {a: int((mine["action"] == a).sum()) for a in ACTIONS},
+            "outcomes": _counts(mine["outcome"]),
+            "reasons": {a: _counts(mine.loc[mine["action"] == a, "reason"])
+                        for a in ACTIONS if (mine["action"] == a).any()},
+            "left_alone": _counts(alone["reason"].str.replace(r": .*$", "", regex=True)),
+        })
+    return {
+        "state": state,
+        "message": message,
+        "dry_run": dry_run,
+        "duration_s": round(duration_s, 2),
+        "novi_members": novi_members,
+        "quarantined": len(plan.quarantined),
+        "quarantine_reasons": _counts(plan.quarantined["quarantine"]),
+        "changes": len(outcomes),
+        "outcomes": _counts(outcomes["outcome"]),
+        "lists": lists,
+        "plan_csv": plan_csv,
+    }
+
+
+def summary_markdown(summary: dict) -> str:
+    """The run's summary for an analyst: per list, counts by action, outcome and reason."""
+    mode = "Dry run: nothing was written." if summary["dry_run"] else "Changes were applied to Mailman."
+    lines = [f"# Novi → Mailman sync: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
+             f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
+             f"duration: {summary['duration_s']} s", ""]
+    lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(ACTIONS) + " | failed |",
+              "|---|---:|---:|---:|---:|" + "---:|" * len(ACTIONS) + "---:|"]
+    for item in summary["lists"]:
+        lines.append(f"| {item['list_id']} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
+                     f"{item['in_step']:,} | " + " | ".join(f"{item['changes'][a]:,}" for a in ACTIONS)
+                     + f" | {item['outcomes'].get(FAILED, 0):,} |")
+    for item in summary["lists"]:
+        if item["reasons"] or item["left_alone"]:
+            lines += ["", f"## {item['list_id']}", "", "| action | reason | count |", "|---|---|---:|"]
+            for action, reasons in item["reasons"].items():
+                lines += [f"| {action} | {reason} | {n:,} |" for reason, n in reasons.items()]
+            lines += [f"| left alone | {reason} | {n:,} |" for reason, n in item["left_alone"].items()]
+    if summary["quarantine_reasons"]:
+        lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
+        lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
+    if summary["plan_csv"]:
+        lines += ["", f"The full plan, one row per change and per row left alone: `{summary['plan_csv']}`"
+                  f" (also linked as the `{PLAN_KEY}` artifact)."]
+    return "\n".join(lines) + "\n"
+
+
+def plan_rows(plan: Plan, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Every change with its outcome, every row left alone and every quarantined record."""
+    alone = plan.left_alone.assign(action="left alone", outcome="", detail="")
+    quarantined = pd.DataFrame({"list_id": "", "action": "quarantined", "email": plan.quarantined["email"],
+                                "novi_id": plan.quarantined["novi_id"], "reason": plan.quarantined["quarantine"],
+                                "outcome": "", "detail": ""})
+    columns = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
+    parts = [p for p in (outcomes, alone, quarantined) if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+
+
+def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = (reports_dir / f"plan-{run_name}.csv").resolve()
+    rows.to_csv(path, index=False)
+    return path
+
+
+def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_rows: int) -> None:
+    """Keyed artifacts: the summary, a capped table of changes, and a link to the full plan."""
+    create_markdown_artifact(summary_markdown(summary), key=SUMMARY_KEY,
+                             description=f"novi-mailman run summary: {summary['message']}")
+    shown = outcomes.head(table_rows)
+    table = json.loads(shown[["list_id", "action", "email", "reason", "outcome", "detail"]]
+                       .to_json(orient="records", date_format="iso"))
+    capped = len(outcomes) > table_rows
+    note = (f"first {table_rows:,} of {len(outcomes):,} changes; the full plan is the CSV"
+            if capped else f"all {len(outcomes):,} changes")
+    create_table_artifact(table or [{"list_id": "", "action": "no changes", "email": "", "reason": "",
+                                     "outcome": "", "detail": ""}], key=CHANGES_KEY, description=note)
+    if plan_csv is not None:
+        create_link_artifact(plan_csv.as_uri(), link_text=plan_csv.name, key=PLAN_KEY,
+                             description="the full plan as CSV (changes, rows left alone, quarantined records)")

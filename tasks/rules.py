@@ -1,0 +1,124 @@
+"""Routing rules: which Mailman list holds which Novi members. One model, validated once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import RulesError
+from tasks.mailman import dot_list_id
+from tasks.novi import DEFAULT_PAGE_SIZE
+
+AddressField = Literal["Email", "AccountEmail", "PersonalEmail"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoviSettings(_Strict):
+    """How the members are read from Novi."""
+
+    address_fields: list[AddressField] = Field(default=["Email", "AccountEmail"], min_length=1)
+    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=1000)
+
+
+class ListRule(_Strict):
+    """Who belongs on one list, and what happens to those who no longer do."""
+
+    list_id: str
+    statuses: list[str] = Field(default=["current", "grace_period"], min_length=1)
+    active_only: bool = True
+    persons_only: bool = False
+    member_types: list[str] = []     # names or UniqueIDs; empty = any type
+    groups: list[str] = []           # names or UniqueIDs; empty = no group needed
+    exclude_opted_out: bool = True   # Novi's UnsubscribeFromEmails
+    lapsed: Literal["unsubscribe", "hold", "keep"] = "unsubscribe"
+    scope: Literal["managed", "mirror"] = "managed"
+    protected: list[str] = []        # addresses never removed or held
+    update_names: bool = True
+    send_welcome: bool = False
+    send_goodbye: bool = False
+    allow_empty: bool = False        # an empty eligible set is an error unless this is true
+
+    @field_validator("list_id")
+    @classmethod
+    def _dot_form(cls, value: str) -> str:
+        return dot_list_id(value)
+
+    @field_validator("statuses", "member_types", "groups")
+    @classmethod
+    def _casefold(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip().casefold() for v in values]
+        if any(not v for v in cleaned):
+            raise ValueError("empty names are not allowed")
+        return cleaned
+
+    @field_validator("protected")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip().casefold() for v in values]
+        bad = [v for v in cleaned if v.count("@") != 1]
+        if bad:
+            raise ValueError(f"{len(bad)} protected entries are not email addresses")
+        return cleaned
+
+
+class Rules(_Strict):
+    """The whole rules file: Novi settings, defaults shared by every list, and the lists."""
+
+    novi: NoviSettings = NoviSettings()
+    lists: list[ListRule] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: object) -> object:
+        if isinstance(data, dict) and "defaults" in data:
+            data = dict(data)
+            defaults = data.pop("defaults") or {}
+            if not isinstance(defaults, dict):
+                raise ValueError("defaults must be a mapping of list settings")
+            if "list_id" in defaults:
+                raise ValueError("defaults cannot set list_id")
+            lists = data.get("lists")
+            if isinstance(lists, list):
+                data["lists"] = [{**defaults, **item} if isinstance(item, dict) else item for item in lists]
+        return data
+
+    @model_validator(mode="after")
+    def _unique_lists(self) -> Rules:
+        ids = [rule.list_id for rule in self.lists]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"lists appear more than once: {', '.join(repeated)}")
+        return self
+
+
+def parse_rules(data: object, source: str = "rules") -> Rules:
+    """Validate rules given as plain data; every problem is listed in one `RulesError`."""
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors())
+        raise RulesError(f"{source} is not valid: {problems}") from None
+
+
+def load_rules(path: str | Path) -> Rules:
+    """Read and validate a YAML rules file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RulesError(f"rules file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"rules file {path} is not valid YAML: {exc}") from None
+    return parse_rules(data, str(path))
+
+
+def single_list_rules(list_id: str) -> Rules:
+    """The shortcut for the simple case: one list, every default."""
+    return parse_rules({"lists": [{"list_id": list_id}]}, f"--list {list_id}")
