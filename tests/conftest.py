@@ -1,0 +1,58 @@
+"""Shared fixtures: Novi records, roster frames, and one Prefect test server per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pandas as pd
+import pytest
+
+from tasks import addresses
+from tasks.mailman import ROSTER_COLUMNS
+
+
+def novi_record(uid: str, email: str | None = None, *, first: str | None = "Pat", last: str | None = None,
+                status: str = "current", active: bool = True, person: bool = True, groups: list | None = None,
+                member_type: str | None = "Regular", opted_out: bool = False, **extra) -> dict:
+    """A member record with Novi's exact field names and casing."""
+    record = {
+        "UniqueID": uid, "Email": email, "AccountEmail": None, "PersonalEmail": None,
+        "FirstName": first, "LastName": last if last is not None else uid.upper(), "Name": None,
+        "Active": active, "MemberStatus": status, "MemberSubStatus": None,
+        "MembershipExpires": "2027-06-30T00:00:00", "MemberSince": "2019-01-01T00:00:00",
+        "MemberType": {"UniqueID": f"type-{member_type}", "Name": member_type, "Description": "",
+                       "ForCompanies": False} if member_type else None,
+        "CustomerType": "Person" if person else "Company",
+        "ParentCustomerUniqueID": None,
+        "Groups": [{"GroupUniqueID": f"grp-{g}", "GroupName": g, "InheritingMember": False,
+                    "JoinDate": "2020-01-01T00:00:00-05:00"} for g in groups] if groups else None,
+        "UnsubscribeFromEmails": opted_out,
+        "CustomFields": {}, "LastUpdatedDate": "2026-10-28T13:31:52.4566667-04:00",
+    }
+    record.update(extra)
+    return record
+
+
+def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
+    """A roster frame from (email, display_name[, held]) tuples, as MailmanClient.roster builds it."""
+    email = pd.Series([r[0].lower() for r in rows], dtype="string")
+    return pd.DataFrame({
+        "list_id": pd.Series([list_id] * len(rows), dtype="string"),
+        "email": email,
+        "match_key": addresses.match_key(email),
+        "display_name": pd.Series([r[1] for r in rows], dtype="string"),
+        "member_id": pd.Series([f"mid-{r[0].lower()}" for r in rows], dtype="string"),
+        "held": pd.Series([bool(r[2]) if len(r) > 2 else False for r in rows], dtype=bool),
+    }, columns=ROSTER_COLUMNS)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server for every flow test in the session (it takes ~15 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

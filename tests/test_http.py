@@ -1,0 +1,118 @@
+import pytest
+import requests
+import responses
+
+from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse, is_transient
+from tasks.http import ApiSession, Throttle, json_body, parse_retry_after, redact_path
+
+BASE = "http://peer.test/api"
+
+CLASSES = [
+    (429, TransientHTTPError), (500, TransientHTTPError), (502, TransientHTTPError),
+    (503, TransientHTTPError), (504, TransientHTTPError), (408, TransientHTTPError),
+    (400, PermanentHTTPError), (401, CredentialsRefused), (403, CredentialsRefused),
+    (404, PermanentHTTPError), (409, PermanentHTTPError), (422, PermanentHTTPError),
+]
+
+
+@pytest.mark.parametrize(("status", "error"), CLASSES, ids=[str(s) for s, _ in CLASSES])
+@responses.activate
+def test_every_failure_is_classified_in_one_place(status, error):
+    responses.get(f"{BASE}/members/jane%40example.org", status=status,
+                  json={"title": "x", "description": "problem with jane@example.org"})
+    session = ApiSession(BASE, headers={"Authorization": "Basic SECRET-KEY"}, system="Novi")
+    with pytest.raises(error) as caught:
+        session.request("GET", "members/jane%40example.org", kind="read", params={"q": "jane@example.org"})
+    message = str(caught.value)
+    assert str(status) in message and "GET" in message
+    assert "jane" not in message and "SECRET-KEY" not in message, message
+    assert caught.value.path == "/api/members/<address>"
+    assert is_transient(caught.value) == issubclass(error, TransientHTTPError)
+    if status in (401, 403):
+        assert "key or password was refused" in message
+
+
+@pytest.mark.parametrize("exc", [requests.ConnectTimeout, requests.ReadTimeout, requests.ConnectionError],
+                         ids=["connect-timeout", "read-timeout", "refused"])
+@responses.activate
+def test_network_failures_are_transient(exc):
+    responses.get(f"{BASE}/members", body=exc("boom"))
+    with pytest.raises(TransientHTTPError):
+        ApiSession(BASE, headers={}).request("GET", "members", kind="read")
+
+
+@responses.activate
+def test_429_is_waited_out_with_retry_after_then_succeeds():
+    responses.get(f"{BASE}/members", status=429, headers={"Retry-After": "7"})
+    responses.get(f"{BASE}/members", status=429)
+    responses.get(f"{BASE}/members", json={"ok": True})
+    slept = []
+    session = ApiSession(BASE, headers={}, waits_on_429=3, sleep=slept.append)
+    assert session.request("GET", "members", kind="read").json() == {"ok": True}
+    assert slept == [7.0, 2.0]  # Retry-After, then the growing pause when none is sent
+    assert session.calls == {"read": 3}
+
+
+@responses.activate
+def test_429_beyond_the_wait_budget_raises_transient():
+    for _ in range(3):
+        responses.get(f"{BASE}/members", status=429, headers={"Retry-After": "1"})
+    session = ApiSession(BASE, headers={}, waits_on_429=2, sleep=lambda s: None)
+    with pytest.raises(TransientHTTPError) as caught:
+        session.request("GET", "members", kind="read")
+    assert caught.value.retry_after == 1.0
+
+
+@responses.activate
+def test_every_request_has_timeout_user_agent_and_accept():
+    responses.get(f"{BASE}/members", json={})
+    session = ApiSession(BASE, headers={"Authorization": "Basic k"}, timeout=(3.0, 9.0))
+    seen = {}
+    original = session.session.request
+
+    def spy(method, url, **kwargs):
+        seen.update(kwargs)
+        return original(method, url, **kwargs)
+
+    session.session.request = spy
+    session.request("GET", "members", kind="read")
+    sent = responses.calls[0].request.headers
+    assert seen["timeout"] == (3.0, 9.0)
+    assert sent["User-Agent"].startswith("novi-mailman/")
+    assert sent["Accept"] == "application/json"
+    assert "Basic k" not in repr(session)
+
+
+def test_retry_after_forms():
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after("100000") == 300.0  # capped
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=lambda: 1445412480.0) == 10.0
+
+
+def test_redact_path_drops_query_and_addresses():
+    assert redact_path("http://x/3.1/addresses/a%40b.org?x=a@b.org") == "/3.1/addresses/<address>"
+    assert redact_path("http://x/3.1/lists/l.example.org/member/a@b.org") == "/3.1/lists/l.example.org/member/<address>"
+
+
+def test_throttle_spaces_requests():
+    now = [0.0]
+    slept = []
+
+    def sleep(seconds):
+        slept.append(round(seconds, 6))
+        now[0] += seconds
+
+    throttle = Throttle(4, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        throttle.wait()
+    assert slept == [0.25, 0.25]
+
+
+@responses.activate
+def test_html_with_status_200_is_an_unexpected_response():
+    responses.get(f"{BASE}/members", body="<html>Maintenance</html>", content_type="text/html")
+    response = ApiSession(BASE, headers={}).request("GET", "members", kind="read")
+    with pytest.raises(UnexpectedResponse, match="not JSON"):
+        json_body(response, "Novi")

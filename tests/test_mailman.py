@@ -1,0 +1,195 @@
+import json
+from urllib.parse import parse_qs
+
+import pytest
+import responses
+from responses import matchers
+
+from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError
+from tasks.mailman import ALREADY, APPLIED, FAILED, PENDING, MailmanClient, apply_changes, dot_list_id, rest_base
+
+REST = "http://127.0.0.1:8001/3.1"
+LIST = "members.example.org"
+
+
+def client() -> MailmanClient:
+    return MailmanClient("http://127.0.0.1:8001", "restadmin", "s3cret-pw")
+
+
+def form(call) -> dict:
+    return {k: v if len(v) > 1 else v[0] for k, v in parse_qs(call.request.body).items()}
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("members@example.org", "members.example.org"), ("members.example.org", "members.example.org"),
+    (" Members@Example.ORG ", "members.example.org"),
+])
+def test_list_ids_become_dot_form(given, expected):
+    assert dot_list_id(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "a@b@c", "two words"])
+def test_bad_list_ids_are_refused(given):
+    with pytest.raises(ValueError):
+        dot_list_id(given)
+
+
+@pytest.mark.parametrize("given", ["http://h:8001", "http://h:8001/", "http://h:8001/3.1", "http://h:8001/3.1/"])
+def test_rest_url_with_or_without_version(given):
+    assert rest_base(given) == "http://h:8001/3.1"
+
+
+def roster_page(total, emails, start=0):
+    body = {"start": start, "total_size": total}
+    if emails:
+        body["entries"] = [{"email": e, "display_name": e.split("@")[0].title(), "member_id": f"id-{e}"} for e in emails]
+    return body
+
+
+def held_matcher(page, count):
+    return matchers.query_param_matcher({"list_id": LIST, "role": "member", "delivery_status": "by_moderator",
+                                         "count": str(count), "page": str(page)})
+
+
+@responses.activate
+def test_roster_sends_count_page_and_fields_and_marks_held():
+    url = f"{REST}/lists/{LIST}/roster/member"
+    for page, emails in ((1, ["a@x.org", "b@x.org"]), (2, ["c@x.org"])):
+        responses.get(url, json=roster_page(3, emails), match=[matchers.query_string_matcher(
+            f"count=2&page={page}&fields=email&fields=display_name&fields=member_id")])
+    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 1, "entries": [{"member_id": "id-b@x.org"}]},
+                  match=[held_matcher(1, 2)])
+    frame = client().roster("members@example.org", page_size=2)
+    assert frame["email"].tolist() == ["a@x.org", "b@x.org", "c@x.org"]
+    assert frame["held"].tolist() == [False, True, False]
+    assert set(frame["list_id"]) == {LIST}
+    assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
+
+
+@responses.activate
+def test_empty_roster_has_no_entries_key():
+    responses.get(f"{REST}/lists/{LIST}/roster/member", json={"start": 0, "total_size": 0})
+    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
+    frame = client().roster(LIST)
+    assert frame.empty and list(frame.columns)[:3] == ["list_id", "email", "match_key"]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_roster_page_missing_before_the_total_fails():
+    url = f"{REST}/lists/{LIST}/roster/member"
+    responses.get(url, json=roster_page(3, ["a@x.org", "b@x.org"]))
+    responses.get(url, json={"start": 2, "total_size": 3})
+    with pytest.raises(IncompleteSweep, match="empty page 2 after 2 of 3"):
+        client().roster(LIST, page_size=2)
+
+
+@responses.activate
+def test_roster_total_changing_fails():
+    url = f"{REST}/lists/{LIST}/roster/member"
+    responses.get(url, json=roster_page(3, ["a@x.org", "b@x.org"]))
+    responses.get(url, json=roster_page(4, ["c@x.org", "d@x.org"]))
+    with pytest.raises(IncompleteSweep, match="changed from 3 to 4"):
+        client().roster(LIST, page_size=2)
+
+
+@responses.activate
+def test_roster_read_failure_is_transient_and_redacted():
+    responses.get(f"{REST}/lists/{LIST}/roster/member", status=500, json={"title": "500 Internal Server Error"})
+    with pytest.raises(TransientHTTPError) as caught:
+        client().roster(LIST)
+    assert "s3cret" not in str(caught.value)
+
+
+@responses.activate
+def test_wrong_password():
+    responses.get(f"{REST}/system/versions", status=401, json={"title": "401 Unauthorized"})
+    with pytest.raises(CredentialsRefused, match="refused"):
+        client().version()
+
+
+SUBSCRIBE_ANSWERS = [
+    (201, None, APPLIED),
+    (409, {"title": "409 Conflict", "description": "Member already subscribed"}, ALREADY),
+    (409, {"title": "409 Conflict", "description": "Subscription request already pending"}, PENDING),
+    (202, {"token": "t", "token_owner": "moderator"}, PENDING),
+    (400, {"title": "400 Bad Request", "description": 'Invalid Parameter "subscriber": .'}, FAILED),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "outcome"), SUBSCRIBE_ANSWERS,
+                         ids=["201", "409-member", "409-pending", "202", "400"])
+@responses.activate
+def test_subscribe_sends_pre_flags_and_no_welcome(status, body, outcome):
+    responses.post(f"{REST}/members", status=status, json=body)
+    got, detail = client().subscribe(LIST, "Jane+x@Example.org", "Jane X", welcome=False)
+    assert got == outcome
+    sent = form(responses.calls[0])
+    assert sent == {"list_id": LIST, "subscriber": "Jane+x@Example.org", "display_name": "Jane X",
+                    "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true",
+                    "send_welcome_message": "false"}
+    if status == 400:
+        assert "Invalid Parameter" in detail
+
+
+@responses.activate
+def test_subscribe_asks_for_welcome_only_when_the_rule_does():
+    responses.post(f"{REST}/members", status=201)
+    client().subscribe(LIST, "a@x.org", "A", welcome=True)
+    assert form(responses.calls[0])["send_welcome_message"] == "true"
+
+
+@responses.activate
+def test_mass_unsubscribe_is_lower_cased_json():
+    responses.delete(f"{REST}/lists/{LIST}/roster/member", json={"a@x.org": True, "b@x.org": False})
+    assert client().unsubscribe_many(LIST, ["A@X.org", "b@x.org"]) == {"a@x.org": True, "b@x.org": False}
+    assert json.loads(responses.calls[0].request.body) == {"emails": ["a@x.org", "b@x.org"]}
+
+
+@responses.activate
+def test_rename_patches_the_address():
+    responses.patch(f"{REST}/addresses/a%2Bb%40x.org", status=204)
+    assert client().rename("a+b@x.org", "New Name") == (APPLIED, "")
+    assert form(responses.calls[0]) == {"display_name": "New Name"}
+
+
+@pytest.mark.parametrize(("action", "status"), [("hold", "by_moderator"), ("release", "enabled")])
+@responses.activate
+def test_hold_and_release_patch_preferences(action, status):
+    responses.patch(f"{REST}/members/m1/preferences", status=204)
+    rows = [{"email": "a@x.org", "display_name": "A", "member_id": "m1"}]
+    assert apply_changes(client(), LIST, action, rows) == [{"email": "a@x.org", "outcome": APPLIED, "detail": ""}]
+    assert form(responses.calls[0]) == {"delivery_status": status}
+
+
+@responses.activate
+def test_apply_unsubscribe_batch_outcomes():
+    responses.delete(f"{REST}/lists/{LIST}/roster/member", json={"a@x.org": True, "b@x.org": False})
+    rows = [{"email": e, "display_name": "", "member_id": None} for e in ("a@x.org", "b@x.org", "c@x.org")]
+    outcomes = apply_changes(client(), LIST, "unsubscribe", rows)
+    assert [o["outcome"] for o in outcomes] == [APPLIED, ALREADY, FAILED]
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_apply_subscribe_batch_keeps_going_past_a_refused_address():
+    responses.post(f"{REST}/members", status=400, json={"description": 'Invalid Parameter "subscriber": .'})
+    responses.post(f"{REST}/members", status=201)
+    rows = [{"email": e, "display_name": "X", "member_id": None} for e in ("bad@x.org", "good@x.org")]
+    assert [o["outcome"] for o in apply_changes(client(), LIST, "subscribe", rows)] == [FAILED, APPLIED]
+
+
+@responses.activate
+def test_goodbye_lists_unsubscribe_one_by_one():
+    responses.delete(f"{REST}/lists/{LIST}/member/a%40x.org", status=204)
+    responses.delete(f"{REST}/lists/{LIST}/member/b%40x.org", status=404)
+    rows = [{"email": e, "display_name": "", "member_id": None} for e in ("A@x.org", "b@x.org")]
+    outcomes = apply_changes(client(), LIST, "unsubscribe", rows, mail=True)
+    assert [o["outcome"] for o in outcomes] == [APPLIED, ALREADY]
+
+
+@responses.activate
+def test_transient_failure_in_a_batch_raises_for_the_retry():
+    responses.post(f"{REST}/members", status=503)
+    with pytest.raises(TransientHTTPError):
+        apply_changes(client(), LIST, "subscribe", [{"email": "a@x.org", "display_name": "A", "member_id": None}])

@@ -1,0 +1,220 @@
+import pandas as pd
+import pytest
+import responses
+from responses import matchers
+
+from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
+from tasks.novi import NoviClient, api_base, members_frame
+from tests.conftest import novi_record
+
+SITE = "https://www.example.org"
+MEMBERS = f"{SITE}/api/members"
+
+
+def client(**kw) -> NoviClient:
+    return NoviClient(SITE, "k3y/with+chars==", requests_per_second=None, sleep=lambda s: None, **kw)
+
+
+def page(total, records):
+    return {"TotalCount": total, "Results": records}
+
+
+def recs(n, start=0):
+    return [novi_record(f"id-{i:04d}", f"m{i}@example.org") for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("given", [
+    "https://www.example.org", "https://www.example.org/", "https://www.example.org/api",
+    "https://www.example.org/api/", " https://www.example.org/API ",
+])
+def test_site_url_with_or_without_api(given):
+    assert api_base(given).lower() == "https://www.example.org/api"
+
+
+@pytest.mark.parametrize("given", ["www.example.org", "ftp://example.org", ""])
+def test_site_url_must_be_http(given):
+    with pytest.raises(ValueError):
+        api_base(given)
+
+
+@responses.activate
+def test_key_sent_as_is_and_paged_by_records_received():
+    # The server caps pages at 2 although 3 were asked for: offsets follow what arrived.
+    everyone = recs(5)
+    for offset in (0, 2, 4):
+        responses.get(MEMBERS, json=page(5, everyone[offset:offset + 2]),
+                      match=[matchers.query_param_matcher({"pageSize": "3", "offset": str(offset)}),
+                             matchers.header_matcher({"Authorization": "Basic k3y/with+chars==",
+                                                      "Accept": "application/json"})])
+    records = client().members(page_size=3)
+    assert [r["UniqueID"] for r in records] == [f"id-{i:04d}" for i in range(5)]
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_exact_multiple_stops_without_an_extra_call():
+    everyone = recs(4)
+    responses.get(MEMBERS, json=page(4, everyone[:2]), match=[matchers.query_param_matcher({"pageSize": "2", "offset": "0"})])
+    responses.get(MEMBERS, json=page(4, everyone[2:]), match=[matchers.query_param_matcher({"pageSize": "2", "offset": "2"})])
+    assert len(client().members(page_size=2)) == 4
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_empty_site_is_one_call_and_no_records():
+    responses.get(MEMBERS, json=page(0, []))
+    assert client().members() == []
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_empty_page_before_the_total_fails_the_sweep():
+    responses.get(MEMBERS, json=page(5, recs(2)))
+    responses.get(MEMBERS, json=page(5, []))
+    with pytest.raises(IncompleteSweep, match="empty page at offset 2 of 5"):
+        client().members(page_size=2)
+
+
+@responses.activate
+def test_total_changing_mid_sweep_fails():
+    responses.get(MEMBERS, json=page(4, recs(2)))
+    responses.get(MEMBERS, json=page(5, recs(2, 2)))
+    with pytest.raises(IncompleteSweep, match="changed from 4 to 5"):
+        client().members(page_size=2)
+
+
+@responses.activate
+def test_records_shifting_between_pages_fail_the_count_check():
+    # A record moved: page two repeats id-0001 so only 3 distinct ids arrive for a total of 4.
+    responses.get(MEMBERS, json=page(4, recs(2)))
+    responses.get(MEMBERS, json=page(4, recs(2, 1)))
+    with pytest.raises(IncompleteSweep, match="announced 4 members but the sweep found 3"):
+        client().members(page_size=2)
+
+
+@responses.activate
+def test_429_then_success_continues_the_sweep():
+    responses.get(MEMBERS, json=page(3, recs(2)))
+    responses.get(MEMBERS, status=429, headers={"Retry-After": "1"})
+    responses.get(MEMBERS, json=page(3, recs(1, 2)))
+    assert len(client().members(page_size=2)) == 3
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_500_page_fails_the_sweep_as_transient():
+    responses.get(MEMBERS, json=page(3, recs(2)))
+    responses.get(MEMBERS, status=500, body="oops")
+    with pytest.raises(TransientHTTPError, match="answered 500"):
+        client().members(page_size=2)
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    ("<html><body>Sign in</body></html>", "text/html"),
+    ('{"Results": []}', "application/json"),
+    ('{"TotalCount": "7", "Results": []}', "application/json"),
+    ('{"TotalCount": 1, "Results": {"a": 1}}', "application/json"),
+    ('{"TotalCount": 1, "Results": [1]}', "application/json"),
+    ('[]', "application/json"),
+], ids=["html-200", "no-total", "string-total", "results-object", "results-not-records", "bare-array"])
+@responses.activate
+def test_unexpected_bodies_fail_the_extraction(body, content_type):
+    responses.get(MEMBERS, body=body, content_type=content_type)
+    with pytest.raises(UnexpectedResponse):
+        client().members()
+
+
+@responses.activate
+def test_record_without_unique_id_fails():
+    bad = novi_record("x", "x@example.org")
+    del bad["UniqueID"]
+    responses.get(MEMBERS, json=page(1, [bad]))
+    with pytest.raises(UnexpectedResponse, match="no UniqueID"):
+        client().members()
+
+
+@responses.activate
+def test_refused_key_says_so_without_the_key():
+    responses.get(MEMBERS, status=401, body="")
+    with pytest.raises(CredentialsRefused) as caught:
+        client().member_total()
+    assert "refused" in str(caught.value) and "k3y" not in str(caught.value)
+
+
+@responses.activate
+def test_one_member_and_novis_not_found():
+    responses.get(f"{MEMBERS}/abc", json=novi_record("abc", "a@example.org"))
+    responses.get(f"{MEMBERS}/nobody", body="", status=200)
+    responses.get(f"{MEMBERS}/blank", json={"UniqueID": None})
+    assert client().member("abc")["UniqueID"] == "abc"
+    assert client().member("nobody") is None
+    assert client().member("blank") is None
+
+
+def test_client_side_rate_limit_spaces_requests():
+    slept = []
+    c = NoviClient(SITE, "k", requests_per_second=10, sleep=slept.append)
+    with responses.RequestsMock() as mock:
+        mock.get(MEMBERS, json=page(3, recs(1)))
+        mock.get(MEMBERS, json=page(3, recs(1, 1)))
+        mock.get(MEMBERS, json=page(3, recs(1, 2)))
+        c.members(page_size=1)
+    # The sleep is fake (the clock does not move), so the second wait is for two slots.
+    assert len(slept) == 2 and 0.05 < slept[0] <= 0.1 and 0.15 < slept[1] <= 0.2
+
+
+# normalisation ----------------------------------------------------------------------------
+
+NORMALISE = [
+    ("plain person", novi_record("a", "Ann@Example.org", first="Ann", last="Lee"),
+     {"email": "Ann@Example.org", "match_key": "ann@example.org", "display_name": "Ann Lee", "quarantine": None}),
+    ("plus returned as space", novi_record("a", "ann lee@example.org"),
+     {"email": "ann+lee@example.org", "match_key": "ann+lee@example.org", "quarantine": None}),
+    ("null email falls back to AccountEmail", novi_record("a", None, AccountEmail="acct@example.org"),
+     {"email": "acct@example.org", "quarantine": None}),
+    ("empty email falls back too", novi_record("a", "  ", AccountEmail="acct@example.org"),
+     {"email": "acct@example.org"}),
+    ("no address at all", novi_record("a", None),
+     {"email": None, "quarantine": "no email address in Novi"}),
+    ("refused address", novi_record("a", "a@localhost"), {"quarantine": "domain without a dot"}),
+    ("company uses Name", novi_record("c", "c@example.org", first=None, last="", person=False, Name="Acme Ltd"),
+     {"display_name": "Acme Ltd", "is_person": False, "customer_type": "Company"}),
+    ("first name only", novi_record("a", "a@example.org", first="Ann", last=""), {"display_name": "Ann"}),
+    ("no names", novi_record("a", "a@example.org", first=None, last=""), {"display_name": ""}),
+    ("status and flags", novi_record("a", "a@example.org", status="Grace_Period", active=False, opted_out=True),
+     {"status": "grace_period", "active": False, "opted_out": True}),
+    ("member type object", novi_record("a", "a@example.org", member_type="Student"),
+     {"member_type": "Student", "member_type_id": "type-student"}),
+    ("no member type", novi_record("a", "a@example.org", member_type=None), {"member_type": ""}),
+    ("groups inline", novi_record("a", "a@example.org", groups=["Board", "Staff"]),
+     {"group_names": ["Board", "Staff"], "group_ids": ["grp-board", "grp-staff"]}),
+    ("null groups", novi_record("a", "a@example.org", Groups=None), {"group_names": []}),
+    ("mistyped Active", novi_record("a", "a@example.org", Active="yes"),
+     {"active": False, "quarantine": "Active is not true/false"}),
+    ("expiry with offset", novi_record("a", "a@example.org", MembershipExpires="2026-12-31T23:00:00.1234567-05:00"),
+     {"expires": pd.Timestamp("2027-01-01T04:00:00.1234567", tz="UTC")}),
+]
+
+
+@pytest.mark.parametrize(("record", "expected"), [(r, e) for _, r, e in NORMALISE], ids=[n for n, _, _ in NORMALISE])
+def test_normalisation(record, expected):
+    row = members_frame([record]).iloc[0]
+    for column, value in expected.items():
+        got = row[column]
+        if isinstance(value, list):
+            assert list(got) == value
+        elif value is None:
+            assert pd.isna(got), (column, got)
+        else:
+            assert got == value, (column, got)
+
+
+def test_address_field_is_configurable():
+    record = novi_record("a", "work@example.org", PersonalEmail="home@example.org")
+    assert members_frame([record], ["PersonalEmail", "Email"]).iloc[0]["email"] == "home@example.org"
+    assert members_frame([record], ["Email"]).iloc[0]["email"] == "work@example.org"
+
+
+def test_empty_sweep_gives_an_empty_frame_with_every_column():
+    frame = members_frame([])
+    assert frame.empty and "match_key" in frame.columns and "quarantine" in frame.columns
