@@ -1,0 +1,138 @@
+"""Stateful fakes of Novi and Mailman behind `responses`, for flow and CLI tests.
+
+They follow reference/novi-api.md and reference/mailman-rest.md (status codes, envelopes,
+a missing `entries` on empty pages, lower-cased storage), so a real run changes the fake
+rosters and a second run can show that nothing is left to do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import responses
+
+NOVI_SITE = "https://novi.test"
+MAILMAN_REST = "http://mailman.test:8001"
+
+
+class FakeNovi:
+    def __init__(self, records: list[dict], cap: int = 1000) -> None:
+        self.records = records
+        self.cap = cap
+
+    def install(self, mock: responses.RequestsMock) -> None:
+        mock.add_callback("GET", re.compile(rf"{NOVI_SITE}/api/members(\?.*)?$"), callback=self._members)
+
+    def _members(self, request):
+        query = parse_qs(urlsplit(request.url).query)
+        size = min(int(query["pageSize"][0]), self.cap)
+        offset = int(query["offset"][0])
+        body = {"TotalCount": len(self.records), "Results": self.records[offset:offset + size]}
+        return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+class FakeMailman:
+    """Rosters as {list_id: {email: {"display_name", "member_id", "held"}}}."""
+
+    def __init__(self, rosters: dict[str, dict[str, str]]) -> None:
+        self.rosters = {lid: {e.lower(): {"display_name": n, "member_id": f"m-{lid}-{e.lower()}", "held": False}
+                              for e, n in members.items()} for lid, members in rosters.items()}
+        self.writes: Counter = Counter()
+        self.fail_subscribe: set[str] = set()   # addresses answered with 400
+        self.unavailable_writes = 0             # the next N writes answer 503
+
+    def names(self, list_id: str) -> dict[str, str]:
+        return {e: m["display_name"] for e, m in self.rosters[list_id].items()}
+
+    def install(self, mock: responses.RequestsMock) -> None:
+        base = re.escape(MAILMAN_REST) + "/3.1"
+        mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
+        mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._held)
+        mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
+        mock.add_callback("DELETE", re.compile(rf"{base}/lists/([^/]+)/roster/member$"), callback=self._mass_unsubscribe)
+        mock.add_callback("PATCH", re.compile(rf"{base}/addresses/([^/]+)$"), callback=self._rename)
+        mock.add_callback("PATCH", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._preferences)
+
+    @staticmethod
+    def _json(status, body=None):
+        return status, {"Content-Type": "application/json"}, json.dumps(body) if body is not None else ""
+
+    def _page(self, entries, request):
+        query = parse_qs(urlsplit(request.url).query)
+        count, page = int(query["count"][0]), int(query["page"][0])
+        chunk = entries[(page - 1) * count: page * count]
+        body = {"start": (page - 1) * count, "total_size": len(entries)}
+        if chunk:  # Mailman leaves `entries` out of an empty page
+            body["entries"] = chunk
+        return self._json(200, body)
+
+    def _roster(self, request):
+        list_id = urlsplit(request.url).path.split("/")[3]
+        members = self.rosters[list_id]
+        entries = [{"email": e, "display_name": m["display_name"], "member_id": m["member_id"]}
+                   for e, m in sorted(members.items())]
+        return self._page(entries, request)
+
+    def _held(self, request):
+        list_id = parse_qs(urlsplit(request.url).query)["list_id"][0]
+        entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(self.rosters[list_id].items())
+                   if m["held"]]
+        return self._page(entries, request)
+
+    def _unavailable(self):
+        if self.unavailable_writes:
+            self.unavailable_writes -= 1
+            return True
+        return False
+
+    def _subscribe(self, request):
+        self.writes["subscribe"] += 1
+        if self._unavailable():
+            return self._json(503, {"title": "503 Service Unavailable"})
+        form = {k: v[0] for k, v in parse_qs(request.body).items()}
+        assert form["pre_verified"] == form["pre_confirmed"] == form["pre_approved"] == "true"
+        address = form["subscriber"]
+        if address in self.fail_subscribe:
+            return self._json(400, {"title": "400 Bad Request", "description": 'Invalid Parameter "subscriber": .'})
+        members = self.rosters[form["list_id"]]
+        if address.lower() in members:
+            return self._json(409, {"title": "409 Conflict", "description": "Member already subscribed"})
+        members[address.lower()] = {"display_name": form.get("display_name", ""),
+                                    "member_id": f"m-{form['list_id']}-{address.lower()}", "held": False}
+        return 201, {"Location": f"{MAILMAN_REST}/3.1/members/x"}, ""
+
+    def _mass_unsubscribe(self, request):
+        self.writes["mass_unsubscribe"] += 1
+        if self._unavailable():
+            return self._json(503, {"title": "503 Service Unavailable"})
+        list_id = urlsplit(request.url).path.split("/")[3]
+        members = self.rosters[list_id]
+        answer = {}
+        for email in json.loads(request.body)["emails"]:
+            answer[email] = members.pop(email, None) is not None  # case-sensitive, like Mailman
+        return self._json(200, answer)
+
+    def _rename(self, request):
+        self.writes["rename"] += 1
+        email = unquote(urlsplit(request.url).path.split("/")[-1])
+        name = parse_qs(request.body)["display_name"][0]
+        found = False
+        for members in self.rosters.values():
+            if email.lower() in members:
+                members[email.lower()]["display_name"] = name
+                found = True
+        return (204, {}, "") if found else self._json(404, {"title": "404 Not Found"})
+
+    def _preferences(self, request):
+        self.writes["preferences"] += 1
+        member_id = unquote(urlsplit(request.url).path.split("/")[-2])
+        status = parse_qs(request.body)["delivery_status"][0]
+        for members in self.rosters.values():
+            for m in members.values():
+                if m["member_id"] == member_id:
+                    m["held"] = status == "by_moderator"
+                    return 204, {}, ""
+        return self._json(404, {"title": "404 Not Found"})

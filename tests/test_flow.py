@@ -1,0 +1,160 @@
+"""The sync flow under a Prefect test server, against stateful fakes of Novi and Mailman."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import responses
+from prefect.artifacts import Artifact
+
+import flows.sync as sync_module
+from flows.sync import sync_lists
+from tasks.blocks import MailmanCredentials, NoviCredentials
+from tasks.errors import ChangesFailed, GuardRefused
+from tasks.mailman import apply_batch
+from tasks.report import CHANGES_KEY, PLAN_KEY, SUMMARY_KEY
+from tests.conftest import novi_record
+from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
+
+pytestmark = pytest.mark.flow
+
+NOVI_KEY = "NOVI-SECRET-KEY-0123456789"
+MAILMAN_PASSWORD = "MAILMAN-SECRET-PW-987"
+LIST = "members.example.org"
+
+
+@pytest.fixture(scope="module")
+def blocks(prefect_server):
+    NoviCredentials(site_url=f"{NOVI_SITE}/api/", api_key=NOVI_KEY).save("test-novi", overwrite=True)
+    MailmanCredentials(rest_url=MAILMAN_REST, password=MAILMAN_PASSWORD).save("test-mailman", overwrite=True)
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(sync_module, "apply_batch", apply_batch.with_options(retry_delay_seconds=0))
+
+
+def population():
+    """5 eligible (2 already on the list, one under an old name), 3 lapsed on the list, 1 stranger."""
+    records = [novi_record(f"cur-{i}", f"cur{i}@example.org", first="Cur", last=str(i)) for i in range(5)]
+    records += [novi_record(f"exp-{i}", f"exp{i}@example.org", status="expired") for i in range(3)]
+    roster = {"cur0@example.org": "Cur 0", "cur1@example.org": "Old Name",
+              "exp0@example.org": "E0", "exp1@example.org": "E1", "exp2@example.org": "E2",
+              "staff@example.org": "Staff"}
+    return records, roster
+
+
+def run(novi, mailman, tmp_path, **params):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
+                           reports_dir=str(tmp_path), return_state=True, **params)
+        calls = [(c.request.method, c.request.url) for c in mock.calls]
+    return state, calls
+
+
+def writes(calls):
+    return [c for c in calls if c[0] != "GET"]
+
+
+def test_dry_run_reports_and_writes_nothing(blocks, tmp_path):
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    state, calls = run(novi, mailman, tmp_path, dry_run=True)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["dry_run"] is True and summary["state"] == "completed"
+    assert summary["lists"][0]["changes"] == {"subscribe": 3, "unsubscribe": 3, "hold": 0, "release": 0, "rename": 1}
+    assert summary["outcomes"] == {"planned (dry run)": 7}
+    assert writes(calls) == [] and not mailman.writes
+    markdown = Artifact.get(SUMMARY_KEY).data
+    assert "Dry run: nothing was written" in markdown and "status expired" in markdown
+    assert "unmanaged" in markdown
+    assert json.loads(Artifact.get(CHANGES_KEY).data)[0]["outcome"] == "planned (dry run)"
+    plan_link = Artifact.get(PLAN_KEY).data
+    assert f"(file://{summary['plan_csv']})" in plan_link
+    csv = open(summary["plan_csv"]).read()
+    assert "staff@example.org" in csv and "unmanaged" in csv
+
+
+def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(blocks, tmp_path):
+    records, roster = population()
+    novi, mailman = FakeNovi(records, cap=3), FakeMailman({LIST: roster})
+    state, calls = run(novi, mailman, tmp_path, batch_size=2)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["outcomes"] == {"applied": 7}
+    assert summary["message"] == "7 changes applied"
+    # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
+    assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
+    assert mailman.names(LIST) == {f"cur{i}@example.org": f"Cur {i}" for i in range(5)} | {
+        "staff@example.org": "Staff"}
+
+    again, calls = run(novi, mailman, tmp_path, batch_size=2)
+    assert again.is_completed() and again.name == "Skipped"
+    assert again.result()["message"] == "No changes: every list is already in step with Novi"
+    assert writes(calls) == []
+    # reads only: ceil(8 / 3) Novi pages, one roster page, one held-members page
+    assert len(calls) == math.ceil(8 / 3) + 2
+
+
+def test_refused_address_fails_the_run_with_counts_and_a_rerun_finishes(blocks, tmp_path):
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    mailman.fail_subscribe = {"cur2@example.org"}
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ChangesFailed)
+    assert str(error) == "1 of 7 changes failed; rerun to retry them"
+    assert error.summary["outcomes"] == {"applied": 6, "failed": 1}
+    assert "Invalid Parameter" in Artifact.get(SUMMARY_KEY).data or "failed" in Artifact.get(SUMMARY_KEY).data
+
+    mailman.fail_subscribe = set()
+    rerun, calls = run(novi, mailman, tmp_path)
+    assert rerun.is_completed()
+    assert rerun.result()["outcomes"] == {"applied": 1}  # exactly the remainder
+    assert writes(calls) == [("POST", f"{MAILMAN_REST}/3.1/members")]
+
+
+def test_transient_write_failure_is_retried_by_the_batch(blocks, tmp_path, fast_retries):
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    mailman.unavailable_writes = 1
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_completed(), state.message
+    assert set(mailman.names(LIST)) == {f"cur{i}@example.org" for i in range(5)} | {"staff@example.org"}
+
+
+def test_write_failing_past_its_retries_fails_the_run(blocks, tmp_path, fast_retries):
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    mailman.unavailable_writes = 1000
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ChangesFailed)
+    assert error.summary["outcomes"]["failed"] >= 3
+    assert "rerun to retry them" in str(error)
+
+
+def test_empty_source_is_refused_before_any_write(blocks, tmp_path):
+    _, roster = population()
+    novi, mailman = FakeNovi([]), FakeMailman({LIST: roster})
+    state, calls = run(novi, mailman, tmp_path)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, GuardRefused)
+    assert "allow_empty" in str(error) and LIST in str(error)
+    assert error.summary["state"] == "refused"
+    assert writes(calls) == []
+
+
+def test_secrets_never_reach_the_summary_or_artifacts(blocks, tmp_path):
+    records, roster = population()
+    state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path, dry_run=True)
+    captured = json.dumps(state.result()) + Artifact.get(SUMMARY_KEY).data + Artifact.get(CHANGES_KEY).data
+    assert NOVI_KEY not in captured and MAILMAN_PASSWORD not in captured
