@@ -1,0 +1,100 @@
+"""The command line, run in-process against the Prefect test server and the HTTP fakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+from typer.testing import CliRunner
+
+from flows.cli import EXIT_FAILED, EXIT_REFUSED, app
+from tasks.blocks import MailmanCredentials, NoviCredentials
+from tests.conftest import novi_record
+from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
+
+pytestmark = pytest.mark.flow
+
+NOVI_KEY = "CLI-NOVI-KEY-abcdef"
+MAILMAN_PASSWORD = "CLI-MAILMAN-PW-uvwxyz"
+LIST = "members.example.org"
+
+
+@pytest.fixture(scope="module")
+def cli_blocks(prefect_server):
+    runner = CliRunner()
+    result = runner.invoke(app, ["blocks", "--novi-url", NOVI_SITE, "--mailman-url", MAILMAN_REST,
+                                 "--novi-block", "cli-novi", "--mailman-block", "cli-mailman"],
+                           env={"NOVI_API_KEY": NOVI_KEY, "MAILMAN_PASSWORD": MAILMAN_PASSWORD})
+    assert result.exit_code == 0, result.output
+    assert NOVI_KEY not in result.output and MAILMAN_PASSWORD not in result.output
+    return runner
+
+
+def invoke(runner, args, novi, mailman):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        mock.add("GET", f"{MAILMAN_REST}/3.1/system/versions", json={"mailman_version": "GNU Mailman 3.3.10"})
+        mock.add("GET", f"{MAILMAN_REST}/3.1/lists", json={"start": 0, "total_size": 1,
+                                                            "entries": [{"list_id": LIST}]})
+        return runner.invoke(app, [*args, "--novi-block", "cli-novi", "--mailman-block", "cli-mailman"])
+
+
+def test_blocks_store_the_secrets(cli_blocks):
+    novi = NoviCredentials.load("cli-novi")
+    assert novi.api_key.get_secret_value() == NOVI_KEY and novi.site_url == NOVI_SITE
+    assert MailmanCredentials.load("cli-mailman").password.get_secret_value() == MAILMAN_PASSWORD
+
+
+def test_blocks_refuse_without_a_secret_source(prefect_server):
+    result = CliRunner().invoke(app, ["blocks", "--novi-url", NOVI_SITE, "--mailman-url", MAILMAN_REST,
+                                      "--novi-block", "x", "--mailman-block", "y"], env={"NOVI_API_KEY": ""})
+    assert result.exit_code != 0
+    assert "NOVI_API_KEY" in result.output
+
+
+def test_check_reports_total_version_and_lists(cli_blocks, tmp_path):
+    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
+    result = invoke(cli_blocks, ["check"], novi, FakeMailman({LIST: {}}))
+    assert result.exit_code == 0, result.output
+    assert "2 member records" in result.output and "3.3.10" in result.output and LIST in result.output
+
+
+def test_plan_json_is_one_object_and_writes_nothing(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    mailman = FakeMailman({LIST: {"old@example.org": "Old"}})
+    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("o", "old@example.org", status="expired")])
+    result = invoke(cli_blocks, ["plan", "--list", LIST, "--json"], novi, mailman)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["dry_run"] is True and summary["changes"] == 2
+    assert not mailman.writes
+    assert NOVI_KEY not in result.output and MAILMAN_PASSWORD not in result.output
+
+
+def test_sync_applies_and_a_failure_exits_non_zero(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    mailman = FakeMailman({LIST: {}})
+    mailman.fail_subscribe = {"b@example.org"}
+    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
+    result = invoke(cli_blocks, ["sync", "--list", LIST, "--json"], novi, mailman)
+    assert result.exit_code == EXIT_FAILED
+    summary = json.loads(result.stdout)
+    assert summary["state"] == "failed" and summary["outcomes"] == {"applied": 1, "failed": 1}
+    assert set(mailman.names(LIST)) == {"a@example.org"}
+
+
+def test_refused_run_exits_with_its_own_status(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    result = invoke(cli_blocks, ["sync", "--list", LIST], FakeNovi([]), FakeMailman({LIST: {"x@example.org": "X"}}))
+    assert result.exit_code == EXIT_REFUSED
+    assert "allow_empty" in result.output
+
+
+def test_bad_rules_file_is_a_clear_failure(cli_blocks, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("lists:\n  - list_id: members.example.org\n    lapse: hold\n")
+    result = invoke(cli_blocks, ["plan", "--rules", str(rules), "--json"], FakeNovi([]), FakeMailman({LIST: {}}))
+    assert result.exit_code == EXIT_FAILED
+    assert "lapse" in json.loads(result.stdout)["message"]
