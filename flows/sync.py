@@ -86,7 +86,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
 
     futures = bounded(submit, work, workers)
     parts = []
-    for (list_id, action, rows), future in zip(work, futures):
+    for (_, _, rows), future in zip(work, futures):
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):
             outcome = pd.DataFrame({"outcome": FAILED, "detail": str(result)}, index=rows.index)

@@ -97,7 +97,8 @@ class NoviClient:
         """All member records, deduplicated by `UniqueID` and counted against `TotalCount`."""
         by_id: dict[str, dict] = {}
         received, announced = 0, 0
-        for announced, records in self.member_pages(page_size):
+        for total, records in self.member_pages(page_size):
+            announced = total
             for record in records:
                 uid = record.get("UniqueID")
                 if not isinstance(uid, str) or not uid.strip():
@@ -152,7 +153,7 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
     first = [_text(v) for v in get("FirstName")]
     last = [_text(v) for v in get("LastName")]
     name = [_text(v) for v in get("Name")]
-    display = [" ".join(p for p in (f, l) if p) or n or "" for f, l, n in zip(first, last, name)]
+    display = [" ".join(p for p in (given, family) if p) or org or "" for given, family, org in zip(first, last, name)]
 
     member_type = [mt if isinstance(mt, dict) else ({"Name": mt} if isinstance(mt, str) else {})
                    for mt in get("MemberType")]

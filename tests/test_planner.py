@@ -4,8 +4,15 @@ import pandas as pd
 import pytest
 
 from tasks.novi import members_frame
-from tasks.planner import (REASON_NOT_IN_NOVI, REASON_PROTECTED, REASON_RELEASE, REASON_RENAME, REASON_SUBSCRIBE,
-                           REASON_UNMANAGED, plan)
+from tasks.planner import (
+    REASON_NOT_IN_NOVI,
+    REASON_PROTECTED,
+    REASON_RELEASE,
+    REASON_RENAME,
+    REASON_SUBSCRIBE,
+    REASON_UNMANAGED,
+    plan,
+)
 from tasks.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
