@@ -37,11 +37,13 @@ def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
 def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int) -> list:
     """Submit one task per item with at most `workers` in flight; the futures, in item order."""
     futures: list[PrefectFuture] = []
+    in_flight: list[PrefectFuture] = []
     for item in items:
-        running = [f for f in futures if not f.state.is_final()]
-        if len(running) >= workers:
-            next(as_completed(running))
-        futures.append(submit(item))
+        if len(in_flight) >= workers:
+            in_flight.remove(next(as_completed(in_flight)))
+        future = submit(item)
+        futures.append(future)
+        in_flight.append(future)
     wait(futures)
     return futures
 
