@@ -43,6 +43,9 @@ class ListRule(_Strict):
     send_welcome: bool = False
     send_goodbye: bool = False
     allow_empty: bool = False        # an empty eligible set is an error unless this is true
+    # A member who left the list by themselves is not re-added: `respect` (always),
+    # `until_renewal` (until their membership expiry moves on), `override` (compulsory lists).
+    self_unsubscribe: Literal["respect", "until_renewal", "override"] = "respect"
 
     @field_validator("list_id")
     @classmethod
