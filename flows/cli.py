@@ -26,6 +26,9 @@ RulesOpt = Annotated[Optional[str], typer.Option("--rules", help="Routing rules 
 BatchSize = Annotated[int, typer.Option(help="Changes per batch task (1-500).")]
 Workers = Annotated[int, typer.Option(help="Tasks in flight at once (1-8).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
+LedgerBlock = Annotated[Optional[str], typer.Option(
+    help="Name of a saved ledger block (e.g. PostgreSQL); default: the SQLite file at $NOVI_MAILMAN_LEDGER "
+         "or ~/.novi-mailman/ledger.sqlite.")]
 ListOpt = Annotated[Optional[str], typer.Option("--list", help="One list id, every default rule (instead of --rules).")]
 
 
@@ -84,12 +87,12 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
 
 
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
-         batch_size: int, workers: int, as_json: bool) -> None:
+         ledger_block: str | None, batch_size: int, workers: int, as_json: bool) -> None:
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 
     state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
-                       dry_run=dry_run, batch_size=batch_size, workers=workers, return_state=True)
+                       ledger_block=ledger_block, dry_run=dry_run, batch_size=batch_size, workers=workers, return_state=True)
     if state.is_completed():
         summary, code = state.result(), 0
     else:
@@ -121,20 +124,55 @@ def _show(summary: dict) -> None:
 
 @app.command()
 def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
-         mailman_block: MailmanBlock = "mailman",
+         mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
          ) -> None:
-    """Dry run: read both sides, plan and report; write nothing to Mailman."""
-    _run(True, rules, list_id, novi_block, mailman_block, batch_size, workers, as_json)
+    """Dry run: read both sides and the ledger, plan and report; write nothing anywhere."""
+    _run(True, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json)
 
 
 @app.command()
 def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
-         mailman_block: MailmanBlock = "mailman",
+         mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
-    _run(False, rules, list_id, novi_block, mailman_block, batch_size, workers, as_json)
+    _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json)
+
+
+@app.command()
+def history(address: Annotated[str, typer.Argument(help="The email address to look up.")],
+            ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
+    """What happened to an address, across lists and runs, newest first (from the ledger)."""
+    from flows.sync import open_ledger
+
+    ledger = open_ledger(ledger_block, create=False)
+    changes = ledger.history(address)
+    now = ledger.memberships(address)
+    lists = [] if now.empty else json.loads(now.drop(columns=["match_key"]).to_json(orient="records",
+                                                                                      date_format="iso"))
+    if as_json:
+        print(json.dumps({"address": address, "ledger": ledger.location, "lists": lists,
+                          "changes": json.loads(changes.to_json(orient="records", date_format="iso"))}))
+        return
+    out.print(f"Ledger: {ledger.location}")
+    for item in lists:
+        since = item["first_managed_at"][:10]
+        if item["status"] == "member":
+            out.print(f"{item['list_id']}: managed since {since} ({item['how']}), Novi id {item['novi_id']}")
+        else:
+            out.print(f"{item['list_id']}: left the list themselves on {(item['left_at'] or '')[:10]}; "
+                      "not re-added")
+    if changes.empty:
+        out.print(f"No change recorded for {address}.")
+        return
+    table = Table(title=f"History of {address}, newest first")
+    for column in ("when", "list", "action", "outcome", "reason", "run"):
+        table.add_column(column)
+    for row in changes.itertuples():
+        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome,
+                      row.reason or "", row.run_name or row.run_id)
+    out.print(table)
 
 
 if __name__ == "__main__":

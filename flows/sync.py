@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -16,11 +18,12 @@ from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import report
-from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.errors import ChangesFailed, GuardRefused, RulesError
+from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials
+from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
+from tasks.ledger import Ledger, LedgerError, RunRecord
 from tasks.mailman import FAILED, MailmanClient, apply_batch, extract_roster
 from tasks.novi import extract_members
-from tasks.planner import Plan, plan
+from tasks.planner import Plan, plan, settle
 from tasks.rules import Rules, load_rules, single_list_rules
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
@@ -49,9 +52,10 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules) -> Plan:
+def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
+              now: pd.Timestamp) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules)
+    return plan(members, rosters, rules, ledger, now)
 
 
 def empty_source_refusal(the_plan: Plan, rules: Rules, novi_members: int) -> str | None:
@@ -100,12 +104,37 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
     return pd.concat(parts).sort_index()
 
 
+def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
+    """The ledger a block names, else the default location (see tasks.ledger.default_url)."""
+    return LedgerDatabase.load(ledger_block).get_ledger(create=create) if ledger_block else Ledger(create=create)
+
+
+@task(name="read-ledger", cache_policy=NO_CACHE)
+def read_ledger(ledger: Ledger, list_ids: list[str]) -> pd.DataFrame:
+    """What earlier runs remember about these lists."""
+    return ledger.read(list_ids)
+
+
+@task(name="record-ledger", cache_policy=NO_CACHE)
+def record_ledger(ledger: Ledger, run: RunRecord, list_ids: list[str], the_plan: Plan,
+                  outcomes: pd.DataFrame) -> None:
+    """Store the lists' next state (as the changes actually turned out), the changes and the run."""
+    ledger.record(run, list_ids, settle(the_plan.memory, outcomes), outcomes, the_plan.figures)
+
+
+def _run_record(started_at: datetime, state: str, message: str, novi_members: int | None) -> RunRecord:
+    return RunRecord(run_id=str(flow_run.get_id() or uuid.uuid4()), run_name=flow_run.get_name() or "local",
+                     started_at=started_at, ended_at=datetime.now(timezone.utc), state=state, message=message,
+                     novi_members=novi_members)
+
+
 @flow(name="sync-lists", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
 def sync_lists(
     rules_path: str | None = None,
     list_id: str | None = None,
     novi_block: str = "novi",
     mailman_block: str = "mailman",
+    ledger_block: str | None = None,
     dry_run: bool = False,
     batch_size: int = 100,
     workers: int = 2,
@@ -114,31 +143,38 @@ def sync_lists(
 ) -> dict:
     """Bring every list in the rules in step with Novi; returns the run summary.
 
-    Reads Novi once and every roster, plans with pandas, refuses to write on an empty source,
-    applies only the difference in retried batch tasks (unless `dry_run`), and leaves a
-    summary, a table of changes and the full plan as artifacts.
+    Reads Novi once, every roster and the ledger, plans with pandas, refuses to write on an
+    empty source, applies only the difference in retried batch tasks (unless `dry_run`),
+    records the run in the ledger, and leaves a summary, a table of changes and the full plan
+    as artifacts. A dry run reads the ledger and writes nothing to it.
     """
     log = get_run_logger()
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(timezone.utc)
     if not 1 <= batch_size <= 500:
         raise ValueError("batch_size must be between 1 and 500")
     if not 1 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
     rules = resolve_rules(rules_path, list_id)
-    novi = NoviCredentials.load(novi_block).get_client()
-    mailman = MailmanCredentials.load(mailman_block).get_client()
-
-    members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
-    log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
+    ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]
-    roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
-    rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
-    the_plan = make_plan(members, rosters, rules)
+    try:
+        novi = NoviCredentials.load(novi_block).get_client()
+        mailman = MailmanCredentials.load(mailman_block).get_client()
+        members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
+        log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
+        roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
+        rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
+        remembered = read_ledger(ledger, list_ids)
+    except SyncError as exc:
+        if not dry_run:  # a run that could not even plan is still part of the history
+            ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
+        raise
+    the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
     log.info("Planned %d changes on %d lists", the_plan.count(), len(list_ids))
 
     refusal = empty_source_refusal(the_plan, rules, len(members))
     if dry_run or refusal:
-        outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else "not applied", detail="")
+        outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
     else:
         outcomes = apply_plan(mailman, the_plan, rules, batch_size, workers)
 
@@ -154,12 +190,20 @@ def sync_lists(
         verb = "would be made (dry run)" if dry_run else "applied"
         state, message = "completed", f"{total} changes {verb}"
 
+    if not dry_run:
+        try:
+            record_ledger(ledger, _run_record(started_at, state, message, len(members)), list_ids, the_plan, outcomes)
+        except LedgerError as exc:
+            # Mailman already holds the changes; the next run adopts them, never writes twice.
+            raise LedgerError(f"{message}, but the ledger was not updated ({exc}); the next run will "
+                              "adopt what was applied") from None
+
     reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
     rows = report.plan_rows(the_plan, outcomes)
     csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
     summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
                                novi_members=len(members), duration_s=time.monotonic() - started,
-                               plan_csv=str(csv_path))
+                               plan_csv=str(csv_path), ledger=ledger.location)
     report.publish(summary, outcomes, csv_path, table_rows)
 
     if refusal:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
+from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
 from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NoviClient, api_base
 
@@ -52,3 +53,16 @@ class MailmanCredentials(Block):
 
     def get_client(self) -> MailmanClient:
         return MailmanClient(self.rest_url, self.username, self.password.get_secret_value())
+
+
+class LedgerDatabase(Block):
+    """Where the ledger lives when it is not the default SQLite file (e.g. a shared PostgreSQL)."""
+
+    _block_type_name = "novi-mailman Ledger"
+    _block_type_slug = "novi-mailman-ledger"
+    _description = "SQLAlchemy URL of the novi-mailman ledger, e.g. postgresql+psycopg://user:pw@host/db."
+
+    url: SecretStr = Field(description="SQLAlchemy URL; it may hold a password, so it is kept secret.")
+
+    def get_ledger(self, *, create: bool = True) -> Ledger:
+        return Ledger(self.url.get_secret_value(), create=create)

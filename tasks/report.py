@@ -12,6 +12,7 @@ from tasks.mailman import ALREADY, APPLIED, FAILED, PENDING
 from tasks.planner import ACTIONS, Plan
 
 PLANNED = "planned (dry run)"
+REFUSED = "refused by a guard"
 OUTCOMES = [APPLIED, ALREADY, PENDING, FAILED]
 SUMMARY_KEY = "novi-mailman-summary"
 CHANGES_KEY = "novi-mailman-changes"
@@ -23,7 +24,7 @@ def _counts(series: pd.Series) -> dict[str, int]:
 
 
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
-              novi_members: int, duration_s: float, plan_csv: str | None) -> dict:
+              novi_members: int, duration_s: float, plan_csv: str | None, ledger: str) -> dict:
     """The run as one plain dict: what the flow returns and `--json` prints."""
     lists = []
     for figure in plan.figures.to_dict("records"):
@@ -50,6 +51,7 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
         "outcomes": _counts(outcomes["outcome"]),
         "lists": lists,
         "plan_csv": plan_csv,
+        "ledger": ledger,
     }
 
 
@@ -77,6 +79,8 @@ def summary_markdown(summary: dict) -> str:
     if summary["plan_csv"]:
         lines += ["", f"The full plan, one row per change and per row left alone: `{summary['plan_csv']}`"
                   f" (also linked as the `{PLAN_KEY}` artifact)."]
+    lines += ["", f"What happened to one address across lists and runs: `novi-mailman history ADDRESS` "
+              f"(ledger: `{summary['ledger']}`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -98,3 +98,28 @@ def test_bad_rules_file_is_a_clear_failure(cli_blocks, tmp_path):
     result = invoke(cli_blocks, ["plan", "--rules", str(rules), "--json"], FakeNovi([]), FakeMailman({LIST: {}}))
     assert result.exit_code == EXIT_FAILED
     assert "lapse" in json.loads(result.stdout)["message"]
+
+
+def test_history_shows_what_happened_to_an_address_newest_first(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
+    mailman = FakeMailman({LIST: {}})
+    assert invoke(cli_blocks, ["sync", "--list", LIST], novi, mailman).exit_code == 0
+    novi.records[0]["MemberStatus"] = "expired"
+    assert invoke(cli_blocks, ["sync", "--list", LIST], novi, mailman).exit_code == 0
+
+    result = cli_blocks.invoke(app, ["history", "A@example.org", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert [(c["action"], c["reason"]) for c in found["changes"]] == [
+        ("unsubscribe", "status expired"), ("subscribe", "eligible, not on the list")]
+    assert found["lists"] == [] and found["ledger"].startswith("sqlite:///")
+
+    shown = cli_blocks.invoke(app, ["history", "a@example.org"], env={"COLUMNS": "200"})
+    assert "status expired" in shown.output and shown.output.index("unsubscribe") < shown.output.index("subscribe ")
+
+
+def test_history_of_an_unknown_address_with_no_ledger_yet(prefect_server, isolated_ledger):
+    result = CliRunner().invoke(app, ["history", "nobody@example.org"])
+    assert result.exit_code == 0 and "No change recorded" in result.output
+    assert not isolated_ledger.exists()

@@ -13,6 +13,7 @@ import flows.sync as sync_module
 from flows.sync import sync_lists
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.errors import ChangesFailed, GuardRefused
+from tasks.ledger import Ledger, LedgerError
 from tasks.mailman import apply_batch
 from tasks.report import CHANGES_KEY, PLAN_KEY, SUMMARY_KEY
 from tests.conftest import novi_record
@@ -158,3 +159,96 @@ def test_secrets_never_reach_the_summary_or_artifacts(blocks, tmp_path):
     state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path, dry_run=True)
     captured = json.dumps(state.result()) + Artifact.get(SUMMARY_KEY).data + Artifact.get(CHANGES_KEY).data
     assert NOVI_KEY not in captured and MAILMAN_PASSWORD not in captured
+
+
+# the ledger, through whole runs ----------------------------------------------------------
+
+def test_dry_run_leaves_the_ledger_untouched(blocks, tmp_path, isolated_ledger):
+    records, roster = population()
+    state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path, dry_run=True)
+    assert state.is_completed()
+    assert not isolated_ledger.exists()
+    assert state.result()["ledger"] == f"sqlite:///{isolated_ledger}"
+
+
+def test_real_run_records_the_run_and_every_change(blocks, tmp_path):
+    records, roster = population()
+    state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path)
+    assert state.is_completed()
+    ledger = Ledger()
+    last = ledger.last_run()
+    assert last["state"] == "completed" and last["changes"] == 7 and last["novi_members"] == 8
+    assert last["lists"][LIST]["eligible"] == 5
+    history = ledger.history("exp0@example.org")
+    assert history[["action", "outcome", "reason"]].values.tolist() == [["unsubscribe", "applied", "status expired"]]
+    remembered = ledger.read([LIST]).set_index("match_key")
+    assert remembered.loc["cur0@example.org", "how"] == "adopted"
+    assert remembered.loc["cur4@example.org", "how"] == "subscribed"
+    assert "staff@example.org" not in remembered.index
+
+
+def test_address_change_moves_the_subscription(blocks, tmp_path):
+    novi = FakeNovi([novi_record("x", "old@example.org"), novi_record("y", "y@example.org")])
+    mailman = FakeMailman({LIST: {}})
+    run(novi, mailman, tmp_path)
+    novi.records[0]["Email"] = "new@example.org"
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_completed()
+    assert set(mailman.names(LIST)) == {"new@example.org", "y@example.org"}
+    reasons = state.result()["lists"][0]["reasons"]
+    assert reasons["unsubscribe"] == {"address changed in Novi": 1}
+
+
+def test_member_who_left_by_themselves_is_not_re_added(blocks, tmp_path):
+    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
+    mailman = FakeMailman({LIST: {}})
+    run(novi, mailman, tmp_path)
+    del mailman.rosters[LIST]["a@example.org"]  # a unsubscribes through Mailman's own pages
+    state, calls = run(novi, mailman, tmp_path)
+    assert writes(calls) == []
+    assert state.result()["lists"][0]["left_alone"] == {"left the list themselves": 1}
+    assert set(mailman.names(LIST)) == {"b@example.org"}
+
+
+def test_failed_ledger_write_fails_the_run_and_the_next_run_adopts_without_writing(blocks, tmp_path, monkeypatch):
+    novi = FakeNovi([novi_record("a", "a@example.org")])
+    mailman = FakeMailman({LIST: {}})
+
+    def refuse(*args, **kwargs):
+        raise LedgerError("the ledger at sqlite:///x failed: OperationalError; nothing of this run was stored")
+
+    monkeypatch.setattr(Ledger, "record", refuse)
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_failed() and "ledger was not updated" in state.message
+    assert set(mailman.names(LIST)) == {"a@example.org"}  # Mailman holds the change
+    monkeypatch.undo()
+    again, calls = run(novi, mailman, tmp_path)
+    assert again.is_completed() and writes(calls) == []
+    assert Ledger().read([LIST]).iloc[0]["how"] == "adopted"
+
+
+def test_run_that_cannot_read_novi_is_recorded_as_failed(blocks, tmp_path):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{NOVI_SITE}/api/members", status=401)
+        state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
+                           reports_dir=str(tmp_path), return_state=True)
+    assert state.is_failed()
+    last = Ledger().last_run("failed")
+    assert "refused" in last["message"] and NOVI_KEY not in last["message"]
+
+
+def test_ledger_block_points_the_run_at_postgresql(blocks, tmp_path, ledger_url):
+    from pydantic import SecretStr
+
+    from tasks.blocks import LedgerDatabase
+
+    LedgerDatabase(url=SecretStr(ledger_url)).save("test-ledger", overwrite=True)
+    novi = FakeNovi([novi_record("a", "a@example.org")])
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        FakeMailman({LIST: {}}).install(mock)
+        state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
+                           ledger_block="test-ledger", reports_dir=str(tmp_path), return_state=True)
+    assert state.is_completed()
+    assert state.result()["ledger"].split("://")[0] == ledger_url.split("://")[0]
+    assert Ledger(ledger_url).read([LIST])["match_key"].tolist() == ["a@example.org"]

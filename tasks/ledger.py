@@ -1,0 +1,307 @@
+"""The ledger: what the tool manages on each list, every change it made or refused, every run.
+
+A SQL database through SQLAlchemy: a SQLite file by default (no set-up), PostgreSQL when
+workers run on several machines. The planner reads it as one more input frame
+(`tasks.planner.LEDGER_COLUMNS`); a real run writes the next state, its changes and its
+figures in one transaction, so a run that fails half-way leaves the ledger as it was.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from tasks.errors import SyncError
+from tasks.planner import LEDGER_COLUMNS, TIMESTAMP_COLUMNS, empty_ledger
+
+LEDGER_ENV = "NOVI_MAILMAN_LEDGER"   # a path or a SQLAlchemy URL
+HOME_ENV = "NOVI_MAILMAN_HOME"       # default ~/.novi-mailman
+
+metadata = MetaData()
+
+addresses_table = Table(
+    "managed_addresses", metadata,
+    Column("list_id", String(255), primary_key=True),
+    Column("match_key", String(320), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("novi_id", String(64)),
+    Column("status", String(16), nullable=False),      # member | left
+    Column("how", String(16), nullable=False),         # subscribed | adopted
+    Column("on_roster", Boolean, nullable=False),
+    Column("eligible", Boolean, nullable=False),
+    Column("first_managed_at", DateTime(timezone=True), nullable=False),
+    Column("last_seen_on_roster_at", DateTime(timezone=True)),
+    Column("last_eligible_at", DateTime(timezone=True)),
+    Column("left_at", DateTime(timezone=True)),
+    Column("left_expires", DateTime(timezone=True)),
+    Column("run_id", String(64)),
+)
+
+changes_table = Table(
+    "changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("list_id", String(255), nullable=False),
+    Column("match_key", String(320), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("novi_id", String(64)),
+    Column("action", String(16), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("reason", Text),
+    Column("detail", Text),
+    Index("ix_changes_match_key", "match_key", "at"),
+)
+
+runs_table = Table(
+    "runs", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("run_name", String(128)),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),       # completed | failed | refused
+    Column("message", Text),
+    Column("novi_members", Integer),
+    Column("changes", Integer),
+    Column("failed", Integer),
+)
+
+run_lists_table = Table(
+    "run_lists", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("list_id", String(255), primary_key=True),
+    Column("eligible", Integer, nullable=False),
+    Column("roster", Integer, nullable=False),
+    Column("managed", Integer, nullable=False),
+    Column("changes", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+)
+
+
+class LedgerError(SyncError):
+    """The ledger could not be read or written."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One real run's figures, as the runs table keeps them."""
+
+    run_id: str
+    run_name: str
+    started_at: datetime
+    ended_at: datetime
+    state: str
+    message: str
+    novi_members: int | None = None
+
+
+def default_url() -> str:
+    """`$NOVI_MAILMAN_LEDGER` (a path or a URL), else `$NOVI_MAILMAN_HOME/ledger.sqlite`."""
+    given = os.environ.get(LEDGER_ENV)
+    if given:
+        return given if "://" in given else f"sqlite:///{Path(given).expanduser().resolve()}"
+    home = Path(os.environ.get(HOME_ENV, "~/.novi-mailman")).expanduser().resolve()
+    return f"sqlite:///{home / 'ledger.sqlite'}"
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with None for missing values and plain datetimes, for executemany."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    for record in records:
+        for column in stamps:
+            if record[column] is not None:
+                record[column] = record[column].to_pydatetime()
+    return records
+
+
+class Ledger:
+    """The ledger database; tables are created on first use."""
+
+    def __init__(self, url: str | None = None, *, create: bool = True) -> None:
+        """Open the ledger; `create=False` (dry runs) reads a missing ledger as empty and creates nothing."""
+        url = url or default_url()
+        parsed = make_url(url)
+        self.location = self.redacted(parsed)
+        self.exists = True
+        try:
+            if parsed.get_backend_name() == "sqlite":
+                on_disk = bool(parsed.database) and parsed.database != ":memory:"
+                if on_disk and not create and not Path(parsed.database).exists():
+                    self.exists = False
+                    return
+                if on_disk:
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                # Runs on different lists may write at once: wait for the lock rather than fail.
+                self.engine: Engine = create_engine(parsed, connect_args={"timeout": 60})
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            else:
+                self.engine = create_engine(parsed, pool_pre_ping=True)
+            if create:
+                metadata.create_all(self.engine)
+            else:
+                self.exists = inspect(self.engine).has_table(addresses_table.name)
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"the ledger at {self.location} cannot be opened: {type(exc).__name__}") from None
+
+    @staticmethod
+    def redacted(url) -> str:
+        return make_url(url).render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.location})"
+
+    def read(self, list_ids: Sequence[str]) -> pd.DataFrame:
+        """What the tool remembers about the given lists, as the planner's ledger frame."""
+        if not self.exists:
+            return empty_ledger()
+        query = select(*[addresses_table.c[c] for c in LEDGER_COLUMNS]).where(
+            addresses_table.c.list_id.in_(list(list_ids)))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        if not rows:
+            return empty_ledger()
+        frame = pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+        for column in LEDGER_COLUMNS:
+            if column in TIMESTAMP_COLUMNS:
+                frame[column] = pd.to_datetime(frame[column], utc=True)
+            elif column in ("on_roster", "eligible"):
+                frame[column] = frame[column].astype(bool)
+            else:
+                frame[column] = frame[column].astype("string")
+        return frame
+
+    def record(self, run: RunRecord, list_ids: Sequence[str], state: pd.DataFrame, changes: pd.DataFrame,
+               figures: pd.DataFrame) -> None:
+        """Store a run in one transaction: the lists' next state, its changes, its figures."""
+        at = pd.Timestamp(run.ended_at)
+        change_rows = changes.assign(run_id=run.run_id, at=at, match_key=changes["email"].str.casefold())
+        change_rows = change_rows[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action", "outcome",
+                                   "reason", "detail"]]
+        failed = changes.loc[changes["outcome"] == "failed"]
+        per_list = [{"run_id": run.run_id, "list_id": f["list_id"], "eligible": int(f["eligible"]),
+                     "roster": int(f["roster"]), "managed": int(f["managed"]),
+                     "changes": int((changes["list_id"] == f["list_id"]).sum()),
+                     "failed": int((failed["list_id"] == f["list_id"]).sum())}
+                    for f in figures.to_dict("records")]
+        with self._begin() as conn:
+            conn.execute(delete(addresses_table).where(addresses_table.c.list_id.in_(list(list_ids))))
+            if not state.empty:
+                conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=run.run_id)))
+            if not change_rows.empty:
+                conn.execute(changes_table.insert(), _records(change_rows))
+            conn.execute(runs_table.insert(), [{
+                "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
+                "ended_at": run.ended_at, "state": run.state, "message": run.message[:2000],
+                "novi_members": run.novi_members, "changes": len(changes), "failed": len(failed)}])
+            if per_list:
+                conn.execute(run_lists_table.insert(), per_list)
+
+    def record_failure(self, run: RunRecord) -> None:
+        """A run that ended before it could plan (a failed read, bad rules): only its row."""
+        with self._begin() as conn:
+            conn.execute(runs_table.insert(), [{
+                "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
+                "ended_at": run.ended_at, "state": run.state, "message": run.message[:2000],
+                "novi_members": run.novi_members, "changes": 0, "failed": 0}])
+
+    def history(self, address: str) -> pd.DataFrame:
+        """Every change recorded for an address, across lists and runs, newest first."""
+        key = address.strip().casefold()
+        columns = ["at", "list_id", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name"]
+        if not self.exists:
+            return pd.DataFrame(columns=columns)
+        query = (select(changes_table.c.at, changes_table.c.list_id, changes_table.c.action,
+                        changes_table.c.outcome, changes_table.c.reason, changes_table.c.detail,
+                        changes_table.c.novi_id, changes_table.c.run_id, runs_table.c.run_name)
+                 .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
+                 .where(changes_table.c.match_key == key)
+                 .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["at"] = pd.to_datetime(frame["at"], utc=True)
+        return frame
+
+    def memberships(self, address: str) -> pd.DataFrame:
+        """What the ledger holds for an address now, one row per list."""
+        if not self.exists:
+            return pd.DataFrame()
+        query = select(addresses_table).where(addresses_table.c.match_key == address.strip().casefold())
+        with self._connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return pd.DataFrame([dict(r) for r in rows])
+
+    def last_run(self, state: str = "completed") -> dict | None:
+        """The newest run in the given final state, with its per-list figures."""
+        if not self.exists:
+            return None
+        with self._connect() as conn:
+            run = conn.execute(select(runs_table).where(runs_table.c.state == state)
+                               .order_by(runs_table.c.ended_at.desc()).limit(1)).mappings().first()
+            if run is None:
+                return None
+            lists = conn.execute(select(run_lists_table).where(run_lists_table.c.run_id == run["run_id"])
+                                 ).mappings().all()
+        return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}
+
+    def _connect(self):
+        return _Guarded(self.engine.connect, self.location)
+
+    def _begin(self):
+        return _Guarded(self.engine.begin, self.location)
+
+
+class _Guarded:
+    """A connection context that turns database failures into a `LedgerError` without the URL's secrets."""
+
+    def __init__(self, opener, location: str) -> None:
+        self._opener, self._location, self._context = opener, location, None
+
+    def __enter__(self):
+        try:
+            self._context = self._opener()
+            return self._context.__enter__()
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"the ledger at {self._location} is unavailable: {type(exc).__name__}") from None
+
+    def __exit__(self, exc_type, exc, tb):
+        # SQLAlchemy's own messages quote statements and parameters (addresses): keep the type only.
+        try:
+            suppressed = self._context.__exit__(exc_type, exc, tb)
+        except SQLAlchemyError as error:
+            raise LedgerError(f"the ledger at {self._location} failed: {type(error).__name__}") from None
+        if isinstance(exc, SQLAlchemyError):
+            raise LedgerError(f"the ledger at {self._location} failed: {type(exc).__name__}; "
+                              "nothing of this run was stored") from None
+        return suppressed
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets one run read while another writes; foreign keys are not used.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

@@ -1,0 +1,116 @@
+"""The ledger database on SQLite and PostgreSQL: schema, round trip, history, concurrency, failure."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from tasks.ledger import Ledger, LedgerError, RunRecord
+from tasks.novi import members_frame
+from tasks.planner import LEDGER_COLUMNS, plan, settle
+from tasks.rules import parse_rules
+from tests.conftest import novi_record, roster_frame
+
+T0 = datetime(2026, 11, 1, 2, 15, tzinfo=timezone.utc)
+
+
+def planned_run(list_id: str, n: int, now: datetime = T0, run_id: str = "run-1"):
+    """A plan that subscribes n members to list_id, every change applied."""
+    records = [novi_record(f"{list_id}-{i}", f"m{i}@example.org") for i in range(n)]
+    rules = parse_rules({"lists": [{"list_id": list_id}]})
+    p = plan(members_frame(records), {list_id: roster_frame(list_id, [])}, rules, now=pd.Timestamp(now))
+    outcomes = p.changes.assign(outcome="applied", detail="")
+    run = RunRecord(run_id=run_id, run_name=f"name-{run_id}", started_at=now, ended_at=now + timedelta(seconds=5),
+                    state="completed", message=f"{n} changes applied", novi_members=n)
+    return p, outcomes, run
+
+
+def test_schema_is_created_once_and_an_empty_ledger_reads_empty(ledger_url):
+    first = Ledger(ledger_url)
+    frame = first.read(["a.example.org"])
+    assert frame.empty and list(frame.columns) == LEDGER_COLUMNS
+    Ledger(ledger_url)  # opening again is harmless
+    assert first.last_run() is None
+
+
+def test_a_run_round_trips(ledger_url):
+    ledger = Ledger(ledger_url)
+    p, outcomes, run = planned_run("a.example.org", 3)
+    ledger.record(run, ["a.example.org"], settle(p.memory, outcomes), outcomes, p.figures)
+    stored = ledger.read(["a.example.org"]).sort_values("match_key", ignore_index=True)
+    expected = settle(p.memory, outcomes).sort_values("match_key", ignore_index=True)
+    pd.testing.assert_frame_equal(stored, expected[LEDGER_COLUMNS], check_dtype=False)
+    last = ledger.last_run()
+    assert last["run_id"] == "run-1" and last["changes"] == 3 and last["novi_members"] == 3
+    assert last["lists"]["a.example.org"]["eligible"] == 3
+    assert ledger.read(["other.example.org"]).empty
+
+
+def test_history_is_newest_first_across_lists_and_runs(ledger_url):
+    ledger = Ledger(ledger_url)
+    for run_id, list_id, when in (("r1", "a.example.org", T0), ("r2", "b.example.org", T0 + timedelta(days=1))):
+        p, outcomes, run = planned_run(list_id, 2, when, run_id)
+        ledger.record(run, [list_id], settle(p.memory, outcomes), outcomes, p.figures)
+    history = ledger.history(" M0@Example.org ")
+    assert history["list_id"].tolist() == ["b.example.org", "a.example.org"]
+    assert history["run_name"].tolist() == ["name-r2", "name-r1"]
+    assert set(history["action"]) == {"subscribe"} and set(history["outcome"]) == {"applied"}
+    assert ledger.history("nobody@example.org").empty
+    assert sorted(ledger.memberships("m0@example.org")["list_id"]) == ["a.example.org", "b.example.org"]
+
+
+def test_concurrent_runs_on_different_lists(ledger_url):
+    Ledger(ledger_url)  # schema first, as the first run would
+    errors: list[BaseException] = []
+
+    def one(list_id: str, run_id: str) -> None:
+        try:
+            ledger = Ledger(ledger_url)
+            p, outcomes, run = planned_run(list_id, 1500, run_id=run_id)
+            ledger.record(run, [list_id], settle(p.memory, outcomes), outcomes, p.figures)
+        except BaseException as exc:  # collected and asserted on below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(f"l{i}.example.org", f"run-{i}")) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    ledger = Ledger(ledger_url)
+    for i in range(3):
+        assert len(ledger.read([f"l{i}.example.org"])) == 1500
+
+
+def test_a_write_failing_half_way_leaves_the_ledger_as_it_was(ledger_url):
+    ledger = Ledger(ledger_url)
+    p, outcomes, run = planned_run("a.example.org", 3)
+    ledger.record(run, ["a.example.org"], settle(p.memory, outcomes), outcomes, p.figures)
+    before = ledger.read(["a.example.org"])
+
+    p2, outcomes2, run2 = planned_run("a.example.org", 5, run_id="run-2")
+    broken = outcomes2.copy()
+    broken.loc[broken.index[-1], "action"] = None  # NOT NULL: fails after the state was replaced
+    with pytest.raises(LedgerError, match="nothing of this run was stored"):
+        ledger.record(run2, ["a.example.org"], settle(p2.memory, outcomes2), broken, p2.figures)
+    pd.testing.assert_frame_equal(ledger.read(["a.example.org"]), before)
+    assert ledger.last_run()["run_id"] == "run-1"
+
+
+def test_unreachable_database_is_a_clear_error_without_its_password():
+    with pytest.raises(LedgerError) as caught:
+        Ledger("postgresql+psycopg://sync:TOPSECRET@127.0.0.1:1/ledger")
+    assert "TOPSECRET" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_default_location_follows_the_environment(tmp_path, monkeypatch):
+    from tasks.ledger import default_url
+
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(tmp_path / "x.sqlite"))
+    assert default_url() == f"sqlite:///{tmp_path / 'x.sqlite'}"
+    monkeypatch.delenv("NOVI_MAILMAN_LEDGER")
+    monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path / "home"))
+    assert default_url() == f"sqlite:///{tmp_path / 'home' / 'ledger.sqlite'}"
