@@ -9,12 +9,14 @@ VENV := .venv
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help install test unit ui lock clean
+.PHONY: help install test unit demo down ui demo-env lock clean
 
 help:
+	@echo "make demo    - the main job against the local sandbox (Novi sandbox + real Mailman core)"
+	@echo "make down    - stop everything the demo started"
 	@echo "make test    - install (uv, locked) and run the whole test suite"
 	@echo "make install - only create .venv from uv.lock"
-	@echo "make ui      - start a local Prefect server and its UI on http://127.0.0.1:4200"
+	@echo "make ui      - start (or find) the demo's Prefect server and its UI on http://127.0.0.1:4200"
 	@echo "make lock    - re-resolve uv.lock after editing pyproject.toml"
 
 # uv itself, pinned, in a folder of its own so it never touches the project environment.
@@ -34,11 +36,20 @@ test: install
 unit: install
 	$(VENV)/bin/pytest -m "not flow"
 
+demo: install
+	$(VENV)/bin/python -m sandbox.demo demo
+
+down: install
+	$(VENV)/bin/python -m sandbox.demo down
+
 ui: install
-	$(VENV)/bin/prefect server start --host 127.0.0.1
+	$(VENV)/bin/python -m sandbox.demo ui
+
+demo-env: install
+	@$(VENV)/bin/python -m sandbox.demo env
 
 lock: $(UV)
 	$(UV) lock
 
 clean:
-	rm -rf $(VENV) $(TOOLS) reports .pytest_cache
+	rm -rf $(VENV) $(TOOLS) reports .pytest_cache .demo .mailman

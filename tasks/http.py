@@ -74,6 +74,13 @@ def _peer_reason(response: requests.Response) -> str:
     return redact_text(text.strip())
 
 
+def _database_race(response: requests.Response) -> bool:
+    """Mailman answers 400 when two requests write the same row at once (an IntegrityError or a
+    locked SQLite database): the request was fine, so it is worth retrying."""
+    text = response.text[:2000]
+    return "IntegrityError" in text or "database is locked" in text
+
+
 class Throttle:
     """Spaces requests at least `interval` seconds apart across threads (a client-side rate limit)."""
 
@@ -146,6 +153,10 @@ class ApiSession:
                     status=None,
                 ) from None
             status = response.status_code
+            if status == 400 and _database_race(response):
+                raise TransientHTTPError(
+                    f"{self.system}: {method} {where} answered 400: a database conflict on the server",
+                    method=method, path=where, status=status)
             if status < 300 or status in accept:
                 return response
             if status == 429 and attempt < self.waits_on_429:

@@ -181,16 +181,20 @@ def extract_roster(client: MailmanClient, list_id: str) -> pd.DataFrame:
     return client.roster(list_id)
 
 
-def apply_changes(client: MailmanClient, list_id: str, action: str, changes: Iterable[dict],
-                  *, mail: bool = False) -> list[dict]:
-    """Apply one batch of same-kind changes to one list; the outcome of each, in order.
+def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -> list[dict]:
+    """Apply one batch of same-kind changes; the outcome of each, in order.
 
-    A change Mailman refuses (400) is a failed row with Mailman's reason and the batch goes
-    on; a transient failure raises, so the whole batch is retried (every write is idempotent).
+    Each change carries `list_id`, `email`, `display_name`, `member_id` and `mail` (whether the
+    list's rule wants Mailman's welcome or goodbye mail). A change Mailman refuses (400) is a
+    failed row with Mailman's reason and the batch goes on; a transient failure raises, so the
+    whole batch is retried (every write is idempotent).
     """
     rows = list(changes)
-    if action == "unsubscribe" and not mail:
-        answer = client.unsubscribe_many(list_id, [r["email"] for r in rows])
+    if action == "unsubscribe" and rows and not rows[0]["mail"]:
+        lists = {r["list_id"] for r in rows}
+        if len(lists) != 1 or any(r["mail"] for r in rows):
+            raise ValueError("a mass unsubscribe batch must hold one list without goodbye mail")
+        answer = client.unsubscribe_many(rows[0]["list_id"], [r["email"] for r in rows])
         results = []
         for r in rows:
             done = answer.get(r["email"].lower())
@@ -200,9 +204,9 @@ def apply_changes(client: MailmanClient, list_id: str, action: str, changes: Ite
         results = []
         for r in rows:
             if action == "subscribe":
-                results.append(client.subscribe(list_id, r["email"], r["display_name"] or "", welcome=mail))
+                results.append(client.subscribe(r["list_id"], r["email"], r["display_name"] or "", welcome=r["mail"]))
             elif action == "unsubscribe":
-                results.append(client.unsubscribe_one(list_id, r["email"]))
+                results.append(client.unsubscribe_one(r["list_id"], r["email"]))
             elif action == "rename":
                 results.append(client.rename(r["email"], r["display_name"] or ""))
             elif action in ("hold", "release"):
@@ -214,6 +218,6 @@ def apply_changes(client: MailmanClient, list_id: str, action: str, changes: Ite
 
 @task(name="apply-batch", retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def apply_batch(client: MailmanClient, list_id: str, action: str, changes: list[dict], mail: bool) -> list[dict]:
+def apply_batch(client: MailmanClient, action: str, changes: list[dict]) -> list[dict]:
     """One Prefect task per batch of changes (never per member): see `apply_changes`."""
-    return apply_changes(client, list_id, action, changes, mail=mail)
+    return apply_changes(client, action, changes)

@@ -1,0 +1,196 @@
+"""`make demo`, `make ui` and `make down`: the main job against the local sandbox.
+
+Starts (or reuses) a Prefect server, the Novi sandbox and a real Mailman core, all on
+127.0.0.1 with their PIDs and logs in .demo/; then runs the command line a user would:
+save the blocks, check, plan (dry run), sync, make churn in the sandbox, sync again, and look
+up one address's history. A second `make demo` starts again from the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore, _alive, _wait_gone
+from sandbox.novi import DEFAULT_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".demo"
+BIN = Path(sys.executable).parent
+PREFECT_PORT, NOVI_PORT, MAILMAN_PORT = 4200, 8765, 8001
+NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
+RULES = ROOT / "sandbox" / "demo-rules.yaml"
+MEMBERS = 300
+HAND_ADDED = {"office@example.org": "Association Office", "partner@example.net": "Partner Contact"}
+
+
+def environment() -> dict[str, str]:
+    """What every demo command runs with: its own Prefect home, ledger and reports."""
+    return {**os.environ,
+            "PREFECT_HOME": str(STATE / "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+            "NOVI_MAILMAN_LEDGER": str(STATE / "ledger.sqlite"),
+            "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
+            "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS,
+            "COLUMNS": os.environ.get("COLUMNS", "120")}
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m==> {text}\033[0m", flush=True)
+
+
+def _answers(url: str, **kwargs) -> bool:
+    try:
+        return requests.get(url, timeout=2, **kwargs).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _background(name: str, command: list[str], ready_url: str, timeout: float = 90, **kwargs) -> None:
+    """Start a server detached from this terminal, record its PID, wait until it answers."""
+    pid_file = STATE / f"{name}.pid"
+    if pid_file.exists() and _alive(int(pid_file.read_text())) and _answers(ready_url, **kwargs):
+        print(f"{name}: already running (pid {pid_file.read_text()})")
+        return
+    with open(STATE / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment(),
+                                   start_new_session=True, cwd=ROOT)
+    pid_file.write_text(str(process.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers(ready_url, **kwargs):
+            print(f"{name}: started (pid {process.pid}), log .demo/{name}.log")
+            return
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited at start; see .demo/{name}.log")
+        time.sleep(0.3)
+    raise SystemExit(f"{name} did not answer within {timeout:.0f} s; see .demo/{name}.log")
+
+
+def _records() -> list[dict]:
+    page = requests.get(f"{NOVI_URL}/api/members", params={"pageSize": 1000, "offset": 0},
+                        headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10)
+    page.raise_for_status()
+    return page.json()["Results"]
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    print(f"\n$ novi-mailman {' '.join(args)}", flush=True)
+    result = subprocess.run([str(BIN / "novi-mailman"), *args], env=environment(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise SystemExit(f"novi-mailman {args[0]} exited with {result.returncode}")
+    return result
+
+
+def up() -> MailmanCore:
+    STATE.mkdir(exist_ok=True)
+    say("Starting a Prefect server, the Novi sandbox and a real Mailman core on 127.0.0.1")
+    _background("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                            str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=120)
+    _background("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
+                f"{NOVI_URL}/_sandbox/state", headers={"Authorization": f"Basic {DEFAULT_KEY}"})
+    core = MailmanCore(port=MAILMAN_PORT)
+    core.start()
+    print(f"mailman: answering on {core.rest_url} (home .mailman/demo)")
+    return core
+
+
+def demo() -> None:
+    core = up()
+    say("Fresh data: the sandbox reset to its seed, a Mailman core with two empty lists, an empty ledger")
+    core.reset()  # lists and addresses alike: Mailman keeps an address's name across lists
+    requests.post(f"{NOVI_URL}/_sandbox/reset", json={"size": MEMBERS, "seed": 1},
+                  headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10).raise_for_status()
+    admin = MailmanAdmin(core.rest_url)
+    members_list = admin.recreate_list("members@example.org")
+    admin.recreate_list("board@example.org")
+    for email, name in HAND_ADDED.items():  # people added by hand, unknown to Novi: they stay
+        admin.add_member(members_list, email, name)
+    print(f"members@example.org has {len(HAND_ADDED)} addresses added by hand; board@example.org is empty")
+    (STATE / "ledger.sqlite").unlink(missing_ok=True)
+    shutil.rmtree(STATE / "reports", ignore_errors=True)
+
+    say("Save the credentials as Prefect blocks, then check both connections")
+    run("blocks", "--novi-url", NOVI_URL, "--mailman-url", core.rest_url, "--mailman-user", ADMIN_USER)
+    run("check", "--rules", str(RULES.relative_to(ROOT)))
+
+    say("Dry run: what would change (nothing is written)")
+    run("plan", "--rules", str(RULES.relative_to(ROOT)))
+    say("Sync for real")
+    run("sync", "--rules", str(RULES.relative_to(ROOT)))
+
+    say("Churn in Novi: lapses, renewals, renames, address changes, an opt-out, joins and removals")
+    churn = requests.post(f"{NOVI_URL}/_sandbox/churn", json={"lapse": 6, "renew": 4, "rename": 3,
+                                                              "change_address": 2, "opt_out": 2, "add": 3,
+                                                              "remove": 1},
+                          headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10)
+    churn.raise_for_status()
+    changed = churn.json()
+    board = next(r for r in _records() if r["Groups"] and r["MemberStatus"] == "current" and r["Active"]
+                 and any(g["GroupName"] == "Board of Directors" for g in r["Groups"]))
+    requests.patch(f"{NOVI_URL}/_sandbox/members/{board['UniqueID']}", json={"MemberStatus": "expired"},
+                   headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10).raise_for_status()
+    print(", ".join(f"{kind.replace('_', ' ')}: {len(ids)}" for kind, ids in changed.items())
+          + f"; and board member {board['Name']} lapsed (the board list holds them)")
+    say("Sync again: exactly the churn is applied")
+    run("sync", "--rules", str(RULES.relative_to(ROOT)))
+    say("Sync once more: nothing left to do, nothing written")
+    run("sync", "--rules", str(RULES.relative_to(ROOT)))
+
+    if changed["change_address"]:
+        moved = changed["change_address"][0]
+        say(f"History of an address that changed in Novi ({moved['old']} → {moved['new']})")
+        run("history", moved["old"])
+
+    say("Where to look next")
+    print(f"""Prefect UI:     http://127.0.0.1:{PREFECT_PORT}  (Runs → a sync-lists run → Artifacts: the summary,
+                the table of changes and the link to the full plan; or the Artifacts page, keys
+                novi-mailman-summary / novi-mailman-changes / novi-mailman-plan)
+Plan CSVs:      .demo/reports/
+Ledger:         .demo/ledger.sqlite   (novi-mailman history ADDRESS)
+Novi sandbox:   {NOVI_URL}  (key {DEFAULT_KEY})
+Mailman REST:   {core.rest_url}/3.1  ({ADMIN_USER} / {ADMIN_PASS})
+Try it yourself: source .venv/bin/activate; export $(make -s demo-env); novi-mailman plan --rules {RULES.relative_to(ROOT)}
+Stop everything: make down""")
+
+
+def down() -> None:
+    say("Stopping the demo's servers")
+    MailmanCore(port=MAILMAN_PORT).stop()
+    print("mailman: stopped")
+    for name in ("novi-sandbox", "prefect"):
+        pid_file = STATE / f"{name}.pid"
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            if _alive(pid):
+                os.killpg(pid, signal.SIGTERM)  # its own session: the server and its workers
+                _wait_gone(pid, 20)
+            pid_file.unlink()
+            print(f"{name}: stopped")
+
+
+def ui() -> None:
+    STATE.mkdir(exist_ok=True)
+    _background("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                            str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=120)
+    print(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (make down stops it)")
+
+
+def env() -> None:
+    """Print the demo's environment as KEY=value lines, for `export $(make -s demo-env)`."""
+    for key in ("PREFECT_HOME", "PREFECT_API_URL", "NOVI_MAILMAN_LEDGER", "NOVI_MAILMAN_REPORTS"):
+        print(f"{key}={environment()[key]}")
+
+
+if __name__ == "__main__":
+    {"demo": demo, "up": up, "down": down, "ui": ui, "env": env}[sys.argv[1] if len(sys.argv) > 1 else "demo"]()

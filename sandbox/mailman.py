@@ -1,0 +1,293 @@
+"""A real GNU Mailman 3 core on 127.0.0.1, in its own virtualenv, for the demo and the tests.
+
+    python -m sandbox.mailman up   [--home .mailman] [--port 8001] [--mail]
+    python -m sandbox.mailman down [--home .mailman]
+
+`up` installs Mailman (pinned in sandbox/mailman-requirements.txt; reused when present),
+writes its configuration, starts it and waits until its REST API answers. REST-only by
+default (~3 s, ~150 MB); `--mail` also runs the runners that deliver mail and an SMTP sink
+that stores every message in `<home>/maildir`, so tests can see what Mailman sends.
+Facts and traps: reference/mailman-rest.md (SQLAlchemy < 2.1, never pipe `mailman start`,
+`--run-as-root`, the gunicorn control socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import mailbox
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = Path(__file__).with_name("mailman-requirements.txt")
+DEFAULT_VENV = ROOT / ".mailman" / "venv"     # shared by every instance; git-ignored
+DEFAULT_HOME = ROOT / ".mailman" / "demo"
+ADMIN_USER, ADMIN_PASS = "restadmin", "restpass"
+RUNNERS = ["archive", "bounces", "command", "in", "lmtp", "out", "pipeline", "retry", "task", "virgin", "digest"]
+MAIL_RUNNERS = {"in", "out", "pipeline", "retry", "virgin"}  # enough to deliver welcome/goodbye mail
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class MailmanCore:
+    """One Mailman core: its folder, ports and processes."""
+
+    home: Path = DEFAULT_HOME
+    port: int = 8001
+    mail: bool = False
+    smtp_port: int | None = None
+    venv: Path = DEFAULT_VENV
+
+    @property
+    def config(self) -> Path:
+        return self.home / "mailman.cfg"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def maildir(self) -> Path:
+        return self.home / "maildir"
+
+    # install ------------------------------------------------------------------------------
+    def install(self) -> None:
+        """Create the virtualenv from the pinned requirements, unless it is already there."""
+        stamp = self.venv / ".requirements-sha256"
+        wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+        if stamp.exists() and stamp.read_text() == wanted and (self.venv / "bin" / "mailman").exists():
+            return
+        self.venv.parent.mkdir(parents=True, exist_ok=True)
+        log = self.venv.parent / "install.log"
+        with open(log, "wb") as sink:
+            for step in ([sys.executable, "-m", "venv", "--clear", str(self.venv)],
+                         [str(self.venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-r",
+                          str(REQUIREMENTS)]):
+                if subprocess.run(step, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink).returncode:
+                    raise RuntimeError(f"installing Mailman failed; see {log}")
+        stamp.write_text(wanted)
+
+    # configure ----------------------------------------------------------------------------
+    def write_config(self) -> None:
+        var = self.home / "var"
+        var.mkdir(parents=True, exist_ok=True)
+        (self.home / "gunicorn.cfg").write_text("[gunicorn]\ncontrol_socket_disable = true\n")
+        runners = [f"[runner.{name}]\nstart: no\n" for name in RUNNERS
+                   if not (self.mail and name in MAIL_RUNNERS)]
+        self.config.write_text("\n".join([
+            "[mailman]", "layout: local", "site_owner: postmaster@example.org", "",
+            "[paths.local]", f"var_dir: {var}", "",
+            "[database]", "class: mailman.database.sqlite.SQLiteDatabase",
+            "url: sqlite:///$DATA_DIR/mailman.db", "",
+            "[webservice]", "hostname: 127.0.0.1", f"port: {self.port}", f"admin_user: {ADMIN_USER}",
+            f"admin_pass: {ADMIN_PASS}", f"configuration: {self.home / 'gunicorn.cfg'}", "",
+            "[mta]", "incoming: mailman.mta.null.NullMTA", "smtp_host: 127.0.0.1",
+            f"smtp_port: {self.smtp_port or 25}", "lmtp_host: 127.0.0.1", f"lmtp_port: {free_port()}", "",
+            *runners,
+        ]) + "\n")
+
+    # run ----------------------------------------------------------------------------------
+    def _mailman(self, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+        command = [str(self.venv / "bin" / "mailman")]
+        if os.geteuid() == 0:
+            command.append("--run-as-root")
+        command += ["-C", str(self.config), *args]
+        # Never a pipe: the daemon inherits it and whoever reads it waits forever.
+        with open(log or os.devnull, "ab") as sink:
+            return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, timeout=120)
+
+    def _pid(self, name: str) -> int | None:
+        path = self.home / name
+        if path.exists():
+            text = path.read_text().strip()
+            if text.isdigit() and _alive(int(text)):
+                return int(text)
+        return None
+
+    def master_pid(self) -> int | None:
+        return self._pid("var/master.pid")
+
+    def running(self) -> bool:
+        try:
+            return requests.get(f"{self.rest_url}/3.1/system/versions", auth=(ADMIN_USER, ADMIN_PASS),
+                                timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start(self, timeout: float = 90) -> None:
+        """Install, configure and start; returns once the REST API answers."""
+        if self.master_pid() and self.running():
+            return
+        self.install()
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.mail:
+            self.smtp_port = self.smtp_port or free_port()
+            self._start_smtp_sink()
+        self.write_config()
+        self._mailman("start", "--force", log=self.home / "start.log")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"Mailman did not answer on {self.rest_url} within {timeout:.0f} s; "
+                           f"see {self.home / 'start.log'} and {self.home / 'var/logs'}")
+
+    def _start_smtp_sink(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+        with open(self.home / "smtp.log", "ab") as log:
+            sink = subprocess.Popen(
+                [str(self.venv / "bin" / "python"), "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{self.smtp_port}",
+                 "-c", "aiosmtpd.handlers.Mailbox", str(self.maildir)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        (self.home / "smtp.pid").write_text(str(sink.pid))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.smtp_port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError("the SMTP sink did not start; see smtp.log")
+
+    def reset(self) -> None:
+        """Stop, forget every list, address and user, and start again: a core as new."""
+        self.stop()
+        shutil.rmtree(self.home / "var", ignore_errors=True)
+        self.start()
+
+    def stop(self) -> None:
+        """Stop Mailman (and the SMTP sink) by their PIDs, waiting for them to exit."""
+        master = self.master_pid()
+        if master and self.config.exists():
+            self._mailman("stop", log=self.home / "stop.log")
+            _wait_gone(master, 30)
+        for name in ("var/master.pid", "smtp.pid"):
+            pid = self._pid(name)
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                _wait_gone(pid, 10)
+            (self.home / name).unlink(missing_ok=True)
+
+    # what Mailman sent --------------------------------------------------------------------
+    def messages(self) -> list:
+        if not self.maildir.exists():
+            return []
+        return list(mailbox.Maildir(str(self.maildir), create=False))
+
+    def clear_messages(self) -> None:
+        if self.maildir.exists():
+            box = mailbox.Maildir(str(self.maildir), create=False)
+            for key in list(box.keys()):
+                box.remove(key)
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+class MailmanAdmin:
+    """The few REST calls that set a core up for demos and tests (domains, lists, members)."""
+
+    def __init__(self, rest_url: str) -> None:
+        self.base = f"{rest_url}/3.1"
+        self.session = requests.Session()
+        self.session.auth = (ADMIN_USER, ADMIN_PASS)
+
+    def _call(self, method: str, path: str, ok: tuple[int, ...], **kwargs) -> requests.Response:
+        response = self.session.request(method, f"{self.base}/{path}", timeout=30, **kwargs)
+        if response.status_code not in ok:
+            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:200]}")
+        return response
+
+    def ensure_domain(self, mail_host: str) -> None:
+        self._call("POST", "domains", (201, 400), data={"mail_host": mail_host})
+
+    def recreate_list(self, fqdn: str, **config: str) -> str:
+        """A fresh, empty list (deleted first if it exists); returns its dot-form id."""
+        list_id = fqdn.replace("@", ".")
+        self._call("DELETE", f"lists/{list_id}", (204, 404))
+        self.ensure_domain(fqdn.partition("@")[2])
+        self._call("POST", "lists", (201,), data={"fqdn_listname": fqdn})
+        if config:
+            self._call("PATCH", f"lists/{list_id}/config", (204,), data=config)
+        return list_id
+
+    def delete_list(self, list_id: str) -> None:
+        self._call("DELETE", f"lists/{list_id}", (204, 404))
+
+    def add_member(self, list_id: str, email: str, display_name: str = "") -> None:
+        self._call("POST", "members", (201,), data={
+            "list_id": list_id, "subscriber": email, "display_name": display_name, "pre_verified": "true",
+            "pre_confirmed": "true", "pre_approved": "true", "send_welcome_message": "false"})
+
+    def roster(self, list_id: str) -> dict[str, str]:
+        """Every member's email → display name, read page by page."""
+        members, page = {}, 1
+        while True:
+            body = self._call("GET", f"lists/{list_id}/roster/member", (200,),
+                              params={"count": 500, "page": page}).json()
+            entries = body.get("entries", [])
+            members.update({e["email"]: e.get("display_name") or "" for e in entries})
+            if not entries or len(members) >= body["total_size"]:
+                return members
+            page += 1
+
+    def held(self, list_id: str) -> set[str]:
+        body = self._call("GET", "members/find", (200,), params={
+            "list_id": list_id, "role": "member", "delivery_status": "by_moderator", "count": 1000, "page": 1}).json()
+        return {e["email"] for e in body.get("entries", [])}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.mailman", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--home", type=Path, default=DEFAULT_HOME)
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--mail", action="store_true", help="run the mail runners and an SMTP sink")
+    args = parser.parse_args(argv)
+    core = MailmanCore(home=args.home.resolve(), port=args.port, mail=args.mail)
+    if args.command == "up":
+        core.start()
+        print(f"Mailman core answers on {core.rest_url} (user {ADMIN_USER}, password {ADMIN_PASS})")
+    elif args.command == "down":
+        core.stop()
+        print("Mailman core stopped")
+    else:
+        print("running" if core.running() else "stopped")
+        sys.exit(0 if core.running() else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Whole syncs against the Novi sandbox (over HTTP) and a real Mailman core with mail runners."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from unittest import mock
+
+import pytest
+import yaml
+from requests.adapters import HTTPAdapter
+from prefect.artifacts import Artifact
+
+from flows.sync import sync_lists
+from tasks.report import CHANGES_KEY
+
+pytestmark = [pytest.mark.flow, pytest.mark.integration]
+
+VALID = re.compile(r"[a-z0-9.+_'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.IGNORECASE)
+
+
+def expected(records: list[dict], statuses=("current", "grace_period"), group: str | None = None) -> dict[str, str]:
+    """Who should be on a list (address → display name), worked out here independently of the planner."""
+    chosen: dict[str, str] = {}
+    for r in sorted(records, key=lambda r: r["UniqueID"]):
+        raw = (r["Email"] or "").strip() or (r["AccountEmail"] or "").strip()
+        local, _, domain = raw.rpartition("@")
+        address = f"{local.replace(' ', '+')}@{domain}"
+        if not local or not VALID.fullmatch(address) or address.endswith("."):
+            continue
+        in_group = group is None or any(g["GroupName"] == group for g in (r["Groups"] or []))
+        if r["Active"] is True and r["MemberStatus"] in statuses and not r["UnsubscribeFromEmails"] and in_group:
+            name = " ".join(p for p in (r["FirstName"], r["LastName"]) if p) or r["Name"] or ""
+            chosen.setdefault(address.lower(), name)
+    return chosen
+
+
+def sync(tmp_path, lists: list[dict], dry_run: bool = False):
+    """One run of the flow with these list rules; the state and the write requests it sent."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": lists}))
+    sent: list[tuple[str, str]] = []
+    original = HTTPAdapter.send
+
+    def record(adapter, request, *args, **kwargs):  # every request the clients send, on its way out
+        sent.append((request.method, request.url))
+        return original(adapter, request, *args, **kwargs)
+
+    with mock.patch.object(HTTPAdapter, "send", record):
+        state = sync_lists(rules_path=str(rules), novi_block="it-novi", mailman_block="it-mailman",
+                           dry_run=dry_run, reports_dir=str(tmp_path / "reports"), return_state=True)
+    assert sent, "the recorder saw no request at all"
+    return state, [(method, url) for method, url in sent if method != "GET"]
+
+
+def lists_for(world, *names: str) -> list[str]:
+    return [world["admin"].recreate_list(f"{name}-{world['tag']}@example.org") for name in names]
+
+
+def test_first_sync_fills_empty_lists_with_exactly_the_eligible_and_their_names(world, tmp_path):
+    members, board = lists_for(world, "members", "board")
+    hand = {"office@example.org": "Office", f"partner@{world['domain']}": "Partner"}
+    for email, name in hand.items():
+        world["admin"].add_member(members, email, name)
+    state, writes = sync(tmp_path, [{"list_id": members},
+                                    {"list_id": board, "groups": ["Board of Directors"], "allow_empty": True}])
+    assert state.is_completed(), state.message
+    records = world["novi"].records()
+    assert world["admin"].roster(members) == expected(records) | hand
+    assert world["admin"].roster(board) == expected(records, group="Board of Directors")
+    subscribes = len(expected(records)) + len(expected(records, group="Board of Directors"))
+    assert len(writes) == subscribes and {m for m, _ in writes} == {"POST"}
+
+
+def test_churn_is_applied_exactly_and_a_second_run_writes_nothing(world, tmp_path):
+    members, held_list = lists_for(world, "members", "hold")
+    world["admin"].add_member(members, "staff@example.org", "Staff")
+    rules = [{"list_id": members}, {"list_id": held_list, "lapsed": "hold"}]
+    assert sync(tmp_path, rules)[0].is_completed()
+    before = expected(world["novi"].records())
+
+    churn = world["novi"].churn(lapse=4, renew=3, rename=2, change_address=2, opt_out=1, add=2, remove=1)
+    after = expected(world["novi"].records())
+    state, writes = sync(tmp_path, rules)
+    assert state.is_completed(), state.message
+
+    assert world["admin"].roster(members) == after | {"staff@example.org": "Staff"}
+    moved_out = {c["old"].lower() for c in churn["change_address"]}
+    gone = set(before) - set(after)
+    # on the hold list, those who no longer belong are held, except old addresses, which go
+    assert set(world["admin"].roster(held_list)) == (set(before) | set(after)) - moved_out
+    assert world["admin"].held(held_list) == gone - moved_out
+    renamed = {a for a in set(before) & set(after) if before[a] != after[a]}
+    assert renamed and all(world["admin"].roster(members)[a] == after[a] for a in renamed)
+
+    by_list = {item["list_id"]: item["changes"] for item in state.result()["lists"]}
+    assert by_list[members] == {"subscribe": len(set(after) - set(before)), "unsubscribe": len(gone),
+                                "hold": 0, "release": 0, "rename": len(renamed)}
+    assert by_list[held_list]["hold"] == len(gone - moved_out)
+    assert by_list[held_list]["unsubscribe"] == len(moved_out)
+    # a subscribe per list, one rename per address (the name lives on the address), a hold
+    # per held member, one mass unsubscribe per list
+    expected_writes = 2 * len(set(after) - set(before)) + len(renamed) + len(gone - moved_out) + 2
+    assert len(writes) == expected_writes
+
+    again, writes = sync(tmp_path, rules)
+    assert again.is_completed() and again.name == "Skipped" and writes == []
+
+
+def test_dry_run_writes_nothing(world, tmp_path, isolated_ledger):
+    (members,) = lists_for(world, "members")
+    world["admin"].add_member(members, "keep@example.org", "Keep")
+    state, writes = sync(tmp_path, [{"list_id": members}], dry_run=True)
+    assert state.is_completed() and state.result()["changes"] == len(expected(world["novi"].records()))
+    assert writes == [] and world["admin"].roster(members) == {"keep@example.org": "Keep"}
+    assert not isolated_ledger.exists()
+
+
+def _wait_for(predicate, seconds: float = 45.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    return predicate()
+
+
+def test_no_mail_unless_a_list_asks_for_it(world, tmp_path):
+    core = world["core"]
+    quiet, loud = lists_for(world, "quiet", "loud")
+    core.clear_messages()
+    rules = [{"list_id": quiet}, {"list_id": loud, "send_welcome": True, "send_goodbye": True}]
+    assert sync(tmp_path, rules)[0].is_completed()
+    eligible = expected(world["novi"].records())
+    leaving = sorted(eligible)[0]
+    world["novi"].edit(next(r["UniqueID"] for r in world["novi"].records()
+                            if (r["Email"] or "").lower() == leaving), MemberStatus="expired")
+    assert sync(tmp_path, rules)[0].is_completed()
+
+    def sent() -> list[tuple[str, str, str]]:
+        """(list, recipient, subject) of every message that reached the SMTP sink."""
+        return [(str(m.get("List-Id", "")).strip("<> "), str(m["X-RcptTo"]).lower(), str(m["Subject"]))
+                for m in core.messages()]
+
+    def loud_done() -> bool:
+        mail = sent()
+        return (sum(1 for lst, _, subject in mail if lst == loud and subject.startswith("Welcome")) >= len(eligible)
+                and any(lst == loud and to == leaving and "unsubscribed" in subject.lower()
+                        for lst, to, subject in mail))
+
+    assert _wait_for(loud_done), f"the loud list's mail did not all arrive: {sent()}"
+    time.sleep(3)  # the quiet list's runners had as long as the loud list's, and more
+    mail = sent()
+    welcomed = {to for lst, to, subject in mail if lst == loud and subject.startswith("Welcome")}
+    assert welcomed == set(eligible)
+    assert [to for lst, to, subject in mail if lst == loud and not subject.startswith("Welcome")] == [leaving]
+    # Nothing at all about the quiet list, to anyone: every message is one of the above.
+    assert len(mail) == len(eligible) + 1 and {lst for lst, _, _ in mail} == {loud}
+
+
+def test_artifacts_list_the_changes_mailman_shows_afterwards(world, tmp_path):
+    (members,) = lists_for(world, "members")
+    sync(tmp_path, [{"list_id": members}])
+    world["novi"].churn(lapse=3, rename=2, add=2, change_address=1)
+    state, _ = sync(tmp_path, [{"list_id": members}])
+    table = json.loads(Artifact.get(CHANGES_KEY).data)
+    roster = world["admin"].roster(members)
+    assert table and all(row["outcome"] == "applied" for row in table)
+    for row in table:
+        email = row["email"].lower()
+        if row["action"] == "subscribe":
+            assert email in roster
+        elif row["action"] == "unsubscribe":
+            assert email not in roster
+        elif row["action"] == "rename":
+            assert roster[email] == expected(world["novi"].records())[email]
+    assert len(table) == state.result()["changes"]
