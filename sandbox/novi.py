@@ -70,6 +70,7 @@ class Reset(BaseModel):
     size: int | None = None
     seed: int | None = None
     domains: list[str] | None = None   # mail domains of the generated addresses
+    page_cap: int | None = None        # largest page the server returns
 
 
 class Webhook(BaseModel):
@@ -311,7 +312,9 @@ def create_app(sandbox: Sandbox) -> FastAPI:
                             tuple(request.domains or sandbox.site.domains))
         sandbox.faults = Faults()
         sandbox.pages_served = 0
-        return {"size": sandbox.site.size, "seed": sandbox.site.seed}
+        if request.page_cap:
+            sandbox.page_cap = request.page_cap
+        return {"size": sandbox.site.size, "seed": sandbox.site.seed, "page_cap": sandbox.page_cap}
 
     @app.get("/_sandbox/state")
     def state():

@@ -35,8 +35,9 @@ class SandboxControl:
         response.raise_for_status()
         return response.json() if response.content else None
 
-    def reset(self, size: int, seed: int, domain: str) -> None:
-        self.call("POST", "/_sandbox/reset", json={"size": size, "seed": seed, "domains": [domain]})
+    def reset(self, size: int, seed: int, domain: str, page_cap: int = 1000) -> None:
+        self.call("POST", "/_sandbox/reset", json={"size": size, "seed": seed, "domains": [domain],
+                                                   "page_cap": page_cap})
 
     def churn(self, **counts) -> dict:
         return self.call("POST", "/_sandbox/churn", json=counts)
