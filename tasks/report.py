@@ -37,7 +37,9 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "outcomes": _counts(mine["outcome"]),
             "reasons": {a: _counts(mine.loc[mine["action"] == a, "reason"])
                         for a in ACTIONS if (mine["action"] == a).any()},
-            "left_alone": _counts(alone["reason"].str.replace(r": .*$", "", regex=True)),
+            # duplicates name the record kept; count them as one reason
+            "left_alone": _counts(alone["reason"].str.replace(r"^duplicate address: .*$", "duplicate address",
+                                                              regex=True)),
         })
     return {
         "state": state,
