@@ -48,6 +48,10 @@ class Mix:
     refused_address: float = 0.01
 
 
+REALISTIC = Mix()
+CLEAN = Mix(0, 0, 0, 0, 0, 0, 0)  # an ordinary active person, for members the sandbox adds
+
+
 def member_id(index: int) -> str:
     """A GUID-shaped UniqueID that encodes the record's index."""
     return f"5a1d0000-0000-4000-8000-{index:012d}"
@@ -86,7 +90,7 @@ def _pick(rng: random.Random, shares: list[tuple[str, float]]) -> str:
     return shares[-1][0]
 
 
-def make_member(seed: int, index: int, mix: Mix = Mix(), domains: Sequence[str] = DOMAINS) -> dict:
+def make_member(seed: int, index: int, mix: Mix = REALISTIC, domains: Sequence[str] = DOMAINS) -> dict:
     """Record `index` of a site seeded with `seed`, exactly as Novi's /api/members returns it."""
     rng = _rng(seed, index)
     first, last = rng.choice(FIRST), rng.choice(LAST)

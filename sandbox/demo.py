@@ -8,7 +8,6 @@ up one address's history. A second `make demo` starts again from the same data.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

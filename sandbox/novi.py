@@ -168,7 +168,7 @@ class Site:
         for _ in range(request.add):
             index = self.next_index
             self.next_index += 1
-            record = data.make_member(self.seed, index, data.Mix(0, 0, 0, 0, 0, 0, 0), self.domains)
+            record = data.make_member(self.seed, index, data.CLEAN, self.domains)
             record.update({"MemberStatus": "current", "MembershipExpires": "2027-11-30T00:00:00",
                            "MemberType": data.MEMBER_TYPES[0]})
             self.overrides[record["UniqueID"]] = record

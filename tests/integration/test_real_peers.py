@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
-
 from unittest import mock
 
 import pytest
 import yaml
-from requests.adapters import HTTPAdapter
 from prefect.artifacts import Artifact
+from requests.adapters import HTTPAdapter
 
 from flows.sync import sync_lists
 from tasks.report import CHANGES_KEY
