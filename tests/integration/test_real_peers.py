@@ -107,6 +107,18 @@ def test_churn_is_applied_exactly_and_a_second_run_writes_nothing(world, tmp_pat
     again, writes = sync(tmp_path, rules)
     assert again.is_completed() and again.name == "Skipped" and writes == []
 
+    # The lapsed renew: back on the members list, released on the hold list.
+    for item in churn["lapse"]:
+        world["novi"].edit(item["id"], MemberStatus="current", MembershipExpires="2027-12-31T00:00:00")
+    renewed = expected(world["novi"].records())
+    back, _ = sync(tmp_path, rules)
+    assert back.is_completed(), back.message
+    assert world["admin"].roster(members) == renewed | {"staff@example.org": "Staff"}
+    lapsed_back = set(renewed) - set(after)
+    assert lapsed_back and world["admin"].held(held_list) == (gone - moved_out) - lapsed_back
+    changes = {item["list_id"]: item["changes"] for item in back.result()["lists"]}
+    assert changes[members]["subscribe"] == len(lapsed_back) and changes[held_list]["release"] == len(lapsed_back)
+
 
 def test_dry_run_writes_nothing(world, tmp_path, isolated_ledger):
     (members,) = lists_for(world, "members")
