@@ -87,12 +87,13 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
 
 
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
-         ledger_block: str | None, batch_size: int, workers: int, as_json: bool) -> None:
+         ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
+         override_guards: bool = False) -> None:
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 
     state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
-                       ledger_block=ledger_block, dry_run=dry_run, batch_size=batch_size, workers=workers, return_state=True)
+                       ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards, batch_size=batch_size, workers=workers, return_state=True)
     if state.is_completed():
         summary, code = state.result(), 0
     else:
@@ -135,9 +136,12 @@ def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
          mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
+         override_guards: Annotated[bool, typer.Option(
+             "--override-guards", help="Lift the safety guards for this run only, after checking the plan.")] = False,
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
-    _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json)
+    _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json,
+         override_guards)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks import report
+from tasks import guards, report
 from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials
 from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
 from tasks.ledger import Ledger, LedgerError, RunRecord
@@ -56,17 +56,6 @@ def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Ru
               now: pd.Timestamp) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
     return plan(members, rosters, rules, ledger, now)
-
-
-def empty_source_refusal(the_plan: Plan, rules: Rules, novi_members: int) -> str | None:
-    """Why the plan must not be applied because a list's eligible set is empty, or None."""
-    empty = [rule.list_id for rule in rules.lists if not rule.allow_empty
-             and int(the_plan.figures.loc[the_plan.figures["list_id"] == rule.list_id, "eligible"].iloc[0]) == 0]
-    if not empty:
-        return None
-    return (f"No Novi member is eligible for {', '.join(empty)} ({novi_members:,} members read): an empty "
-            "source is treated as an error, not as an instruction to empty the list. Nothing was written. "
-            "If the list really should be empty, set `allow_empty: true` for it in the rules file.")
 
 
 def batches(changes: pd.DataFrame, batch_size: int) -> list[tuple[str, pd.DataFrame]]:
@@ -140,9 +129,9 @@ def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
 
 
 @task(name="read-ledger", cache_policy=NO_CACHE)
-def read_ledger(ledger: Ledger, list_ids: list[str]) -> pd.DataFrame:
-    """What earlier runs remember about these lists."""
-    return ledger.read(list_ids)
+def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict | None]:
+    """What earlier runs remember about these lists, and the last completed run's figures."""
+    return ledger.read(list_ids), ledger.last_run("completed")
 
 
 @task(name="record-ledger", cache_policy=NO_CACHE)
@@ -166,6 +155,7 @@ def sync_lists(
     mailman_block: str = "mailman",
     ledger_block: str | None = None,
     dry_run: bool = False,
+    override_guards: bool = False,
     batch_size: int = 100,
     workers: int = 2,
     reports_dir: str | None = None,
@@ -173,8 +163,9 @@ def sync_lists(
 ) -> dict:
     """Bring every list in the rules in step with Novi; returns the run summary.
 
-    Reads Novi once, every roster and the ledger, plans with pandas, refuses to write on an
-    empty source, applies only the difference in retried batch tasks (unless `dry_run`),
+    Reads Novi once, every roster and the ledger, plans with pandas, refuses to write when a
+    safety guard trips (unless `override_guards`, for this run only), applies only the
+    difference in retried batch tasks (unless `dry_run`),
     records the run in the ledger, and leaves a summary, a table of changes and the full plan
     as artifacts. A dry run reads the ledger and writes nothing to it.
     """
@@ -194,7 +185,7 @@ def sync_lists(
         log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
         roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
         rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
-        remembered = read_ledger(ledger, list_ids)
+        remembered, last_run = read_ledger(ledger, list_ids)
     except SyncError as exc:
         if not dry_run:  # a run that could not even plan is still part of the history
             ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
@@ -202,7 +193,10 @@ def sync_lists(
     the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
     log.info("Planned %d changes on %d lists", the_plan.count(), len(list_ids))
 
-    refusal = empty_source_refusal(the_plan, rules, len(members))
+    tripped = guards.refusals(the_plan, rules, last_run)
+    refusal = guards.refusal_message(tripped) if tripped and not override_guards else None
+    if tripped and override_guards:
+        log.warning("Guards lifted for this run only, by the operator: %s", " ".join(tripped))
     if dry_run or refusal:
         outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
     else:
@@ -233,7 +227,8 @@ def sync_lists(
     csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
     summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
                                novi_members=len(members), duration_s=time.monotonic() - started,
-                               plan_csv=str(csv_path), ledger=ledger.location)
+                               plan_csv=str(csv_path), ledger=ledger.location, guards=tripped,
+                               guards_overridden=bool(tripped and override_guards))
     report.publish(summary, outcomes, csv_path, table_rows)
 
     if refusal:

@@ -24,7 +24,8 @@ def _counts(series: pd.Series) -> dict[str, int]:
 
 
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
-              novi_members: int, duration_s: float, plan_csv: str | None, ledger: str) -> dict:
+              novi_members: int, duration_s: float, plan_csv: str | None, ledger: str,
+              guards: list[str] | None = None, guards_overridden: bool = False) -> dict:
     """The run as one plain dict: what the flow returns and `--json` prints."""
     lists = []
     for figure in plan.figures.to_dict("records"):
@@ -54,12 +55,21 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
         "lists": lists,
         "plan_csv": plan_csv,
         "ledger": ledger,
+        "guards": guards or [],
+        "guards_overridden": guards_overridden,
     }
 
 
 def summary_markdown(summary: dict) -> str:
     """The run's summary for an analyst: per list, counts by action, outcome and reason."""
-    mode = "Dry run: nothing was written." if summary["dry_run"] else "Changes were applied to Mailman."
+    if summary["dry_run"]:
+        mode = "Dry run: nothing was written."
+    elif summary["state"] == "refused":
+        mode = "Refused by a safety guard: nothing was written. The tables show what would have happened."
+    else:
+        mode = "Changes were applied to Mailman."
+    if summary.get("guards_overridden"):
+        mode += " **Guards were lifted for this run by the operator:** " + " ".join(summary["guards"])
     lines = [f"# Novi → Mailman sync: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
              f"duration: {summary['duration_s']} s", ""]

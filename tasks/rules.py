@@ -46,6 +46,11 @@ class ListRule(_Strict):
     # A member who left the list by themselves is not re-added: `respect` (always),
     # `until_renewal` (until their membership expiry moves on), `override` (compulsory lists).
     self_unsubscribe: Literal["respect", "until_renewal", "override"] = "respect"
+    # Guards, checked before any write (an operator lifts them for one run with --override-guards):
+    max_removals: int = Field(default=500, ge=0)              # unsubscribes + holds in one run
+    max_removal_share: float = Field(default=0.2, ge=0, le=1)  # ... as a share of the managed members,
+    removal_share_from: int = Field(default=10, ge=0)          # ... once there are more removals than this
+    max_eligible_drop: float = Field(default=0.25, ge=0, le=1)  # eligible vs the last completed run
 
     @field_validator("list_id")
     @classmethod

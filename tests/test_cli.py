@@ -102,7 +102,8 @@ def test_bad_rules_file_is_a_clear_failure(cli_blocks, tmp_path):
 
 def test_history_shows_what_happened_to_an_address_newest_first(cli_blocks, tmp_path, monkeypatch):
     monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
-    novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
+    novi = FakeNovi([novi_record("a", "a@example.org")] + [novi_record(f"m{i}", f"m{i}@example.org")
+                                                            for i in range(9)])
     mailman = FakeMailman({LIST: {}})
     assert invoke(cli_blocks, ["sync", "--list", LIST], novi, mailman).exit_code == 0
     novi.records[0]["MemberStatus"] = "expired"

@@ -1,0 +1,49 @@
+"""Safety guards: reasons not to write, checked on the whole plan before anything is applied.
+
+Pure: the plan, the rules and the last completed run's figures in; the refusals out. When
+any list trips a guard, nothing is written to any list; an operator who has checked can lift
+the guards for one run (`override_guards`), which never persists.
+"""
+
+from __future__ import annotations
+
+from tasks.planner import Plan
+from tasks.rules import Rules
+
+REMOVING = ("unsubscribe", "hold")
+HOW_TO_OVERRIDE = ("If this is right, rerun once with the guards lifted: `novi-mailman sync --override-guards` "
+                   "or, in the Prefect UI, a custom run with override_guards = true.")
+
+
+def refusals(plan: Plan, rules: Rules, last_run: dict | None) -> list[str]:
+    """One sentence per guard that trips, naming the list and the figures; empty when all is well."""
+    found: list[str] = []
+    figures = plan.figures.set_index("list_id")
+    previous = (last_run or {}).get("lists", {})
+    for rule in rules.lists:
+        list_id = rule.list_id
+        eligible = int(figures.loc[list_id, "eligible"])
+        managed = int(figures.loc[list_id, "managed"])
+        mine = plan.changes.loc[plan.changes["list_id"] == list_id]
+        removals = int(mine["action"].isin(REMOVING).sum())
+        if eligible == 0 and not rule.allow_empty:
+            found.append(f"{list_id}: no Novi member is eligible. An empty source is treated as an error, not "
+                         "as an instruction to empty the list (set `allow_empty: true` if the list really should "
+                         "be empty).")
+            continue
+        if removals > rule.max_removals:
+            found.append(f"{list_id}: {removals:,} removals planned, more than max_removals = {rule.max_removals:,}.")
+        elif managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share:
+            found.append(f"{list_id}: {removals:,} removals planned, {removals / managed:.0%} of its {managed:,} "
+                         f"managed members, more than max_removal_share = {rule.max_removal_share:.0%}.")
+        before = previous.get(list_id, {}).get("eligible")
+        if before and eligible < before * (1 - rule.max_eligible_drop):
+            found.append(f"{list_id}: {eligible:,} members are eligible, down from {before:,} at the last completed "
+                         f"run ({1 - eligible / before:.0%} fewer; max_eligible_drop = {rule.max_eligible_drop:.0%}). "
+                         "A Novi key scoped to fewer records, or a failed filter, looks like this.")
+    return found
+
+
+def refusal_message(found: list[str]) -> str:
+    return ("A safety guard stopped the run before any write; nothing was written to any list. "
+            + " ".join(found) + " " + HOW_TO_OVERRIDE)

@@ -1,0 +1,74 @@
+"""The safety guards, as a pure function of the plan, the rules and the last completed run."""
+
+import pytest
+
+from tasks.guards import refusal_message, refusals
+from tasks.novi import members_frame
+from tasks.planner import plan
+from tasks.rules import parse_rules
+from tests.conftest import novi_record, roster_frame
+
+L = "members.example.org"
+
+
+def scenario(n_current: int, n_lapsed: int, roster_all: bool = True, last_eligible: int | None = None, **rule):
+    records = [novi_record(f"c{i}", f"c{i}@x.org") for i in range(n_current)]
+    records += [novi_record(f"e{i}", f"e{i}@x.org", status="expired") for i in range(n_lapsed)]
+    roster = [(r["Email"], f"Pat {r['UniqueID'].upper()}") for r in records] if roster_all else []
+    rules = parse_rules({"lists": [{"list_id": L, **rule}]})
+    p = plan(members_frame(records), {L: roster_frame(L, roster)}, rules)
+    last = {"lists": {L: {"eligible": last_eligible}}} if last_eligible is not None else None
+    return refusals(p, rules, last)
+
+
+def test_ordinary_churn_passes():
+    assert scenario(95, 5) == []
+
+
+def test_new_or_empty_list_is_filled_without_the_removal_guard():
+    assert scenario(5000, 0, roster_all=False) == []
+
+
+def test_removal_count_guard():
+    found = scenario(3000, 600)  # 17% of the managed members: only the count trips
+    assert len(found) == 1 and "600 removals planned, more than max_removals = 500" in found[0]
+    assert scenario(3000, 600, max_removals=1000) == []
+
+
+def test_removal_share_guard_applies_past_its_floor():
+    found = scenario(60, 40)
+    assert "40% of its 100 managed members" in found[0]
+    assert scenario(6, 4) == []                           # 4 removals: under removal_share_from
+    assert scenario(60, 40, max_removal_share=0.5) == []
+
+
+def test_holds_count_as_removals():
+    assert "removals planned" in scenario(60, 40, lapsed="hold")[0]
+    assert scenario(60, 40, lapsed="keep") == []
+
+
+def test_source_collapse_against_the_last_completed_run():
+    found = scenario(70, 0, last_eligible=100)
+    assert "70 members are eligible, down from 100" in found[0]
+    assert scenario(80, 0, last_eligible=100) == []
+    assert scenario(70, 0, last_eligible=100, max_eligible_drop=0.5) == []
+    assert scenario(70, 0) == []  # no earlier run: nothing to compare with
+
+
+def test_empty_source_unless_allowed():
+    found = scenario(0, 5)
+    assert len(found) == 1 and "no Novi member is eligible" in found[0]
+    assert scenario(0, 5, allow_empty=True, max_removal_share=1) == []
+
+
+def test_message_says_nothing_was_written_and_how_to_proceed():
+    message = refusal_message(scenario(3000, 600))
+    assert "nothing was written to any list" in message and L in message
+    assert "--override-guards" in message and "override_guards" in message
+
+
+@pytest.mark.parametrize("bad", [{"max_removals": -1}, {"max_removal_share": 1.5}, {"max_eligible_drop": 2}])
+def test_guard_settings_are_validated(bad):
+    from tasks.errors import RulesError
+    with pytest.raises(RulesError):
+        parse_rules({"lists": [{"list_id": L, **bad}]})
