@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
 from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NoviClient, api_base
+
+
+def _no_credentials(url: str) -> str:
+    """URLs are shown in logs and the UI: a password inside one would leak, so refuse it."""
+    if urlsplit(url.strip()).username is not None:
+        raise ValueError("the URL must not hold a user or password: use the block's secret fields")
+    return url.strip()
 
 
 class NoviCredentials(Block):
@@ -23,15 +32,17 @@ class NoviCredentials(Block):
         default=DEFAULT_REQUESTS_PER_SECOND, gt=0, le=20,
         description="Client-side cap; Novi reports 20/s and 600/min per key.")
 
+    timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
+
     @field_validator("site_url")
     @classmethod
     def _site(cls, value: str) -> str:
         api_base(value)  # raises ValueError with a readable message
-        return value.strip()
+        return _no_credentials(value)
 
     def get_client(self) -> NoviClient:
         return NoviClient(self.site_url, self.api_key.get_secret_value(),
-                          requests_per_second=self.requests_per_second)
+                          requests_per_second=self.requests_per_second, timeout=(10.0, self.timeout_seconds))
 
 
 class MailmanCredentials(Block):
@@ -45,14 +56,17 @@ class MailmanCredentials(Block):
     username: str = Field(default="restadmin", description="[webservice] admin_user")
     password: SecretStr = Field(description="[webservice] admin_pass")
 
+    timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
+
     @field_validator("rest_url")
     @classmethod
     def _rest(cls, value: str) -> str:
         rest_base(value)
-        return value.strip()
+        return _no_credentials(value)
 
     def get_client(self) -> MailmanClient:
-        return MailmanClient(self.rest_url, self.username, self.password.get_secret_value())
+        return MailmanClient(self.rest_url, self.username, self.password.get_secret_value(),
+                             timeout=(10.0, self.timeout_seconds))
 
 
 class LedgerDatabase(Block):

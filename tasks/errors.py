@@ -34,6 +34,10 @@ class CredentialsRefused(PermanentHTTPError):
     """401/403: the API key or password was refused."""
 
 
+class ListNotFound(SyncError):
+    """A list named in the rules does not exist on the Mailman server."""
+
+
 class UnexpectedResponse(SyncError):
     """A 2xx whose body is not what the API documents (an HTML page, a wrong envelope)."""
 

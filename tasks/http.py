@@ -9,6 +9,7 @@ status and a redacted path, never a query string, an address or a credential.
 from __future__ import annotations
 
 import email.utils
+import random
 import re
 import threading
 import time
@@ -102,17 +103,28 @@ class Throttle:
             self._sleep(start - now)
 
 
+def backoff(attempt: int, rng: random.Random = random.Random()) -> float:
+    """Seconds before retry number `attempt` (0-based): 1, 2, 4 … capped at 30, with ±50% jitter."""
+    return min(2.0 ** attempt, 30.0) * rng.uniform(0.5, 1.5)
+
+
 class ApiSession:
-    """A `requests.Session` bound to one base URL, with the project's failure classes."""
+    """A `requests.Session` bound to one base URL, with the project's failure classes.
+
+    Reads (GET) are retried here on transient failures, with backoff and jitter and the
+    peer's Retry-After when it sends one, at most `read_retries` times: they are idempotent
+    and a retried page keeps a sweep whole. Writes are never retried here: the batch task that
+    sent them is the one retry layer for writes (tasks.mailman.apply_batch).
+    """
 
     def __init__(self, base_url: str, *, headers: dict[str, str], auth: tuple[str, str] | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT, per_second: float | None = None,
-                 waits_on_429: int = 0, system: str = "peer",
+                 read_retries: int = 0, system: str = "peer",
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.system = system
         self.timeout = timeout
-        self.waits_on_429 = waits_on_429
+        self.read_retries = read_retries
         self.calls: dict[str, int] = {}
         self._throttle = Throttle(per_second, sleep=sleep)
         self._sleep = sleep
@@ -123,7 +135,7 @@ class ApiSession:
             self.session.auth = auth
 
     def __repr__(self) -> str:  # never show headers: they hold the key
-        return f"ApiSession({self.system} at {self.base_url})"
+        return f"ApiSession({self.system} at {redact_path(self.base_url)})"
 
     def _count(self, kind: str) -> None:
         with self._counter_lock:
@@ -131,40 +143,40 @@ class ApiSession:
 
     def request(self, method: str, path: str, *, kind: str, accept: Collection[int] = (),
                 **kwargs) -> requests.Response:
-        """Send one request; return a 2xx (or an `accept`ed status) or raise a typed error.
-
-        A 429 is waited out here (its Retry-After, else a growing pause) up to `waits_on_429`
-        times, since the peer asked for exactly that; every other retry belongs to the caller.
-        """
+        """Send one request; return a 2xx (or an `accept`ed status) or raise a typed error."""
         url = f"{self.base_url}/{path.lstrip('/')}"
         where = redact_path(url)
-        for attempt in range(self.waits_on_429 + 1):
-            self._throttle.wait()
-            self._count(kind)
+        retries = self.read_retries if method == "GET" else 0
+        for attempt in range(retries + 1):
             try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-            except requests.Timeout:
-                raise TransientHTTPError(
-                    f"{self.system}: {method} {where} timed out", method=method, path=where, status=None
-                ) from None
-            except requests.ConnectionError:
-                raise TransientHTTPError(
-                    f"{self.system}: {method} {where} could not connect", method=method, path=where,
-                    status=None,
-                ) from None
-            status = response.status_code
-            if status == 400 and _database_race(response):
-                raise TransientHTTPError(
-                    f"{self.system}: {method} {where} answered 400: a database conflict on the server",
-                    method=method, path=where, status=status)
-            if status < 300 or status in accept:
-                return response
-            if status == 429 and attempt < self.waits_on_429:
-                delay = parse_retry_after(response.headers.get("Retry-After"))
-                self._sleep(delay if delay is not None else min(2.0 ** attempt, 60.0))
-                continue
-            raise self._failure(method, where, response)
+                return self._send(method, url, where, kind, accept, kwargs)
+            except TransientHTTPError as error:
+                if attempt == retries:
+                    raise
+                self._sleep(error.retry_after if error.retry_after is not None else backoff(attempt))
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _send(self, method: str, url: str, where: str, kind: str, accept: Collection[int],
+              kwargs: dict) -> requests.Response:
+        self._throttle.wait()
+        self._count(kind)
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.Timeout:
+            raise TransientHTTPError(
+                f"{self.system}: {method} {where} timed out", method=method, path=where, status=None) from None
+        except requests.ConnectionError:
+            raise TransientHTTPError(
+                f"{self.system}: {method} {where} could not connect", method=method, path=where,
+                status=None) from None
+        status = response.status_code
+        if status == 400 and _database_race(response):
+            raise TransientHTTPError(
+                f"{self.system}: {method} {where} answered 400: a database conflict on the server",
+                method=method, path=where, status=status)
+        if status < 300 or status in accept:
+            return response
+        raise self._failure(method, where, response)
 
     def _failure(self, method: str, where: str, response: requests.Response) -> Exception:
         status = response.status_code

@@ -15,12 +15,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import addresses
-from tasks.errors import UnexpectedResponse
+from tasks.errors import ListNotFound, UnexpectedResponse
 from tasks.http import ApiSession, json_body, redact_text
 from tasks.paging import numbered_pages
 from tasks.retry import retry_if_transient
 
 ROSTER_PAGE_SIZE = 1000
+READ_RETRIES = 3  # reads only; writes are retried per batch (apply_batch)
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", "held"]
 
 # Outcomes of one change.
@@ -47,10 +48,12 @@ class MailmanClient:
     """One Mailman core, one admin login, one HTTP session."""
 
     def __init__(self, rest_url: str, user: str, password: str, *,
-                 timeout: tuple[float, float] | None = None) -> None:
-        extra = {"timeout": timeout} if timeout else {}
+                 timeout: tuple[float, float] | None = None, sleep=None) -> None:
+        extra: dict = {"timeout": timeout} if timeout else {}
+        if sleep is not None:
+            extra["sleep"] = sleep
         self.http = ApiSession(rest_base(rest_url), headers={}, auth=(user, password),
-                               system="Mailman", **extra)
+                               system="Mailman", read_retries=READ_RETRIES, **extra)
 
     def __repr__(self) -> str:
         return f"MailmanClient({self.http.base_url})"
@@ -78,10 +81,15 @@ class MailmanClient:
             params = [("count", count), ("page", page), ("fields", "email"),
                       ("fields", "display_name"), ("fields", "member_id")]
             response = self.http.request("GET", f"lists/{list_id}/roster/member", kind="roster_page",
-                                         params=params)
+                                         params=params, accept=(404,))
+            if response.status_code == 404:
+                raise ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id in the rules")
             return json_body(response, "roster")
 
         entries = [e for page in numbered_pages(fetch, page_size, f"roster of {list_id}") for e in page]
+        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and e["email"].count("@") == 1
+                   for e in entries):
+            raise UnexpectedResponse(f"Mailman roster of {list_id}: an entry has no usable email")
         held = self.held_member_ids(list_id, page_size)
         email = pd.Series([e.get("email") for e in entries], dtype="string").str.lower()
         member_id = pd.Series([str(e.get("member_id", "")) for e in entries], dtype="string")
@@ -174,8 +182,7 @@ def _description(response) -> str:
     return ""
 
 
-@task(name="extract-roster", retries=2, retry_delay_seconds=[2, 10], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="extract-roster", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
 def extract_roster(client: MailmanClient, list_id: str) -> pd.DataFrame:
     """Read one list's whole roster and its held members; a partial read raises."""
     return client.roster(list_id)

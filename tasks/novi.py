@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
@@ -12,12 +13,12 @@ from prefect.cache_policies import NO_CACHE
 from tasks import addresses
 from tasks.errors import IncompleteSweep, UnexpectedResponse
 from tasks.http import ApiSession, json_body
-from tasks.retry import retry_if_transient
 
 DEFAULT_PAGE_SIZE = 500
 # Novi reports 20 requests/s and 600/min per key; 600/min is the binding one (10/s sustained).
 DEFAULT_REQUESTS_PER_SECOND = 8.0
-WAITS_ON_429 = 6
+# Reads retried on 429, 5xx, timeouts and refused connections, with backoff (tasks.http).
+READ_RETRIES = 6
 
 MEMBER_COLUMNS = [
     "novi_id", "email", "match_key", "display_name", "status", "active", "customer_type",
@@ -47,7 +48,7 @@ class NoviClient:
             extra["sleep"] = sleep
         # Novi takes the key as is after "Basic ", not base64(user:password).
         self.http = ApiSession(api_base(site_url), headers={"Authorization": f"Basic {api_key}"},
-                               per_second=requests_per_second, waits_on_429=WAITS_ON_429,
+                               per_second=requests_per_second, read_retries=READ_RETRIES,
                                system="Novi", **extra)
 
     def __repr__(self) -> str:
@@ -127,6 +128,40 @@ class NoviClient:
         return body
 
 
+# Fields whose absence or wrong type could make a member look ineligible, and so cause a
+# removal: such a record is quarantined instead (a key scoped to fewer fields looks like this).
+_TYPED_FIELDS: list[tuple[str, tuple[type, ...], bool, str]] = [
+    # field, accepted types, whether it must be present, what it should be
+    ("Active", (bool,), True, "true/false"),
+    ("MemberStatus", (str, type(None)), True, "text"),
+    ("CustomerType", (str, type(None)), True, "text"),
+    ("UnsubscribeFromEmails", (bool, type(None)), False, "true/false"),
+    ("Groups", (list, type(None)), False, "a list"),
+    ("MemberType", (dict, str, type(None)), False, "an object"),
+]
+
+
+def _field_problem(record: dict, address_fields: Sequence[str]) -> str | None:
+    for field, types, required, should_be in _TYPED_FIELDS:
+        if field not in record:
+            if required:
+                return f"{field} is missing"
+        elif not isinstance(record[field], types) or (bool not in types and isinstance(record[field], bool)):
+            return f"{field} is not {should_be}"
+    for field in address_fields:
+        if not isinstance(record.get(field), (str, type(None))):
+            return f"{field} is not text"
+    return None
+
+
+def _display_name(value: str) -> str:
+    """A name safe to hand to Mailman: no control characters, single spaces, at most 200 characters."""
+    return " ".join(_CONTROL.sub(" ", value).split())[:200]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _text(value: object) -> str | None:
     if isinstance(value, str):
         value = value.strip()
@@ -153,7 +188,8 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
     first = [_text(v) for v in get("FirstName")]
     last = [_text(v) for v in get("LastName")]
     name = [_text(v) for v in get("Name")]
-    display = [" ".join(p for p in (given, family) if p) or org or "" for given, family, org in zip(first, last, name)]
+    display = [_display_name(" ".join(p for p in (given, family) if p) or org or "")
+               for given, family, org in zip(first, last, name)]
 
     member_type = [mt if isinstance(mt, dict) else ({"Name": mt} if isinstance(mt, str) else {})
                    for mt in get("MemberType")]
@@ -182,16 +218,12 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
     })
     frame["is_person"] = frame["customer_type"].str.casefold() == "person"
 
-    wrong_type = pd.Series(
-        ["Active is not true/false" if not isinstance(a, bool)
-         else "UnsubscribeFromEmails is not true/false" if o is not None and not isinstance(o, bool)
-         else None for a, o in zip(active_raw, opt_raw)], dtype="string")
-    frame["quarantine"] = addresses.refusal(frame["email"]).fillna(wrong_type)
+    wrong_type = pd.Series([_field_problem(r, address_fields) for r in records], dtype="string")
+    frame["quarantine"] = wrong_type.fillna(addresses.refusal(frame["email"]))
     return frame[MEMBER_COLUMNS]
 
 
-@task(name="extract-members", retries=2, retry_delay_seconds=[5, 30], retry_jitter_factor=0.5,
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
+@task(name="extract-members", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
 def extract_members(client: NoviClient, page_size: int, address_fields: list[str]) -> pd.DataFrame:
     """Sweep every Novi member once and normalise them; a partial sweep raises, never returns."""
     return members_frame(client.members(page_size), address_fields)

@@ -3,7 +3,7 @@ import requests
 import responses
 
 from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse, is_transient
-from tasks.http import ApiSession, Throttle, json_body, parse_retry_after, redact_path
+from tasks.http import ApiSession, Throttle, backoff, json_body, parse_retry_after, redact_path
 
 BASE = "http://peer.test/api"
 
@@ -47,9 +47,9 @@ def test_429_is_waited_out_with_retry_after_then_succeeds():
     responses.get(f"{BASE}/members", status=429)
     responses.get(f"{BASE}/members", json={"ok": True})
     slept = []
-    session = ApiSession(BASE, headers={}, waits_on_429=3, sleep=slept.append)
+    session = ApiSession(BASE, headers={}, read_retries=3, sleep=slept.append)
     assert session.request("GET", "members", kind="read").json() == {"ok": True}
-    assert slept == [7.0, 2.0]  # Retry-After, then the growing pause when none is sent
+    assert slept[0] == 7.0 and 1.0 <= slept[1] <= 3.0  # Retry-After, then backoff with jitter
     assert session.calls == {"read": 3}
 
 
@@ -57,7 +57,7 @@ def test_429_is_waited_out_with_retry_after_then_succeeds():
 def test_429_beyond_the_wait_budget_raises_transient():
     for _ in range(3):
         responses.get(f"{BASE}/members", status=429, headers={"Retry-After": "1"})
-    session = ApiSession(BASE, headers={}, waits_on_429=2, sleep=lambda s: None)
+    session = ApiSession(BASE, headers={}, read_retries=2, sleep=lambda s: None)
     with pytest.raises(TransientHTTPError) as caught:
         session.request("GET", "members", kind="read")
     assert caught.value.retry_after == 1.0
@@ -116,3 +116,42 @@ def test_html_with_status_200_is_an_unexpected_response():
     response = ApiSession(BASE, headers={}).request("GET", "members", kind="read")
     with pytest.raises(UnexpectedResponse, match="not JSON"):
         json_body(response, "Novi")
+
+
+@pytest.mark.parametrize("first", [
+    {"status": 500}, {"status": 503}, {"body": requests.ConnectionError("refused")},
+    {"body": requests.ReadTimeout("slow")},
+], ids=["500", "503", "refused", "timeout"])
+@responses.activate
+def test_reads_retry_transient_failures_with_backoff(first):
+    responses.get(f"{BASE}/members", **first)
+    responses.get(f"{BASE}/members", json={"ok": True})
+    slept = []
+    session = ApiSession(BASE, headers={}, read_retries=2, sleep=slept.append)
+    assert session.request("GET", "members", kind="read").json() == {"ok": True}
+    assert len(slept) == 1 and 0.5 <= slept[0] <= 1.5
+
+
+@responses.activate
+def test_writes_are_never_retried_here():
+    responses.post(f"{BASE}/members", status=503)
+    session = ApiSession(BASE, headers={}, read_retries=5, sleep=lambda s: pytest.fail("slept"))
+    with pytest.raises(TransientHTTPError):
+        session.request("POST", "members", kind="write")
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_permanent_failures_are_not_retried():
+    responses.get(f"{BASE}/members", status=404)
+    session = ApiSession(BASE, headers={}, read_retries=5, sleep=lambda s: pytest.fail("slept"))
+    with pytest.raises(PermanentHTTPError):
+        session.request("GET", "members", kind="read")
+    assert len(responses.calls) == 1
+
+
+def test_backoff_grows_and_is_capped():
+    import random
+    rng = random.Random(1)
+    values = [backoff(a, rng) for a in range(8)]
+    assert 0.5 <= values[0] <= 1.5 and 4 <= values[3] <= 12 and all(v <= 45 for v in values)

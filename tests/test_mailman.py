@@ -13,7 +13,7 @@ LIST = "members.example.org"
 
 
 def client() -> MailmanClient:
-    return MailmanClient("http://127.0.0.1:8001", "restadmin", "s3cret-pw")
+    return MailmanClient("http://127.0.0.1:8001", "restadmin", "s3cret-pw", sleep=lambda s: None)
 
 
 def row(email, name="", member_id=None, mail=False, list_id=LIST) -> dict:
@@ -103,6 +103,7 @@ def test_roster_read_failure_is_transient_and_redacted():
     with pytest.raises(TransientHTTPError) as caught:
         client().roster(LIST)
     assert "s3cret" not in str(caught.value)
+    assert len(responses.calls) == 4  # the read and its three retries
 
 
 @responses.activate
@@ -213,3 +214,21 @@ def test_a_database_race_answered_400_is_transient():
 def test_mass_unsubscribe_batch_must_be_one_list():
     with pytest.raises(ValueError):
         apply_changes(client(), "unsubscribe", [row("a@x.org"), row("b@x.org", list_id="other.x.org")])
+
+
+@responses.activate
+def test_missing_list_says_so():
+    responses.get(f"{REST}/lists/{LIST}/roster/member", status=404, json={"title": "404 Not Found"})
+    from tasks.errors import ListNotFound
+    with pytest.raises(ListNotFound, match="Mailman has no list members.example.org"):
+        client().roster(LIST)
+
+
+@pytest.mark.parametrize("entry", [{"display_name": "x"}, {"email": None}, {"email": "no-at-sign"}, "text"])
+@responses.activate
+def test_unusable_roster_entries_fail_the_read(entry):
+    from tasks.errors import UnexpectedResponse
+    responses.get(f"{REST}/lists/{LIST}/roster/member", json={"start": 0, "total_size": 1, "entries": [entry]})
+    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
+    with pytest.raises(UnexpectedResponse):
+        client().roster(LIST)
