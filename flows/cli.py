@@ -145,6 +145,18 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 
 
 @app.command()
+def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
+           ledger_block: LedgerBlock = None) -> None:
+    """Release a list's lock left by a run that died (runs release their own locks)."""
+    from flows.sync import open_ledger
+    from tasks.mailman import dot_list_id
+
+    released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id))
+    out.print(f"Released {released} lock(s) on {dot_list_id(list_id)}." if released
+              else f"{dot_list_id(list_id)} was not locked.")
+
+
+@app.command()
 def history(address: Annotated[str, typer.Argument(help="The email address to look up.")],
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""

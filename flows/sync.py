@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -141,8 +142,12 @@ def record_ledger(ledger: Ledger, run: RunRecord, list_ids: list[str], the_plan:
     ledger.record(run, list_ids, settle(the_plan.memory, outcomes), outcomes, the_plan.figures)
 
 
+def _run_id() -> str:
+    return str(flow_run.get_id() or uuid.uuid5(uuid.NAMESPACE_OID, str(os.getpid())))
+
+
 def _run_record(started_at: datetime, state: str, message: str, novi_members: int | None) -> RunRecord:
-    return RunRecord(run_id=str(flow_run.get_id() or uuid.uuid4()), run_name=flow_run.get_name() or "local",
+    return RunRecord(run_id=_run_id(), run_name=flow_run.get_name() or "local",
                      started_at=started_at, ended_at=datetime.now(timezone.utc), state=state, message=message,
                      novi_members=novi_members)
 
@@ -163,13 +168,12 @@ def sync_lists(
 ) -> dict:
     """Bring every list in the rules in step with Novi; returns the run summary.
 
-    Reads Novi once, every roster and the ledger, plans with pandas, refuses to write when a
-    safety guard trips (unless `override_guards`, for this run only), applies only the
-    difference in retried batch tasks (unless `dry_run`),
+    Holds the lists' lock (real runs), reads Novi once, every roster and the ledger, plans
+    with pandas, refuses to write when a safety guard trips (unless `override_guards`, for
+    this run only), applies only the difference in retried batch tasks (unless `dry_run`),
     records the run in the ledger, and leaves a summary, a table of changes and the full plan
-    as artifacts. A dry run reads the ledger and writes nothing to it.
+    as artifacts. A dry run takes no lock and writes nothing to the ledger.
     """
-    log = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(timezone.utc)
     if not 1 <= batch_size <= 500:
         raise ValueError("batch_size must be between 1 and 500")
@@ -178,18 +182,33 @@ def sync_lists(
     rules = resolve_rules(rules_path, list_id)
     ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]
-    try:
-        novi = NoviCredentials.load(novi_block).get_client()
-        mailman = MailmanCredentials.load(mailman_block).get_client()
-        members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
-        log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
-        roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
-        rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
-        remembered, last_run = read_ledger(ledger, list_ids)
-    except SyncError as exc:
-        if not dry_run:  # a run that could not even plan is still part of the history
-            ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
-        raise
+    with ExitStack() as held:
+        try:
+            if not dry_run:  # dry runs write nothing, so they need no lock
+                held.enter_context(ledger.lock(list_ids, _run_id()))
+            novi = NoviCredentials.load(novi_block).get_client()
+            mailman = MailmanCredentials.load(mailman_block).get_client()
+            members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
+            roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
+            rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
+            remembered, last_run = read_ledger(ledger, list_ids)
+        except SyncError as exc:
+            if not dry_run:  # a run that could not even plan is still part of the history
+                ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
+            raise
+        return _reconcile(mailman, ledger, rules, members, rosters, remembered, last_run, started, started_at,
+                          dry_run=dry_run, override_guards=override_guards, batch_size=batch_size,
+                          workers=workers, reports_dir=reports_dir, table_rows=table_rows)
+
+
+def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd.DataFrame,
+               rosters: dict[str, pd.DataFrame], remembered: pd.DataFrame, last_run: dict | None, started: float,
+               started_at: datetime, *, dry_run: bool, override_guards: bool, batch_size: int, workers: int,
+               reports_dir: str | None, table_rows: int):
+    """Plan, guard, apply, record and report: the part of a run that follows the reads."""
+    log = get_run_logger()
+    list_ids = [rule.list_id for rule in rules.lists]
+    log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
     the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
     log.info("Planned %d changes on %d lists", the_plan.count(), len(list_ids))
 

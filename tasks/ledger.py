@@ -9,9 +9,12 @@ figures in one transaction, so a run that fails half-way leaves the ledger as it
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +33,7 @@ from sqlalchemy import (
     event,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -101,8 +105,24 @@ run_lists_table = Table(
 )
 
 
+locks_table = Table(
+    "list_locks", metadata,
+    Column("list_id", String(255), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("holder", String(255), nullable=False),   # host:pid
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+)
+
+STALE_AFTER = timedelta(minutes=10)  # a lock whose holder stopped renewing it this long ago is dead
+
+
 class LedgerError(SyncError):
     """The ledger could not be read or written."""
+
+
+class ListBusy(SyncError):
+    """Another run holds the lock of a list: two runs never write to one list at once."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +288,65 @@ class Ledger:
                                  ).mappings().all()
         return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}
 
+    @contextmanager
+    def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER) -> Iterator[None]:
+        """Hold the lists for one run, renewing the hold while the run lasts.
+
+        A lock is taken over when its holder is a dead process on this host, or has not renewed
+        it for `stale_after` (a worker that died elsewhere); otherwise `ListBusy`.
+        """
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        self._acquire(list(list_ids), run_id, holder, stale_after)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(run_id, stop, stale_after / 4), daemon=True,
+                                name="novi-mailman-lock")
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join(timeout=10)
+            with self._begin() as conn:
+                conn.execute(delete(locks_table).where(locks_table.c.run_id == run_id))
+
+    def _acquire(self, list_ids: list[str], run_id: str, holder: str, stale_after: timedelta) -> None:
+        now = datetime.now(timezone.utc)
+        try:
+            with self._begin() as conn:
+                held = conn.execute(select(locks_table).where(locks_table.c.list_id.in_(list_ids))).mappings().all()
+                for row in held:
+                    if not _lock_is_dead(row, now, stale_after):
+                        raise ListBusy(
+                            f"{row['list_id']} is being synced by another run (run {row['run_id']} on "
+                            f"{row['holder'].split(':')[0]}, since {row['acquired_at']:%Y-%m-%d %H:%M} UTC); this run "
+                            f"wrote nothing. If that run died, its lock lapses {stale_after.seconds // 60} minutes "
+                            f"after its last heartbeat, or release it: novi-mailman unlock {row['list_id']}")
+                    conn.execute(delete(locks_table).where(locks_table.c.list_id == row["list_id"]))
+                conn.execute(locks_table.insert(), [{"list_id": list_id, "run_id": run_id, "holder": holder,
+                                                     "acquired_at": now, "heartbeat_at": now} for list_id in list_ids])
+        except LedgerError as exc:
+            # Two runs inserting the same lock at once: the loser sees the primary key taken.
+            if "IntegrityError" in str(exc):
+                raise ListBusy(f"another run took the lock of {', '.join(list_ids)} at the same moment; "
+                               "this run wrote nothing") from None
+            raise
+
+    def _heartbeat(self, run_id: str, stop: threading.Event, every: timedelta) -> None:
+        while not stop.wait(every.total_seconds()):
+            try:
+                with self._begin() as conn:
+                    conn.execute(update(locks_table).where(locks_table.c.run_id == run_id)
+                                 .values(heartbeat_at=datetime.now(timezone.utc)))
+            except LedgerError:
+                continue  # a missed beat only shortens the lock's life; the next one may pass
+
+    def unlock(self, list_id: str) -> int:
+        """Release a list's lock by hand (its run died elsewhere); how many locks were released."""
+        if not self.exists:
+            return 0
+        with self._begin() as conn:
+            return conn.execute(delete(locks_table).where(locks_table.c.list_id == list_id)).rowcount
+
     def _connect(self):
         return _Guarded(self.engine.connect, self.location)
 
@@ -298,6 +377,25 @@ class _Guarded:
             raise LedgerError(f"the ledger at {self._location} failed: {type(exc).__name__}; "
                               "nothing of this run was stored") from None
         return suppressed
+
+
+def _lock_is_dead(row, now: datetime, stale_after: timedelta) -> bool:
+    host, _, pid = row["holder"].rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        return True
+    beat = row["heartbeat_at"]
+    beat = beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+    return now - beat > stale_after
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -252,3 +252,52 @@ def test_ledger_block_points_the_run_at_postgresql(blocks, tmp_path, ledger_url)
     assert state.is_completed()
     assert state.result()["ledger"].split("://")[0] == ledger_url.split("://")[0]
     assert Ledger(ledger_url).read([LIST])["match_key"].tolist() == ["a@example.org"]
+
+
+def test_a_list_another_run_holds_is_not_touched(blocks, tmp_path):
+    from tasks.ledger import ListBusy
+
+    novi = FakeNovi([novi_record(f"m{i}", f"m{i}@example.org") for i in range(3)])
+    mailman = FakeMailman({LIST: {}})
+    with Ledger().lock([LIST], "another-run"):
+        state, calls = run(novi, mailman, tmp_path)
+    assert state.is_failed()
+    assert isinstance(state.result(raise_on_failure=False), ListBusy)
+    assert "being synced by another run" in state.message and "novi-mailman unlock" in state.message
+    assert calls == [] and not mailman.writes  # it did not even read
+    assert Ledger().last_run("failed")["message"].startswith(LIST)
+    again, _ = run(novi, mailman, tmp_path)  # the lock went with the other run
+    assert again.is_completed()
+
+
+def test_guard_refusal_writes_nothing_reports_and_override_is_one_shot(blocks, tmp_path):
+    records = [novi_record(f"m{i}", f"m{i}@example.org") for i in range(30)]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert run(novi, mailman, tmp_path)[0].is_completed()
+    for record in records[:15]:
+        record["MemberStatus"] = "expired"  # half the list lapses overnight
+    state, calls = run(novi, mailman, tmp_path)
+    assert state.is_failed() and writes(calls) == []
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, GuardRefused) and "15 removals planned, 50% of its 30 managed members" in str(error)
+    assert error.summary["state"] == "refused" and error.summary["lists"][0]["changes"]["unsubscribe"] == 15
+    assert "Refused by a safety guard" in Artifact.get(SUMMARY_KEY).data
+    assert Ledger().history("m0@example.org")["outcome"].iloc[0] == "refused by a guard"
+
+    lifted, _ = run(novi, mailman, tmp_path, override_guards=True)
+    assert lifted.is_completed() and lifted.result()["guards_overridden"] is True
+    assert len(mailman.names(LIST)) == 15
+
+    for record in records[15:25]:
+        record["MemberStatus"] = "expired"  # the override did not persist
+    assert isinstance(run(novi, mailman, tmp_path)[0].result(raise_on_failure=False), GuardRefused)
+
+
+def test_source_collapse_is_refused(blocks, tmp_path):
+    records = [novi_record(f"m{i}", f"m{i}@example.org") for i in range(40)]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert run(novi, mailman, tmp_path)[0].is_completed()
+    novi.records = records[:20]  # a key scoped to fewer records: half the members vanish
+    state, calls = run(novi, mailman, tmp_path)
+    assert state.is_failed() and writes(calls) == []
+    assert "20 members are eligible, down from 40" in state.message

@@ -114,3 +114,65 @@ def test_default_location_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("NOVI_MAILMAN_LEDGER")
     monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path / "home"))
     assert default_url() == f"sqlite:///{tmp_path / 'home' / 'ledger.sqlite'}"
+
+
+# the per-list lock ------------------------------------------------------------------------
+
+def test_a_list_is_held_by_one_run_at_a_time(ledger_url):
+    from tasks.ledger import ListBusy
+
+    ledger = Ledger(ledger_url)
+    with ledger.lock(["a.example.org", "b.example.org"], "run-1"):
+        with pytest.raises(ListBusy, match="a.example.org is being synced by another run"):
+            with Ledger(ledger_url).lock(["a.example.org"], "run-2"):
+                pytest.fail("two runs held one list")
+        with Ledger(ledger_url).lock(["c.example.org"], "run-3"):
+            pass  # another list is free
+    with ledger.lock(["a.example.org"], "run-4"):
+        pass  # released at the end of the first run
+
+
+def test_locks_of_dead_runs_are_taken_over(ledger_url):
+    import socket
+    import subprocess
+
+    from tasks.ledger import locks_table
+
+    ledger = Ledger(ledger_url)
+    dead_pid = subprocess.Popen(["true"])  # a process of this host that has surely ended
+    dead_pid.wait()
+    now = datetime.now(timezone.utc)
+    with ledger.engine.begin() as conn:
+        conn.execute(locks_table.insert(), [
+            {"list_id": "dead.example.org", "run_id": "r-dead", "holder": f"{socket.gethostname()}:{dead_pid.pid}",
+             "acquired_at": now, "heartbeat_at": now},
+            {"list_id": "silent.example.org", "run_id": "r-silent", "holder": "other-host:1",
+             "acquired_at": now - timedelta(hours=1), "heartbeat_at": now - timedelta(minutes=11)},
+            {"list_id": "alive.example.org", "run_id": "r-alive", "holder": "other-host:1",
+             "acquired_at": now, "heartbeat_at": now}])
+    with ledger.lock(["dead.example.org", "silent.example.org"], "run-new"):
+        pass
+    from tasks.ledger import ListBusy
+    with pytest.raises(ListBusy):
+        with ledger.lock(["alive.example.org"], "run-new-2"):
+            pass
+    assert ledger.unlock("alive.example.org") == 1
+    with ledger.lock(["alive.example.org"], "run-new-3"):
+        pass
+
+
+def test_the_lock_is_renewed_while_the_run_lasts(ledger_url):
+    import time
+
+    from sqlalchemy import select
+
+    from tasks.ledger import locks_table
+
+    ledger = Ledger(ledger_url)
+    with ledger.lock(["a.example.org"], "run-1", stale_after=timedelta(seconds=0.4)):
+        with ledger.engine.connect() as conn:
+            first = conn.execute(select(locks_table.c.heartbeat_at)).scalar_one()
+        time.sleep(0.5)
+        with ledger.engine.connect() as conn:
+            later = conn.execute(select(locks_table.c.heartbeat_at)).scalar_one()
+    assert later > first
