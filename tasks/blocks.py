@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
-from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NoviClient, api_base
+from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, READ_RETRIES, NoviClient, api_base
 
 
 def _no_credentials(url: str) -> str:
@@ -33,6 +33,8 @@ class NoviCredentials(Block):
         description="Client-side cap; Novi reports 20/s and 600/min per key.")
 
     timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
+    read_retries: int = Field(default=READ_RETRIES, ge=0, le=10,
+                              description="Retries of a page read that failed on a 429, 5xx or timeout.")
 
     @field_validator("site_url")
     @classmethod
@@ -42,7 +44,8 @@ class NoviCredentials(Block):
 
     def get_client(self) -> NoviClient:
         return NoviClient(self.site_url, self.api_key.get_secret_value(),
-                          requests_per_second=self.requests_per_second, timeout=(10.0, self.timeout_seconds))
+                          requests_per_second=self.requests_per_second, timeout=(10.0, self.timeout_seconds),
+                          read_retries=self.read_retries)
 
 
 class MailmanCredentials(Block):

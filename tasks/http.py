@@ -103,7 +103,10 @@ class Throttle:
             self._sleep(start - now)
 
 
-def backoff(attempt: int, rng: random.Random = random.Random()) -> float:
+_JITTER = random.Random()
+
+
+def backoff(attempt: int, rng: random.Random = _JITTER) -> float:
     """Seconds before retry number `attempt` (0-based): 1, 2, 4 … capped at 30, with ±50% jitter."""
     return min(2.0 ** attempt, 30.0) * rng.uniform(0.5, 1.5)
 

@@ -42,13 +42,13 @@ class NoviClient:
     """One Novi site, one key, one HTTP session."""
 
     def __init__(self, site_url: str, api_key: str, *, requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND,
-                 timeout: tuple[float, float] | None = None, sleep=None) -> None:
+                 timeout: tuple[float, float] | None = None, read_retries: int = READ_RETRIES, sleep=None) -> None:
         extra = {"timeout": timeout} if timeout else {}
         if sleep is not None:
             extra["sleep"] = sleep
         # Novi takes the key as is after "Basic ", not base64(user:password).
         self.http = ApiSession(api_base(site_url), headers={"Authorization": f"Basic {api_key}"},
-                               per_second=requests_per_second, read_retries=READ_RETRIES,
+                               per_second=requests_per_second, read_retries=read_retries,
                                system="Novi", **extra)
 
     def __repr__(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.errors import IncompleteSweep, TransientHTTPError, UnexpectedResponse
-from tasks.novi import NoviClient
+from tasks.novi import READ_RETRIES, NoviClient
 from tests.integration.conftest import SANDBOX_KEY
 
 pytestmark = pytest.mark.integration
@@ -18,8 +18,8 @@ def site(novi_sandbox):
     novi_sandbox.call("DELETE", "/_sandbox/faults")
 
 
-def client(site, per_second=None) -> NoviClient:
-    return NoviClient(f"{site.url}/api/", SANDBOX_KEY, requests_per_second=per_second)
+def client(site, per_second=None, sleep=None) -> NoviClient:
+    return NoviClient(f"{site.url}/api/", SANDBOX_KEY, requests_per_second=per_second, sleep=sleep)
 
 
 def test_whole_sweep_under_a_server_cap(site):
@@ -46,8 +46,11 @@ def test_rate_limited_sweep_waits_and_completes(site, retry_after):
 ], ids=["500-page", "html-200", "total-changes"])
 def test_faults_fail_the_sweep(site, faults, error):
     site.call("POST", "/_sandbox/faults", json=faults)
+    pauses: list[float] = []
     with pytest.raises(error):
-        client(site).members(page_size=40)
+        client(site, sleep=pauses.append).members(page_size=40)
+    # a failing page is retried (with growing pauses) before the sweep gives up; the others are not
+    assert len(pauses) == (READ_RETRIES if error is TransientHTTPError else 0)
 
 
 def test_one_member_and_not_found(site):
