@@ -3,60 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 import time
-from unittest import mock
 
 import pytest
-import yaml
 from prefect.artifacts import Artifact
-from requests.adapters import HTTPAdapter
 
-from flows.sync import sync_lists
 from tasks.report import CHANGES_KEY
+from tests.integration.helpers import expected, lists_for, sync, wait_for
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
-
-VALID = re.compile(r"[a-z0-9.+_'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.IGNORECASE)
-
-
-def expected(records: list[dict], statuses=("current", "grace_period"), group: str | None = None) -> dict[str, str]:
-    """Who should be on a list (address → display name), worked out here independently of the planner."""
-    chosen: dict[str, str] = {}
-    for r in sorted(records, key=lambda r: r["UniqueID"]):
-        raw = (r["Email"] or "").strip() or (r["AccountEmail"] or "").strip()
-        local, _, domain = raw.rpartition("@")
-        address = f"{local.replace(' ', '+')}@{domain}"
-        if not local or not VALID.fullmatch(address) or address.endswith("."):
-            continue
-        in_group = group is None or any(g["GroupName"] == group for g in (r["Groups"] or []))
-        if r["Active"] is True and r["MemberStatus"] in statuses and not r["UnsubscribeFromEmails"] and in_group:
-            name = " ".join(p for p in (r["FirstName"], r["LastName"]) if p) or r["Name"] or ""
-            chosen.setdefault(address.lower(), name)
-    return chosen
-
-
-def sync(tmp_path, lists: list[dict], dry_run: bool = False):
-    """One run of the flow with these list rules; the state and the write requests it sent."""
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"lists": lists}))
-    sent: list[tuple[str, str]] = []
-    original = HTTPAdapter.send
-
-    def record(adapter, request, *args, **kwargs):  # every request the clients send, on its way out
-        sent.append((request.method, request.url))
-        return original(adapter, request, *args, **kwargs)
-
-    with mock.patch.object(HTTPAdapter, "send", record):
-        state = sync_lists(rules_path=str(rules), novi_block="it-novi", mailman_block="it-mailman",
-                           dry_run=dry_run, reports_dir=str(tmp_path / "reports"), return_state=True)
-    assert sent, "the recorder saw no request at all"
-    return state, [(method, url) for method, url in sent if method != "GET"]
-
-
-def lists_for(world, *names: str) -> list[str]:
-    return [world["admin"].recreate_list(f"{name}-{world['tag']}@example.org") for name in names]
-
 
 def test_first_sync_fills_empty_lists_with_exactly_the_eligible_and_their_names(world, tmp_path):
     members, board = lists_for(world, "members", "board")
@@ -129,16 +84,6 @@ def test_dry_run_writes_nothing(world, tmp_path, isolated_ledger):
     assert not isolated_ledger.exists()
 
 
-def _wait_for(predicate, seconds: float = 45.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    return predicate()
-
-
 def test_no_mail_unless_a_list_asks_for_it(world, tmp_path):
     core = world["core"]
     quiet, loud = lists_for(world, "quiet", "loud")
@@ -162,7 +107,7 @@ def test_no_mail_unless_a_list_asks_for_it(world, tmp_path):
                 and any(lst == loud and to == leaving and "unsubscribed" in subject.lower()
                         for lst, to, subject in mail))
 
-    assert _wait_for(loud_done), f"the loud list's mail did not all arrive: {sent()}"
+    assert wait_for(loud_done), f"the loud list's mail did not all arrive: {sent()}"
     time.sleep(3)  # the quiet list's runners had as long as the loud list's, and more
     mail = sent()
     welcomed = {to for lst, to, subject in mail if lst == loud and subject.startswith("Welcome")}
