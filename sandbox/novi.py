@@ -307,7 +307,7 @@ def create_app(sandbox: Sandbox) -> FastAPI:
 
     @app.post("/_sandbox/reset")
     def reset(request: Reset):
-        sandbox.site = Site(request.size or sandbox.site.size,
+        sandbox.site = Site(request.size if request.size is not None else sandbox.site.size,
                             request.seed if request.seed is not None else sandbox.site.seed,
                             tuple(request.domains or sandbox.site.domains))
         sandbox.faults = Faults()
