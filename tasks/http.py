@@ -136,6 +136,8 @@ class ApiSession:
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **headers})
         if auth is not None:
             self.session.auth = auth
+        # What a peer might echo back in an error body: never let it into a message.
+        self._secrets = [v for v in (*(h.split(" ", 1)[-1] for h in headers.values()), *(auth or ())) if len(v) >= 4]
 
     def __repr__(self) -> str:  # never show headers: they hold the key
         return f"ApiSession({self.system} at {redact_path(self.base_url)})"
@@ -184,6 +186,8 @@ class ApiSession:
     def _failure(self, method: str, where: str, response: requests.Response) -> Exception:
         status = response.status_code
         reason = _peer_reason(response)
+        for secret in self._secrets:
+            reason = reason.replace(secret, "***")
         detail = f": {reason}" if reason else ""
         if status == 429 or status >= 500 or status == 408:
             return TransientHTTPError(

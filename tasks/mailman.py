@@ -173,6 +173,8 @@ class MailmanClient:
 
 
 def _description(response) -> str:
+    """Mailman's reason for a refusal, with addresses masked (it never holds our password:
+    only failures classified in tasks.http can come from a wrong login)."""
     try:
         body = response.json()
     except ValueError:

@@ -1,0 +1,114 @@
+"""No API key or password in anything a run leaves behind, successful or failing.
+
+Whole syncs run with known secret values; every log record, the console, the state
+messages, the exceptions and their tracebacks, the artifacts, the plan CSVs, the ledger and
+the command line's output are scanned for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import traceback
+
+import pytest
+import requests
+import responses
+from prefect.artifacts import Artifact
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.sync import sync_lists
+from tasks.blocks import MailmanCredentials, NoviCredentials
+from tasks.report import CHANGES_KEY, PLAN_KEY, SUMMARY_KEY
+from tests.conftest import novi_record
+from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
+
+pytestmark = pytest.mark.flow
+
+NOVI_KEY = "nk-7Hq2-SECRET-novi-9f3a"
+MAILMAN_PASSWORD = "mp-Zx81-SECRET-mailman-c4d2"
+LIST = "members.example.org"
+
+
+@pytest.fixture(scope="module")
+def secret_blocks(prefect_server):
+    NoviCredentials(site_url=NOVI_SITE, api_key=NOVI_KEY, read_retries=1).save("secret-novi", overwrite=True)
+    MailmanCredentials(rest_url=MAILMAN_REST, password=MAILMAN_PASSWORD).save("secret-mailman", overwrite=True)
+
+
+def records():
+    return [novi_record(f"m{i}", f"m{i}@example.org") for i in range(12)]
+
+
+def ok(mock):
+    FakeNovi(records()).install(mock)
+    FakeMailman({LIST: {"m0@example.org": "Old"}}).install(mock)
+
+
+def novi_refuses(mock):
+    mock.get(f"{NOVI_SITE}/api/members", status=401, json={"Message": f"bad key {NOVI_KEY}"})
+
+
+def novi_down(mock):
+    mock.get(f"{NOVI_SITE}/api/members", body=requests.ConnectionError(f"refused for key {NOVI_KEY}"))
+
+
+def novi_echoes_the_key(mock):
+    mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": f"key {NOVI_KEY} is not valid here"})
+
+
+def mailman_echoes_the_password(mock):
+    FakeNovi(records()).install(mock)
+    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=500,
+             json={"title": "500", "description": f"config admin_pass={MAILMAN_PASSWORD} failed"})
+
+
+def mailman_refuses(mock):
+    FakeNovi(records()).install(mock)
+    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=401,
+             json={"title": "401 Unauthorized", "description": f"password {MAILMAN_PASSWORD} is wrong"})
+
+
+def writes_fail(mock):
+    FakeNovi(records()).install(mock)
+    mailman = FakeMailman({LIST: {}})
+    mailman.fail_subscribe = {"m3@example.org"}
+    mailman.install(mock)
+
+
+@pytest.mark.parametrize("peers", [ok, novi_refuses, novi_down, novi_echoes_the_key, mailman_refuses,
+                                   mailman_echoes_the_password, writes_fail],
+                         ids=["success", "novi-401", "novi-unreachable", "novi-echoes-key", "mailman-401",
+                              "mailman-echoes-password", "failed-writes"])
+def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, caplog, capsys, isolated_ledger):
+    caplog.set_level(logging.DEBUG)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        peers(mock)
+        state = sync_lists(list_id=LIST, novi_block="secret-novi", mailman_block="secret-mailman",
+                           reports_dir=str(tmp_path), return_state=True)
+        cli = CliRunner().invoke(app, ["sync", "--list", LIST, "--json", "--novi-block", "secret-novi",
+                                       "--mailman-block", "secret-mailman"], env={"NOVI_MAILMAN_REPORTS": str(tmp_path)})
+        human = CliRunner().invoke(app, ["plan", "--list", LIST, "--novi-block", "secret-novi",
+                                         "--mailman-block", "secret-mailman"])
+    captured = [caplog.text, *(r.getMessage() for r in caplog.records), capsys.readouterr().out,
+                capsys.readouterr().err, state.message or "", cli.output, human.output]
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        captured.append("".join(traceback.format_exception(result)))
+        captured.append(json.dumps(getattr(result, "summary", None) or {}))
+    else:
+        captured.append(json.dumps(result))
+    for key in (SUMMARY_KEY, CHANGES_KEY, PLAN_KEY):
+        artifact = Artifact.get(key)
+        captured.append(str(artifact.data) if artifact else "")
+    captured += [path.read_text() for path in tmp_path.glob("*.csv")]
+    if isolated_ledger.exists():
+        with sqlite3.connect(isolated_ledger) as db:
+            for (table,) in db.execute("select name from sqlite_master where type='table'"):
+                captured.append(json.dumps(db.execute(f"select * from {table}").fetchall(), default=str))
+    text = "\n".join(captured)
+    assert "sync-lists" in text and "Novi" in text and len(text) > 2000  # the scan saw the run's real output
+    assert NOVI_KEY not in text
+    assert MAILMAN_PASSWORD not in text
