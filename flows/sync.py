@@ -248,7 +248,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
                                novi_members=len(members), duration_s=time.monotonic() - started,
                                plan_csv=str(csv_path), ledger=ledger.location, guards=tripped,
                                guards_overridden=bool(tripped and override_guards))
-    report.publish(summary, outcomes, csv_path, table_rows)
+    report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
 
     if refusal:
         raise GuardRefused(refusal, summary)

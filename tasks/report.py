@@ -17,6 +17,7 @@ OUTCOMES = [APPLIED, ALREADY, PENDING, FAILED]
 SUMMARY_KEY = "novi-mailman-summary"
 CHANGES_KEY = "novi-mailman-changes"
 PLAN_KEY = "novi-mailman-plan"
+QUARANTINE_KEY = "novi-mailman-quarantine"
 
 
 def _counts(series: pd.Series) -> dict[str, int]:
@@ -88,6 +89,7 @@ def summary_markdown(summary: dict) -> str:
     if summary["quarantine_reasons"]:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
+        lines += ["", f"Each record, with its Novi id, is in the `{QUARANTINE_KEY}` artifact and the plan CSV."]
     if summary["plan_csv"]:
         lines += ["", f"The full plan, one row per change and per row left alone: `{summary['plan_csv']}`"
                   f" (also linked as the `{PLAN_KEY}` artifact)."]
@@ -116,8 +118,10 @@ def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path
     return path
 
 
-def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_rows: int) -> None:
-    """Keyed artifacts: the summary, a capped table of changes, and a link to the full plan."""
+def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_rows: int,
+            quarantined: pd.DataFrame | None = None) -> None:
+    """Keyed artifacts: the summary, a capped table of changes, a link to the full plan, and the
+    quarantined records with their reasons (for membership staff to fix in Novi)."""
     create_markdown_artifact(summary_markdown(summary), key=SUMMARY_KEY,
                              description=f"novi-mailman run summary: {summary['message']}")
     shown = outcomes.head(table_rows)
@@ -128,6 +132,12 @@ def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_
             if capped else f"all {len(outcomes):,} changes")
     create_table_artifact(table or [{"list_id": "", "action": "no changes", "email": "", "reason": "",
                                      "outcome": "", "detail": ""}], key=CHANGES_KEY, description=note)
+    if quarantined is not None and not quarantined.empty:
+        rows = quarantined.head(table_rows).rename(columns={"quarantine": "reason"})[["novi_id", "email", "reason"]]
+        create_table_artifact(json.loads(rows.to_json(orient="records")), key=QUARANTINE_KEY,
+                              description=f"{len(quarantined):,} Novi records not synced until fixed in Novi"
+                              + (f" (first {table_rows:,} shown; all are in the plan CSV)"
+                                 if len(quarantined) > table_rows else ""))
     if plan_csv is not None:
         create_link_artifact(plan_csv.as_uri(), link_text=plan_csv.name, key=PLAN_KEY,
                              description="the full plan as CSV (changes, rows left alone, quarantined records)")

@@ -154,6 +154,18 @@ def test_empty_source_is_refused_before_any_write(blocks, tmp_path):
     assert writes(calls) == []
 
 
+def test_quarantined_records_are_listed_for_membership_staff(blocks, tmp_path):
+    from tasks.report import QUARANTINE_KEY
+
+    records, roster = population()
+    records += [novi_record("broken-1", "nobody@localhost"), novi_record("broken-2", None)]
+    state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path, dry_run=True)
+    rows = json.loads(Artifact.get(QUARANTINE_KEY).data)
+    assert sorted((r["novi_id"], r["reason"]) for r in rows) == [
+        ("broken-1", "domain without a dot"), ("broken-2", "no email address in Novi")]
+    assert state.result()["quarantine_reasons"] == {"domain without a dot": 1, "no email address in Novi": 1}
+
+
 def test_secrets_never_reach_the_summary_or_artifacts(blocks, tmp_path):
     records, roster = population()
     state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path, dry_run=True)
