@@ -232,3 +232,16 @@ def test_unusable_roster_entries_fail_the_read(entry):
     responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
     with pytest.raises(UnexpectedResponse):
         client().roster(LIST)
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    ("<html>502 Bad Gateway</html>", "text/html"), ("{not json", "application/json"), ("[]", "application/json"),
+    ('{"total_size": "3", "entries": []}', "application/json"),
+    ('{"total_size": 1, "entries": {"email": "a@x.org"}}', "application/json"),
+], ids=["html-200", "malformed-json", "array", "string-total", "entries-object"])
+@responses.activate
+def test_bad_roster_bodies_fail_the_read(body, content_type):
+    from tasks.errors import UnexpectedResponse
+    responses.get(f"{REST}/lists/{LIST}/roster/member", body=body, content_type=content_type)
+    with pytest.raises(UnexpectedResponse):
+        client().roster(LIST)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,9 @@ def real_blocks(prefect_server, novi_sandbox, mailman_core):
 @pytest.fixture
 def world(real_blocks, novi_sandbox, mailman_core, request):
     """A fresh sandbox site on a mail domain of this test's own, and an admin for Mailman."""
-    tag = uuid.uuid4().hex[:8]
+    tag = uuid.uuid4().hex[:8]  # a fresh mail domain per test: addresses never meet across tests
     domain = f"t{tag}.example.org"
-    novi_sandbox.reset(size=120, seed=int(tag, 16) % 10_000, domain=domain)
+    seed = zlib.crc32(request.node.name.encode()) % 10_000  # the same data every time a test runs
+    novi_sandbox.reset(size=120, seed=seed, domain=domain)
     return {"novi": novi_sandbox, "core": mailman_core, "admin": MailmanAdmin(mailman_core.rest_url),
-            "domain": domain, "tag": tag}
+            "domain": domain, "tag": tag, "seed": seed}
