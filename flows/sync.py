@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -142,6 +142,16 @@ def record_ledger(ledger: Ledger, run: RunRecord, list_ids: list[str], the_plan:
     ledger.record(run, list_ids, settle(the_plan.memory, outcomes), outcomes, the_plan.figures)
 
 
+@contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the time spent in the block to `phases[name]`."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.monotonic() - start
+
+
 def _run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid5(uuid.NAMESPACE_OID, str(os.getpid())))
 
@@ -182,34 +192,40 @@ def sync_lists(
     rules = resolve_rules(rules_path, list_id)
     ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]
+    phases: dict[str, float] = {}
     with ExitStack() as held:
         try:
             if not dry_run:  # dry runs write nothing, so they need no lock
                 held.enter_context(ledger.lock(list_ids, _run_id()))
             novi = NoviCredentials.load(novi_block).get_client()
             mailman = MailmanCredentials.load(mailman_block).get_client()
-            members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
-            roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
-            rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
-            remembered, last_run = read_ledger(ledger, list_ids)
+            with timed(phases, "extract_members"):
+                members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
+            with timed(phases, "extract_rosters"):
+                roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
+                rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
+            with timed(phases, "read_ledger"):
+                remembered, last_run = read_ledger(ledger, list_ids)
         except SyncError as exc:
             if not dry_run:  # a run that could not even plan is still part of the history
                 ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
             raise
         return _reconcile(mailman, ledger, rules, members, rosters, remembered, last_run, started, started_at,
                           dry_run=dry_run, override_guards=override_guards, batch_size=batch_size,
-                          workers=workers, reports_dir=reports_dir, table_rows=table_rows)
+                          workers=workers, reports_dir=reports_dir, table_rows=table_rows, phases=phases,
+                          calls=lambda: {**novi.http.calls, **mailman.http.calls})
 
 
 def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd.DataFrame,
                rosters: dict[str, pd.DataFrame], remembered: pd.DataFrame, last_run: dict | None, started: float,
                started_at: datetime, *, dry_run: bool, override_guards: bool, batch_size: int, workers: int,
-               reports_dir: str | None, table_rows: int):
+               reports_dir: str | None, table_rows: int, phases: dict[str, float], calls):
     """Plan, guard, apply, record and report: the part of a run that follows the reads."""
     log = get_run_logger()
     list_ids = [rule.list_id for rule in rules.lists]
     log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
-    the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
+    with timed(phases, "plan"):
+        the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
     log.info("Planned %d changes on %d lists", the_plan.count(), len(list_ids))
 
     tripped = guards.refusals(the_plan, rules, last_run)
@@ -219,7 +235,8 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
     if dry_run or refusal:
         outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
     else:
-        outcomes = apply_plan(mailman, the_plan, rules, batch_size, workers)
+        with timed(phases, "apply"):
+            outcomes = apply_plan(mailman, the_plan, rules, batch_size, workers)
 
     failed = int((outcomes["outcome"] == FAILED).sum())
     total = len(outcomes)
@@ -235,20 +252,27 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
 
     if not dry_run:
         try:
-            record_ledger(ledger, _run_record(started_at, state, message, len(members)), list_ids, the_plan, outcomes)
+            with timed(phases, "record_ledger"):
+                record_ledger(ledger, _run_record(started_at, state, message, len(members)), list_ids, the_plan,
+                              outcomes)
         except LedgerError as exc:
             # Mailman already holds the changes; the next run adopts them, never writes twice.
             raise LedgerError(f"{message}, but the ledger was not updated ({exc}); the next run will "
                               "adopt what was applied") from None
 
-    reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
-    rows = report.plan_rows(the_plan, outcomes)
-    csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
-    summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
-                               novi_members=len(members), duration_s=time.monotonic() - started,
-                               plan_csv=str(csv_path), ledger=ledger.location, guards=tripped,
-                               guards_overridden=bool(tripped and override_guards))
-    report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
+    with timed(phases, "report"):
+        reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
+        rows = report.plan_rows(the_plan, outcomes)
+        csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
+        summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
+                                   novi_members=len(members), duration_s=time.monotonic() - started,
+                                   plan_csv=str(csv_path), ledger=ledger.location, guards=tripped,
+                                   guards_overridden=bool(tripped and override_guards))
+        report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
+    # How the time went and which calls were made: what an operator tunes, and what the
+    # benchmark compares with the lower bound.
+    summary["phases_s"] = {name: round(seconds, 3) for name, seconds in phases.items()}
+    summary["http_calls"] = dict(sorted(calls().items()))
 
     if refusal:
         raise GuardRefused(refusal, summary)
