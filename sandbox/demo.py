@@ -18,8 +18,9 @@ from pathlib import Path
 
 import requests
 
-from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore, _alive, _wait_gone
+from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore, _wait_gone
 from sandbox.novi import DEFAULT_KEY
+from tasks.host import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".demo"
@@ -57,7 +58,7 @@ def _answers(url: str, **kwargs) -> bool:
 def _background(name: str, command: list[str], ready_url: str, timeout: float = 90, **kwargs) -> None:
     """Start a server detached from this terminal, record its PID, wait until it answers."""
     pid_file = STATE / f"{name}.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text())) and _answers(ready_url, **kwargs):
+    if pid_file.exists() and process_alive(int(pid_file.read_text())) and _answers(ready_url, **kwargs):
         print(f"{name}: already running (pid {pid_file.read_text()})")
         return
     with open(STATE / f"{name}.log", "ab") as log:
@@ -171,7 +172,7 @@ def down() -> None:
         pid_file = STATE / f"{name}.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text())
-            if _alive(pid):
+            if process_alive(pid):
                 os.killpg(pid, signal.SIGTERM)  # its own session: the server and its workers
                 _wait_gone(pid, 20)
             pid_file.unlink()

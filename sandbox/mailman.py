@@ -28,6 +28,8 @@ from pathlib import Path
 
 import requests
 
+from tasks.host import process_alive
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).with_name("mailman-requirements.txt")
 DEFAULT_VENV = ROOT / ".mailman" / "venv"     # shared by every instance; git-ignored
@@ -41,16 +43,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -125,7 +117,7 @@ class MailmanCore:
         path = self.home / name
         if path.exists():
             text = path.read_text().strip()
-            if text.isdigit() and _alive(int(text)):
+            if text.isdigit() and process_alive(int(text)):
                 return int(text)
         return None
 
@@ -210,9 +202,9 @@ class MailmanCore:
 
 def _wait_gone(pid: int, seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
+    if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.errors import SyncError
+from tasks.host import process_alive
 from tasks.planner import LEDGER_COLUMNS, TIMESTAMP_COLUMNS, empty_ledger
 
 LEDGER_ENV = "NOVI_MAILMAN_LEDGER"   # a path or a SQLAlchemy URL
@@ -381,21 +382,11 @@ class _Guarded:
 
 def _lock_is_dead(row, now: datetime, stale_after: timedelta) -> bool:
     host, _, pid = row["holder"].rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
         return True
     beat = row["heartbeat_at"]
     beat = beat if beat.tzinfo else beat.replace(tzinfo=timezone.utc)  # SQLite drops the zone
     return now - beat > stale_after
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
