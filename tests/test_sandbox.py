@@ -122,3 +122,36 @@ def test_rate_limit_answers_429(api, retry_after):
 
 def test_unknown_fault_names_are_refused(api):
     assert api.post("/_sandbox/faults", json={"fail_offset": 1}).status_code == 422
+
+
+def test_webhooks_are_sent_novi_style_on_churn_and_on_demand():
+    import json as jsonlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(jsonlib.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sandbox = Sandbox(size=50, seed=3, key=KEY, page_cap=50,
+                          webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        api = TestClient(create_app(sandbox))
+        api.headers["Authorization"] = f"Basic {KEY}"
+        done = api.post("/_sandbox/churn", json={"lapse": 1, "rename": 1, "add": 1}).json()
+        assert api.post("/_sandbox/webhook", json={"event": "customer.removed", "id": "abc"}).json()["status"] == 204
+    finally:
+        server.shutdown()
+    # a lapse fires nothing (Novi derives status from dates); the rest fire their events
+    assert received == [{"event": "customer.updated", "entityUniqueId": done["rename"][0]["id"]},
+                        {"event": "customer.created", "entityUniqueId": done["add"][0]["id"]},
+                        {"event": "customer.removed", "entityUniqueId": "abc"}]
