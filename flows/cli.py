@@ -145,6 +145,46 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 
 
 @app.command()
+def relay(
+    host: Annotated[str, typer.Option(help="Address to listen on; put a TLS proxy in front for the internet.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
+    deployment: Annotated[str, typer.Option(help="The deployment a batch of webhooks starts.")] =
+        "sync-lists/nightly-full-sync",
+    window: Annotated[float, typer.Option(help="Seconds a member must be quiet before its run starts.")] = 30.0,
+    max_batch: Annotated[int, typer.Option(help="Members handed off per run at most.")] = 200,
+) -> None:
+    """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
+    import threading
+
+    import uvicorn
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.webhooks import MemberQueue, PrefectProbe, Relay, create_app, flush_forever
+
+    token = os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", "")
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        err.print("[red]Set PREFECT_API_URL[/red]: the relay hands runs to a Prefect server that workers share.")
+        raise typer.Exit(EXIT_FAILED)
+
+    def handoff(member_ids: list[str]) -> None:
+        # The full sync re-reads everyone, so the ids only decide when it runs; its deployment's
+        # concurrency limit and the debounce window bound how often.
+        run_deployment(deployment, timeout=0, tags=["novi-webhook"])
+        err.print(f"Started {deployment} for {len(member_ids)} member(s) changed in Novi")
+
+    try:
+        the_relay = Relay(token, handoff, MemberQueue(window=window, max_batch=max_batch), PrefectProbe(api_url))
+    except ValueError as exc:
+        err.print(f"[red]NOVI_MAILMAN_RELAY_TOKEN: {exc}[/red]")
+        raise typer.Exit(EXIT_FAILED) from None
+    threading.Thread(target=flush_forever, args=(the_relay,), daemon=True, name="relay-flush").start()
+    err.print(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
+    uvicorn.run(create_app(the_relay), host=host, port=port, log_level="warning")
+
+
+@app.command()
 def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
            ledger_block: LedgerBlock = None) -> None:
     """Release a list's lock left by a run that died (runs release their own locks)."""

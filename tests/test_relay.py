@@ -1,0 +1,148 @@
+"""The webhook relay: who may call it, what it accepts, and how a burst becomes a few hand-offs."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tasks.webhooks import MAX_BODY, TOKEN_HEADER, MemberQueue, Relay, create_app
+
+TOKEN = "relay-token-0123456789abcdef"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def relay():
+    handed: list[list[str]] = []
+    relay = Relay(TOKEN, handed.append, MemberQueue(window=30, max_batch=50, clock=Clock()))
+    relay.handed = handed
+    return relay
+
+
+@pytest.fixture
+def api(relay):
+    return TestClient(create_app(relay))
+
+
+def event(member_id=None, name="customer.updated"):
+    return {"event": name, "entityUniqueId": member_id or str(uuid.uuid4())}
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/novi", {}, 401),
+    ("/novi/wrong-token-0123456789", {}, 401),
+    ("/novi", {TOKEN_HEADER: "wrong-token-0123456789"}, 401),
+    (f"/novi/{TOKEN}", {}, 202),
+    ("/novi", {TOKEN_HEADER: TOKEN}, 202),
+], ids=["missing", "wrong-in-path", "wrong-in-header", "right-in-path", "right-in-header"])
+def test_caller_must_hold_the_token(api, relay, path, headers, status):
+    assert api.post(path, json=event(), headers=headers).status_code == status
+    assert len(relay.queue) == (1 if status == 202 else 0)
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b"x" * (MAX_BODY + 1), 413),
+    (b"{not json", 400),
+    (b"[1, 2]", 400),
+    (b'{"entityUniqueId": "5a1d0000-0000-4000-8000-000000000001"}', 400),
+    (b'{"event": "customer.updated", "entityUniqueId": "../../etc/passwd"}', 400),
+    (b'{"event": "customer.updated", "entityUniqueId": 7}', 400),
+], ids=["too-large", "malformed", "not-an-object", "no-event", "not-a-guid", "id-not-text"])
+def test_bad_bodies_are_refused(api, relay, body, status):
+    response = api.post(f"/novi/{TOKEN}", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert len(relay.queue) == 0 and relay.counts["refused"] == 1
+
+
+def test_unknown_events_are_accepted_and_ignored(api, relay):
+    response = api.post(f"/novi/{TOKEN}", json=event(name="invoice.paid"))
+    assert response.status_code == 202 and len(relay.queue) == 0 and relay.counts["ignored"] == 1
+
+
+def test_prefect_unreachable_answers_503_so_the_sender_retries(relay, caplog):
+    relay.reachable = lambda: False
+    api = TestClient(create_app(relay))
+    with caplog.at_level(logging.ERROR, logger="novi_mailman.relay"):
+        assert api.post(f"/novi/{TOKEN}", json=event()).status_code == 503
+    assert len(relay.queue) == 0 and "unreachable" in caplog.text
+    assert api.get("/health").json()["ok"] is False
+
+
+def test_a_burst_becomes_a_few_bounded_hand_offs_and_loses_nobody(api, relay):
+    members = [str(uuid.uuid4()) for _ in range(200)]
+    for i in range(1000):  # 1,000 webhooks for 200 members
+        assert api.post(f"/novi/{TOKEN}", json=event(members[i % 200])).status_code == 202
+    assert len(relay.queue) == 200
+    assert relay.flush() == 0  # nobody has been quiet for a whole window yet
+    relay.queue._clock.now += 31
+    assert relay.flush() == 200
+    assert [len(batch) for batch in relay.handed] == [50, 50, 50, 50]
+    assert sorted(m for batch in relay.handed for m in batch) == sorted(members)
+
+
+def test_a_new_event_restarts_the_members_window():
+    clock = Clock()
+    queue = MemberQueue(window=30, clock=clock)
+    member = str(uuid.uuid4())
+    queue.add(member)
+    clock.now += 20
+    queue.add(member)
+    clock.now += 20
+    assert queue.take_due() == []
+    clock.now += 11
+    assert queue.take_due() == [member]
+
+
+def test_a_failed_hand_off_keeps_the_members(relay):
+    members = [str(uuid.uuid4()) for _ in range(3)]
+    for m in members:
+        relay.queue.add(m)
+    relay.queue._clock.now += 31
+
+    def down(batch):
+        raise ConnectionError("Prefect is down")
+
+    relay.handoff = down
+    with pytest.raises(ConnectionError):
+        relay.flush()
+    assert len(relay.queue) == 3 and relay.counts["handoff_failures"] == 1
+    relay.handoff = relay.handed.append
+    assert relay.flush() == 3 and sorted(relay.handed[0]) == sorted(members)
+
+
+def test_health_counts(api):
+    api.post(f"/novi/{TOKEN}", json=event())
+    api.post("/novi", json=event())
+    assert api.get("/health").json() == {"ok": True, "queued": 1, "accepted": 1, "ignored": 0, "refused": 1,
+                                         "handed_off": 0, "handoff_failures": 0}
+
+
+def test_short_tokens_are_refused():
+    with pytest.raises(ValueError):
+        Relay("short", lambda batch: None)
+
+
+def test_prefect_probe_asks_at_most_every_ttl(prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.webhooks import PrefectProbe
+
+    clock = Clock()
+    live = PrefectProbe(PREFECT_API_URL.value(), ttl=5, clock=clock)
+    assert live() is True
+    dead = PrefectProbe("http://127.0.0.1:9/api", ttl=5, clock=clock)
+    assert dead() is False
+    dead.health_url = live.health_url  # it would answer now, but the last answer is still fresh
+    assert dead() is False
+    clock.now += 5
+    assert dead() is True
