@@ -156,10 +156,11 @@ def _run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid5(uuid.NAMESPACE_OID, str(os.getpid())))
 
 
-def _run_record(started_at: datetime, state: str, message: str, novi_members: int | None) -> RunRecord:
+def _run_record(started_at: datetime, state: str, message: str, novi_members: int | None,
+                kind: str = "full") -> RunRecord:
     return RunRecord(run_id=_run_id(), run_name=flow_run.get_name() or "local",
                      started_at=started_at, ended_at=datetime.now(timezone.utc), state=state, message=message,
-                     novi_members=novi_members)
+                     novi_members=novi_members, kind=kind)
 
 
 @flow(name="sync-lists", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))

@@ -241,8 +241,12 @@ def create_app(sandbox: Sandbox) -> FastAPI:
         return await call_next(request)
 
     @app.get("/api/members")
-    def members(pageSize: int = 100, offset: int = 0):  # noqa: N803 - Novi's parameter names
+    def members(pageSize: int = 100, offset: int = 0, email: str | None = None):  # noqa: N803 - Novi's names
         faults, site = sandbox.faults, sandbox.site
+        if email is not None:  # Novi's filter: exact, case-insensitive
+            found = [r for r in (site.record(uid) for uid in site.order)
+                     if (r.get("Email") or "").lower() == email.lower()]
+            return {"TotalCount": len(found), "Results": found[offset:offset + min(pageSize, sandbox.page_cap)]}
         if offset in faults.fail_offsets:
             return JSONResponse({"Message": "An error has occurred."}, status_code=500)
         if offset in faults.html_offsets:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ runs_table = Table(
     Column("run_name", String(128)),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False, default="full"),  # full | member (a webhook's few members)
     Column("state", String(16), nullable=False),       # completed | failed | refused
     Column("message", Text),
     Column("novi_members", Integer),
@@ -137,6 +139,7 @@ class RunRecord:
     state: str
     message: str
     novi_members: int | None = None
+    kind: str = "full"
 
 
 def default_url() -> str:
@@ -183,6 +186,7 @@ class Ledger:
                 self.engine = create_engine(parsed, pool_pre_ping=True)
             if create:
                 metadata.create_all(self.engine)
+                _upgrade(self.engine)
             else:
                 self.exists = inspect(self.engine).has_table(addresses_table.name)
         except SQLAlchemyError as exc:
@@ -195,12 +199,17 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({self.location})"
 
-    def read(self, list_ids: Sequence[str]) -> pd.DataFrame:
-        """What the tool remembers about the given lists, as the planner's ledger frame."""
+    def read(self, list_ids: Sequence[str], *, novi_ids: Sequence[str] | None = None,
+             match_keys: Sequence[str] | None = None) -> pd.DataFrame:
+        """What the tool remembers about the given lists, as the planner's ledger frame; with
+        `novi_ids`/`match_keys`, only the rows of those members or addresses."""
         if not self.exists:
             return empty_ledger()
         query = select(*[addresses_table.c[c] for c in LEDGER_COLUMNS]).where(
             addresses_table.c.list_id.in_(list(list_ids)))
+        if novi_ids is not None or match_keys is not None:
+            query = query.where(addresses_table.c.novi_id.in_(list(novi_ids or []))
+                                | addresses_table.c.match_key.in_(list(match_keys or [])))
         with self._connect() as conn:
             rows = conn.execute(query).all()
         if not rows:
@@ -216,8 +225,11 @@ class Ledger:
         return frame
 
     def record(self, run: RunRecord, list_ids: Sequence[str], state: pd.DataFrame, changes: pd.DataFrame,
-               figures: pd.DataFrame) -> None:
-        """Store a run in one transaction: the lists' next state, its changes, its figures."""
+               figures: pd.DataFrame, only_keys: Sequence[str] | None = None) -> None:
+        """Store a run in one transaction: the lists' next state, its changes, its figures.
+
+        A full run replaces the lists' rows. A member run (`only_keys`) replaces only the rows of
+        the addresses it looked at, and leaves no list figures: they would not be whole."""
         at = pd.Timestamp(run.ended_at)
         change_rows = changes.assign(run_id=run.run_id, at=at, match_key=changes["email"].str.casefold())
         change_rows = change_rows[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action", "outcome",
@@ -227,16 +239,19 @@ class Ledger:
                      "roster": int(f["roster"]), "managed": int(f["managed"]),
                      "changes": int((changes["list_id"] == f["list_id"]).sum()),
                      "failed": int((failed["list_id"] == f["list_id"]).sum())}
-                    for f in figures.to_dict("records")]
+                    for f in figures.to_dict("records")] if only_keys is None else []
+        scope = addresses_table.c.list_id.in_(list(list_ids))
+        if only_keys is not None:
+            scope &= addresses_table.c.match_key.in_(list(only_keys))
         with self._begin() as conn:
-            conn.execute(delete(addresses_table).where(addresses_table.c.list_id.in_(list(list_ids))))
+            conn.execute(delete(addresses_table).where(scope))
             if not state.empty:
                 conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=run.run_id)))
             if not change_rows.empty:
                 conn.execute(changes_table.insert(), _records(change_rows))
             conn.execute(runs_table.insert(), [{
                 "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
-                "ended_at": run.ended_at, "state": run.state, "message": run.message[:2000],
+                "ended_at": run.ended_at, "kind": run.kind, "state": run.state, "message": run.message[:2000],
                 "novi_members": run.novi_members, "changes": len(changes), "failed": len(failed)}])
             if per_list:
                 conn.execute(run_lists_table.insert(), per_list)
@@ -246,7 +261,7 @@ class Ledger:
         with self._begin() as conn:
             conn.execute(runs_table.insert(), [{
                 "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
-                "ended_at": run.ended_at, "state": run.state, "message": run.message[:2000],
+                "ended_at": run.ended_at, "kind": run.kind, "state": run.state, "message": run.message[:2000],
                 "novi_members": run.novi_members, "changes": 0, "failed": 0}])
 
     def history(self, address: str) -> pd.DataFrame:
@@ -276,12 +291,12 @@ class Ledger:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame([dict(r) for r in rows])
 
-    def last_run(self, state: str = "completed") -> dict | None:
-        """The newest run in the given final state, with its per-list figures."""
+    def last_run(self, state: str = "completed", kind: str = "full") -> dict | None:
+        """The newest run of a kind in the given final state, with its per-list figures."""
         if not self.exists:
             return None
         with self._connect() as conn:
-            run = conn.execute(select(runs_table).where(runs_table.c.state == state)
+            run = conn.execute(select(runs_table).where((runs_table.c.state == state) & (runs_table.c.kind == kind))
                                .order_by(runs_table.c.ended_at.desc()).limit(1)).mappings().first()
             if run is None:
                 return None
@@ -290,14 +305,24 @@ class Ledger:
         return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}
 
     @contextmanager
-    def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER) -> Iterator[None]:
+    def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER,
+             wait: timedelta = timedelta(0)) -> Iterator[None]:
         """Hold the lists for one run, renewing the hold while the run lasts.
 
         A lock is taken over when its holder is a dead process on this host, or has not renewed
-        it for `stale_after` (a worker that died elsewhere); otherwise `ListBusy`.
+        it for `stale_after` (a worker that died elsewhere); otherwise, after trying for `wait`
+        (a member run waits for the full sync), `ListBusy`.
         """
         holder = f"{socket.gethostname()}:{os.getpid()}"
-        self._acquire(list(list_ids), run_id, holder, stale_after)
+        give_up = time.monotonic() + wait.total_seconds()
+        while True:
+            try:
+                self._acquire(list(list_ids), run_id, holder, stale_after)
+                break
+            except ListBusy:
+                if time.monotonic() >= give_up:
+                    raise
+                time.sleep(min(5.0, max(0.1, give_up - time.monotonic())))
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(run_id, stop, stale_after / 4), daemon=True,
                                 name="novi-mailman-lock")
@@ -378,6 +403,14 @@ class _Guarded:
             raise LedgerError(f"the ledger at {self._location} failed: {type(exc).__name__}; "
                               "nothing of this run was stored") from None
         return suppressed
+
+
+def _upgrade(engine: Engine) -> None:
+    """Columns added since a ledger was first created (create_all adds tables, not columns)."""
+    present = {c["name"] for c in inspect(engine).get_columns(runs_table.name)}
+    if "kind" not in present:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'full'")
 
 
 def _lock_is_dead(row, now: datetime, stale_after: timedelta) -> bool:

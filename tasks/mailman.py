@@ -102,6 +102,30 @@ class MailmanClient:
             "held": member_id.isin(held).astype(bool),
         }, columns=ROSTER_COLUMNS)
 
+    def membership(self, list_id: str, emails: Iterable[str]) -> pd.DataFrame:
+        """The roster rows of just these addresses (a one-member sync reads no whole roster)."""
+        list_id = dot_list_id(list_id)
+        rows = []
+        for email in sorted({e.lower() for e in emails}):
+            body = json_body(self.http.request("GET", "members/find", kind="member_lookup", params={
+                "list_id": list_id, "subscriber": email, "role": "member"}), "members/find")
+            if not isinstance(body, dict) or not isinstance(body.get("entries", []), list):
+                raise UnexpectedResponse("Mailman members/find: the answer has no entries list")
+            for entry in body.get("entries", []):
+                prefs = json_body(self.http.request("GET", f"members/{quote(str(entry['member_id']), safe='')}/preferences",
+                                                    kind="member_lookup"), "preferences")
+                rows.append({"email": str(entry["email"]).lower(), "display_name": entry.get("display_name") or "",
+                             "member_id": str(entry["member_id"]),
+                             "held": isinstance(prefs, dict) and prefs.get("delivery_status") == "by_moderator"})
+        email = pd.Series([r["email"] for r in rows], dtype="string")
+        return pd.DataFrame({
+            "list_id": pd.Series([list_id] * len(rows), dtype="string"), "email": email,
+            "match_key": addresses.match_key(email),
+            "display_name": pd.Series([r["display_name"] for r in rows], dtype="string"),
+            "member_id": pd.Series([r["member_id"] for r in rows], dtype="string"),
+            "held": pd.Series([r["held"] for r in rows], dtype=bool),
+        }, columns=ROSTER_COLUMNS)
+
     def held_member_ids(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
         """Members whose delivery is held (`by_moderator`); the roster itself does not say."""
         def fetch(count: int, page: int) -> object:

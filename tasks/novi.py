@@ -54,9 +54,9 @@ class NoviClient:
     def __repr__(self) -> str:
         return f"NoviClient({self.http.base_url})"
 
-    def _page(self, page_size: int, offset: int) -> tuple[int, list[dict]]:
+    def _page(self, page_size: int, offset: int, **filters: str) -> tuple[int, list[dict]]:
         response = self.http.request("GET", "members", kind="novi_page",
-                                     params={"pageSize": page_size, "offset": offset})
+                                     params={"pageSize": page_size, "offset": offset, **filters})
         body = json_body(response, "Novi /api/members")
         if not isinstance(body, dict) or not isinstance(body.get("Results"), list):
             raise UnexpectedResponse("Novi /api/members: the answer has no Results list")
@@ -116,6 +116,13 @@ class NoviClient:
         """`TotalCount` from a one-record page: a cheap connection check."""
         total, _ = self._page(1, 0)
         return total
+
+    def members_with_email(self, address: str) -> list[dict]:
+        """Every record whose Email is this address (Novi's `email=` filter: exact, any case)."""
+        total, records = self._page(100, 0, email=address)
+        if total > len(records):
+            raise IncompleteSweep(f"Novi has {total} records with one address; more than one page can hold")
+        return records
 
     def member(self, unique_id: str) -> dict | None:
         """One record, or None where Novi answers 200 with no identity (its "not found")."""

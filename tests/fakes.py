@@ -25,13 +25,24 @@ class FakeNovi:
 
     def install(self, mock: responses.RequestsMock) -> None:
         mock.add_callback("GET", re.compile(rf"{NOVI_SITE}/api/members(\?.*)?$"), callback=self._members)
+        mock.add_callback("GET", re.compile(rf"{NOVI_SITE}/api/members/[^/?]+$"), callback=self._member)
 
     def _members(self, request):
         query = parse_qs(urlsplit(request.url).query)
         size = min(int(query["pageSize"][0]), self.cap)
         offset = int(query["offset"][0])
-        body = {"TotalCount": len(self.records), "Results": self.records[offset:offset + size]}
+        records = self.records
+        if "email" in query:  # Novi's filter: exact, any case
+            records = [r for r in records if (r.get("Email") or "").lower() == query["email"][0].lower()]
+        body = {"TotalCount": len(records), "Results": records[offset:offset + size]}
         return 200, {"Content-Type": "application/json"}, json.dumps(body)
+
+    def _member(self, request):
+        wanted = unquote(urlsplit(request.url).path.rsplit("/", 1)[-1]).lower()
+        for record in self.records:
+            if str(record["UniqueID"]).lower() == wanted:
+                return 200, {"Content-Type": "application/json"}, json.dumps(record)
+        return 200, {}, ""  # Novi's "not found"
 
 
 class FakeMailman:
@@ -50,7 +61,8 @@ class FakeMailman:
     def install(self, mock: responses.RequestsMock) -> None:
         base = re.escape(MAILMAN_REST) + "/3.1"
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
-        mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._held)
+        mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
+        mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._get_preferences)
         mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
         mock.add_callback("DELETE", re.compile(rf"{base}/lists/([^/]+)/roster/member$"), callback=self._mass_unsubscribe)
         mock.add_callback("PATCH", re.compile(rf"{base}/addresses/([^/]+)$"), callback=self._rename)
@@ -76,11 +88,24 @@ class FakeMailman:
                    for e, m in sorted(members.items())]
         return self._page(entries, request)
 
-    def _held(self, request):
-        list_id = parse_qs(urlsplit(request.url).query)["list_id"][0]
-        entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(self.rosters[list_id].items())
-                   if m["held"]]
+    def _find(self, request):
+        query = parse_qs(urlsplit(request.url).query)
+        members = self.rosters[query["list_id"][0]]
+        if "subscriber" in query:  # one address: no paging, like Mailman
+            email = query["subscriber"][0].lower()
+            entries = [{"member_id": members[email]["member_id"], "email": email,
+                        "display_name": members[email]["display_name"]}] if email in members else []
+            return self._json(200, {"start": 0, "total_size": len(entries), **({"entries": entries} if entries else {})})
+        entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(members.items()) if m["held"]]
         return self._page(entries, request)
+
+    def _get_preferences(self, request):
+        member_id = unquote(urlsplit(request.url).path.split("/")[-2])
+        for members in self.rosters.values():
+            for m in members.values():
+                if m["member_id"] == member_id:
+                    return self._json(200, {"delivery_status": "by_moderator"} if m["held"] else {})
+        return self._json(404, {"title": "404 Not Found"})
 
     def _unavailable(self):
         if self.unavailable_writes:

@@ -233,11 +233,11 @@ def test_failed_ledger_write_fails_the_run_and_the_next_run_adopts_without_writi
     def refuse(*args, **kwargs):
         raise LedgerError("the ledger at sqlite:///x failed: OperationalError; nothing of this run was stored")
 
-    monkeypatch.setattr(Ledger, "record", refuse)
-    state, _ = run(novi, mailman, tmp_path)
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "record", refuse)
+        state, _ = run(novi, mailman, tmp_path)
     assert state.is_failed() and "ledger was not updated" in state.message
     assert set(mailman.names(LIST)) == {"a@example.org"}  # Mailman holds the change
-    monkeypatch.undo()
     again, calls = run(novi, mailman, tmp_path)
     assert again.is_completed() and writes(calls) == []
     assert Ledger().read([LIST]).iloc[0]["how"] == "adopted"

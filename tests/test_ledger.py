@@ -176,3 +176,18 @@ def test_the_lock_is_renewed_while_the_run_lasts(ledger_url):
         with ledger.engine.connect() as conn:
             later = conn.execute(select(locks_table.c.heartbeat_at)).scalar_one()
     assert later > first
+
+
+def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    Ledger(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:  # the runs table as the first version created it
+        db.execute("DROP TABLE runs")
+        db.execute("CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, run_name VARCHAR(128), started_at DATETIME "
+                   "NOT NULL, ended_at DATETIME NOT NULL, state VARCHAR(16) NOT NULL, message TEXT, novi_members "
+                   "INTEGER, changes INTEGER, failed INTEGER)")
+        db.execute("INSERT INTO runs VALUES ('r0', 'old', '2026-11-01', '2026-11-01', 'completed', '', 1, 0, 0)")
+    ledger = Ledger(f"sqlite:///{path}")
+    assert ledger.last_run()["run_id"] == "r0"
