@@ -61,12 +61,12 @@ def sync_member(
     wait_for_lock_s: int = 900,
 ) -> dict:
     """Bring these members' subscriptions in step with Novi on every list in the rules."""
-    log = get_run_logger()
     started, started_at = time.monotonic(), datetime.now(timezone.utc)
     ids = sorted({m.strip().lower() for m in member_ids})
     bad = [m for m in ids if not GUID.fullmatch(m)]
     if bad or not ids or len(ids) > MAX_MEMBERS:
         raise ValueError(f"member_ids must be 1 to {MAX_MEMBERS} Novi UniqueIDs ({len(bad)} are not)")
+    log = get_run_logger()
     rules = resolve_rules(rules_path, list_id)
     ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]

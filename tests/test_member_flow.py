@@ -1,0 +1,134 @@
+"""The one-member sync reaches the outcome the full sync reaches on the same data."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+
+import pytest
+import responses
+
+from flows.member import SUMMARY_KEY, sync_member
+from flows.sync import sync_lists
+from tasks.blocks import MailmanCredentials, NoviCredentials
+from tests.conftest import novi_record
+from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
+
+pytestmark = pytest.mark.flow
+
+LIST = "members.example.org"
+
+
+def guid(n: int) -> str:
+    return f"5a1d0000-0000-4000-8000-{n:012d}"
+
+
+@pytest.fixture(scope="module")
+def member_blocks(prefect_server):
+    NoviCredentials(site_url=NOVI_SITE, api_key="member-key").save("m-novi", overwrite=True)
+    MailmanCredentials(rest_url=MAILMAN_REST, password="member-pw").save("m-mailman", overwrite=True)
+
+
+def full(novi, mailman, tmp_path, rules):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        return sync_lists(rules_path=str(rules), novi_block="m-novi", mailman_block="m-mailman",
+                          reports_dir=str(tmp_path), return_state=True)
+
+
+def one(novi, mailman, member_ids, rules):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        state = sync_member(member_ids=member_ids, rules_path=str(rules), novi_block="m-novi",
+                            mailman_block="m-mailman", return_state=True)
+        reads = [c.request.url for c in mock.calls if c.request.method == "GET"]
+    return state, reads
+
+
+def population():
+    records = [novi_record(guid(i), f"m{i}@example.org", first="Mem", last=str(i)) for i in range(20)]
+    records[3]["MemberStatus"] = "expired"  # not on the list at first
+    return records
+
+
+def lapse(r):
+    r["MemberStatus"] = "expired"
+
+
+def change(**fields):
+    return lambda r: r.update(fields)
+
+
+SCENARIOS = [
+    ("subscribe-renewed", 3, change(MemberStatus="current"), {}),
+    ("lapse-unsubscribe", 5, lapse, {}),
+    ("lapse-hold", 5, lapse, {"lapsed": "hold"}),
+    ("lapse-keep", 5, lapse, {"lapsed": "keep"}),
+    ("rename", 6, change(LastName="Renamed"), {}),
+    ("address-change", 7, change(Email="moved7@example.org"), {}),
+    ("opt-out", 8, change(UnsubscribeFromEmails=True), {}),
+    ("inactive", 9, change(Active=False), {}),
+]
+
+
+@pytest.mark.parametrize(("name", "index", "mutate", "rule"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rule, member_blocks, tmp_path,
+                                                        isolated_ledger, monkeypatch):
+    rules = tmp_path / "rules.yaml"
+    import yaml
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, **rule}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {"staff@example.org": "Staff"}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    mutate(novi.records[index])
+
+    # the same data twice: rosters and ledger copied before either run
+    twin = copy.deepcopy(mailman)
+    twin_ledger = tmp_path / "twin-ledger.sqlite"
+    with sqlite3.connect(isolated_ledger) as source, sqlite3.connect(twin_ledger) as copy_:
+        source.backup(copy_)  # WAL mode: a file copy could miss the last run
+    by_full = full(novi, mailman, tmp_path, rules)
+    assert by_full.is_completed(), by_full.message
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(twin_ledger))
+    state, reads = one(FakeNovi(copy.deepcopy(novi.records)), twin, [guid(index)], rules)
+    assert state.is_completed(), state.message
+    assert twin.rosters == mailman.rosters
+    assert not any("roster/member" in url for url in reads)  # no whole roster was read
+    assert not any("offset=" in url and "email=" not in url for url in reads)  # nor the whole of Novi
+
+
+def test_member_not_found_removes_nobody_and_is_reported(member_blocks, tmp_path):
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    before = copy.deepcopy(mailman.rosters)
+    state, _ = one(novi, mailman, [guid(999)], rules)
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["not_found"] == [guid(999)] and "left to the full sync" in summary["message"]
+    assert mailman.rosters == before and not mailman.writes.get("mass_unsubscribe", 0) > 1
+
+
+def test_a_duplicate_address_resolves_as_in_the_full_sync(member_blocks, tmp_path):
+    import yaml
+
+    from prefect.artifacts import Artifact
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    records = population()
+    records.append(novi_record(guid(50), "m4@example.org", status="expired"))  # a lapsed twin of member 4
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    state, _ = one(novi, mailman, [guid(50)], rules)  # the lapsed twin changes: member 4 must stay
+    assert state.is_completed() and "m4@example.org" in mailman.names(LIST)
+    assert "Member sync" in Artifact.get(SUMMARY_KEY).data
+
+
+def test_member_ids_must_be_guids(member_blocks):
+    with pytest.raises(ValueError):
+        sync_member.fn(member_ids=["not-a-guid"], list_id=LIST)
