@@ -148,10 +148,13 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 def relay(
     host: Annotated[str, typer.Option(help="Address to listen on; put a TLS proxy in front for the internet.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8787,
-    deployment: Annotated[str, typer.Option(help="The deployment a batch of webhooks starts.")] =
+    deployment: Annotated[str, typer.Option(help="The deployment that syncs a batch of members.")] =
+        "sync-member/webhook-member-sync",
+    full_sync_deployment: Annotated[str, typer.Option(help="The deployment a bulk import starts instead.")] =
         "sync-lists/nightly-full-sync",
+    full_sync_above: Annotated[int, typer.Option(help="More members due than this: one full sync instead.")] = 1000,
     window: Annotated[float, typer.Option(help="Seconds a member must be quiet before its run starts.")] = 30.0,
-    max_batch: Annotated[int, typer.Option(help="Members handed off per run at most.")] = 200,
+    max_batch: Annotated[int, typer.Option(help="Members per member-sync run at most.")] = 200,
 ) -> None:
     """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
     import threading
@@ -168,14 +171,17 @@ def relay(
         err.print("[red]Set PREFECT_API_URL[/red]: the relay hands runs to a Prefect server that workers share.")
         raise typer.Exit(EXIT_FAILED)
 
-    def handoff(member_ids: list[str]) -> None:
-        # The full sync re-reads everyone, so the ids only decide when it runs; its deployment's
-        # concurrency limit and the debounce window bound how often.
-        run_deployment(deployment, timeout=0, tags=["novi-webhook"])
-        err.print(f"Started {deployment} for {len(member_ids)} member(s) changed in Novi")
+    def member_sync(member_ids: list[str]) -> None:
+        run_deployment(deployment, parameters={"member_ids": member_ids}, timeout=0, tags=["novi-webhook"])
+        err.print(f"Started {deployment} for {len(member_ids)} member(s)")
+
+    def full_sync(member_ids: list[str]) -> None:
+        run_deployment(full_sync_deployment, timeout=0, tags=["novi-webhook"])
+        err.print(f"{len(member_ids)} members changed at once: started {full_sync_deployment}")
 
     try:
-        the_relay = Relay(token, handoff, MemberQueue(window=window, max_batch=max_batch), PrefectProbe(api_url))
+        the_relay = Relay(token, member_sync, MemberQueue(window=window, max_batch=max_batch), PrefectProbe(api_url),
+                          full_sync=full_sync, full_sync_above=full_sync_above)
     except ValueError as exc:
         err.print(f"[red]NOVI_MAILMAN_RELAY_TOKEN: {exc}[/red]")
         raise typer.Exit(EXIT_FAILED) from None

@@ -50,15 +50,21 @@ class MemberQueue:
         with self._lock:
             self._last_event[member_id.lower()] = self._clock()
 
-    def take_due(self) -> list[str]:
-        """Up to `max_batch` members quiet for a whole window, oldest first; they leave the queue."""
+    def take_due(self, limit: int | None = None) -> list[str]:
+        """Up to `limit` (default `max_batch`) members quiet for a whole window, oldest first;
+        they leave the queue."""
         now = self._clock()
         with self._lock:
             due = sorted((t, m) for m, t in self._last_event.items() if now - t >= self.window)
-            batch = [m for _, m in due[: self.max_batch]]
+            batch = [m for _, m in due[: limit or self.max_batch]]
             for member_id in batch:
                 del self._last_event[member_id]
         return batch
+
+    def count_due(self) -> int:
+        now = self._clock()
+        with self._lock:
+            return sum(1 for t in self._last_event.values() if now - t >= self.window)
 
     def put_back(self, member_ids: Sequence[str]) -> None:
         """A hand-off failed: the members wait again (already due, so the next attempt takes them)."""
@@ -71,21 +77,41 @@ class Relay:
     """The relay's state: its secret, its queue, its hand-off and what it has counted."""
 
     def __init__(self, token: str, handoff: Callable[[list[str]], None], queue: MemberQueue | None = None,
-                 reachable: Callable[[], bool] = lambda: True) -> None:
+                 reachable: Callable[[], bool] = lambda: True,
+                 full_sync: Callable[[list[str]], None] | None = None, full_sync_above: int = 1000) -> None:
         if len(token) < 16:
             raise ValueError("the relay token must be at least 16 characters")
         self._token = token.encode()
         self.handoff = handoff
         self.queue = queue if queue is not None else MemberQueue()  # an empty queue is falsy
         self.reachable = reachable
-        self.counts = {"accepted": 0, "ignored": 0, "refused": 0, "handed_off": 0, "handoff_failures": 0}
+        self.full_sync = full_sync
+        self.full_sync_above = full_sync_above
+        self.counts = {"accepted": 0, "ignored": 0, "refused": 0, "handed_off": 0, "handoff_failures": 0,
+                       "full_syncs": 0}
 
     def authorised(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self._token)
 
     def flush(self) -> int:
-        """Hand off every due batch now; the number of members handed off."""
+        """Hand off every due batch now; the number of members handed off.
+
+        When more members are due than `full_sync_above` (a bulk import), one full sync takes
+        them all: it re-reads everyone anyway, at a fraction of the calls."""
         handed = 0
+        if self.full_sync is not None and self.queue.count_due() > self.full_sync_above:
+            batch = self.queue.take_due(limit=len(self.queue))
+            try:
+                self.full_sync(batch)
+            except Exception as exc:  # as below: back in the queue, counted, logged, raised
+                self.queue.put_back(batch)
+                self.counts["handoff_failures"] += 1
+                log.error("full sync for %d members could not start (%s); they stay queued", len(batch),
+                          type(exc).__name__)
+                raise
+            self.counts["full_syncs"] += 1
+            self.counts["handed_off"] += len(batch)
+            return len(batch)
         while batch := self.queue.take_due():
             try:
                 self.handoff(batch)

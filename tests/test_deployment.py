@@ -28,3 +28,14 @@ def test_example_rules_are_valid():
     rules = load_rules(ROOT / "rules.example.yaml")
     assert [r.list_id for r in rules.lists] == ["members.example.org", "board.example.org"]
     assert rules.lists[1].lapsed == "hold" and rules.lists[0].lapsed == "unsubscribe"
+
+
+def test_member_deployment_points_at_the_member_flow():
+    from flows.member import sync_member
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["name"] == "webhook-member-sync"]
+    path, name = deployment["entrypoint"].split(":")
+    assert (ROOT / path).exists() and name == sync_member.fn.__name__
+    assert set(deployment["parameters"]) <= set(inspect.signature(sync_member.fn).parameters)
+    assert deployment["concurrency_limit"] == 1 and "schedules" not in deployment

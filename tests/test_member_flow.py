@@ -115,7 +115,6 @@ def test_member_not_found_removes_nobody_and_is_reported(member_blocks, tmp_path
 
 def test_a_duplicate_address_resolves_as_in_the_full_sync(member_blocks, tmp_path):
     import yaml
-
     from prefect.artifacts import Artifact
 
     rules = tmp_path / "rules.yaml"

@@ -124,7 +124,19 @@ def test_health_counts(api):
     api.post(f"/novi/{TOKEN}", json=event())
     api.post("/novi", json=event())
     assert api.get("/health").json() == {"ok": True, "queued": 1, "accepted": 1, "ignored": 0, "refused": 1,
-                                         "handed_off": 0, "handoff_failures": 0}
+                                         "handed_off": 0, "handoff_failures": 0, "full_syncs": 0}
+
+
+def test_a_bulk_import_becomes_one_full_sync(relay):
+    full_syncs: list[list[str]] = []
+    relay.full_sync, relay.full_sync_above = full_syncs.append, 100
+    members = [str(uuid.uuid4()) for _ in range(150)]
+    for m in members:
+        relay.queue.add(m)
+    relay.queue._clock.now += 31
+    assert relay.flush() == 150
+    assert relay.handed == [] and len(full_syncs) == 1 and sorted(full_syncs[0]) == sorted(members)
+    assert relay.counts["full_syncs"] == 1 and len(relay.queue) == 0
 
 
 def test_short_tokens_are_refused():
