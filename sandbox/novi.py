@@ -71,6 +71,7 @@ class Reset(BaseModel):
     seed: int | None = None
     domains: list[str] | None = None   # mail domains of the generated addresses
     page_cap: int | None = None        # largest page the server returns
+    webhook_url: str | None = None     # where webhooks go from now on
 
 
 class Webhook(BaseModel):
@@ -318,6 +319,8 @@ def create_app(sandbox: Sandbox) -> FastAPI:
         sandbox.pages_served = 0
         if request.page_cap:
             sandbox.page_cap = request.page_cap
+        if request.webhook_url:
+            sandbox.webhook_url = request.webhook_url
         return {"size": sandbox.site.size, "seed": sandbox.site.seed, "page_cap": sandbox.page_cap}
 
     @app.get("/_sandbox/state")

@@ -1,0 +1,109 @@
+"""End to end: a Novi webhook → the relay → Prefect → a member run → the roster in a real Mailman."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.settings import PREFECT_API_URL
+
+from sandbox.mailman import free_port
+from tests.integration.helpers import expected, lists_for, sync, wait_for
+
+pytestmark = [pytest.mark.flow, pytest.mark.integration]
+
+RELAY_TOKEN = "e2e-relay-token-0123456789abcdef"
+
+
+@pytest.fixture
+def pipeline(world, tmp_path):
+    """A served member-sync deployment and a relay, both as their own processes, stopped after."""
+    (members,) = lists_for(world, "webhooks")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": members}]}))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "NOVI_MAILMAN_RELAY_TOKEN": RELAY_TOKEN, "NOVI_MAILMAN_REPORTS": str(tmp_path)}
+    serve = subprocess.Popen(
+        [sys.executable, "-c", "from flows.member import sync_member; sync_member.serve(name='webhook-member-sync', "
+         f"parameters={{'rules_path': {str(rules)!r}, 'novi_block': 'it-novi', 'mailman_block': 'it-mailman'}})"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    port = free_port()
+    relay = subprocess.Popen([sys.executable, "-m", "flows.cli", "relay", "--port", str(port), "--window", "2",
+                              "--max-batch", "100"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30), "the relay did not start"
+        assert wait_for(lambda: _deployed("webhook-member-sync"), 60), "the member deployment was not served"
+        world["novi"].reset(size=120, seed=world["seed"], domain=world["domain"])
+        world["novi"].call("POST", "/_sandbox/reset", json={"webhook_url": f"http://127.0.0.1:{port}/novi/{RELAY_TOKEN}"})
+        first, _ = sync(tmp_path, [{"list_id": members}])
+        assert first.is_completed(), first.message
+        yield {"list": members, "relay": f"http://127.0.0.1:{port}"}
+    finally:
+        for process in (relay, serve):
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _deployed(name: str) -> bool:
+    with get_client(sync_client=True) as client:
+        return bool(client.read_deployments(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name]))))
+
+
+def _member_runs() -> int:
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(deployment_filter=DeploymentFilter(
+            name=DeploymentFilterName(any_=["webhook-member-sync"])))
+        return sum(len(client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [d.id]})))
+                   for d in found)
+
+
+def test_a_renewal_reaches_the_list_through_a_webhook(world, pipeline):
+    expired = next(r for r in world["novi"].records() if r["MemberStatus"] == "expired" and r["Active"]
+                   and r["Email"] and r["Email"] == r["AccountEmail"] and not r["UnsubscribeFromEmails"])
+    world["novi"].edit(expired["UniqueID"], MemberStatus="current")
+    started = time.monotonic()
+    world["novi"].call("POST", "/_sandbox/webhook", json={"event": "customer.updated", "id": expired["UniqueID"]})
+    on_list = wait_for(lambda: expired["Email"].lower() in world["admin"].roster(pipeline["list"]), 120)
+    elapsed = time.monotonic() - started
+    assert on_list, "the renewed member never reached the list"
+    print(f"\nwebhook → on the list in {elapsed:.1f} s (2 s debounce window, 1 s runner polling)")
+    assert world["admin"].roster(pipeline["list"]) == expected(world["novi"].records())
+
+
+def test_a_burst_of_1000_webhooks_for_200_members_is_a_few_runs_and_everyone_ends_right(world, pipeline):
+    records = world["novi"].records()
+    runs_before = _member_runs()
+    changed = []
+    for record in records:
+        if record["Email"] and record["Email"] == record["AccountEmail"] and record["CustomerType"] == "Person":
+            world["novi"].edit(record["UniqueID"], LastName=f"{record['LastName']}-Burst")
+            changed.append(record["UniqueID"])
+    for record in records[:200 - len(changed)] if len(changed) < 200 else []:
+        changed.append(record["UniqueID"])  # plus some webhooks about members with nothing to change
+    assert len(changed) >= 100
+    session = requests.Session()
+    for i in range(1000):
+        member_id = changed[i % len(changed)]
+        response = session.post(f"{pipeline['relay']}/novi/{RELAY_TOKEN}",
+                                json={"event": "customer.updated", "entityUniqueId": member_id}, timeout=10)
+        assert response.status_code == 202
+    target = expected(world["novi"].records())
+    assert wait_for(lambda: world["admin"].roster(pipeline["list"]) == target, 240), "not every member ended right"
+    runs = _member_runs() - runs_before
+    assert 1 <= runs <= 4, f"{runs} member runs for one burst"
