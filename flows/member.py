@@ -72,12 +72,12 @@ def sync_member(
     list_ids = [rule.list_id for rule in rules.lists]
     novi = NoviCredentials.load(novi_block).get_client()
     mailman = MailmanCredentials.load(mailman_block).get_client()
-    lock = ledger.lock(list_ids, _run_id(), wait=timedelta(seconds=wait_for_lock_s)) if not dry_run else None
-    with lock if lock is not None else nullcontext():
+    # Dry runs write nothing, so they take no lock; a real one waits for a running full sync.
+    held = nullcontext() if dry_run else ledger.lock(list_ids, _run_id(), wait=timedelta(seconds=wait_for_lock_s))
+    with held:
         found, missing = _records_for(novi, ids)
         members = members_frame(list(found.values()), list(rules.novi.address_fields))
-        member_novi_ids = list(members["novi_id"].str.lower())
-        remembered = ledger.read(list_ids, novi_ids=list(members["novi_id"]) + member_novi_ids,
+        remembered = ledger.read(list_ids, novi_ids=list(members["novi_id"]),
                                  match_keys=list(members["match_key"].dropna()))
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in list_ids}
