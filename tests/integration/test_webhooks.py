@@ -33,12 +33,13 @@ def pipeline(world, tmp_path):
     serve = subprocess.Popen(
         [sys.executable, "-c", "from flows.member import sync_member; sync_member.serve(name='webhook-member-sync', "
          f"parameters={{'rules_path': {str(rules)!r}, 'novi_block': 'it-novi', 'mailman_block': 'it-mailman'}})"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdin=subprocess.DEVNULL, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     port = free_port()
     relay = subprocess.Popen([sys.executable, "-m", "flows.cli", "relay", "--port", str(port), "--window", "2",
-                              "--max-batch", "100"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+                              "--max-batch", "100"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=open(tmp_path / "relay.log", "wb"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
     try:
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30), "the relay did not start"
         assert wait_for(lambda: _deployed("webhook-member-sync"), 60), "the member deployment was not served"
@@ -46,7 +47,7 @@ def pipeline(world, tmp_path):
         world["novi"].call("POST", "/_sandbox/reset", json={"webhook_url": f"http://127.0.0.1:{port}/novi/{RELAY_TOKEN}"})
         first, _ = sync(tmp_path, [{"list_id": members}])
         assert first.is_completed(), first.message
-        yield {"list": members, "relay": f"http://127.0.0.1:{port}"}
+        yield {"list": members, "relay": f"http://127.0.0.1:{port}", "logs": tmp_path}
     finally:
         for process in (relay, serve):
             os.killpg(process.pid, 15)
@@ -100,7 +101,10 @@ def test_a_burst_of_1000_webhooks_for_200_members_is_a_few_runs_and_everyone_end
                                 json={"event": "customer.updated", "entityUniqueId": member_id}, timeout=10)
         assert response.status_code == 202
     target = expected(world["novi"].records())
-    assert wait_for(lambda: world["admin"].roster(pipeline["list"]) == target, 240), "not every member ended right"
+    ended_right = wait_for(lambda: world["admin"].roster(pipeline["list"]) == target, 240)
+    if not ended_right:  # say why: what the relay and the runs printed
+        logs = {name: (pipeline["logs"] / name).read_text()[-3000:] for name in ("relay.log", "serve.log")}
+        pytest.fail(f"not every member ended right; logs: {logs}")
     runs = _member_runs() - runs_before
     print(f"\n1,000 webhooks for {len(notified)} members: {runs} member runs")
     assert 1 <= runs <= 4, f"{runs} member runs for one burst"
