@@ -101,7 +101,7 @@ def test_a_burst_of_1000_webhooks_for_200_members_is_a_few_runs_and_everyone_end
                                 json={"event": "customer.updated", "entityUniqueId": member_id}, timeout=10)
         assert response.status_code == 202
     target = expected(world["novi"].records())
-    ended_right = wait_for(lambda: world["admin"].roster(pipeline["list"]) == target, 240)
+    ended_right = wait_for(lambda: world["admin"].roster(pipeline["list"]) == target, 480)
     if not ended_right:  # say why: what the relay and the runs printed
         logs = {name: (pipeline["logs"] / name).read_text()[-3000:] for name in ("relay.log", "serve.log")}
         pytest.fail(f"not every member ended right; logs: {logs}")
