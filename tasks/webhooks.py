@@ -98,31 +98,26 @@ class Relay:
 
         When more members are due than `full_sync_above` (a bulk import), one full sync takes
         them all: it re-reads everyone anyway, at a fraction of the calls."""
-        handed = 0
         if self.full_sync is not None and self.queue.count_due() > self.full_sync_above:
             batch = self.queue.take_due(limit=len(self.queue))
-            try:
-                self.full_sync(batch)
-            except Exception as exc:  # as below: back in the queue, counted, logged, raised
-                self.queue.put_back(batch)
-                self.counts["handoff_failures"] += 1
-                log.error("full sync for %d members could not start (%s); they stay queued", len(batch),
-                          type(exc).__name__)
-                raise
+            self._hand_off(self.full_sync, batch)
             self.counts["full_syncs"] += 1
-            self.counts["handed_off"] += len(batch)
             return len(batch)
+        handed = 0
         while batch := self.queue.take_due():
-            try:
-                self.handoff(batch)
-            except Exception as exc:  # any failure: the members go back, the sender is told next time
-                self.queue.put_back(batch)
-                self.counts["handoff_failures"] += 1
-                log.error("hand-off of %d members failed (%s); they stay queued", len(batch), type(exc).__name__)
-                raise
+            self._hand_off(self.handoff, batch)
             handed += len(batch)
-            self.counts["handed_off"] += len(batch)
         return handed
+
+    def _hand_off(self, start: Callable[[list[str]], None], batch: list[str]) -> None:
+        try:
+            start(batch)
+        except Exception as exc:  # any failure: the members go back, the sender is told next time
+            self.queue.put_back(batch)
+            self.counts["handoff_failures"] += 1
+            log.error("hand-off of %d members failed (%s); they stay queued", len(batch), type(exc).__name__)
+            raise
+        self.counts["handed_off"] += len(batch)
 
 
 def create_app(relay: Relay) -> FastAPI:
