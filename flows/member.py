@@ -20,6 +20,7 @@ from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.sync import _run_id, _run_record, apply_plan, open_ledger, resolve_rules
+from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.errors import ChangesFailed, GuardRefused
 from tasks.guards import REMOVING
@@ -87,8 +88,7 @@ def sync_member(
                     if (n := int(((the_plan.changes["list_id"] == rule.list_id)
                                   & the_plan.changes["action"].isin(REMOVING)).sum())) > rule.max_removals]
         if dry_run or too_many:
-            outcomes = the_plan.changes.assign(outcome="planned (dry run)" if dry_run else "refused by a guard",
-                                               detail="")
+            outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
         else:
             outcomes = apply_plan(mailman, the_plan, rules, batch_size=100, workers=2)
         failed = int((outcomes["outcome"] == FAILED).sum())
