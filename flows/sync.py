@@ -274,6 +274,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
     # benchmark compares with the lower bound.
     summary["phases_s"] = {name: round(seconds, 3) for name, seconds in phases.items()}
     summary["http_calls"] = dict(sorted(calls().items()))
+    summary["flow_run_id"] = _run_id()
 
     if refusal:
         raise GuardRefused(refusal, summary)

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
-from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore, _wait_gone
+from sandbox import servers
+from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
-from tasks.host import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".demo"
@@ -48,34 +46,6 @@ def say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def _answers(url: str, **kwargs) -> bool:
-    try:
-        return requests.get(url, timeout=2, **kwargs).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _background(name: str, command: list[str], ready_url: str, timeout: float = 90, **kwargs) -> None:
-    """Start a server detached from this terminal, record its PID, wait until it answers."""
-    pid_file = STATE / f"{name}.pid"
-    if pid_file.exists() and process_alive(int(pid_file.read_text())) and _answers(ready_url, **kwargs):
-        print(f"{name}: already running (pid {pid_file.read_text()})")
-        return
-    with open(STATE / f"{name}.log", "ab") as log:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment(),
-                                   start_new_session=True, cwd=ROOT)
-    pid_file.write_text(str(process.pid))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _answers(ready_url, **kwargs):
-            print(f"{name}: started (pid {process.pid}), log .demo/{name}.log")
-            return
-        if process.poll() is not None:
-            raise SystemExit(f"{name} exited at start; see .demo/{name}.log")
-        time.sleep(0.3)
-    raise SystemExit(f"{name} did not answer within {timeout:.0f} s; see .demo/{name}.log")
-
-
 def _records() -> list[dict]:
     page = requests.get(f"{NOVI_URL}/api/members", params={"pageSize": 1000, "offset": 0},
                         headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10)
@@ -92,13 +62,19 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
+def _prefect_server() -> None:
+    servers.start("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                              str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", STATE, environment(),
+                  timeout=120)
+
+
 def up() -> MailmanCore:
     STATE.mkdir(exist_ok=True)
     say("Starting a Prefect server, the Novi sandbox and a real Mailman core on 127.0.0.1")
-    _background("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                            str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=120)
-    _background("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
-                f"{NOVI_URL}/_sandbox/state", headers={"Authorization": f"Basic {DEFAULT_KEY}"})
+    _prefect_server()
+    servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
+                  f"{NOVI_URL}/_sandbox/state", STATE, environment(),
+                  headers={"Authorization": f"Basic {DEFAULT_KEY}"})
     core = MailmanCore(port=MAILMAN_PORT)
     core.start()
     print(f"mailman: answering on {core.rest_url} (home .mailman/demo)")
@@ -169,20 +145,12 @@ def down() -> None:
     MailmanCore(port=MAILMAN_PORT).stop()
     print("mailman: stopped")
     for name in ("novi-sandbox", "prefect"):
-        pid_file = STATE / f"{name}.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text())
-            if process_alive(pid):
-                os.killpg(pid, signal.SIGTERM)  # its own session: the server and its workers
-                _wait_gone(pid, 20)
-            pid_file.unlink()
-            print(f"{name}: stopped")
+        servers.stop(name, STATE)
 
 
 def ui() -> None:
     STATE.mkdir(exist_ok=True)
-    _background("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                            str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", timeout=120)
+    _prefect_server()
     print(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (make down stops it)")
 
 

@@ -247,8 +247,8 @@ class MailmanAdmin:
         """Every member's email → display name, read page by page."""
         members, page = {}, 1
         while True:
-            body = self._call("GET", f"lists/{list_id}/roster/member", (200,),
-                              params={"count": 500, "page": page}).json()
+            body = self._call("GET", f"lists/{list_id}/roster/member", (200,), params=[
+                ("count", 1000), ("page", page), ("fields", "email"), ("fields", "display_name")]).json()
             entries = body.get("entries", [])
             members.update({e["email"]: e.get("display_name") or "" for e in entries})
             if not entries or len(members) >= body["total_size"]:

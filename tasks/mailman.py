@@ -131,7 +131,7 @@ class MailmanClient:
         def fetch(count: int, page: int) -> object:
             params = {"list_id": list_id, "role": "member", "delivery_status": "by_moderator",
                       "count": count, "page": page}
-            return json_body(self.http.request("GET", "members/find", kind="roster_page", params=params),
+            return json_body(self.http.request("GET", "members/find", kind="held_page", params=params),
                              "members/find")
         return {str(e.get("member_id")) for page in numbered_pages(fetch, page_size, f"held members of {list_id}")
                 for e in page}

@@ -92,8 +92,9 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
     assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
     # and the run says so itself: pages needed (8 records, 3 a page), a roster and a held page
-    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 2, "subscribe": 3,
-                                     "mass_unsubscribe": 2, "rename": 1}
+    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1, "held_page": 1,
+                                     "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
+    assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
     assert set(summary["phases_s"]) >= {"extract_members", "extract_rosters", "plan", "apply", "report"}
     assert mailman.names(LIST) == {f"cur{i}@example.org": f"Cur {i}" for i in range(5)} | {
         "staff@example.org": "Staff"}

@@ -1,0 +1,514 @@
+"""`make bench`: the tool's cost measured against the lower bound and the old bridge, on real peers.
+
+    .venv/bin/python -m bench.run [--sizes 1000 10000 100000] [--repeat 3] [--churn 0.01]
+                                  [--throughput 1000] [--workers 1 2 4 8]
+                                  [--planner-sizes 100000 1000000] [--json .bench/bench.json]
+
+Starts its own Prefect server, Novi sandbox and two real Mailman cores (A for the tool, B for
+the old bridge) on 127.0.0.1, all in `.bench/`, and stops them at the end. For each size:
+
+1. the sandbox is reset to that many members; both cores get the same roster, pre-filled with
+   Mailman's own `mailman addmembers` with whom the tool's own dry run says belongs (kept as a
+   snapshot in `.bench/snapshots/`, so the next `make bench` skips the pre-fill);
+2. an unmeasured first run adopts the roster into a fresh ledger;
+3. `--repeat` times, a "day": 1% churn in Novi, then, measured, the tool on core A (the
+   `novi-mailman sync --json` command, a process of its own) and the old bridge
+   (bench/baseline.py) on core B; then a day with no changes, both again.
+
+Then the apply throughput (the tool's apply phase against a bare subscribe loop, same addresses,
+same core, for several worker counts) and the planner alone (bench/planner.py).
+
+Every figure is a median over the repetitions with its min and max. The script prints markdown
+tables and writes every raw measurement as JSON. It asserts nothing about time: performance is
+read here, never in a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+from sandbox import servers
+from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
+from sandbox.novi import DEFAULT_KEY
+from tasks.mailman import ROSTER_PAGE_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".bench"
+BIN = Path(sys.executable).parent
+PREFECT_PORT, NOVI_PORT, CORE_A_PORT, CORE_B_PORT = 4210, 8775, 8011, 8012
+NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
+LIST = "members@example.org"
+LIST_ID = "members.example.org"
+RULES = STATE / "rules.yaml"
+NOVI_PAGE = 1000          # the rules' page size and the sandbox's page cap
+BATCH = 100               # the sync's default batch size
+WORKERS = 2               # the sync's default worker count
+SEED = 1
+# How a day's churn divides (shares of the churned members).
+CHURN_MIX = {"lapse": 0.35, "renew": 0.20, "add": 0.20, "rename": 0.10, "change_address": 0.05,
+             "opt_out": 0.05, "remove": 0.05}
+SNAPSHOT_VERSION = 1      # bump when the pre-fill changes, so old snapshots are not reused
+NOVI_HEADERS = {"Authorization": f"Basic {DEFAULT_KEY}"}
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PREFECT_HOME": str(STATE / "prefect"),
+            "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
+            "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS}
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", file=sys.stderr, flush=True)
+
+
+# measuring one process ----------------------------------------------------------------------
+def measured(command: list[str], env: dict[str, str]) -> dict:
+    """Run a command to its end; its stdout, wall seconds and its own peak RSS (bench/peak.py)."""
+    peak = STATE / "peak-rss"
+    peak.unlink(missing_ok=True)
+    with open(STATE / "commands.log", "ab") as log:
+        started = time.monotonic()
+        process = subprocess.run([sys.executable, "-m", "bench.peak", str(peak), *command], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=log, env=env, cwd=ROOT)
+        wall = time.monotonic() - started
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command[:3])} exited with {process.returncode}; see .bench/commands.log")
+    return {"stdout": process.stdout.decode(), "wall_s": round(wall, 3),
+            "peak_rss_mb": round(int(peak.read_text()) / 1024, 1)}
+
+
+def tool(*args: str, ledger: Path) -> dict:
+    """One `novi-mailman sync --json` process: its summary plus the process figures."""
+    env = {**environment(), "NOVI_MAILMAN_LEDGER": str(ledger)}
+    run = measured([str(BIN / "novi-mailman"), *args, "--json"], env)
+    summary = json.loads(run["stdout"])
+    if summary.get("state") != "completed":
+        raise SystemExit(f"the sync did not complete: {summary.get('message')}")
+    return {"summary": summary, "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"]}
+
+
+def old_bridge(core: MailmanCore) -> dict:
+    run = measured([sys.executable, "-m", "bench.baseline", NOVI_URL, core.rest_url, LIST_ID],
+                   {**environment(), "MAILMAN_USER": ADMIN_USER})
+    return {**json.loads(run["stdout"]), "wall_s": run["wall_s"], "peak_rss_mb": run["peak_rss_mb"]}
+
+
+# the lower bound ------------------------------------------------------------------------------
+def pages(n: int, size: int) -> int:
+    """Pages a sweep of n entries needs (one, empty, when there are none)."""
+    return max(1, math.ceil(n / size))
+
+
+def lower_bound(summary: dict, roster_before: int, held_before: int) -> dict[str, int]:
+    """The fewest calls that can read everything and make these changes.
+
+    Pages of every collection read (Novi members, each roster, each list's held members), one
+    call per single write (subscribe, rename of an address, hold, release), and one mass
+    unsubscribe per `BATCH` removals of a list.
+    """
+    changes = {a: sum(item["changes"][a] for item in summary["lists"]) for a in
+               ("subscribe", "unsubscribe", "hold", "release", "rename")}
+    bound = {"novi_page": pages(summary["novi_members"], NOVI_PAGE),
+             "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
+             "held_page": pages(held_before, ROSTER_PAGE_SIZE),
+             **{a: changes[a] for a in ("subscribe", "hold", "release", "rename")},
+             "mass_unsubscribe": sum(math.ceil(item["changes"]["unsubscribe"] / BATCH) for item in summary["lists"])}
+    return {kind: n for kind, n in bound.items() if n}
+
+
+def roster_counts(core: MailmanCore) -> tuple[int, int]:
+    """How many members and held members the list has (read by the bench, not counted for the tool)."""
+    session = requests.Session()
+    session.auth = (ADMIN_USER, ADMIN_PASS)
+    base = f"{core.rest_url}/3.1"
+    roster = session.get(f"{base}/lists/{LIST_ID}/roster/member", params={"count": 1, "page": 1}, timeout=60).json()
+    held = session.get(f"{base}/members/find", params={"list_id": LIST_ID, "role": "member", "count": 1, "page": 1,
+                                                       "delivery_status": "by_moderator"}, timeout=60).json()
+    return roster["total_size"], held["total_size"]
+
+
+def emails(core: MailmanCore, list_id: str) -> set[str]:
+    return set(MailmanAdmin(core.rest_url).roster(list_id))
+
+
+# the peers ----------------------------------------------------------------------------------
+class Peers:
+    """The Prefect server, the Novi sandbox and cores A and B, started and stopped by the bench."""
+
+    def __init__(self) -> None:
+        self.a = MailmanCore(home=STATE / "core-a", port=CORE_A_PORT)
+        self.b = MailmanCore(home=STATE / "core-b", port=CORE_B_PORT)
+
+    def __enter__(self) -> Peers:
+        STATE.mkdir(exist_ok=True)
+        servers.start("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                  str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", STATE,
+                      environment(), timeout=180)
+        servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", "10",
+                                       "--page-cap", str(NOVI_PAGE)], f"{NOVI_URL}/_sandbox/state", STATE,
+                      environment(), headers=NOVI_HEADERS)
+        subprocess.run([str(BIN / "novi-mailman"), "blocks", "--novi-url", NOVI_URL, "--mailman-url",
+                        self.a.rest_url, "--mailman-user", ADMIN_USER], env=environment(), check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.a.stop()
+        self.b.stop()
+        for name in ("novi-sandbox", "prefect"):
+            servers.stop(name, STATE)
+
+    def novi(self, path: str, body: dict) -> dict:
+        response = requests.post(f"{NOVI_URL}/_sandbox/{path}", json=body, headers=NOVI_HEADERS, timeout=600)
+        response.raise_for_status()
+        return response.json()
+
+    def prepare(self, size: int) -> None:
+        """The sandbox at `size` members; both cores holding the same roster, in step with it."""
+        self.novi("reset", {"size": size, "seed": SEED})
+        snapshot = STATE / "snapshots" / f"{size}-seed{SEED}-v{SNAPSHOT_VERSION}"
+        if not (snapshot / "data" / "mailman.db").exists():
+            self._prefill(size, snapshot)
+        for core in (self.a, self.b):
+            core.stop()
+            shutil.rmtree(core.home / "var", ignore_errors=True)
+            shutil.copytree(snapshot, core.home / "var")
+            core.start(timeout=180)
+
+    def _prefill(self, size: int, snapshot: Path) -> None:
+        say(f"Pre-filling a roster of {size:,} with `mailman addmembers` (once; kept in {snapshot.relative_to(ROOT)})")
+        core = self.a
+        core.reset()
+        MailmanAdmin(core.rest_url).recreate_list(LIST)
+        plan = tool("plan", "--rules", str(RULES), ledger=STATE / "prefill-ledger.sqlite")
+        with open(plan["summary"]["plan_csv"], newline="") as source:
+            rows = [r for r in csv.DictReader(source) if r["action"] == "subscribe"]
+        members = STATE / "prefill.txt"
+        members.write_text("".join(f'"{_quoted(r["display_name"])}" <{r["email"]}>\n' for r in rows))
+        started = time.monotonic()
+        if core._mailman("addmembers", "--no-welcome-msg", str(members), LIST, log=STATE / "addmembers.log").returncode:
+            raise SystemExit("mailman addmembers failed; see .bench/addmembers.log")
+        say(f"addmembers: {len(rows):,} members in {time.monotonic() - started:.0f} s")
+        if emails(core, LIST_ID) != {r["email"].lower() for r in rows}:
+            raise SystemExit("the pre-filled roster is not what the dry run planned")
+        core.stop()
+        shutil.rmtree(snapshot, ignore_errors=True)
+        shutil.copytree(core.home / "var", snapshot, ignore=shutil.ignore_patterns("logs", "locks", "*.pid"))
+
+
+def _quoted(name: str) -> str:
+    return name.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# the days ------------------------------------------------------------------------------------
+def churn_counts(size: int, share: float) -> dict[str, int]:
+    total = max(len(CHURN_MIX), round(size * share))
+    return {kind: max(1, round(total * part)) for kind, part in CHURN_MIX.items()}
+
+
+def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None, with_bridge: bool) -> dict:
+    """A day of churn (or none), then the tool on core A and (`with_bridge`) the old bridge on core B."""
+    if churn:
+        peers.novi("churn", churn)
+    roster_before, held_before = roster_counts(peers.a)
+    run = tool("sync", "--rules", str(RULES), "--workers", str(WORKERS), "--batch-size", str(BATCH), ledger=ledger)
+    summary = run["summary"]
+    bound = lower_bound(summary, roster_before, held_before)
+    calls = summary["http_calls"]
+    bridge = old_bridge(peers.b) if with_bridge else None
+    return {
+        "size": size, "day": "1% churn" if churn else "no changes", "churn": churn or {},
+        "changes": summary["changes"], "calls": calls, "lower_bound": bound,
+        "ratio": round(sum(calls.values()) / sum(bound.values()), 4),
+        "phases_s": summary["phases_s"], "flow_s": summary["duration_s"], "process_s": run["wall_s"],
+        "prefect_overhead_s": round(run["wall_s"] - summary["duration_s"], 3),
+        "peak_rss_mb": run["peak_rss_mb"], "flow_run_id": summary["flow_run_id"],
+        "old_bridge": bridge,
+    }
+
+
+def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_up_to: int) -> list[dict]:
+    say(f"{size:,} members: preparing the sandbox and both cores")
+    peers.prepare(size)
+    ledger = STATE / f"ledger-{size}.sqlite"
+    ledger.unlink(missing_ok=True)
+    adopt = tool("sync", "--rules", str(RULES), ledger=ledger)["summary"]
+    if adopt["changes"]:
+        raise SystemExit(f"the pre-filled roster was not in step: {adopt['changes']} changes on the first run")
+    runs = []
+    for rep in range(1, repeat + 1):
+        for churn in (churn_counts(size, share), None):
+            run = one_day(peers, size, ledger, churn, with_bridge=bool(churn) or size <= bridge_quiet_up_to)
+            run["repetition"] = rep
+            runs.append(run)
+            bridge = f"{run['old_bridge']['wall_s']:.1f} s" if run["old_bridge"] else "not run"
+            say(f"{size:,} members, {run['day']}, repetition {rep}: {run['changes']} changes, "
+                f"{sum(run['calls'].values())} calls (bound {sum(run['lower_bound'].values())}), "
+                f"tool {run['process_s']:.1f} s, old bridge {bridge}")
+    tool_has, bridge_has = emails(peers.a, LIST_ID), emails(peers.b, LIST_ID)
+    # Where the two algorithms disagree after the same days (addresses are the sandbox's, made up).
+    runs[-1]["rosters_compared"] = {"both": len(tool_has & bridge_has),
+                                    "only_tool": sorted(tool_has - bridge_has),
+                                    "only_old_bridge": sorted(bridge_has - tool_has)}
+    return runs
+
+
+# apply throughput ---------------------------------------------------------------------------
+def throughput(peers: Peers, members: int, workers: list[int], repeat: int) -> list[dict]:
+    """The tool's apply phase against a bare subscribe loop: the same addresses, same core, new lists."""
+    say(f"Apply throughput: a new list, {members:,} Novi members, workers {workers}, against a bare loop")
+    peers.novi("reset", {"size": members, "seed": SEED})
+    admin = MailmanAdmin(peers.a.rest_url)
+    ledger = STATE / "ledger-throughput.sqlite"
+    ledger.unlink(missing_ok=True)
+    # Unmeasured: makes sure Mailman knows every address, so no trial pays for creating them.
+    warm_up = admin.recreate_list("warm-up@example.org")
+    tool("sync", "--list", warm_up, ledger=ledger)
+    admin.delete_list(warm_up)
+    rows: list[dict] = []
+    for rep in range(1, repeat + 1):
+        for w in workers:
+            list_id = admin.recreate_list(f"tool-w{w}-r{rep}@example.org")
+            run = tool("sync", "--list", list_id, "--workers", str(w), "--batch-size", str(BATCH), ledger=ledger)
+            summary = run["summary"]
+            with open(summary["plan_csv"], newline="") as source:
+                subscribes = [r for r in csv.DictReader(source) if r["action"] == "subscribe"]
+            rows.append({"repetition": rep, "workers": w, "subscribes": len(subscribes),
+                         "apply_s": summary["phases_s"]["apply"], "calls": summary["http_calls"].get("subscribe", 0)})
+            bare_list = admin.recreate_list(f"bare-w{w}-r{rep}@example.org")
+            rows[-1]["bare_s"] = bare_loop(peers.a, bare_list, subscribes)
+            rows[-1]["ratio"] = round(rows[-1]["apply_s"] / rows[-1]["bare_s"], 3)
+            admin.delete_list(list_id)
+            admin.delete_list(bare_list)
+            say(f"workers {w}, repetition {rep}: tool apply {rows[-1]['apply_s']:.1f} s, "
+                f"bare loop {rows[-1]['bare_s']:.1f} s for {len(subscribes)} subscribes")
+    return rows
+
+
+def bare_loop(core: MailmanCore, list_id: str, subscribes: list[dict]) -> float:
+    """Mailman's own write rate: the same subscribes, one after another, nothing else."""
+    session = requests.Session()
+    session.auth = (ADMIN_USER, ADMIN_PASS)
+    started = time.monotonic()
+    for row in subscribes:
+        response = session.post(f"{core.rest_url}/3.1/members", timeout=60, data={
+            "list_id": list_id, "subscriber": row["email"], "display_name": row["display_name"],
+            "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true", "send_welcome_message": "false"})
+        if response.status_code != 201:
+            raise SystemExit(f"bare loop: Mailman answered {response.status_code}")
+    return round(time.monotonic() - started, 3)
+
+
+# task runs (Prefect records them with a lag) -------------------------------------------------
+def count_task_runs(flow_run_ids: list[str], settle_s: float = 120) -> dict[str, int]:
+    api = environment()["PREFECT_API_URL"]
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + settle_s
+    while True:
+        fresh = {}
+        for run_id in flow_run_ids:
+            answer = requests.post(f"{api}/task_runs/count", timeout=30,
+                                   json={"flow_runs": {"id": {"any_": [run_id]}}})
+            answer.raise_for_status()
+            fresh[run_id] = int(answer.json())
+        if fresh == counts or time.monotonic() > deadline:
+            return fresh
+        counts = fresh
+        time.sleep(3)
+
+
+def start_up(repeat: int) -> dict[str, list[float]]:
+    """What a fresh process pays before a flow can start: importing Prefect, and everything the sync imports."""
+    env = environment()
+    return {what: [measured([sys.executable, "-c", f"import {module}"], env)["wall_s"] for _ in range(repeat)]
+            for what, module in (("python", "sys"), ("import prefect", "prefect"), ("import the sync", "flows.sync"))}
+
+
+# the planner alone ---------------------------------------------------------------------------
+def planner(sizes: list[int], repeat: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        say(f"The planner alone: {n:,} Novi records × a {n:,} roster")
+        out = subprocess.run([sys.executable, "-m", "bench.planner", "--one", str(n), "--repeat", str(repeat)],
+                             check=True, capture_output=True, text=True, cwd=ROOT).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return rows
+
+
+# reporting ------------------------------------------------------------------------------------
+def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
+    if not values:
+        return "–"
+    med, low, high = statistics.median(values), min(values), max(values)
+    if low == high:
+        return f"{med:,.{digits}f}{unit}"
+    return f"{med:,.{digits}f}{unit} ({low:,.{digits}f}–{high:,.{digits}f})"
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def _phase(runs: list[dict], *names: str) -> list[float]:
+    return [sum(r["phases_s"].get(n, 0) for n in names) for r in runs]
+
+
+KINDS = [("novi_page", "Novi pages"), ("roster_page", "roster pages"), ("held_page", "held pages"),
+         ("subscribe", "subscribes"), ("mass_unsubscribe", "mass unsub."), ("rename", "renames"),
+         ("hold", "holds"), ("release", "releases")]
+
+
+def markdown(result: dict) -> str:
+    out = [f"# novi-mailman benchmark, {result['started_at']}",
+           f"{result['machine']}. Medians over {result['repeat']} repetitions, (min–max) where they differ. "
+           f"Old bridge = one subscribe/unsubscribe call per Novi member, one after another (bench/baseline.py).", ""]
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for run in result["runs"]:
+        groups.setdefault((run["size"], run["day"]), []).append(run)
+
+    out += ["## HTTP calls: measured / lower bound", "",
+            "| members | day | " + " | ".join(label for _, label in KINDS) + " | total | bound | ratio | old bridge | old ÷ tool |",
+            "|---:|---|" + "---:|" * (len(KINDS) + 5)]
+    for (size, day), runs in groups.items():
+        cells = []
+        for kind, _ in KINDS:
+            measured_ = median([r["calls"].get(kind, 0) for r in runs])
+            bound = median([r["lower_bound"].get(kind, 0) for r in runs])
+            cells.append(f"{measured_:,.0f}/{bound:,.0f}" if measured_ or bound else "0")
+        total = [sum(r["calls"].values()) for r in runs]
+        bound = [sum(r["lower_bound"].values()) for r in runs]
+        bridged = [r for r in runs if r["old_bridge"]]
+        bridge = [sum(r["old_bridge"]["calls"].values()) for r in bridged]
+        out.append(f"| {size:,} | {day} | " + " | ".join(cells) + f" | {median(total):,.0f} | {median(bound):,.0f} | "
+                   f"{spread([r['ratio'] for r in runs])} | {spread(bridge, 0)} | "
+                   f"{spread([sum(r['old_bridge']['calls'].values()) / sum(r['calls'].values()) for r in bridged], 0, '×')} |")
+
+    out += ["", "## Wall time (seconds)", "",
+            "Phases are inside the flow; *Prefect + Python* is the `novi-mailman` process's time outside "
+            "the flow (imports, run creation, shutdown); *process* is what an operator waits for.", "",
+            "| members | day | extract members | extract rosters | plan | apply | ledger + report | flow | "
+            "Prefect + Python | process | old bridge | old ÷ tool |",
+            "|---:|---|" + "---:|" * 10]
+    if result.get("start_up"):
+        out[-4] += " Of that, a bare process start " + ", ".join(
+            f"{what} {spread(seconds)} s" for what, seconds in result["start_up"].items()) + "."
+    for (size, day), runs in groups.items():
+        out.append(f"| {size:,} | {day} | {spread(_phase(runs, 'extract_members'))} | "
+                   f"{spread(_phase(runs, 'extract_rosters'))} | {spread(_phase(runs, 'plan'))} | "
+                   f"{spread(_phase(runs, 'apply'))} | "
+                   f"{spread(_phase(runs, 'read_ledger', 'record_ledger', 'report'))} | {spread([r['flow_s'] for r in runs])} | "
+                   f"{spread([r['prefect_overhead_s'] for r in runs])} | {spread([r['process_s'] for r in runs])} | "
+                   f"{spread([r['old_bridge']['wall_s'] for r in runs if r['old_bridge']])} | "
+                   f"{spread([r['old_bridge']['wall_s'] / r['process_s'] for r in runs if r['old_bridge']], 1, '×')} |")
+
+    out += ["", "## Memory and Prefect task runs", "",
+            "| members | day | changes | peak RSS, tool process | peak RSS, old bridge | task runs |",
+            "|---:|---|---:|---:|---:|---:|"]
+    for (size, day), runs in groups.items():
+        out.append(f"| {size:,} | {day} | {spread([r['changes'] for r in runs], 0)} | "
+                   f"{spread([r['peak_rss_mb'] for r in runs], 0, ' MB')} | "
+                   f"{spread([r['old_bridge']['peak_rss_mb'] for r in runs if r['old_bridge']], 0, ' MB')} | "
+                   f"{spread([r.get('task_runs', 0) for r in runs], 0)} |")
+    compared = [r for r in result["runs"] if "rosters_compared" in r]
+    if compared:
+        out += ["", "Rosters after the last day (tool on core A, old bridge on core B): " + "; ".join(
+            f"{r['size']:,}: both {r['rosters_compared']['both']:,}, only the tool's "
+            f"{len(r['rosters_compared']['only_tool'])}, only the old bridge's "
+            f"{len(r['rosters_compared']['only_old_bridge'])}"
+            for r in compared) + "."]
+
+    if result["throughput"]:
+        out += ["", "## Apply throughput against Mailman's own write rate", "",
+                "| workers | subscribes | tool apply (s) | bare loop (s) | tool ÷ bare | tool subscribes/s |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        by_workers: dict[int, list[dict]] = {}
+        for row in result["throughput"]:
+            by_workers.setdefault(row["workers"], []).append(row)
+        for w, rows in by_workers.items():
+            out.append(f"| {w} | {median([r['subscribes'] for r in rows]):,.0f} | {spread([r['apply_s'] for r in rows])} | "
+                       f"{spread([r['bare_s'] for r in rows])} | {spread([r['ratio'] for r in rows])}× | "
+                       f"{spread([r['subscribes'] / r['apply_s'] for r in rows], 0)} |")
+
+    if result["planner"]:
+        out += ["", "## The planner alone", "", "| Novi records × roster | changes | plan (s) | peak RSS |",
+                "|---:|---:|---:|---:|"]
+        for row in result["planner"]:
+            out.append(f"| {row['records']:,} × {row['roster']:,} | {row['changes']:,} | "
+                       f"{row['median_s']:.2f} ({row['min_s']:.2f}–{row['max_s']:.2f}) | {row['peak_rss_mb']:,.0f} MB |")
+    return "\n".join(out) + "\n"
+
+
+def merged(paths: list[Path]) -> dict:
+    """Saved results as one: runs, throughput and planner rows of every file, the first file's header."""
+    results = [json.loads(path.read_text()) for path in paths]
+    first = results[0]
+    for key in ("runs", "throughput", "planner"):
+        first[key] = [row for result in results for row in result[key]]
+    return first
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="*", type=int, default=[1_000, 10_000, 100_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--churn", type=float, default=0.01, help="share of the members that change each day")
+    parser.add_argument("--bridge-quiet-days-up-to", type=int, default=10_000, metavar="N",
+                        help="run the old bridge on days without changes only up to N members (its cost "
+                             "does not depend on the changes; at 100,000 one run takes minutes)")
+    parser.add_argument("--throughput", type=int, default=1_000, help="Novi members of the throughput runs (0: skip)")
+    parser.add_argument("--workers", nargs="*", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--planner-sizes", nargs="*", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--json", type=Path, default=STATE / "bench.json")
+    parser.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
+                        help="only print the tables of saved results (several files are merged)")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown(merged(args.markdown)))
+        return
+
+    STATE.mkdir(exist_ok=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    (STATE / "commands.log").unlink(missing_ok=True)
+    # 1% daily churn of 100,000 members removes ~500 a day: the default cap of 500 would refuse it.
+    RULES.write_text(f"novi:\n  page_size: {NOVI_PAGE}\nlists:\n  - list_id: {LIST}\n    max_removals: 5000\n")
+    result = {"started_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}",
+              "repeat": args.repeat, "churn": args.churn, "runs": [], "throughput": [], "planner": []}
+    save = lambda: args.json.write_text(json.dumps(result, indent=1))  # noqa: E731 - after every step
+    with Peers() as peers:
+        for size in args.sizes:
+            result["runs"] += size_runs(peers, size, args.repeat, args.churn, args.bridge_quiet_days_up_to)
+            save()
+        if args.throughput:
+            result["throughput"] = throughput(peers, args.throughput, args.workers, args.repeat)
+            save()
+        say("Counting the task runs Prefect recorded")
+        counts = count_task_runs([r["flow_run_id"] for r in result["runs"]])
+        for run in result["runs"]:
+            run["task_runs"] = counts[run["flow_run_id"]]
+    result["start_up"] = start_up(max(args.repeat, 3))
+    result["planner"] = planner(args.planner_sizes, args.repeat)
+    save()
+    print(markdown(result))
+    say(f"Raw figures: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
