@@ -130,9 +130,9 @@ def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
 
 
 @task(name="read-ledger", cache_policy=NO_CACHE)
-def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict | None]:
-    """What earlier runs remember about these lists, and the last completed run's figures."""
-    return ledger.read(list_ids), ledger.last_run("completed")
+def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """What earlier runs remember about these lists, and each list's figures at its last completed run."""
+    return ledger.read(list_ids), ledger.last_figures(list_ids)
 
 
 @task(name="record-ledger", cache_policy=NO_CACHE)
@@ -206,19 +206,19 @@ def sync_lists(
                 roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
                 rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
             with timed(phases, "read_ledger"):
-                remembered, last_run = read_ledger(ledger, list_ids)
+                remembered, last_figures = read_ledger(ledger, list_ids)
         except SyncError as exc:
             if not dry_run:  # a run that could not even plan is still part of the history
                 ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
             raise
-        return _reconcile(mailman, ledger, rules, members, rosters, remembered, last_run, started, started_at,
+        return _reconcile(mailman, ledger, rules, members, rosters, remembered, last_figures, started, started_at,
                           dry_run=dry_run, override_guards=override_guards, batch_size=batch_size,
                           workers=workers, reports_dir=reports_dir, table_rows=table_rows, phases=phases,
                           calls=lambda: {**novi.http.calls, **mailman.http.calls})
 
 
 def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd.DataFrame,
-               rosters: dict[str, pd.DataFrame], remembered: pd.DataFrame, last_run: dict | None, started: float,
+               rosters: dict[str, pd.DataFrame], remembered: pd.DataFrame, last_figures: dict[str, dict], started: float,
                started_at: datetime, *, dry_run: bool, override_guards: bool, batch_size: int, workers: int,
                reports_dir: str | None, table_rows: int, phases: dict[str, float], calls):
     """Plan, guard, apply, record and report: the part of a run that follows the reads."""
@@ -229,7 +229,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
         the_plan = make_plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
     log.info("Planned %d changes on %d lists", the_plan.count(), len(list_ids))
 
-    tripped = guards.refusals(the_plan, rules, last_run)
+    tripped = guards.refusals(the_plan, rules, last_figures)
     refusal = guards.refusal_message(tripped) if tripped and not override_guards else None
     if tripped and override_guards:
         log.warning("Guards lifted for this run only, by the operator: %s", " ".join(tripped))

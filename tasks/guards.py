@@ -1,6 +1,6 @@
 """Safety guards: reasons not to write, checked on the whole plan before anything is applied.
 
-Pure: the plan, the rules and the last completed run's figures in; the refusals out. When
+Pure: the plan, the rules and each list's figures at its last completed run in; the refusals out. When
 any list trips a guard, nothing is written to any list; an operator who has checked can lift
 the guards for one run (`override_guards`), which never persists.
 """
@@ -15,11 +15,14 @@ HOW_TO_OVERRIDE = ("If this is right, rerun once with the guards lifted: `novi-m
                    "or, in the Prefect UI, a custom run with override_guards = true.")
 
 
-def refusals(plan: Plan, rules: Rules, last_run: dict | None) -> list[str]:
-    """One sentence per guard that trips, naming the list and the figures; empty when all is well."""
+def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None) -> list[str]:
+    """One sentence per guard that trips, naming the list and the figures; empty when all is well.
+
+    `previous`: list id → that list's figures at its last completed run (`Ledger.last_figures`).
+    """
     found: list[str] = []
     figures = plan.figures.set_index("list_id")
-    previous = (last_run or {}).get("lists", {})
+    previous = previous or {}
     for rule in rules.lists:
         list_id = rule.list_id
         eligible = int(figures.loc[list_id, "eligible"])

@@ -304,6 +304,26 @@ class Ledger:
                                  ).mappings().all()
         return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}
 
+    def last_figures(self, list_ids: Sequence[str]) -> dict[str, dict]:
+        """Per list, its figures at the newest completed full run that covered it.
+
+        Per list, not the newest run overall: when two deployments share a ledger (two rules
+        files, or two associations), the newest run may not have covered these lists at all,
+        and the collapse guard must still compare each list with its own last good run.
+        """
+        if not self.exists or not list_ids:
+            return {}
+        query = (select(run_lists_table, runs_table.c.ended_at)
+                 .join(runs_table, runs_table.c.run_id == run_lists_table.c.run_id)
+                 .where((runs_table.c.state == "completed") & (runs_table.c.kind == "full")
+                        & run_lists_table.c.list_id.in_(list(list_ids)))
+                 .order_by(runs_table.c.ended_at.desc()))
+        newest: dict[str, dict] = {}
+        with self._connect() as conn:
+            for row in conn.execute(query).mappings():
+                newest.setdefault(row["list_id"], dict(row))
+        return newest
+
     @contextmanager
     def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER,
              wait: timedelta = timedelta(0)) -> Iterator[None]:

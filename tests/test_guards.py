@@ -17,7 +17,7 @@ def scenario(n_current: int, n_lapsed: int, roster_all: bool = True, last_eligib
     roster = [(r["Email"], f"Pat {r['UniqueID'].upper()}") for r in records] if roster_all else []
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
     p = plan(members_frame(records), {L: roster_frame(L, roster)}, rules)
-    last = {"lists": {L: {"eligible": last_eligible}}} if last_eligible is not None else None
+    last = {L: {"eligible": last_eligible}} if last_eligible is not None else None
     return refusals(p, rules, last)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
@@ -47,6 +48,22 @@ def test_a_run_round_trips(ledger_url):
     assert last["run_id"] == "run-1" and last["changes"] == 3 and last["novi_members"] == 3
     assert last["lists"]["a.example.org"]["eligible"] == 3
     assert ledger.read(["other.example.org"]).empty
+
+
+def test_each_list_is_compared_with_its_own_last_completed_run(ledger_url):
+    """Two deployments sharing a ledger: the newest run covering *other* lists must not hide a
+    list's own figures from the collapse guard (it would then compare with nothing)."""
+    ledger = Ledger(ledger_url)
+    for run_id, list_id, n, when in (("r1", "a.example.org", 5, T0), ("r2", "b.example.org", 2, T0 + timedelta(days=1))):
+        p, outcomes, run = planned_run(list_id, n, when, run_id)
+        ledger.record(run, [list_id], settle(p.memory, outcomes), outcomes, p.figures)
+    p, outcomes, run = planned_run("a.example.org", 3, T0 + timedelta(days=2), "r3")
+    ledger.record(replace(run, state="failed"), ["a.example.org"], settle(p.memory, outcomes), outcomes, p.figures)
+
+    assert ledger.last_run()["run_id"] == "r2"  # the newest run overall knows nothing of list a
+    figures = ledger.last_figures(["a.example.org", "b.example.org", "c.example.org"])
+    assert figures["a.example.org"]["run_id"] == "r1" and figures["a.example.org"]["eligible"] == 5
+    assert figures["b.example.org"]["eligible"] == 2 and "c.example.org" not in figures
 
 
 def test_history_is_newest_first_across_lists_and_runs(ledger_url):
