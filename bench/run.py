@@ -61,6 +61,7 @@ SEED = 1
 # How a day's churn divides (shares of the churned members).
 CHURN_MIX = {"lapse": 0.35, "renew": 0.20, "add": 0.20, "rename": 0.10, "change_address": 0.05,
              "opt_out": 0.05, "remove": 0.05}
+PREFILL_CHUNK = 10_000
 SNAPSHOT_VERSION = 1      # bump when the pre-fill changes, so old snapshots are not reused
 NOVI_HEADERS = {"Authorization": f"Basic {DEFAULT_KEY}"}
 
@@ -201,10 +202,15 @@ class Peers:
         with open(plan["summary"]["plan_csv"], newline="") as source:
             rows = [r for r in csv.DictReader(source) if r["action"] == "subscribe"]
         members = STATE / "prefill.txt"
-        members.write_text("".join(f'"{_quoted(r["display_name"])}" <{r["email"]}>\n' for r in rows))
         started = time.monotonic()
-        if core._mailman("addmembers", "--no-welcome-msg", str(members), LIST, log=STATE / "addmembers.log").returncode:
-            raise SystemExit("mailman addmembers failed; see .bench/addmembers.log")
+        # In chunks: one addmembers is one transaction, and a 100,000-line one slows down as it grows.
+        for first in range(0, len(rows), PREFILL_CHUNK):
+            chunk = rows[first:first + PREFILL_CHUNK]
+            members.write_text("".join(f'"{_quoted(r["display_name"])}" <{r["email"]}>\n' for r in chunk))
+            if core._mailman("addmembers", "--no-welcome-msg", str(members), LIST, log=STATE / "addmembers.log",
+                             timeout=1800).returncode:
+                raise SystemExit("mailman addmembers failed; see .bench/addmembers.log")
+            say(f"addmembers: {first + len(chunk):,} of {len(rows):,} after {time.monotonic() - started:.0f} s")
         say(f"addmembers: {len(rows):,} members in {time.monotonic() - started:.0f} s")
         if emails(core, LIST_ID) != {r["email"].lower() for r in rows}:
             raise SystemExit("the pre-filled roster is not what the dry run planned")
@@ -356,10 +362,8 @@ def planner(sizes: list[int], repeat: int) -> list[dict]:
 def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
     if not values:
         return "–"
-    med, low, high = statistics.median(values), min(values), max(values)
-    if low == high:
-        return f"{med:,.{digits}f}{unit}"
-    return f"{med:,.{digits}f}{unit} ({low:,.{digits}f}–{high:,.{digits}f})"
+    med, low, high = (f"{v:,.{digits}f}" for v in (statistics.median(values), min(values), max(values)))
+    return f"{med}{unit}" if low == high else f"{med}{unit} ({low}–{high})"
 
 
 def median(values: list[float]) -> float:
@@ -425,7 +429,7 @@ def markdown(result: dict) -> str:
         out.append(f"| {size:,} | {day} | {spread([r['changes'] for r in runs], 0)} | "
                    f"{spread([r['peak_rss_mb'] for r in runs], 0, ' MB')} | "
                    f"{spread([r['old_bridge']['peak_rss_mb'] for r in runs if r['old_bridge']], 0, ' MB')} | "
-                   f"{spread([r.get('task_runs', 0) for r in runs], 0)} |")
+                   f"{spread([r['task_runs'] for r in runs if 'task_runs' in r], 0)} |")
     compared = [r for r in result["runs"] if "rosters_compared" in r]
     if compared:
         out += ["", "Rosters after the last day (tool on core A, old bridge on core B): " + "; ".join(

@@ -104,14 +104,14 @@ class MailmanCore:
         ]) + "\n")
 
     # run ----------------------------------------------------------------------------------
-    def _mailman(self, *args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    def _mailman(self, *args: str, log: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         command = [str(self.venv / "bin" / "mailman")]
         if os.geteuid() == 0:
             command.append("--run-as-root")
         command += ["-C", str(self.config), *args]
         # Never a pipe: the daemon inherits it and whoever reads it waits forever.
         with open(log or os.devnull, "ab") as sink:
-            return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, timeout=120)
+            return subprocess.run(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, timeout=timeout)
 
     def _pid(self, name: str) -> int | None:
         path = self.home / name
