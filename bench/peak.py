@@ -8,6 +8,7 @@ benchmark itself. Started from this small process instead, a command's figure is
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 def main() -> None:
     out, command = Path(sys.argv[1]), sys.argv[2:]
     process = subprocess.Popen(command)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a stopped benchmark stops what it measures too
+        signal.signal(sig, lambda number, _: process.send_signal(number))
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     out.write_text(str(usage.ru_maxrss))

@@ -43,8 +43,10 @@ def start(name: str, command: list[str], ready_url: str, state: Path, env: dict[
             print(f"{name}: started (pid {process.pid}), log {log_path.relative_to(ROOT)}")
             return
         if process.poll() is not None:
+            pid_file.unlink()
             raise SystemExit(f"{name} exited at start; see {log_path}")
         time.sleep(0.3)
+    stop(name, state)  # never leave behind a server that did not come up
     raise SystemExit(f"{name} did not answer within {timeout:.0f} s; see {log_path}")
 
 

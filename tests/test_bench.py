@@ -1,0 +1,74 @@
+"""The benchmark's arithmetic and its baseline; never its timings (those are read, not tested)."""
+
+from __future__ import annotations
+
+import json
+
+import responses
+from responses import matchers
+
+from bench.baseline import old_bridge
+from bench.run import churn_counts, lower_bound, markdown
+from tests.conftest import novi_record
+
+NOVI, MAILMAN, LIST = "http://novi.test", "http://mailman.test", "members.example.org"
+
+
+def summary(novi_members: int, **changes: int) -> dict:
+    counts = {a: changes.get(a, 0) for a in ("subscribe", "unsubscribe", "hold", "release", "rename")}
+    return {"novi_members": novi_members, "lists": [{"list_id": LIST, "changes": counts}]}
+
+
+def test_the_lower_bound_is_pages_plus_single_writes_plus_removal_batches():
+    bound = lower_bound(summary(2_500, subscribe=3, unsubscribe=250, rename=2, hold=1), roster_before=1_001,
+                        held_before=0)
+    assert bound == {"novi_page": 3, "roster_page": 2, "held_page": 1, "subscribe": 3, "rename": 2, "hold": 1,
+                     "mass_unsubscribe": 3}
+    # nothing to change: the reads alone, and an empty collection still costs its one page
+    assert lower_bound(summary(0), roster_before=0, held_before=0) == {"novi_page": 1, "roster_page": 1,
+                                                                       "held_page": 1}
+
+
+def test_a_day_of_churn_is_the_asked_share_with_every_kind():
+    counts = churn_counts(100_000, 0.01)
+    assert set(counts) == {"lapse", "renew", "add", "rename", "change_address", "opt_out", "remove"}
+    assert 990 <= sum(counts.values()) <= 1_010 and min(counts.values()) >= 1
+    assert min(churn_counts(1_000, 0.01).values()) >= 1
+
+
+@responses.activate
+def test_the_old_bridge_makes_one_call_per_member_whatever_changed():
+    records = [novi_record("a", "a@example.org"), novi_record("b", "b@example.org", status="expired"),
+               novi_record("c", None), novi_record("d", "d@example.org", opted_out=True)]
+    responses.get(f"{NOVI}/api/members", json={"TotalCount": 4, "Results": records},
+                  match=[matchers.query_param_matcher({"pageSize": "1000", "offset": "0"})])
+    subscribe = responses.post(f"{MAILMAN}/3.1/members", status=409, json={"title": "Member already subscribed"})
+    remove_b = responses.delete(f"{MAILMAN}/3.1/lists/{LIST}/member/b%40example.org", status=404)
+    remove_d = responses.delete(f"{MAILMAN}/3.1/lists/{LIST}/member/d%40example.org", status=204)
+
+    result = old_bridge(NOVI, "key", MAILMAN, LIST, ("user", "pass"))
+
+    assert result["calls"] == {"novi_page": 1, "subscribe": 1, "unsubscribe": 2}
+    assert subscribe.call_count == remove_b.call_count == remove_d.call_count == 1
+    assert result["answers"] == {"subscribe 409": 1, "unsubscribe 404": 1, "unsubscribe 204": 1,
+                                 "skipped: no address": 1}
+
+
+def test_the_tables_show_every_size_and_day_including_runs_without_the_old_bridge():
+    run = {"size": 1_000, "day": "no changes", "calls": {"novi_page": 1, "roster_page": 1, "held_page": 1},
+           "lower_bound": {"novi_page": 1, "roster_page": 1, "held_page": 1}, "over_bound": {}, "ratio": 1.0,
+           "changes": 0,
+           "phases_s": {"extract_members": 0.2, "plan": 0.1}, "flow_s": 0.5, "process_s": 4.5,
+           "prefect_overhead_s": 4.0, "peak_rss_mb": 170.0, "task_runs": 5,
+           "old_bridge": {"calls": {"novi_page": 1, "subscribe": 900}, "wall_s": 3.0, "peak_rss_mb": 30.0}}
+    over = {**run, "size": 10_000, "calls": {**run["calls"], "member_lookup": 2}, "over_bound": {"member_lookup": 2},
+            "ratio": 5 / 3}
+    result = {"started_at": "2026-11-29 06:00 UTC", "machine": "2 cores", "repeat": 1, "runs": [
+        run, over, {**run, "size": 100_000, "old_bridge": None}], "throughput": [], "planner": []}
+    text = markdown(json.loads(json.dumps(result)))
+    rows = [line for line in text.splitlines() if line.startswith("| 1,000 | no changes")]
+    assert len(rows) == 3 and "| 0 | 3 | 3 | 1 of 1 | 1.000 | 901 | 300× |" in rows[0]
+    assert any(line.startswith("| 100,000 | no changes") and line.endswith("| – | – |") for line in text.splitlines())
+    # a run above the bound shows: the call of another kind, and not exact
+    (above,) = [line for line in text.splitlines() if line.startswith("| 10,000 | no changes") and "of 1" in line]
+    assert "| 2 | 5 | 3 | 0 of 1 | 1.667 |" in above
