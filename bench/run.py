@@ -53,11 +53,12 @@ PREFECT_PORT, NOVI_PORT, CORE_A_PORT, CORE_B_PORT = 4210, 8775, 8011, 8012
 NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
 LIST = "members@example.org"
 LIST_ID = "members.example.org"
-RULES = STATE / "rules.yaml"
+RULES = STATE / "rules.yaml"   # one list, lapsed: unsubscribe (the default; see HOLDS)
 NOVI_PAGE = 1000          # the rules' page size and the sandbox's page cap
 BATCH = 100               # the sync's default batch size
 WORKERS = 2               # the sync's default worker count
 SEED = 1
+HOLDS = False             # the bench's rule unsubscribes lapsed members (lapsed: unsubscribe)
 # How a day's churn divides (shares of the churned members).
 CHURN_MIX = {"lapse": 0.35, "renew": 0.20, "add": 0.20, "rename": 0.10, "change_address": 0.05,
              "opt_out": 0.05, "remove": 0.05}
@@ -117,10 +118,11 @@ def pages(n: int, size: int) -> int:
     return max(1, math.ceil(n / size))
 
 
-def lower_bound(summary: dict, roster_before: int, held_before: int) -> dict[str, int]:
+def lower_bound(summary: dict, roster_before: int, held_before: int | None) -> dict[str, int]:
     """The fewest calls that can read everything and make these changes.
 
-    Pages of every collection read (Novi members, each roster, each list's held members), one
+    Pages of every collection read (Novi members, each roster, and the held members of a list
+    whose rule holds lapsed members; `held_before` None: the rule holds nobody), one
     call per single write (subscribe, rename of an address, hold, release), and one mass
     unsubscribe per `BATCH` removals of a list. The bench syncs one list, where the renames of
     a list are the renamed addresses (with several lists an address is renamed once).
@@ -129,7 +131,7 @@ def lower_bound(summary: dict, roster_before: int, held_before: int) -> dict[str
                ("subscribe", "unsubscribe", "hold", "release", "rename")}
     bound = {"novi_page": pages(summary["novi_members"], NOVI_PAGE),
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
-             "held_page": pages(held_before, ROSTER_PAGE_SIZE),
+             "held_page": 0 if held_before is None else pages(held_before, ROSTER_PAGE_SIZE),
              **{a: changes[a] for a in ("subscribe", "hold", "release", "rename")},
              "mass_unsubscribe": sum(math.ceil(item["changes"]["unsubscribe"] / BATCH) for item in summary["lists"])}
     return {kind: n for kind, n in bound.items() if n}
@@ -254,6 +256,7 @@ def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None,
     if churn:
         peers.novi("churn", churn)
     roster_before, held_before = roster_counts(peers.a)
+    held_before = held_before if HOLDS else None
     bridge = old_bridge(peers.b) if with_bridge and bridge_first else None
     run = tool("sync", "--rules", str(RULES), "--workers", str(WORKERS), "--batch-size", str(BATCH), ledger=ledger)
     if with_bridge and not bridge_first:

@@ -203,7 +203,12 @@ def sync_lists(
             with timed(phases, "extract_members"):
                 members = extract_members(novi, rules.novi.page_size, list(rules.novi.address_fields))
             with timed(phases, "extract_rosters"):
-                roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid), list_ids, workers)
+                # Who is held matters only where the rule holds lapsed members: the planner holds
+                # and releases nowhere else (a hold elsewhere is a moderator's), so other lists
+                # skip Mailman's slow held-member search.
+                holds = {rule.list_id: rule.lapsed == "hold" for rule in rules.lists}
+                roster_futures = bounded(lambda lid: extract_roster.submit(mailman, lid, holds[lid]), list_ids,
+                                         workers)
                 rosters = {lid: future.result() for lid, future in zip(list_ids, roster_futures)}
             with timed(phases, "read_ledger"):
                 remembered, last_figures = read_ledger(ledger, list_ids)

@@ -72,8 +72,13 @@ class MailmanClient:
                                                params={"count": count, "page": page}), "Mailman lists")
         return [e["list_id"] for entries in numbered_pages(fetch, 100, "list of lists") for e in entries]
 
-    def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> pd.DataFrame:
-        """The list's members (role=member), with who is held, as a roster frame."""
+    def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE, *, with_held: bool = True) -> pd.DataFrame:
+        """The list's members (role=member) as a roster frame, with who is held when `with_held`.
+
+        Without it, `held` is False throughout and the held-member search is skipped: Mailman
+        answers it by filtering every member (measured: 12 s for a 71,000-member list with none
+        held, a third of reading that roster).
+        """
         list_id = dot_list_id(list_id)
 
         def fetch(count: int, page: int) -> object:
@@ -90,7 +95,7 @@ class MailmanClient:
         if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and e["email"].count("@") == 1
                    for e in entries):
             raise UnexpectedResponse(f"Mailman roster of {list_id}: an entry has no usable email")
-        held = self.held_member_ids(list_id, page_size)
+        held = self.held_member_ids(list_id, page_size) if with_held else set()
         email = pd.Series([e.get("email") for e in entries], dtype="string").str.lower()
         member_id = pd.Series([str(e.get("member_id", "")) for e in entries], dtype="string")
         return pd.DataFrame({
@@ -209,9 +214,9 @@ def _description(response) -> str:
 
 
 @task(name="extract-roster", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
-def extract_roster(client: MailmanClient, list_id: str) -> pd.DataFrame:
-    """Read one list's whole roster and its held members; a partial read raises."""
-    return client.roster(list_id)
+def extract_roster(client: MailmanClient, list_id: str, with_held: bool = True) -> pd.DataFrame:
+    """Read one list's whole roster (and its held members, `with_held`); a partial read raises."""
+    return client.roster(list_id, with_held=with_held)
 
 
 def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -> list[dict]:

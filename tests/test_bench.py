@@ -27,6 +27,8 @@ def test_the_lower_bound_is_pages_plus_single_writes_plus_removal_batches():
     # nothing to change: the reads alone, and an empty collection still costs its one page
     assert lower_bound(summary(0), roster_before=0, held_before=0) == {"novi_page": 1, "roster_page": 1,
                                                                        "held_page": 1}
+    # a list whose rule holds nobody needs no held-member search
+    assert "held_page" not in lower_bound(summary(10), roster_before=5, held_before=None)
 
 
 def test_a_day_of_churn_is_the_asked_share_with_every_kind():

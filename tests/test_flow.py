@@ -91,8 +91,9 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     assert summary["message"] == "7 changes applied"
     # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
     assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
-    # and the run says so itself: pages needed (8 records, 3 a page), a roster and a held page
-    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1, "held_page": 1,
+    # and the run says so itself: pages needed (8 records, 3 a page) and a roster page; no
+    # held-member page, as the list's rule holds nobody
+    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1,
                                      "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
     assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
     assert set(summary["phases_s"]) >= {"extract_members", "extract_rosters", "plan", "apply", "report"}
@@ -103,8 +104,8 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     assert again.is_completed() and again.name == "Skipped"
     assert again.result()["message"] == "No changes: every list is already in step with Novi"
     assert writes(calls) == []
-    # reads only: ceil(8 / 3) Novi pages, one roster page, one held-members page
-    assert len(calls) == math.ceil(8 / 3) + 2
+    # reads only: ceil(8 / 3) Novi pages and one roster page (the rule holds nobody: no held search)
+    assert len(calls) == math.ceil(8 / 3) + 1
 
 
 def test_refused_address_fails_the_run_with_counts_and_a_rerun_finishes(blocks, tmp_path):

@@ -71,6 +71,15 @@ def test_roster_sends_count_page_and_fields_and_marks_held():
 
 
 @responses.activate
+def test_a_roster_without_holds_skips_the_held_member_search():
+    responses.get(f"{REST}/lists/{LIST}/roster/member", json=roster_page(2, ["a@x.org", "b@x.org"]))
+    find = responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 1, "entries": [{"member_id": "x"}]})
+    frame = client().roster(LIST, with_held=False)
+    assert frame["email"].tolist() == ["a@x.org", "b@x.org"] and not frame["held"].any()
+    assert find.call_count == 0 and len(responses.calls) == 1
+
+
+@responses.activate
 def test_empty_roster_has_no_entries_key():
     responses.get(f"{REST}/lists/{LIST}/roster/member", json={"start": 0, "total_size": 0})
     responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
