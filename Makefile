@@ -46,7 +46,7 @@ down: install
 ui: install
 	$(VENV)/bin/python -m sandbox.demo ui
 
-# About an hour on 2 cores the first time (pre-filling 100,000 members), less afterwards.
+# About 45 minutes on 2 cores the first time (9 of them pre-filling 100,000 members), 35 after.
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"
 bench: install
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -449,7 +449,7 @@ def markdown(result: dict) -> str:
             "Prefect + Python | process | old bridge | old ÷ tool |",
             "|---:|---|" + "---:|" * 10]
     if result.get("start_up"):
-        out[-4] += " Of that, a bare process start " + ", ".join(
+        out[-4] += " Start-up alone, timed as bare processes: " + ", ".join(
             f"{what} {spread(seconds)} s" for what, seconds in result["start_up"].items()) + "."
     for (size, day), runs in groups.items():
         out.append(f"| {size:,} | {day} | {spread(_phase(runs, 'extract_members'))} | "
