@@ -68,10 +68,7 @@ NOVI_HEADERS = {"Authorization": f"Basic {DEFAULT_KEY}"}
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PREFECT_HOME": str(STATE / "prefect"),
-            "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-            "PREFECT_LOGGING_LEVEL": "WARNING",
+    return {**os.environ, **servers.prefect_environment(STATE, PREFECT_PORT), "PREFECT_LOGGING_LEVEL": "WARNING",
             "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
             "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS}
 
@@ -170,9 +167,7 @@ class Peers:
         return self
 
     def _start(self) -> None:
-        servers.start("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                  str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", STATE,
-                      environment(), timeout=180)
+        servers.start_prefect(PREFECT_PORT, STATE, environment())
         servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", "10",
                                        "--page-cap", str(NOVI_PAGE)], f"{NOVI_URL}/_sandbox/state", STATE,
                       environment(), headers=NOVI_HEADERS)
@@ -343,15 +338,10 @@ def throughput(peers: Peers, members: int, workers: list[int], repeat: int) -> l
 
 def bare_loop(core: MailmanCore, list_id: str, subscribes: list[dict]) -> float:
     """Mailman's own write rate: the same subscribes, one after another, nothing else."""
-    session = requests.Session()
-    session.auth = (ADMIN_USER, ADMIN_PASS)
+    admin = MailmanAdmin(core.rest_url)
     started = time.monotonic()
     for row in subscribes:
-        response = session.post(f"{core.rest_url}/3.1/members", timeout=60, data={
-            "list_id": list_id, "subscriber": row["email"], "display_name": row["display_name"],
-            "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true", "send_welcome_message": "false"})
-        if response.status_code != 201:
-            raise SystemExit(f"bare loop: Mailman answered {response.status_code}")
+        admin.add_member(list_id, row["email"], row["display_name"])  # raises unless 201
     return round(time.monotonic() - started, 3)
 
 

@@ -157,6 +157,7 @@ def relay(
     max_batch: Annotated[int, typer.Option(help="Members per member-sync run at most.")] = 200,
 ) -> None:
     """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
+    import _thread
     import threading
 
     import uvicorn
@@ -185,9 +186,21 @@ def relay(
     except ValueError as exc:
         err.print(f"[red]NOVI_MAILMAN_RELAY_TOKEN: {exc}[/red]")
         raise typer.Exit(EXIT_FAILED) from None
-    threading.Thread(target=flush_forever, args=(the_relay,), daemon=True, name="relay-flush").start()
+    broken = threading.Event()
+
+    def flush_or_stop() -> None:
+        try:
+            flush_forever(the_relay)
+        finally:  # it returns only by raising: stop the relay rather than queue webhooks nobody hands off
+            broken.set()
+            _thread.interrupt_main()
+
+    threading.Thread(target=flush_or_stop, daemon=True, name="relay-flush").start()
     err.print(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
     uvicorn.run(create_app(the_relay), host=host, port=port, log_level="warning")
+    if broken.is_set():
+        err.print("[red]The relay's hand-off loop failed (see the traceback above); stopped.[/red]")
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()

@@ -14,15 +14,13 @@ from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.sync import _run_id, _run_record, apply_plan, open_ledger, resolve_rules
+from flows.sync import _run_id, _run_record, apply_plan, failed_message, finish, open_ledger, resolve_rules
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.errors import ChangesFailed, GuardRefused
 from tasks.guards import REMOVING
 from tasks.mailman import FAILED
 from tasks.novi import members_frame
@@ -67,7 +65,6 @@ def sync_member(
     bad = [m for m in ids if not GUID.fullmatch(m)]
     if bad or not ids or len(ids) > MAX_MEMBERS:
         raise ValueError(f"member_ids must be 1 to {MAX_MEMBERS} Novi UniqueIDs ({len(bad)} are not)")
-    log = get_run_logger()
     rules = resolve_rules(rules_path, list_id)
     ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]
@@ -94,7 +91,7 @@ def sync_member(
         failed = int((outcomes["outcome"] == FAILED).sum())
         state = "refused" if too_many else "failed" if failed else "completed"
         message = (" ".join(too_many) if too_many
-                   else f"{failed} of {len(outcomes)} changes failed; rerun to retry them" if failed
+                   else failed_message(failed, len(outcomes)) if failed
                    else f"{len(outcomes)} changes for {len(ids) - len(missing)} members"
                    + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         if not dry_run:
@@ -111,14 +108,7 @@ def sync_member(
         "http_calls": dict(sorted({**novi.http.calls, **mailman.http.calls}.items())),
     }
     create_markdown_artifact(_markdown(summary, outcomes), key=SUMMARY_KEY, description=message[:200])
-    if too_many:
-        raise GuardRefused(message, summary)
-    if failed:
-        raise ChangesFailed(message, summary)
-    log.info(message)
-    if not len(outcomes):
-        return Completed(message=message, name="Skipped", data=summary)
-    return summary
+    return finish(summary, message, refused=bool(too_many), failed=failed, total=len(outcomes))
 
 
 def _markdown(summary: dict, outcomes: pd.DataFrame) -> str:

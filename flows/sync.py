@@ -249,7 +249,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
     if refusal:
         state, message = "refused", refusal
     elif failed:
-        state, message = "failed", f"{failed} of {total} changes failed; rerun to retry them"
+        state, message = "failed", failed_message(failed, total)
     elif total == 0:
         state, message = "completed", "No changes: every list is already in step with Novi"
     else:
@@ -282,11 +282,24 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
     summary["http_calls"] = dict(sorted(calls().items()))
     summary["flow_run_id"] = _run_id()
 
-    if refusal:
-        raise GuardRefused(refusal, summary)
+    return finish(summary, message, refused=bool(refusal), failed=failed, total=total)
+
+
+def failed_message(failed: int, total: int) -> str:
+    return f"{failed} of {total} changes failed; rerun to retry them"
+
+
+def finish(summary: dict, message: str, *, refused: bool, failed: int, total: int):
+    """A run's final state from its outcome: the truth the UI shows (see README "Final state").
+
+    Refused or failed runs raise with the summary attached (the CLI prints it); a run with
+    nothing to do is a Completed state named Skipped; otherwise the summary is returned.
+    """
+    if refused:
+        raise GuardRefused(message, summary)
     if failed:
         raise ChangesFailed(message, summary)
     if total == 0:
         return Completed(message=message, name="Skipped", data=summary)
-    log.info(message)
+    get_run_logger().info(message)
     return summary

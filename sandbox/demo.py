@@ -32,10 +32,7 @@ HAND_ADDED = {"office@example.org": "Association Office", "partner@example.net":
 
 def environment() -> dict[str, str]:
     """What every demo command runs with: its own Prefect home, ledger and reports."""
-    return {**os.environ,
-            "PREFECT_HOME": str(STATE / "prefect"),
-            "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+    return {**os.environ, **servers.prefect_environment(STATE, PREFECT_PORT),
             "NOVI_MAILMAN_LEDGER": str(STATE / "ledger.sqlite"),
             "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
             "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS,
@@ -62,16 +59,10 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return result
 
 
-def _prefect_server() -> None:
-    servers.start("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                              str(PREFECT_PORT)], f"http://127.0.0.1:{PREFECT_PORT}/api/health", STATE, environment(),
-                  timeout=120)
-
-
 def up() -> MailmanCore:
     STATE.mkdir(exist_ok=True)
     say("Starting a Prefect server, the Novi sandbox and a real Mailman core on 127.0.0.1")
-    _prefect_server()
+    servers.start_prefect(PREFECT_PORT, STATE, environment())
     servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
                   f"{NOVI_URL}/_sandbox/state", STATE, environment(),
                   headers={"Authorization": f"Basic {DEFAULT_KEY}"})
@@ -150,7 +141,7 @@ def down() -> None:
 
 def ui() -> None:
     STATE.mkdir(exist_ok=True)
-    _prefect_server()
+    servers.start_prefect(PREFECT_PORT, STATE, environment())
     print(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (make down stops it)")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import requests
 
-from tasks.host import process_alive
+from tasks.host import process_alive, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = Path(__file__).with_name("mailman-requirements.txt")
@@ -179,12 +179,12 @@ class MailmanCore:
         master = self.master_pid()
         if master and self.config.exists():
             self._mailman("stop", log=self.home / "stop.log")
-            _wait_gone(master, 30)
+            wait_gone(master, 30)
         for name in ("var/master.pid", "smtp.pid"):
             pid = self._pid(name)
             if pid:
                 os.kill(pid, signal.SIGTERM)
-                _wait_gone(pid, 10)
+                wait_gone(pid, 10)
             (self.home / name).unlink(missing_ok=True)
 
     # what Mailman sent --------------------------------------------------------------------
@@ -198,14 +198,6 @@ class MailmanCore:
             box = mailbox.Maildir(str(self.maildir), create=False)
             for key in list(box.keys()):
                 box.remove(key)
-
-
-def _wait_gone(pid: int, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process_alive(pid):
-        time.sleep(0.2)
-    if process_alive(pid):
-        os.kill(pid, signal.SIGKILL)
 
 
 class MailmanAdmin:

@@ -5,15 +5,28 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import requests
 
-from sandbox.mailman import _wait_gone
-from tasks.host import process_alive
+from tasks.host import process_alive, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def prefect_environment(state: Path, port: int) -> dict[str, str]:
+    """A Prefect of its own: its home in `state`, its server on 127.0.0.1:`port`, no telemetry."""
+    return {"PREFECT_HOME": str(state / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def start_prefect(port: int, state: Path, env: dict[str, str], timeout: float = 180) -> None:
+    """`prefect server start` on 127.0.0.1:`port`, recorded as "prefect" in `state`."""
+    start("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+          f"http://127.0.0.1:{port}/api/health", state, env, timeout=timeout)
 
 
 def answers(url: str, **kwargs) -> bool:
@@ -57,6 +70,6 @@ def stop(name: str, state: Path) -> None:
         pid = int(pid_file.read_text())
         if process_alive(pid):
             os.killpg(pid, signal.SIGTERM)
-            _wait_gone(pid, 20)
+            wait_gone(pid, 20)
         pid_file.unlink()
         print(f"{name}: stopped")

@@ -196,7 +196,11 @@ def flush_forever(relay: Relay, every: float = 1.0, stop: threading.Event | None
     """The relay's background loop: hand off due members every `every` seconds."""
     stop = stop or threading.Event()
     while not stop.wait(every):
+        failures = relay.counts["handoff_failures"]
         try:
             relay.flush()
-        except Exception:  # already logged and requeued by flush; the loop must outlive Prefect's outages
-            continue
+        except Exception:
+            # A hand-off that failed was logged and its members requeued by `_hand_off`: the loop
+            # outlives Prefect's outages and tries again. Anything else is a bug: let it out.
+            if relay.counts["handoff_failures"] == failures:
+                raise

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.webhooks import MAX_BODY, TOKEN_HEADER, MemberQueue, Relay, create_app
+from tasks.webhooks import MAX_BODY, TOKEN_HEADER, MemberQueue, Relay, create_app, flush_forever
 
 TOKEN = "relay-token-0123456789abcdef"
 
@@ -158,3 +160,46 @@ def test_prefect_probe_asks_at_most_every_ttl(prefect_server):
     assert dead() is False
     clock.now += 5
     assert dead() is True
+
+
+
+def test_the_flush_loop_outlives_failed_hand_offs_but_not_a_bug(relay):
+    members = [str(uuid.uuid4()) for _ in range(2)]
+    for m in members:
+        relay.queue.add(m)
+    relay.queue._clock.now += 31
+
+    def down(batch):
+        raise ConnectionError("Prefect is down")
+
+    relay.handoff = down
+    stop = threading.Event()
+    loop = threading.Thread(target=flush_forever, args=(relay,), kwargs={"every": 0.01, "stop": stop})
+    loop.start()
+    deadline = time.monotonic() + 5
+    while relay.counts["handoff_failures"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    loop.join(5)
+    assert not loop.is_alive() and relay.counts["handoff_failures"] >= 3 and len(relay.queue) == 2
+
+    def bug():
+        raise RuntimeError("a bug, not an outage")
+
+    relay.queue.count_due = bug
+    relay.full_sync = relay.handed.append  # flush asks count_due only when a full sync is possible
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            flush_forever(relay, every=0.01, stop=stop2)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    stop2 = threading.Event()
+    loop = threading.Thread(target=run)
+    loop.start()
+    loop.join(2)
+    stop2.set()  # a loop that swallowed the bug would still be running: stop it, then fail below
+    loop.join(5)
+    assert [str(e) for e in raised] == ["a bug, not an outage"]
