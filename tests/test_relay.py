@@ -105,8 +105,9 @@ def test_a_new_event_restarts_the_members_window():
     assert queue.take_due() == [member]
 
 
-def test_a_failed_hand_off_keeps_the_members(relay):
-    members = [str(uuid.uuid4()) for _ in range(3)]
+def due_members_and_prefect_down(relay, n: int) -> list[str]:
+    """n members queued and quiet for a whole window; every hand-off fails."""
+    members = [str(uuid.uuid4()) for _ in range(n)]
     for m in members:
         relay.queue.add(m)
     relay.queue._clock.now += 31
@@ -115,6 +116,11 @@ def test_a_failed_hand_off_keeps_the_members(relay):
         raise ConnectionError("Prefect is down")
 
     relay.handoff = down
+    return members
+
+
+def test_a_failed_hand_off_keeps_the_members(relay):
+    members = due_members_and_prefect_down(relay, 3)
     with pytest.raises(ConnectionError):
         relay.flush()
     assert len(relay.queue) == 3 and relay.counts["handoff_failures"] == 1
@@ -164,15 +170,7 @@ def test_prefect_probe_asks_at_most_every_ttl(prefect_server):
 
 
 def test_the_flush_loop_outlives_failed_hand_offs_but_not_a_bug(relay):
-    members = [str(uuid.uuid4()) for _ in range(2)]
-    for m in members:
-        relay.queue.add(m)
-    relay.queue._clock.now += 31
-
-    def down(batch):
-        raise ConnectionError("Prefect is down")
-
-    relay.handoff = down
+    due_members_and_prefect_down(relay, 2)
     stop = threading.Event()
     loop = threading.Thread(target=flush_forever, args=(relay,), kwargs={"every": 0.01, "stop": stop})
     loop.start()
