@@ -72,7 +72,7 @@ def sync_member(
     mailman = MailmanCredentials.load(mailman_block).get_client()
     # Dry runs write nothing, so they take no lock; a real one waits for a running full sync.
     held = nullcontext() if dry_run else ledger.lock(list_ids, _run_id(), wait=timedelta(seconds=wait_for_lock_s))
-    with held:
+    with held as lease:
         found, missing = _records_for(novi, ids)
         members = members_frame(list(found.values()), list(rules.novi.address_fields))
         remembered = ledger.read(list_ids, novi_ids=list(members["novi_id"]),
@@ -87,7 +87,7 @@ def sync_member(
         if dry_run or too_many:
             outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
         else:
-            outcomes = apply_plan(mailman, the_plan, rules, batch_size=100, workers=2)
+            outcomes = apply_plan(mailman, the_plan, rules, batch_size=100, workers=2, lease=lease)
         failed = int((outcomes["outcome"] == FAILED).sum())
         state = "refused" if too_many else "failed" if failed else "completed"
         message = (" ".join(too_many) if too_many
@@ -95,8 +95,10 @@ def sync_member(
                    else f"{len(outcomes)} changes for {len(ids) - len(missing)} members"
                    + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         if not dry_run:
+            lease.check()
             ledger.record(_run_record(started_at, state, message, len(found), kind="member"), list_ids,
-                          settle(the_plan.memory, outcomes), outcomes, the_plan.figures, only_keys=keys)
+                          None if too_many else settle(the_plan.memory, outcomes), outcomes, the_plan.figures,
+                          only_keys=keys)
 
     summary = {
         "state": state, "message": message, "dry_run": dry_run, "members": ids, "not_found": missing,

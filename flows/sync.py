@@ -21,8 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks import guards, report
 from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials
 from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
-from tasks.ledger import Ledger, LedgerError, RunRecord
-from tasks.mailman import FAILED, MailmanClient, apply_batch, extract_roster
+from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
+from tasks.mailman import APPLIED, FAILED, MailmanClient, apply_batch, extract_roster
 from tasks.novi import extract_members
 from tasks.planner import Plan, plan, settle
 from tasks.rules import Rules, load_rules, single_list_rules
@@ -86,8 +86,12 @@ def batches(changes: pd.DataFrame, batch_size: int) -> list[tuple[str, pd.DataFr
     return out
 
 
-def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int) -> pd.DataFrame:
-    """Apply every change in batch tasks; each change's outcome, including whole batches that failed."""
+def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,
+               lease: Lease | None = None) -> pd.DataFrame:
+    """Apply every change in batch tasks; each change's outcome, including whole batches that failed.
+
+    Each batch checks the run's `lease` before it writes: a run whose lock was taken over
+    stops there (its remaining batches fail with `LockLost`)."""
     changes = the_plan.changes
     if changes.empty:
         return changes.assign(outcome=pd.Series(dtype="string"), detail=pd.Series(dtype="string"))
@@ -101,7 +105,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
         action, rows = item
         records = rows[["list_id", "email", "display_name", "member_id", "mail"]]
         records = records.astype(object).where(records.notna(), None).to_dict("records")
-        return apply_batch.submit(client, action, records)
+        return apply_batch.submit(client, action, records, lease)
 
     futures = bounded(submit, work, workers)
     done = []
@@ -137,9 +141,15 @@ def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict
 
 @task(name="record-ledger", cache_policy=NO_CACHE)
 def record_ledger(ledger: Ledger, run: RunRecord, list_ids: list[str], the_plan: Plan,
-                  outcomes: pd.DataFrame) -> None:
-    """Store the lists' next state (as the changes actually turned out), the changes and the run."""
-    ledger.record(run, list_ids, settle(the_plan.memory, outcomes), outcomes, the_plan.figures)
+                  outcomes: pd.DataFrame, lease: Lease | None) -> None:
+    """Store the lists' next state (as the changes actually turned out), the changes and the run.
+
+    A refused run stores its row and the refused changes, but leaves what the ledger remembers
+    of the lists as it was: the plan was judged untrustworthy, so is what it would remember."""
+    if lease is not None:
+        lease.check()
+    state = None if run.state == "refused" else settle(the_plan.memory, outcomes)
+    ledger.record(run, list_ids, state, outcomes, the_plan.figures)
 
 
 @contextmanager
@@ -194,10 +204,11 @@ def sync_lists(
     ledger = open_ledger(ledger_block, create=not dry_run)
     list_ids = [rule.list_id for rule in rules.lists]
     phases: dict[str, float] = {}
+    lease = None
     with ExitStack() as held:
         try:
             if not dry_run:  # dry runs write nothing, so they need no lock
-                held.enter_context(ledger.lock(list_ids, _run_id()))
+                lease = held.enter_context(ledger.lock(list_ids, _run_id()))
             novi = NoviCredentials.load(novi_block).get_client()
             mailman = MailmanCredentials.load(mailman_block).get_client()
             with timed(phases, "extract_members"):
@@ -216,13 +227,13 @@ def sync_lists(
             if not dry_run:  # a run that could not even plan is still part of the history
                 ledger.record_failure(_run_record(started_at, "failed", str(exc), None))
             raise
-        return _reconcile(mailman, ledger, rules, members, rosters, remembered, last_figures, started, started_at,
-                          dry_run=dry_run, override_guards=override_guards, batch_size=batch_size,
+        return _reconcile(mailman, ledger, lease, rules, members, rosters, remembered, last_figures, started,
+                          started_at, dry_run=dry_run, override_guards=override_guards, batch_size=batch_size,
                           workers=workers, reports_dir=reports_dir, table_rows=table_rows, phases=phases,
                           calls=lambda: {**novi.http.calls, **mailman.http.calls})
 
 
-def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd.DataFrame,
+def _reconcile(mailman: MailmanClient, ledger: Ledger, lease: Lease | None, rules: Rules, members: pd.DataFrame,
                rosters: dict[str, pd.DataFrame], remembered: pd.DataFrame, last_figures: dict[str, dict], started: float,
                started_at: datetime, *, dry_run: bool, override_guards: bool, batch_size: int, workers: int,
                reports_dir: str | None, table_rows: int, phases: dict[str, float], calls):
@@ -242,7 +253,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
         outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
     else:
         with timed(phases, "apply"):
-            outcomes = apply_plan(mailman, the_plan, rules, batch_size, workers)
+            outcomes = apply_plan(mailman, the_plan, rules, batch_size, workers, lease)
 
     failed = int((outcomes["outcome"] == FAILED).sum())
     total = len(outcomes)
@@ -256,15 +267,16 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
         verb = "would be made (dry run)" if dry_run else "applied"
         state, message = "completed", f"{total} changes {verb}"
 
+    unrecorded: SyncError | None = None
     if not dry_run:
         try:
             with timed(phases, "record_ledger"):
                 record_ledger(ledger, _run_record(started_at, state, message, len(members)), list_ids, the_plan,
-                              outcomes)
-        except LedgerError as exc:
-            # Mailman already holds the changes; the next run adopts them, never writes twice.
-            raise LedgerError(f"{message}, but the ledger was not updated ({exc}); the next run will "
-                              "adopt what was applied") from None
+                              outcomes, lease)
+        except (LedgerError, LockLost) as exc:
+            # The report is still published: it is then the only record of what was applied.
+            unrecorded = type(exc)(unrecorded_message(outcomes, message, exc))
+            state, message = "failed", str(unrecorded)
 
     with timed(phases, "report"):
         reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
@@ -282,7 +294,20 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, rules: Rules, members: pd
     summary["http_calls"] = dict(sorted(calls().items()))
     summary["flow_run_id"] = _run_id()
 
+    if unrecorded is not None:
+        unrecorded.summary = summary
+        raise unrecorded
     return finish(summary, message, refused=bool(refusal), failed=failed, total=total)
+
+
+def unrecorded_message(outcomes: pd.DataFrame, message: str, error: Exception) -> str:
+    """What to say when the ledger could not store a run: whether Mailman was changed decides."""
+    applied = int((outcomes["outcome"] == APPLIED).sum())
+    if applied:
+        # Mailman already holds the changes; the next run adopts them, never writes them twice.
+        return (f"{applied} changes were applied to Mailman, but the ledger could not record them ({error}); "
+                "the next run adopts what was applied. The run's report below is the record of it")
+    return f"{message.rstrip('.')}. The ledger could not record this run ({error})"
 
 
 def failed_message(failed: int, total: int) -> str:

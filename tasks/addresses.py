@@ -47,6 +47,9 @@ def refusal(address: pd.Series) -> pd.Series:
         (filled.str.count("@") != 1, "not exactly one @ in the address"),
         (filled.str.endswith("."), "address ends with a dot"),
         (~filled.str.contains(r"@[^@]*\.", regex=True), "domain without a dot"),
+        # Mailman accepts it, but its member search reads `*` as a wildcard over every address
+        # and name: such a record is almost surely a typo, and other tools would misread it.
+        (filled.str.contains("*", regex=False), "a * in the address (a wildcard to Mailman's search)"),
         (~filled.str.fullmatch(_VALID), "characters or form Mailman refuses"),
     ]
     reason = np.select([c.to_numpy(dtype=bool) for c, _ in checks], [r for _, r in checks],

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,7 +85,11 @@ changes_table = Table(
 
 runs_table = Table(
     "runs", metadata,
+    # One row per attempt: the UI's Retry runs a flow run again under the same flow-run id, so
+    # the key is that id for the first attempt and `<id>.<n>` for attempt n (see `_attempt_key`).
     Column("run_id", String(64), primary_key=True),
+    Column("flow_run_id", String(64)),
+    Column("attempt", Integer),
     Column("run_name", String(128)),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=False),
@@ -115,6 +120,7 @@ locks_table = Table(
     Column("holder", String(255), nullable=False),   # host:pid
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("lease", String(32)),                     # this hold's own token: renewals and release use it
 )
 
 STALE_AFTER = timedelta(minutes=10)  # a lock whose holder stopped renewing it this long ago is dead
@@ -126,6 +132,24 @@ class LedgerError(SyncError):
 
 class ListBusy(SyncError):
     """Another run holds the lock of a list: two runs never write to one list at once."""
+
+
+class LockLost(SyncError):
+    """This run's hold on its lists was taken over, or could not be renewed: it must not write again."""
+
+
+class Lease:
+    """A run's hold on its lists, as the heartbeat last found it; `check()` before every write."""
+
+    def __init__(self, list_ids: Sequence[str], token: str) -> None:
+        self.list_ids = list(list_ids)
+        self.token = token
+        self.lost: str | None = None
+
+    def check(self) -> None:
+        """Raise `LockLost` once the hold may belong to another run."""
+        if self.lost:
+            raise LockLost(self.lost)
 
 
 @dataclass(frozen=True)
@@ -224,18 +248,17 @@ class Ledger:
                 frame[column] = frame[column].astype("string")
         return frame
 
-    def record(self, run: RunRecord, list_ids: Sequence[str], state: pd.DataFrame, changes: pd.DataFrame,
+    def record(self, run: RunRecord, list_ids: Sequence[str], state: pd.DataFrame | None, changes: pd.DataFrame,
                figures: pd.DataFrame, only_keys: Sequence[str] | None = None) -> None:
         """Store a run in one transaction: the lists' next state, its changes, its figures.
 
         A full run replaces the lists' rows. A member run (`only_keys`) replaces only the rows of
-        the addresses it looked at, and leaves no list figures: they would not be whole."""
+        the addresses it looked at, and leaves no list figures: they would not be whole. With
+        `state=None` (a refused run) the lists' rows stay as they were. A retry of a flow run
+        is stored as one more attempt of it, never over the first."""
         at = pd.Timestamp(run.ended_at)
-        change_rows = changes.assign(run_id=run.run_id, at=at, match_key=changes["email"].str.casefold())
-        change_rows = change_rows[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action", "outcome",
-                                   "reason", "detail"]]
         failed = changes.loc[changes["outcome"] == "failed"]
-        per_list = [{"run_id": run.run_id, "list_id": f["list_id"], "eligible": int(f["eligible"]),
+        per_list = [{"list_id": f["list_id"], "eligible": int(f["eligible"]),
                      "roster": int(f["roster"]), "managed": int(f["managed"]),
                      "changes": int((changes["list_id"] == f["list_id"]).sum()),
                      "failed": int((failed["list_id"] == f["list_id"]).sum())}
@@ -244,35 +267,35 @@ class Ledger:
         if only_keys is not None:
             scope &= addresses_table.c.match_key.in_(list(only_keys))
         with self._begin() as conn:
-            conn.execute(delete(addresses_table).where(scope))
-            if not state.empty:
-                conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=run.run_id)))
+            key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
+            if state is not None:  # a refused run leaves the memory as it was
+                conn.execute(delete(addresses_table).where(scope))
+                if not state.empty:
+                    conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=key)))
+            change_rows = changes.assign(run_id=key, at=at, match_key=changes["email"].str.casefold())
+            change_rows = change_rows[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action",
+                                       "outcome", "reason", "detail"]]
             if not change_rows.empty:
                 conn.execute(changes_table.insert(), _records(change_rows))
-            conn.execute(runs_table.insert(), [{
-                "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
-                "ended_at": run.ended_at, "kind": run.kind, "state": run.state, "message": run.message[:2000],
-                "novi_members": run.novi_members, "changes": len(changes), "failed": len(failed)}])
             if per_list:
-                conn.execute(run_lists_table.insert(), per_list)
+                conn.execute(run_lists_table.insert(), [{"run_id": key, **row} for row in per_list])
 
     def record_failure(self, run: RunRecord) -> None:
         """A run that ended before it could plan (a failed read, bad rules): only its row."""
         with self._begin() as conn:
-            conn.execute(runs_table.insert(), [{
-                "run_id": run.run_id, "run_name": run.run_name, "started_at": run.started_at,
-                "ended_at": run.ended_at, "kind": run.kind, "state": run.state, "message": run.message[:2000],
-                "novi_members": run.novi_members, "changes": 0, "failed": 0}])
+            _insert_run(conn, run, changes=0, failed=0)
 
     def history(self, address: str) -> pd.DataFrame:
         """Every change recorded for an address, across lists and runs, newest first."""
         key = address.strip().casefold()
-        columns = ["at", "list_id", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name"]
+        columns = ["at", "list_id", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name",
+                   "attempt"]
         if not self.exists:
             return pd.DataFrame(columns=columns)
         query = (select(changes_table.c.at, changes_table.c.list_id, changes_table.c.action,
                         changes_table.c.outcome, changes_table.c.reason, changes_table.c.detail,
-                        changes_table.c.novi_id, changes_table.c.run_id, runs_table.c.run_name)
+                        changes_table.c.novi_id, changes_table.c.run_id, runs_table.c.run_name,
+                        runs_table.c.attempt)
                  .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
                  .where(changes_table.c.match_key == key)
                  .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
@@ -326,65 +349,95 @@ class Ledger:
 
     @contextmanager
     def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER,
-             wait: timedelta = timedelta(0)) -> Iterator[None]:
-        """Hold the lists for one run, renewing the hold while the run lasts.
+             wait: timedelta = timedelta(0)) -> Iterator[Lease]:
+        """Hold the lists for one run, renewing the hold while the run lasts; yields its `Lease`.
 
         A lock is taken over when its holder is a dead process on this host, or has not renewed
         it for `stale_after` (a worker that died elsewhere); otherwise, after trying for `wait`
-        (a member run waits for the full sync), `ListBusy`.
+        (a member run waits for the full sync), `ListBusy`. A renewal that finds the hold gone,
+        or that has failed for half of `stale_after`, marks the lease lost: the run's next
+        `lease.check()` raises `LockLost`, before it writes again.
         """
         holder = f"{socket.gethostname()}:{os.getpid()}"
+        lease = Lease(list_ids, uuid.uuid4().hex)
         give_up = time.monotonic() + wait.total_seconds()
         while True:
             try:
-                self._acquire(list(list_ids), run_id, holder, stale_after)
+                self._acquire(lease, run_id, holder, stale_after)
                 break
             except ListBusy:
                 if time.monotonic() >= give_up:
                     raise
                 time.sleep(min(5.0, max(0.1, give_up - time.monotonic())))
         stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(run_id, stop, stale_after / 4), daemon=True,
+        beat = threading.Thread(target=self._heartbeat, args=(lease, stop, stale_after), daemon=True,
                                 name="novi-mailman-lock")
         beat.start()
         try:
-            yield
+            yield lease
         finally:
             stop.set()
             beat.join(timeout=10)
             with self._begin() as conn:
-                conn.execute(delete(locks_table).where(locks_table.c.run_id == run_id))
+                conn.execute(delete(locks_table).where(locks_table.c.lease == lease.token))
 
-    def _acquire(self, list_ids: list[str], run_id: str, holder: str, stale_after: timedelta) -> None:
+    def _acquire(self, lease: Lease, run_id: str, holder: str, stale_after: timedelta) -> None:
         now = datetime.now(timezone.utc)
+        mine = {"run_id": run_id, "holder": holder, "acquired_at": now, "heartbeat_at": now, "lease": lease.token}
         try:
             with self._begin() as conn:
-                held = conn.execute(select(locks_table).where(locks_table.c.list_id.in_(list_ids))).mappings().all()
-                for row in held:
+                held = {row["list_id"]: row for row in conn.execute(
+                    select(locks_table).where(locks_table.c.list_id.in_(lease.list_ids))).mappings().all()}
+                for list_id in lease.list_ids:
+                    row = held.get(list_id)
+                    if row is None:
+                        # Two runs inserting the same lock at once: the loser sees the key taken.
+                        conn.execute(locks_table.insert(), [{"list_id": list_id, **mine}])
+                        continue
                     if not _lock_is_dead(row, now, stale_after):
                         raise ListBusy(
-                            f"{row['list_id']} is being synced by another run (run {row['run_id']} on "
+                            f"{list_id} is being synced by another run (run {row['run_id']} on "
                             f"{row['holder'].split(':')[0]}, since {row['acquired_at']:%Y-%m-%d %H:%M} UTC); this run "
                             f"wrote nothing. If that run died, its lock lapses {stale_after.seconds // 60} minutes "
-                            f"after its last heartbeat, or release it: novi-mailman unlock {row['list_id']}")
-                    conn.execute(delete(locks_table).where(locks_table.c.list_id == row["list_id"]))
-                conn.execute(locks_table.insert(), [{"list_id": list_id, "run_id": run_id, "holder": holder,
-                                                     "acquired_at": now, "heartbeat_at": now} for list_id in list_ids])
+                            f"after its last heartbeat, or release it: novi-mailman unlock {list_id}")
+                    # Take over only the very hold we judged dead (compare and swap): another run
+                    # that took it over a moment ago has changed its holder and heartbeat.
+                    taken = conn.execute(update(locks_table).where(
+                        (locks_table.c.list_id == list_id) & (locks_table.c.run_id == row["run_id"])
+                        & (locks_table.c.holder == row["holder"])
+                        & (locks_table.c.heartbeat_at == row["heartbeat_at"])).values(**mine))
+                    if taken.rowcount != 1:
+                        raise _TakenMeanwhile(list_id)
+        except _TakenMeanwhile as exc:
+            raise ListBusy(f"another run took over the lock of {exc} at the same moment; this run wrote "
+                           "nothing") from None
         except LedgerError as exc:
-            # Two runs inserting the same lock at once: the loser sees the primary key taken.
-            if "IntegrityError" in str(exc):
-                raise ListBusy(f"another run took the lock of {', '.join(list_ids)} at the same moment; "
+            if "IntegrityError" in str(exc) or "OperationalError" in str(exc):
+                raise ListBusy(f"another run took the lock of {', '.join(lease.list_ids)} at the same moment; "
                                "this run wrote nothing") from None
             raise
 
-    def _heartbeat(self, run_id: str, stop: threading.Event, every: timedelta) -> None:
-        while not stop.wait(every.total_seconds()):
+    def _heartbeat(self, lease: Lease, stop: threading.Event, stale_after: timedelta) -> None:
+        last_beat = time.monotonic()
+        while not stop.wait(stale_after.total_seconds() / 4):
             try:
                 with self._begin() as conn:
-                    conn.execute(update(locks_table).where(locks_table.c.run_id == run_id)
-                                 .values(heartbeat_at=datetime.now(timezone.utc)))
+                    renewed = conn.execute(update(locks_table).where(locks_table.c.lease == lease.token)
+                                           .values(heartbeat_at=datetime.now(timezone.utc))).rowcount
             except LedgerError:
-                continue  # a missed beat only shortens the lock's life; the next one may pass
+                # A missed beat shortens the lock's life; once half of it is gone, another run may
+                # soon judge it dead, so this one stops writing.
+                if time.monotonic() - last_beat > stale_after.total_seconds() / 2:
+                    lease.lost = (f"the lock on {', '.join(lease.list_ids)} could not be renewed for "
+                                  f"{int(time.monotonic() - last_beat)} s (the ledger is unavailable); this run "
+                                  "stopped before its next write so that no two runs write one list")
+                    return
+                continue
+            if renewed != len(lease.list_ids):
+                lease.lost = (f"the lock on {', '.join(lease.list_ids)} was taken over by another run; this run "
+                              "stopped before its next write so that no two runs write one list")
+                return
+            last_beat = time.monotonic()
 
     def unlock(self, list_id: str) -> int:
         """Release a list's lock by hand (its run died elsewhere); how many locks were released."""
@@ -425,12 +478,43 @@ class _Guarded:
         return suppressed
 
 
+class _TakenMeanwhile(Exception):
+    """Inside `_acquire`'s transaction: a stale lock changed hands between reading and taking it."""
+
+
+def _attempt_key(conn, run_id: str) -> tuple[str, int]:
+    """The key and number of this run's attempt: the UI's Retry keeps the flow-run id."""
+    earlier = conn.execute(select(runs_table.c.run_id).where(
+        (runs_table.c.flow_run_id == run_id) | (runs_table.c.run_id == run_id))).all()
+    attempt = len(earlier) + 1
+    return (run_id if attempt == 1 else f"{run_id}.{attempt}"), attempt
+
+
+def _insert_run(conn, run: RunRecord, *, changes: int, failed: int) -> str:
+    """Add a run's row (as its next attempt); the key its changes and figures are stored under."""
+    key, attempt = _attempt_key(conn, run.run_id)
+    conn.execute(runs_table.insert(), [{
+        "run_id": key, "flow_run_id": run.run_id, "attempt": attempt, "run_name": run.run_name,
+        "started_at": run.started_at, "ended_at": run.ended_at, "kind": run.kind, "state": run.state,
+        "message": run.message[:2000], "novi_members": run.novi_members, "changes": changes, "failed": failed}])
+    return key
+
+
+# Columns added since a ledger was first created (create_all adds tables, not columns).
+_ADDED_COLUMNS = {
+    runs_table.name: {"kind": "VARCHAR(16) NOT NULL DEFAULT 'full'", "flow_run_id": "VARCHAR(64)",
+                      "attempt": "INTEGER"},
+    locks_table.name: {"lease": "VARCHAR(32)"},
+}
+
+
 def _upgrade(engine: Engine) -> None:
-    """Columns added since a ledger was first created (create_all adds tables, not columns)."""
-    present = {c["name"] for c in inspect(engine).get_columns(runs_table.name)}
-    if "kind" not in present:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("ALTER TABLE runs ADD COLUMN kind VARCHAR(16) NOT NULL DEFAULT 'full'")
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspect(engine).get_columns(table)}
+        for name, ddl in columns.items():
+            if name not in present:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
 
 
 def _lock_is_dead(row, now: datetime, stale_after: timedelta) -> bool:

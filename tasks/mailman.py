@@ -108,20 +108,29 @@ class MailmanClient:
         }, columns=ROSTER_COLUMNS)
 
     def membership(self, list_id: str, emails: Iterable[str]) -> pd.DataFrame:
-        """The roster rows of just these addresses (a one-member sync reads no whole roster)."""
+        """The roster rows of exactly these addresses (a one-member sync reads no whole roster).
+
+        Each address is read as the list's `member/{address}` resource: an exact lookup.
+        `members/find?subscriber=` is not: Mailman reads `*` there as a wildcard over addresses
+        and display names, so `*@example.org` would return the whole domain. An answer for any
+        other address than the one asked is refused, never planned from.
+        """
         list_id = dot_list_id(list_id)
         rows = []
         for email in sorted({e.lower() for e in emails}):
-            body = json_body(self.http.request("GET", "members/find", kind="member_lookup", params={
-                "list_id": list_id, "subscriber": email, "role": "member"}), "members/find")
-            if not isinstance(body, dict) or not isinstance(body.get("entries", []), list):
-                raise UnexpectedResponse("Mailman members/find: the answer has no entries list")
-            for entry in body.get("entries", []):
-                prefs = json_body(self.http.request("GET", f"members/{quote(str(entry['member_id']), safe='')}/preferences",
-                                                    kind="member_lookup"), "preferences")
-                rows.append({"email": str(entry["email"]).lower(), "display_name": entry.get("display_name") or "",
-                             "member_id": str(entry["member_id"]),
-                             "held": isinstance(prefs, dict) and prefs.get("delivery_status") == "by_moderator"})
+            response = self.http.request("GET", f"lists/{list_id}/member/{quote(email, safe='')}",
+                                         kind="member_lookup", accept=(404,))
+            if response.status_code == 404:
+                continue  # not a member of this list
+            entry = json_body(response, "list member")
+            if not isinstance(entry, dict) or not isinstance(entry.get("email"), str) \
+                    or entry["email"].lower() != email or not entry.get("member_id"):
+                raise UnexpectedResponse(f"Mailman lists/{list_id}/member: the answer is not the member asked for")
+            prefs = json_body(self.http.request("GET", f"members/{quote(str(entry['member_id']), safe='')}/preferences",
+                                                kind="member_lookup"), "preferences")
+            rows.append({"email": email, "display_name": entry.get("display_name") or "",
+                         "member_id": str(entry["member_id"]),
+                         "held": isinstance(prefs, dict) and prefs.get("delivery_status") == "by_moderator"})
         email = pd.Series([r["email"] for r in rows], dtype="string")
         return pd.DataFrame({
             "list_id": pd.Series([list_id] * len(rows), dtype="string"), "email": email,
@@ -256,6 +265,10 @@ def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -
 
 @task(name="apply-batch", retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def apply_batch(client: MailmanClient, action: str, changes: list[dict]) -> list[dict]:
-    """One Prefect task per batch of changes (never per member): see `apply_changes`."""
+def apply_batch(client: MailmanClient, action: str, changes: list[dict], lease=None) -> list[dict]:
+    """One Prefect task per batch of changes (never per member): see `apply_changes`.
+
+    `lease` (the run's hold on its lists, tasks.ledger.Lease) is checked first, on every attempt."""
+    if lease is not None:
+        lease.check()
     return apply_changes(client, action, changes)

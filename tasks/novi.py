@@ -140,7 +140,9 @@ class NoviClient:
 _TYPED_FIELDS: list[tuple[str, tuple[type, ...], bool, str]] = [
     # field, accepted types, whether it must be present, what it should be
     ("Active", (bool,), True, "true/false"),
-    ("MemberStatus", (str, type(None)), True, "text"),
+    # A null or blank status is a record we cannot read, not a lapse: treated as "status
+    # missing" it made members look ineligible and be removed.
+    ("MemberStatus", (str,), True, "text"),
     ("CustomerType", (str, type(None)), True, "text"),
     ("UnsubscribeFromEmails", (bool, type(None)), False, "true/false"),
     ("Groups", (list, type(None)), False, "a list"),
@@ -153,6 +155,9 @@ def _field_problem(record: dict, address_fields: Sequence[str]) -> str | None:
         if field not in record:
             if required:
                 return f"{field} is missing"
+        elif required and (record[field] is None or (isinstance(record[field], str) and not record[field].strip())):
+            if type(None) not in types:
+                return f"{field} is empty"
         elif not isinstance(record[field], types) or (bool not in types and isinstance(record[field], bool)):
             return f"{field} is not {should_be}"
     for field in address_fields:

@@ -62,6 +62,7 @@ class FakeMailman:
         base = re.escape(MAILMAN_REST) + "/3.1"
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
         mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
+        mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/member/([^/?]+)$"), callback=self._member)
         mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._get_preferences)
         mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
         mock.add_callback("DELETE", re.compile(rf"{base}/lists/([^/]+)/roster/member$"), callback=self._mass_unsubscribe)
@@ -88,14 +89,19 @@ class FakeMailman:
                    for e, m in sorted(members.items())]
         return self._page(entries, request)
 
+    def _member(self, request):
+        _, _, _, list_id, _, quoted = urlsplit(request.url).path.split("/")
+        email = unquote(quoted).lower()
+        member = self.rosters.get(list_id, {}).get(email)
+        if member is None:
+            return self._json(404, {"title": "404 Not Found"})
+        return self._json(200, {"email": email, "member_id": member["member_id"], "list_id": list_id,
+                                "display_name": member["display_name"], "role": "member"})
+
     def _find(self, request):
         query = parse_qs(urlsplit(request.url).query)
+        assert "subscriber" not in query, "members/find?subscriber= is a wildcard search: never for one address"
         members = self.rosters[query["list_id"][0]]
-        if "subscriber" in query:  # one address: no paging, like Mailman
-            email = query["subscriber"][0].lower()
-            entries = [{"member_id": members[email]["member_id"], "email": email,
-                        "display_name": members[email]["display_name"]}] if email in members else []
-            return self._json(200, {"start": 0, "total_size": len(entries), **({"entries": entries} if entries else {})})
         entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(members.items()) if m["held"]]
         return self._page(entries, request)
 

@@ -25,6 +25,8 @@ CASES = [
      "not exactly one @ in the address"),
     ("a\r\nBcc: b@example.org", "a\r\nBcc:+b@example.org", "a\r\nbcc:+b@example.org",
      "control characters in the address"),
+    ("*@example.org", "*@example.org", "*@example.org", "a * in the address (a wildcard to Mailman's search)"),
+    ("a%b?c@example.org", "a%b?c@example.org", "a%b?c@example.org", None),
     ("x@exa..mple.org", "x@exa..mple.org", "x@exa..mple.org", "characters or form Mailman refuses"),
     ("a" * 250 + "@example.org", "a" * 250 + "@example.org", "a" * 250 + "@example.org",
      "address longer than 254 characters"),

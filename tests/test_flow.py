@@ -238,8 +238,14 @@ def test_failed_ledger_write_fails_the_run_and_the_next_run_adopts_without_writi
     with monkeypatch.context() as patched:
         patched.setattr(Ledger, "record", refuse)
         state, _ = run(novi, mailman, tmp_path)
-    assert state.is_failed() and "ledger was not updated" in state.message
+    assert state.is_failed() and "1 changes were applied to Mailman, but the ledger could not record" in state.message
     assert set(mailman.names(LIST)) == {"a@example.org"}  # Mailman holds the change
+    # The report is then the only record of what was applied: it is published all the same.
+    from prefect.artifacts import Artifact
+
+    from tasks.report import SUMMARY_KEY
+    assert "the ledger could not record them" in Artifact.get(SUMMARY_KEY).data
+    assert state.result(raise_on_failure=False).summary["state"] == "failed"
     again, calls = run(novi, mailman, tmp_path)
     assert again.is_completed() and writes(calls) == []
     assert Ledger().read([LIST]).iloc[0]["how"] == "adopted"

@@ -199,8 +199,11 @@ NORMALISE = [
     ("Groups not a list", novi_record("a", "a@example.org", Groups="Board"), {"quarantine": "Groups is not a list"}),
     ("MemberType number", novi_record("a", "a@example.org", MemberType=7), {"quarantine": "MemberType is not an object"}),
     ("Email not text", novi_record("a", 42), {"quarantine": "Email is not text"}),
-    ("null status is no member, not bad data", novi_record("a", "a@example.org", MemberStatus=None),
-     {"status": "", "quarantine": None}),
+    # Novi promises a status on every record: a null one is unreadable, never a lapse (a removal).
+    ("null MemberStatus", novi_record("a", "a@example.org", MemberStatus=None),
+     {"quarantine": "MemberStatus is empty"}),
+    ("blank MemberStatus", novi_record("a", "a@example.org", MemberStatus="  "),
+     {"quarantine": "MemberStatus is empty"}),
     ("control characters and length in names", novi_record("a", "a@example.org", first="Ann\r\nBcc: x", last="L" * 300),
      {"display_name": ("Ann Bcc: x " + "L" * 300)[:200]}),
     ("CR/LF in an address", novi_record("a", "a@example.org\r\nBcc: b@example.org"),
