@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.sync import _run_id, _run_record, apply_plan, failed_message, finish, open_ledger, resolve_rules
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.guards import REMOVING
+from tasks.guards import REMOVING, roster_collapse
 from tasks.mailman import FAILED
 from tasks.novi import members_frame
 from tasks.planner import plan, settle
@@ -84,6 +84,7 @@ def sync_member(
         too_many = [f"{rule.list_id}: {n} removals for {len(ids)} members" for rule in rules.lists
                     if (n := int(((the_plan.changes["list_id"] == rule.list_id)
                                   & the_plan.changes["action"].isin(REMOVING)).sum())) > rule.max_removals]
+        too_many += roster_collapse(the_plan, rules)
         if dry_run or too_many:
             outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
         else:

@@ -39,11 +39,34 @@ def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None) -> list
         elif managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share:
             found.append(f"{list_id}: {removals:,} removals planned, {removals / managed:.0%} of its {managed:,} "
                          f"managed members, more than max_removal_share = {rule.max_removal_share:.0%}.")
+        found += roster_collapse(plan, rules, only=list_id)
         before = previous.get(list_id, {}).get("eligible")
         if before and eligible < before * (1 - rule.max_eligible_drop):
             found.append(f"{list_id}: {eligible:,} members are eligible, down from {before:,} at the last completed "
                          f"run ({1 - eligible / before:.0%} fewer; max_eligible_drop = {rule.max_eligible_drop:.0%}). "
                          "A Novi key scoped to fewer records, or a failed filter, looks like this.")
+    return found
+
+
+def roster_collapse(plan: Plan, rules: Rules, only: str | None = None) -> list[str]:
+    """Lists whose roster lost too many of the members the ledger saw on it last time.
+
+    Each such member would be remembered as "left the list themselves" and never re-added: a
+    Mailman that answered an empty or partial roster once must not teach the ledger that. A
+    list emptied by hand on purpose passes with the guards lifted for one run.
+    """
+    found = []
+    figures = plan.figures.set_index("list_id")
+    for rule in rules.lists:
+        if only is not None and rule.list_id != only:
+            continue
+        remembered = int(figures.loc[rule.list_id, "remembered"])
+        vanished = int(figures.loc[rule.list_id, "vanished"])
+        if vanished > rule.removal_share_from and vanished / remembered > rule.max_roster_drop:
+            found.append(f"{rule.list_id}: the roster lacks {vanished:,} of the {remembered:,} members the ledger saw "
+                         f"on it at the last run ({vanished / remembered:.0%}; max_roster_drop = "
+                         f"{rule.max_roster_drop:.0%}). A Mailman that answered an empty or partial roster looks "
+                         "like this; if the list really was emptied by hand, lift the guards for one run.")
     return found
 
 

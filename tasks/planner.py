@@ -23,7 +23,10 @@ LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "
 MEMORY_COLUMNS = [*LEDGER_COLUMNS, "pending"]
 TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
 LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
-FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates"]
+# `remembered`: members the ledger saw on the list at its last run; `vanished`: those of them
+# the roster no longer holds (what the roster-collapse guard reads).
+FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
+                  "remembered", "vanished"]
 ACTIONS = ["subscribe", "unsubscribe", "hold", "release", "rename"]
 
 REASON_SUBSCRIBE = "eligible, not on the list"
@@ -236,6 +239,8 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
         "in_step": int((staying & ~released & ~renamed).sum()),
         "quarantined_on_roster": int(quarantined_row.sum()),
         "duplicates": len(duplicates),
+        "remembered": int((tracked & _flag(joined, "led_on_roster")).sum()),
+        "vanished": int((tracked & _flag(joined, "led_on_roster") & ~on_roster).sum()),
     }
     return (_concat(changes, CHANGE_COLUMNS), _concat(alone_parts, LEFT_ALONE_COLUMNS), memory, figures)
 

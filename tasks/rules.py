@@ -51,6 +51,7 @@ class ListRule(_Strict):
     max_removal_share: float = Field(default=0.2, ge=0, le=1)  # ... as a share of the managed members,
     removal_share_from: int = Field(default=10, ge=0)          # ... once there are more removals than this
     max_eligible_drop: float = Field(default=0.25, ge=0, le=1)  # eligible vs the last completed run
+    max_roster_drop: float = Field(default=0.25, ge=0, le=1)    # remembered members missing from the roster
 
     @field_validator("list_id")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pandas as pd
 import pytest
 import responses
 from prefect.artifacts import Artifact
@@ -325,3 +326,35 @@ def test_source_collapse_is_refused(blocks, tmp_path):
     state, calls = run(novi, mailman, tmp_path)
     assert state.is_failed() and writes(calls) == []
     assert "20 members are eligible, down from 40" in state.message
+
+
+def test_a_roster_that_comes_back_empty_once_is_refused_and_changes_no_memory(blocks, tmp_path):
+    """A Mailman answering one consistent empty roster for a list the ledger knows as large: a
+    roster collapse, refused like a collapsed source; nobody is remembered as having left."""
+    records = [novi_record(f"m{i}", f"m{i}@example.org") for i in range(40)]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    first, _ = run(novi, mailman, tmp_path)
+    assert first.is_completed() and len(mailman.rosters[LIST]) == 40
+    remembered = Ledger().read([LIST])
+
+    full = mailman.rosters[LIST]
+    mailman.rosters[LIST] = {}  # one consistent, empty answer
+    glitch, calls = run(novi, mailman, tmp_path)
+    assert glitch.is_failed() and isinstance(glitch.result(raise_on_failure=False), GuardRefused)
+    assert "the roster lacks 40 of the 40 members" in glitch.message and writes(calls) == []
+    pd.testing.assert_frame_equal(Ledger().read([LIST]), remembered)  # no memory changed
+
+    mailman.rosters[LIST] = full  # Mailman answers right again: nothing to do, nobody "left"
+    after, calls = run(novi, mailman, tmp_path)
+    assert after.is_completed() and writes(calls) == []
+    assert set(Ledger().read([LIST])["status"]) == {"member"}
+
+
+def test_a_list_emptied_by_hand_on_purpose_passes_with_the_guards_lifted(blocks, tmp_path):
+    records = [novi_record(f"m{i}", f"m{i}@example.org") for i in range(40)]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert run(novi, mailman, tmp_path)[0].is_completed()
+    mailman.rosters[LIST] = {}
+    lifted, calls = run(novi, mailman, tmp_path, override_guards=True)
+    assert lifted.is_completed() and writes(calls) == []  # they left: not re-added
+    assert set(Ledger().read([LIST])["status"]) == {"left"}

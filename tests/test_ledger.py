@@ -208,3 +208,84 @@ def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
         db.execute("INSERT INTO runs VALUES ('r0', 'old', '2026-11-01', '2026-11-01', 'completed', '', 1, 0, 0)")
     ledger = Ledger(f"sqlite:///{path}")
     assert ledger.last_run()["run_id"] == "r0"
+
+
+RACER = """
+import sys, time
+from datetime import timedelta
+from tasks.ledger import Ledger, ListBusy
+url, start, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+ledger = Ledger(url)
+time.sleep(max(0.0, start - time.time()))  # every racer leaves the barrier at the same moment
+try:
+    with ledger.lock(["race.example.org"], f"run-{out[-12:]}"):
+        open(out, "w").write(f"held {time.time()}")
+        time.sleep(2.0)  # hold it long enough for the others to see it held
+        open(out, "a").write(f" released {time.time()}")
+except ListBusy:
+    open(out, "w").write("busy")
+"""
+
+
+def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url, tmp_path):
+    """Real processes, one barrier, a lock row 30 minutes stale: exactly one run takes it over."""
+    import subprocess
+    import sys
+    import time
+
+    from tasks.ledger import locks_table
+
+    ledger = Ledger(ledger_url)
+    for trial in range(3):
+        stale = datetime.now(timezone.utc) - timedelta(minutes=30)
+        with ledger.engine.begin() as conn:
+            conn.execute(locks_table.delete())
+            conn.execute(locks_table.insert(), [{"list_id": "race.example.org", "run_id": "r-dead",
+                                                 "holder": "gone-host:1", "acquired_at": stale,
+                                                 "heartbeat_at": stale}])
+        start = time.time() + 3.0
+        outs = [tmp_path / f"t{trial}-racer{i}" for i in range(3)]
+        racers = [subprocess.Popen([sys.executable, "-c", RACER, ledger_url, str(start), str(out)])
+                  for out in outs]
+        for racer in racers:
+            assert racer.wait(timeout=60) == 0
+        results = [out.read_text() for out in outs]
+        holders = [r for r in results if r.startswith("held")]
+        spans = sorted((float(r.split()[1]), float(r.split()[3])) for r in holders)
+        overlapping = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+        assert holders and not overlapping, f"trial {trial}: {results}"
+
+
+def test_a_run_whose_lock_was_taken_over_finds_out_before_its_next_write(ledger_url):
+    import time
+
+    from sqlalchemy import update
+
+    from tasks.ledger import LockLost, locks_table
+
+    ledger = Ledger(ledger_url)
+    with ledger.lock(["a.example.org"], "run-1", stale_after=timedelta(seconds=0.4)) as lease:
+        lease.check()  # held: no error
+        with ledger.engine.begin() as conn:  # another run judged it dead and took it over
+            conn.execute(update(locks_table).values(run_id="run-2", holder="other:2", lease="theirs"))
+        time.sleep(0.5)
+        with pytest.raises(LockLost, match="taken over by another run"):
+            lease.check()
+    with ledger.engine.connect() as conn:  # our release left the other run's hold alone
+        assert conn.execute(locks_table.select()).mappings().one()["lease"] == "theirs"
+
+
+def test_a_run_whose_heartbeat_keeps_failing_stops_writing(ledger_url, monkeypatch):
+    import time
+
+    from tasks.ledger import LockLost
+
+    ledger = Ledger(ledger_url)
+    with ledger.lock(["a.example.org"], "run-1", stale_after=timedelta(seconds=0.4)) as lease:
+        def unavailable():
+            raise LedgerError("the ledger at x is unavailable: OperationalError")
+        monkeypatch.setattr(ledger, "_begin", unavailable)
+        time.sleep(0.6)
+        with pytest.raises(LockLost, match="could not be renewed"):
+            lease.check()
+        monkeypatch.undo()

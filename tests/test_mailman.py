@@ -262,7 +262,6 @@ def test_bad_roster_bodies_fail_the_read(body, content_type):
 def test_a_member_lookup_reads_that_address_only_never_a_wildcard_search():
     """`*@example.org` sent to members/find?subscriber= matches every member of the domain
     (measured on 3.3.10): the lookup must name the member resource of exactly that address."""
-    responses.get(f"{REST}/lists/{LIST}/member/%2A%40example.org", status=404, json={"title": "404 Not Found"})
     responses.get(f"{REST}/lists/{LIST}/member/jane%40example.org",
                   json={"email": "jane@example.org", "member_id": "m1", "display_name": "Jane"})
     responses.get(f"{REST}/members/m1/preferences", json={"delivery_status": "by_moderator"})
@@ -270,13 +269,14 @@ def test_a_member_lookup_reads_that_address_only_never_a_wildcard_search():
     assert found[["email", "member_id", "held"]].to_dict("records") == [
         {"email": "jane@example.org", "member_id": "m1", "held": True}]
     assert not any("members/find" in call.request.url for call in responses.calls)
+    assert not any("%2A" in call.request.url for call in responses.calls)  # Mailman answers 500 for it
 
 
 @responses.activate
 def test_a_lookup_answered_with_another_address_is_refused():
     from tasks.errors import UnexpectedResponse
 
-    responses.get(f"{REST}/lists/{LIST}/member/%2A%40example.org",
+    responses.get(f"{REST}/lists/{LIST}/member/jane%40example.org",
                   json={"email": "someone@example.org", "member_id": "m9", "display_name": ""})
     with pytest.raises(UnexpectedResponse, match="not the member asked for"):
-        client().membership(LIST, ["*@example.org"])
+        client().membership(LIST, ["jane@example.org"])

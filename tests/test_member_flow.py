@@ -131,3 +131,40 @@ def test_a_duplicate_address_resolves_as_in_the_full_sync(member_blocks, tmp_pat
 def test_member_ids_must_be_guids(member_blocks):
     with pytest.raises(ValueError):
         sync_member.fn(member_ids=["not-a-guid"], list_id=LIST)
+
+
+def test_a_wildcard_address_in_novi_looks_up_and_touches_only_itself(member_blocks, tmp_path):
+    """`*@example.org` on a mirror list: once planned as the removal of every member of the
+    domain (21 of 21 in the trial). The lookup is exact, the record quarantined, nobody goes."""
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, "scope": "mirror"}]}))
+    records = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {"hand-added@example.org": "Staff"}})
+    records.append(novi_record(guid(77), "*@example.org"))
+    before = {e for e in mailman.rosters[LIST]}
+    state, reads = one(novi, mailman, [guid(77)], rules)
+    assert state.is_completed(), state.message
+    assert set(mailman.rosters[LIST]) == before and not mailman.writes
+    assert not any("/3.1/" in url and "%2A" in url for url in reads)  # never asked of Mailman (it answers 500)
+    assert state.result()["quarantined"] == {"a * in the address (a wildcard to Mailman's search)": 1}
+
+
+def test_a_member_sync_that_finds_its_members_gone_from_mailman_is_refused(member_blocks, tmp_path):
+    """Mailman answering "not a member" for every lookup once must not teach the ledger that
+    20 members left by themselves."""
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    from tasks.ledger import Ledger
+    remembered = Ledger().read([LIST])
+    full_roster = mailman.rosters[LIST]
+    mailman.rosters[LIST] = {}
+    state, _ = one(novi, mailman, [guid(i) for i in range(20)], rules)
+    assert state.is_failed() and "the roster lacks 19 of the 19 members" in state.message
+    assert len(Ledger().read([LIST])) == len(remembered) and set(Ledger().read([LIST])["status"]) == {"member"}
+    mailman.rosters[LIST] = full_roster

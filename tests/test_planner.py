@@ -48,13 +48,19 @@ def test_in_step_list_plans_nothing_and_matches_case_insensitively():
 @pytest.mark.parametrize(("record", "reason"), [
     (novi_record("a", "a@x.org", status="expired"), "status expired"),
     (novi_record("a", "a@x.org", status="non_member"), "status non_member"),
-    (novi_record("a", "a@x.org", MemberStatus=None), "status missing"),
     (novi_record("a", "a@x.org", active=False), "inactive in Novi"),
     (novi_record("a", "a@x.org", opted_out=True), "opted out of email in Novi"),
-], ids=["expired", "non-member", "no-status", "inactive", "opted-out"])
+], ids=["expired", "non-member", "inactive", "opted-out"])
 def test_lapsed_managed_member_is_unsubscribed_with_the_reason(record, reason):
     p = run([record], [("a@x.org", "Pat A")])
     assert changes(p) == [("unsubscribe", "a@x.org", reason)]
+
+
+def test_a_member_whose_status_is_null_is_quarantined_not_removed():
+    """3 of 20 records with `MemberStatus: null` were unsubscribed as "status missing"."""
+    p = run([novi_record("a", "a@x.org", MemberStatus=None)], [("a@x.org", "Pat A")])
+    assert p.changes.empty
+    assert p.left_alone["reason"].tolist() == ["quarantined in Novi: MemberStatus is empty"]
 
 
 def test_statuses_are_configurable():
