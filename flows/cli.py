@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -15,10 +16,65 @@ from tasks.planner import ACTIONS
 
 app = typer.Typer(help="Keep Mailman 3 lists in step with Novi AMS membership.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-err = Console(stderr=True)
-out = Console()
+# Peer and user text (a Novi error body, a reason stored in the ledger, an argument) is printed
+# literally: markup off everywhere, so `[/]` or `[bold]` in data is text, never a crash or a style.
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+out = Console(markup=False, highlight=False, soft_wrap=True)
 
 EXIT_FAILED, EXIT_REFUSED = 1, 3
+DEBUG = {"on": False}  # --debug: tracebacks for expected failures too
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (they are always in the Prefect "
+                                                               "logs of a run).")] = False) -> None:
+    """Keep Mailman 3 lists in step with Novi AMS membership."""
+    DEBUG["on"] = debug
+
+
+def one_line(command):
+    """Expected failures (a peer, the ledger, a rules file, a value given) as one clear line
+    and exit 1; the traceback only with --debug. Anything else is a bug and shows as one."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from tasks.errors import SyncError
+
+        try:
+            return command(*args, **kwargs)
+        except (SyncError, ValueError, OSError) as exc:
+            if DEBUG["on"]:
+                raise
+            err.print(f"{command.__name__.replace('_', ' ')} failed: {exc}", style="red")
+            raise typer.Exit(EXIT_FAILED) from None
+    return wrapper
+
+
+def _quiet_prefect_tracebacks() -> None:
+    """Prefect's console handler prints a 25-40 line traceback for every failed run, before our
+    own clear line. On the terminal keep its one-line message; the traceback still goes to the
+    Prefect API's logs (the same record, formatted by another handler)."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def __init__(self, inner: logging.Formatter | None) -> None:
+            super().__init__()
+            self.inner = inner or logging.Formatter()
+
+        def format(self, record: logging.LogRecord) -> str:
+            saved = record.exc_info, record.exc_text, record.stack_info
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+            try:
+                return self.inner.format(record)
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(handler.formatter, OneLine):
+                handler.setFormatter(OneLine(handler.formatter))
 
 NoviBlock = Annotated[str, typer.Option(help="Name of the saved NoviCredentials block.")]
 MailmanBlock = Annotated[str, typer.Option(help="Name of the saved MailmanCredentials block.")]
@@ -43,6 +99,7 @@ def _secret(env_var: str, prompt: str) -> str:
 
 
 @app.command()
+@one_line
 def blocks(
     novi_url: Annotated[str, typer.Option(help="Novi site URL, e.g. https://www.example.org")],
     mailman_url: Annotated[str, typer.Option(help="Mailman REST URL, e.g. http://127.0.0.1:8001")],
@@ -53,15 +110,26 @@ def blocks(
     """Save both credentials as Prefect blocks (secrets from NOVI_API_KEY / MAILMAN_PASSWORD or a prompt)."""
     from tasks.blocks import MailmanCredentials, NoviCredentials
 
+    from pydantic import ValidationError
+
     api_key = _secret("NOVI_API_KEY", "Novi API key")
     password = _secret("MAILMAN_PASSWORD", "Mailman REST password")
-    NoviCredentials(site_url=novi_url, api_key=api_key).save(novi_block, overwrite=True)
-    MailmanCredentials(rest_url=mailman_url, username=mailman_user, password=password).save(
-        mailman_block, overwrite=True)
+    try:
+        novi = NoviCredentials(site_url=novi_url, api_key=api_key)
+        mailman = MailmanCredentials(rest_url=mailman_url, username=mailman_user, password=password)
+    except ValidationError as exc:
+        # pydantic's own text quotes the input (a URL with a password in it): name the field only.
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
+        err.print(f"blocks not saved: {problems}", style="red")
+        raise typer.Exit(EXIT_FAILED) from None
+    novi.save(novi_block, overwrite=True)
+    mailman.save(mailman_block, overwrite=True)
     err.print(f"Saved NoviCredentials '{novi_block}' and MailmanCredentials '{mailman_block}'.")
 
 
 @app.command()
+@one_line
 def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman",
           rules: RulesOpt = None) -> None:
     """Test both connections: Novi's member total, Mailman's version and lists."""
@@ -82,7 +150,7 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
                 raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
             out.print(f"Rules {rules}: every list exists")
     except (SyncError, ValueError) as exc:
-        err.print(f"[red]check failed:[/red] {exc}")
+        err.print(f"check failed: {exc}", style="red")
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -92,6 +160,8 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 
+    if not DEBUG["on"]:
+        _quiet_prefect_tracebacks()
     state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
                        ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards, batch_size=batch_size, workers=workers, return_state=True)
     if state.is_completed():
@@ -120,10 +190,11 @@ def _show(summary: dict) -> None:
         out.print(f"Novi members: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,}")
         if summary.get("plan_csv"):
             out.print(f"Full plan: {summary['plan_csv']}")
-    out.print(f"[{colour}]{summary.get('message')}[/{colour}]")
+    out.print(str(summary.get("message")), style=colour)
 
 
 @app.command()
+@one_line
 def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
          mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
@@ -133,6 +204,7 @@ def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 
 
 @app.command()
+@one_line
 def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
          mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
@@ -169,7 +241,7 @@ def relay(
     token = os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", "")
     api_url = PREFECT_API_URL.value()
     if not api_url:
-        err.print("[red]Set PREFECT_API_URL[/red]: the relay hands runs to a Prefect server that workers share.")
+        err.print("Set PREFECT_API_URL: the relay hands runs to a Prefect server that workers share.", style="red")
         raise typer.Exit(EXIT_FAILED)
 
     def member_sync(member_ids: list[str]) -> None:
@@ -184,7 +256,7 @@ def relay(
         the_relay = Relay(token, member_sync, MemberQueue(window=window, max_batch=max_batch), PrefectProbe(api_url),
                           full_sync=full_sync, full_sync_above=full_sync_above)
     except ValueError as exc:
-        err.print(f"[red]NOVI_MAILMAN_RELAY_TOKEN: {exc}[/red]")
+        err.print(f"NOVI_MAILMAN_RELAY_TOKEN: {exc}", style="red")
         raise typer.Exit(EXIT_FAILED) from None
     broken = threading.Event()
 
@@ -199,11 +271,12 @@ def relay(
     err.print(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
     uvicorn.run(create_app(the_relay), host=host, port=port, log_level="warning")
     if broken.is_set():
-        err.print("[red]The relay's hand-off loop failed (see the traceback above); stopped.[/red]")
+        err.print("The relay's hand-off loop failed (see the traceback above); stopped.", style="red")
         raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
+@one_line
 def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
            ledger_block: LedgerBlock = None) -> None:
     """Release a list's lock left by a run that died (runs release their own locks)."""
@@ -216,6 +289,7 @@ def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to r
 
 
 @app.command()
+@one_line
 def history(address: Annotated[str, typer.Argument(help="The email address to look up.")],
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""

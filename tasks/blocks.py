@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
@@ -19,8 +19,21 @@ def _no_credentials(url: str) -> str:
     return url.strip()
 
 
+def _one_line(value: SecretStr, what: str) -> SecretStr:
+    """A secret pasted with a line break or padding: `requests` would refuse the header and
+    quote it, whole, in its error. Refused here, without showing it."""
+    secret = value.get_secret_value()
+    if not secret or secret != secret.strip() or any(ord(c) < 32 or ord(c) == 127 for c in secret):
+        raise ValueError(f"the {what} is empty or holds a line break, a tab or padding spaces: paste it again "
+                         "without them")
+    return value
+
+
 class NoviCredentials(Block):
     """A Novi AMS site and an API key for it (Settings → Advanced → API Keys)."""
+
+    # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
+    model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
 
     _block_type_name = "Novi Credentials"
     _block_type_slug = "novi-credentials"  # fixed: renaming it would orphan saved blocks
@@ -42,6 +55,11 @@ class NoviCredentials(Block):
         api_base(value)  # raises ValueError with a readable message
         return _no_credentials(value)
 
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        return _one_line(value, "API key")
+
     def get_client(self) -> NoviClient:
         return NoviClient(self.site_url, self.api_key.get_secret_value(),
                           requests_per_second=self.requests_per_second, timeout=(10.0, self.timeout_seconds),
@@ -50,6 +68,9 @@ class NoviCredentials(Block):
 
 class MailmanCredentials(Block):
     """A Mailman 3 core's REST API and its admin login."""
+
+    # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
+    model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
 
     _block_type_name = "Mailman Credentials"
     _block_type_slug = "mailman-credentials"
@@ -67,6 +88,11 @@ class MailmanCredentials(Block):
         rest_base(value)
         return _no_credentials(value)
 
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _one_line(value, "password")
+
     def get_client(self) -> MailmanClient:
         return MailmanClient(self.rest_url, self.username, self.password.get_secret_value(),
                              timeout=(10.0, self.timeout_seconds))
@@ -74,6 +100,9 @@ class MailmanCredentials(Block):
 
 class LedgerDatabase(Block):
     """Where the ledger lives when it is not the default SQLite file (e.g. a shared PostgreSQL)."""
+
+    # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
+    model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
 
     _block_type_name = "novi-mailman Ledger"
     _block_type_slug = "novi-mailman-ledger"

@@ -8,6 +8,7 @@ status and a redacted path, never a query string, an address or a credential.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
 import re
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Collection
 from datetime import timezone
 from importlib.metadata import PackageNotFoundError, version
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 
@@ -30,7 +31,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # (connect, read) seconds. Novi pages of 1,000 full records and Mailman mass unsubscribes of
 # 500 addresses take about a second; a minute of silence means the peer is stuck.
 DEFAULT_TIMEOUT = (10.0, 60.0)
+# The read timeout is per read: a peer that drips a byte a minute would hold a run (and its
+# lock) for ever. One answer gets this long in all, headers and body.
+DEFAULT_DEADLINE = 180.0
+# The largest decoded answer read: a Novi page of 1,000 full records is ~3 MB. A 2 MB gzip
+# answer inflated to 4.4 GB before this cap.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_RETRY_AFTER = 300.0
+MAX_REASON = 300  # characters of a peer's own words kept in a message
 
 _ADDRESSY = re.compile(r"@|%40", re.IGNORECASE)
 
@@ -41,9 +49,22 @@ def redact_path(url: str) -> str:
     return "/".join("<address>" if _ADDRESSY.search(seg) else seg for seg in path.split("/"))
 
 
-def redact_text(text: str) -> str:
-    """Text from a peer (an error description) with anything address-like masked."""
-    return re.sub(r"\S+@\S+", "<address>", text)[:300]
+def redact_text(text: str, secrets: Collection[str] = ()) -> str:
+    """Text from a peer (an error description) with the secrets and anything address-like
+    masked, then cut: masking first, so a secret across the cut cannot leave a prefix behind."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return re.sub(r"\S+@\S+", "<address>", text)[:MAX_REASON]
+
+
+def secret_forms(headers: dict[str, str], auth: tuple[str, str] | None) -> list[str]:
+    """Every form a peer could echo a credential in: as sent, %-encoded, and Basic's base64."""
+    plain = [h.split(" ", 1)[-1] for h in headers.values()]
+    if auth is not None:
+        plain += [auth[1], base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()]
+    forms = {f for value in plain for f in (value, quote(value, safe=""), quote_plus(value),
+                                            base64.b64encode(value.encode()).decode())}
+    return sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)  # longest first
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
@@ -62,17 +83,17 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return min(max(0.0, when.timestamp() - now()), MAX_RETRY_AFTER)
 
 
-def _peer_reason(response: requests.Response) -> str:
-    """Mailman's `{"title", "description"}` (or any short text body), redacted."""
+def peer_reason(response: requests.Response, secrets: Collection[str] = ()) -> str:
+    """Mailman's `{"title", "description"}` (or Novi's `Message`, or a short text body), redacted."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         text = str(body.get("description") or body.get("title") or body.get("Message") or "")
     else:
-        text = "" if "html" in response.headers.get("Content-Type", "") else response.text
-    return redact_text(text.strip())
+        text = "" if "html" in response.headers.get("Content-Type", "") else response.text[:10_000]
+    return redact_text(text.strip(), secrets)
 
 
 def _database_race(response: requests.Response) -> bool:
@@ -122,11 +143,13 @@ class ApiSession:
 
     def __init__(self, base_url: str, *, headers: dict[str, str], auth: tuple[str, str] | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT, per_second: float | None = None,
-                 read_retries: int = 0, system: str = "peer",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 read_retries: int = 0, system: str = "peer", deadline: float = DEFAULT_DEADLINE,
+                 max_bytes: int = MAX_ANSWER_BYTES, sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.system = system
         self.timeout = timeout
+        self.deadline = deadline
+        self.max_bytes = max_bytes
         self.read_retries = read_retries
         self.calls: dict[str, int] = {}
         self._throttle = Throttle(per_second, sleep=sleep)
@@ -137,7 +160,11 @@ class ApiSession:
         if auth is not None:
             self.session.auth = auth
         # What a peer might echo back in an error body: never let it into a message.
-        self._secrets = [v for v in (*(h.split(" ", 1)[-1] for h in headers.values()), *(auth or ())) if len(v) >= 4]
+        self._secrets = secret_forms(headers, auth)
+
+    def reason(self, response: requests.Response) -> str:
+        """A peer's own words about an answer, fit for a message: secrets and addresses masked, then cut."""
+        return peer_reason(response, self._secrets)
 
     def __repr__(self) -> str:  # never show headers: they hold the key
         return f"ApiSession({self.system} at {redact_path(self.base_url)})"
@@ -165,29 +192,63 @@ class ApiSession:
               kwargs: dict) -> requests.Response:
         self._throttle.wait()
         self._count(kind)
+        started = time.monotonic()
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            # No redirects: an API answers where it lives; following one would send the
+            # credentials on (a redirect loop, a `file://` target, another host).
+            response = self.session.request(method, url, timeout=self.timeout, stream=True, allow_redirects=False,
+                                            **kwargs)
+            self._read_body(response, method, where, started)
         except requests.Timeout:
             raise TransientHTTPError(
                 f"{self.system}: {method} {where} timed out", method=method, path=where, status=None) from None
+        except requests.exceptions.ChunkedEncodingError:
+            raise TransientHTTPError(f"{self.system}: {method} {where}: the answer was cut short", method=method,
+                                     path=where, status=None) from None
         except requests.ConnectionError:
             raise TransientHTTPError(
                 f"{self.system}: {method} {where} could not connect", method=method, path=where,
                 status=None) from None
+        except requests.RequestException as exc:
+            # requests' own message may quote a header, and so the key (an InvalidHeader for a
+            # key ending in a newline): its type is all that is said.
+            raise PermanentHTTPError(f"{self.system}: {method} {where} could not be sent ({type(exc).__name__})",
+                                     method=method, path=where, status=None) from None
         status = response.status_code
         if status == 400 and _database_race(response):
             raise TransientHTTPError(
                 f"{self.system}: {method} {where} answered 400: a database conflict on the server",
                 method=method, path=where, status=status)
+        if 300 <= status < 400 and status not in accept:
+            target = urlsplit(response.headers.get("Location", ""))
+            raise PermanentHTTPError(
+                f"{self.system}: {method} {where} answered {status}, a redirect to "
+                f"{target.scheme or '?'}://{target.hostname or '?'}: set the URL it points to", method=method,
+                path=where, status=status)
         if status < 300 or status in accept:
             return response
         raise self._failure(method, where, response)
 
+    def _read_body(self, response: requests.Response, method: str, where: str, started: float) -> None:
+        """Read the answer whole, within the byte cap and the deadline (checked between chunks)."""
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise UnexpectedResponse(f"{self.system}: {method} {where}: the answer is larger than "
+                                             f"{self.max_bytes // (1024 * 1024)} MB; refused")
+                if time.monotonic() - started > self.deadline:
+                    raise TransientHTTPError(f"{self.system}: {method} {where}: the answer took longer than "
+                                             f"{self.deadline:.0f} s", method=method, path=where, status=None)
+                chunks.append(chunk)
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what .json() and .text read from now on
+
     def _failure(self, method: str, where: str, response: requests.Response) -> Exception:
         status = response.status_code
-        reason = _peer_reason(response)
-        for secret in self._secrets:
-            reason = reason.replace(secret, "***")
+        reason = self.reason(response)
         detail = f": {reason}" if reason else ""
         if status == 429 or status >= 500 or status == 408:
             return TransientHTTPError(
@@ -211,5 +272,7 @@ def json_body(response: requests.Response, what: str) -> object:
         return response.json()
     except ValueError:
         kind = response.headers.get("Content-Type", "unknown type")
-        raise UnexpectedResponse(f"{what}: the answer is not JSON ({kind})") from None
+        raise UnexpectedResponse(f"{what}: the answer is not JSON ({kind[:60]})") from None
+    except RecursionError:
+        raise UnexpectedResponse(f"{what}: the answer is JSON nested too deep to be an API's") from None
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tasks.errors import SyncError
 from tasks.host import process_alive
@@ -192,7 +192,11 @@ class Ledger:
     def __init__(self, url: str | None = None, *, create: bool = True) -> None:
         """Open the ledger; `create=False` (dry runs) reads a missing ledger as empty and creates nothing."""
         url = url or default_url()
-        parsed = make_url(url)
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):  # their messages quote the URL, password and all
+            raise LedgerError("the ledger URL is not a SQLAlchemy URL (e.g. postgresql+psycopg://user:pw@host/db)") \
+                from None
         self.location = self.redacted(parsed)
         self.exists = True
         try:
@@ -218,7 +222,10 @@ class Ledger:
 
     @staticmethod
     def redacted(url) -> str:
-        return make_url(url).render_as_string(hide_password=True)
+        """The URL fit to show: its password and every query value (`?password=` too) masked."""
+        parsed = make_url(url)
+        parsed = parsed.set(query={key: "***" for key in parsed.query})
+        return parsed.render_as_string(hide_password=True)
 
     def __repr__(self) -> str:
         return f"Ledger({self.location})"

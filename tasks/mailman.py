@@ -7,6 +7,7 @@ member, 202 for a pending request, and a case-sensitive mass unsubscribe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -16,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import addresses
 from tasks.errors import ListNotFound, UnexpectedResponse
-from tasks.http import ApiSession, json_body, redact_text
+from tasks.http import ApiSession, json_body
 from tasks.paging import numbered_pages
 from tasks.retry import retry_if_transient
 
@@ -28,11 +29,21 @@ ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", 
 APPLIED, ALREADY, PENDING, FAILED = "applied", "already so", "pending", "failed"
 
 
+# Mailman's own list-name characters (mailman/app/lifecycle.py), then a domain of one or more dots.
+_LIST_LOCAL = r"[-_.+=!$*{}~0-9a-z]+"
+_LIST_DOMAIN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
+_LIST_ID = re.compile(rf"(?!.*\.\.)(?!\.){_LIST_LOCAL}[.@]{_LIST_DOMAIN}")
+
+
 def dot_list_id(name: str) -> str:
-    """`members@example.org` or `members.example.org` → `members.example.org` (what POST /members needs)."""
+    """`members@example.org` or `members.example.org` → `members.example.org` (what POST /members needs).
+
+    Only Mailman's `local.domain` form passes: a `/`, `?`, `#`, `..`, a NUL or a newline would
+    make the id a path of another resource (`x.org/roster/member#`), under another lock."""
     text = name.strip().lower()
-    if not text or text.count("@") > 1 or " " in text:
-        raise ValueError(f"not a Mailman list id: {name!r}")
+    if text.count("@") > 1 or not _LIST_ID.fullmatch(text) or len(text) > 255:
+        shown = "".join(c if c.isprintable() else "?" for c in name)[:80]
+        raise ValueError(f"not a Mailman list id (local@domain or local.domain): {shown!r}")
     return text.replace("@", ".", 1)
 
 
@@ -152,6 +163,10 @@ class MailmanClient:
         return {str(e.get("member_id")) for page in numbered_pages(fetch, page_size, f"held members of {list_id}")
                 for e in page}
 
+    def _description(self, response) -> str:
+        """Mailman's reason for a refusal it answered on purpose (400, 409), redacted."""
+        return self.http.reason(response) if response.content else ""
+
     # writes ------------------------------------------------------------------------------
     def subscribe(self, list_id: str, address: str, display_name: str, *, welcome: bool) -> tuple[str, str]:
         """Subscribe pre-verified, pre-confirmed and pre-approved, so nobody is mailed a confirmation."""
@@ -163,7 +178,7 @@ class MailmanClient:
             return APPLIED, ""
         if response.status_code == 202:
             return PENDING, "Mailman holds a subscription request: not a member until approved"
-        reason = _description(response)
+        reason = self._description(response)
         if response.status_code == 409:
             if "pending" in reason.lower():
                 return PENDING, reason
@@ -197,7 +212,7 @@ class MailmanClient:
         if response.status_code == 404:
             return FAILED, "the address is no longer known to Mailman"
         if response.status_code == 400:
-            return FAILED, _description(response) or "Mailman refused the name"
+            return FAILED, self._description(response) or "Mailman refused the name"
         return APPLIED, ""
 
     def set_delivery(self, member_id: str, delivery_status: str) -> tuple[str, str]:
@@ -206,22 +221,10 @@ class MailmanClient:
                                      kind="hold" if delivery_status == "by_moderator" else "release",
                                      data={"delivery_status": delivery_status}, accept=(400, 404))
         if response.status_code == 400:
-            return FAILED, _description(response) or "Mailman refused the delivery change"
+            return FAILED, self._description(response) or "Mailman refused the delivery change"
         if response.status_code == 404:
             return FAILED, "the member is no longer on the list"
         return APPLIED, ""
-
-
-def _description(response) -> str:
-    """Mailman's reason for a refusal, with addresses masked (it never holds our password:
-    only failures classified in tasks.http can come from a wrong login)."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if isinstance(body, dict):
-        return redact_text(str(body.get("description") or body.get("title") or ""))
-    return ""
 
 
 @task(name="extract-roster", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)

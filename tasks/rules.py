@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -99,8 +100,7 @@ class Rules(_Strict):
 
     @model_validator(mode="after")
     def _unique_lists(self) -> Rules:
-        ids = [rule.list_id for rule in self.lists]
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        repeated = sorted(i for i, n in Counter(rule.list_id for rule in self.lists).items() if n > 1)
         if repeated:
             raise ValueError(f"lists appear more than once: {', '.join(repeated)}")
         return self
@@ -116,15 +116,42 @@ def parse_rules(data: object, source: str = "rules") -> Rules:
         raise RulesError(f"{source} is not valid: {problems}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice: the last one would win silently
+    (`send_goodbye: false` then `true` means goodbye mail; a second `lists:` drops the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise RulesError(f"the key {str(key)[:60]!r} appears twice in one mapping (line "
+                                 f"{key_node.start_mark.line + 1}); give it once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_rules(path: str | Path) -> Rules:
-    """Read and validate a YAML rules file."""
+    """Read and validate a YAML rules file; any way it can be unreadable is one `RulesError`."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except FileNotFoundError:
         raise RulesError(f"rules file {path} does not exist") from None
+    except IsADirectoryError:
+        raise RulesError(f"rules file {path} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise RulesError(f"rules file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise RulesError(f"rules file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except RulesError as exc:
+        raise RulesError(f"rules file {path}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise RulesError(f"rules file {path} is not valid YAML: {exc}") from None
+        raise RulesError(f"rules file {path} is not valid YAML: {str(exc)[:300]}") from None
+    except RecursionError:
+        raise RulesError(f"rules file {path} nests too deep to be a rules file") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's int limit)
+        raise RulesError(f"rules file {path} holds a value that cannot be read: {str(exc)[:120]}") from None
     return parse_rules(data, str(path))
 
 

@@ -124,3 +124,68 @@ def test_history_of_an_unknown_address_with_no_ledger_yet(prefect_server, isolat
     result = CliRunner().invoke(app, ["history", "nobody@example.org"])
     assert result.exit_code == 0 and "No change recorded" in result.output
     assert not isolated_ledger.exists()
+
+
+# peer and user text is printed literally (issue 11, item 14) ------------------------------
+
+def test_rich_markup_in_a_novi_error_body_is_printed_as_text(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": "bad [/] request [bold]x"})
+        result = cli_blocks.invoke(app, ["plan", "--list", LIST, "--novi-block", "cli-novi",
+                                         "--mailman-block", "cli-mailman"])
+    assert result.exit_code == EXIT_FAILED and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "bad [/] request [bold]x" in result.output
+
+
+def test_history_prints_markup_in_stored_reasons_and_arguments_literally(cli_blocks, tmp_path, monkeypatch):
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    novi = FakeNovi([novi_record("a", "a@example.org")] + [novi_record(f"m{i}", f"m{i}@example.org")
+                                                            for i in range(9)])
+    mailman = FakeMailman({LIST: {}})
+    assert invoke(cli_blocks, ["sync", "--list", LIST], novi, mailman).exit_code == 0
+    novi.records[0]["MemberStatus"] = "[/]lapsed"  # a status Novi sent, stored as a reason
+    assert invoke(cli_blocks, ["sync", "--list", LIST], novi, mailman).exit_code == 0
+    shown = cli_blocks.invoke(app, ["history", "a@example.org"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "status [/]lapsed" in shown.output
+    odd = cli_blocks.invoke(app, ["history", "[bold]x@example.org"])
+    assert odd.exit_code == 0 and "[bold]x@example.org" in odd.output
+
+
+# expected failures are one line (item 15) --------------------------------------------------
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["unlock", "a b@c.org"], "not a Mailman list id"),
+    (["unlock", ""], "not a Mailman list id"),
+    (["history", "x@example.org", "--ledger-block", "nosuch"], "nosuch"),
+    (["history", "x@example.org"], "cannot be opened"),
+], ids=["unlock-space", "unlock-empty", "history-no-block", "history-unreachable-ledger"])
+def test_cli_mistakes_are_one_line_without_a_traceback(prefect_server, monkeypatch, args, says):
+    if args[-1] == "x@example.org":
+        monkeypatch.setenv("NOVI_MAILMAN_LEDGER", "postgresql+psycopg://nobody@127.0.0.1:1/ledger")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_FAILED, result.output
+    assert says in result.output and result.output.strip().count("\n") == 0, result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_a_refused_sweep_on_the_command_line_prints_no_prefect_traceback(prefect_server, tmp_path):
+    """Prefect's console handler writes to the process's own stderr: run the real command."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("lists:\n  - list_id: a.example.org\n    scope: managed\n    scope: mirror\n")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    quiet = subprocess.run([sys.executable, "-m", "flows.cli", "plan", "--rules", str(bad)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == EXIT_FAILED
+    assert "appears twice" in quiet.stdout + quiet.stderr
+    assert "Traceback" not in quiet.stdout + quiet.stderr, quiet.stderr
+    loud = subprocess.run([sys.executable, "-m", "flows.cli", "--debug", "plan", "--rules", str(bad)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert loud.returncode == EXIT_FAILED and "Traceback" in loud.stderr

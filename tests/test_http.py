@@ -155,3 +155,88 @@ def test_backoff_grows_and_is_capped():
     rng = random.Random(1)
     values = [backoff(a, rng) for a in range(8)]
     assert 0.5 <= values[0] <= 1.5 and 4 <= values[3] <= 12 and all(v <= 45 for v in values)
+
+
+# hostile peers (issue 11, items 13 and 15) -----------------------------------------------
+
+def test_a_gzip_bomb_is_refused_at_the_size_cap_not_inflated():
+    import gzip
+
+    from tasks.errors import UnexpectedResponse
+
+    bomb = gzip.compress(b"[" + b" " * (40 * 1024 * 1024) + b"]")  # 40 MB of JSON in ~40 KB
+    with responses.RequestsMock() as mock:
+        mock.get(f"{BASE}/members", body=bomb, headers={"Content-Encoding": "gzip",
+                                                       "Content-Type": "application/json"})
+        session = ApiSession(BASE, headers={}, max_bytes=4 * 1024 * 1024)
+        with pytest.raises(UnexpectedResponse, match="larger than 4 MB"):
+            session.request("GET", "members", kind="page")
+
+
+def test_an_answer_cut_short_is_transient_and_retried():
+    from requests.exceptions import ChunkedEncodingError
+
+    with responses.RequestsMock() as mock:
+        mock.get(f"{BASE}/members", body=ChunkedEncodingError("Connection broken: IncompleteRead"))
+        mock.get(f"{BASE}/members", json={"ok": True})
+        session = ApiSession(BASE, headers={}, read_retries=1, sleep=lambda s: None)
+        assert session.request("GET", "members", kind="page").json() == {"ok": True}
+
+
+def test_json_nested_too_deep_is_an_unexpected_answer():
+    from tasks.errors import UnexpectedResponse
+    from tasks.http import json_body
+
+    with responses.RequestsMock() as mock:
+        mock.get(f"{BASE}/members", body="[" * 200_000 + "]" * 200_000, content_type="application/json")
+        response = ApiSession(BASE, headers={}).request("GET", "members", kind="page")
+        with pytest.raises(UnexpectedResponse, match="nested too deep"):
+            json_body(response, "Novi /api/members")
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", f"{BASE}/members"], ids=["to-file", "loop"])
+def test_redirects_are_not_followed_and_say_where_they_point(location):
+    from tasks.errors import PermanentHTTPError
+
+    with responses.RequestsMock() as mock:
+        mock.get(f"{BASE}/members", status=302, headers={"Location": location})
+        with pytest.raises(PermanentHTTPError, match="answered 302, a redirect to") as caught:
+            ApiSession(BASE, headers={"Authorization": "Basic k3y-k3y-k3y"}).request("GET", "members", kind="page")
+        assert len(mock.calls) == 1 and "k3y" not in str(caught.value)
+
+
+def test_a_peer_that_drips_its_answer_is_cut_off_at_the_deadline():
+    """Each read within the read timeout, the whole answer not: a total deadline per request."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tasks.errors import TransientHTTPError
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads, server.block_on_close = True, False  # the dripping thread is not waited for
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        session = ApiSession(f"http://127.0.0.1:{server.server_port}", headers={}, timeout=(2.0, 2.0), deadline=1.0)
+        with pytest.raises(TransientHTTPError, match="took longer than 1 s"):
+            session.request("GET", "members", kind="page")
+    finally:
+        server.shutdown()
+        server.server_close()

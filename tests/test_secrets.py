@@ -65,6 +65,20 @@ def mailman_echoes_the_password(mock):
              json={"title": "500", "description": f"config admin_pass={MAILMAN_PASSWORD} failed"})
 
 
+def novi_echoes_the_key_across_the_cut(mock):
+    """The key placed where a cut at 300 characters would keep all of it but its last letter."""
+    mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": "x" * (300 - len(NOVI_KEY) + 1) + NOVI_KEY})
+
+
+def mailman_echoes_its_authorization_header(mock):
+    import base64
+
+    FakeNovi(records()).install(mock)
+    basic = base64.b64encode(f"restadmin:{MAILMAN_PASSWORD}".encode()).decode()
+    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=500,
+             json={"title": "500", "description": f"bad header Authorization: Basic {basic}"})
+
+
 def mailman_refuses(mock):
     FakeNovi(records()).install(mock)
     mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=401,
@@ -78,10 +92,12 @@ def writes_fail(mock):
     mailman.install(mock)
 
 
-@pytest.mark.parametrize("peers", [ok, novi_refuses, novi_down, novi_echoes_the_key, mailman_refuses,
-                                   mailman_echoes_the_password, writes_fail],
-                         ids=["success", "novi-401", "novi-unreachable", "novi-echoes-key", "mailman-401",
-                              "mailman-echoes-password", "failed-writes"])
+@pytest.mark.parametrize("peers", [ok, novi_refuses, novi_down, novi_echoes_the_key, novi_echoes_the_key_across_the_cut,
+                                   mailman_refuses, mailman_echoes_the_password,
+                                   mailman_echoes_its_authorization_header, writes_fail],
+                         ids=["success", "novi-401", "novi-unreachable", "novi-echoes-key", "novi-echoes-key-at-the-cut",
+                              "mailman-401", "mailman-echoes-password", "mailman-echoes-basic-auth",
+                              "failed-writes"])
 def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, caplog, capsys, isolated_ledger):
     caplog.set_level(logging.DEBUG)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
@@ -110,5 +126,59 @@ def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, capl
                 captured.append(json.dumps(db.execute(f"select * from {table}").fetchall(), default=str))
     text = "\n".join(captured)
     assert "sync-lists" in text and "Novi" in text and len(text) > 2000  # the scan saw the run's real output
-    assert NOVI_KEY not in text
+    import base64
+
+    assert NOVI_KEY[:-1] not in text  # not even all but its last letter
     assert MAILMAN_PASSWORD not in text
+    assert base64.b64encode(f"restadmin:{MAILMAN_PASSWORD}".encode()).decode() not in text
+
+
+# one secret, one way out each (5a-e) ------------------------------------------------------
+
+def test_a_key_with_a_line_break_is_refused_when_saved_and_never_quoted():
+    """requests raises InvalidHeader quoting the whole header for a key ending in \\r or \\n."""
+    from pydantic import ValidationError
+
+    for bad in (NOVI_KEY + "\r\n", NOVI_KEY + "\n", " " + NOVI_KEY):
+        with pytest.raises(ValidationError) as caught:
+            NoviCredentials(site_url=NOVI_SITE, api_key=bad)
+        assert NOVI_KEY not in str(caught.value) and "line break" in str(caught.value)
+    with pytest.raises(ValidationError):
+        MailmanCredentials(rest_url=MAILMAN_REST, password=MAILMAN_PASSWORD + "\n")
+
+
+def test_a_key_that_reaches_requests_with_a_line_break_is_masked_anyway():
+    """A block saved before the check existed: the failure names the error type, not the header."""
+    from tasks.errors import PermanentHTTPError
+    from tasks.novi import NoviClient
+
+    client = NoviClient(NOVI_SITE, NOVI_KEY + "\r\n", read_retries=0)
+    with responses.RequestsMock(assert_all_requests_are_fired=False):
+        with pytest.raises(PermanentHTTPError) as caught:
+            client.member_total()
+    told = "".join(traceback.format_exception(caught.value))
+    assert NOVI_KEY not in told and "InvalidHeader" in told
+
+
+def test_blocks_refuses_a_url_with_credentials_in_one_line_without_showing_it():
+    result = CliRunner().invoke(app, ["blocks", "--novi-url", "https://admin:hunter2-SECRET@novi.test",
+                                      "--mailman-url", MAILMAN_REST],
+                                env={"NOVI_API_KEY": NOVI_KEY, "MAILMAN_PASSWORD": MAILMAN_PASSWORD})
+    assert result.exit_code == 1
+    assert "hunter2-SECRET" not in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and "must not hold a user or password" in result.output
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://sync@127.0.0.1:1/ledger?password=TOPSECRET-Q",
+    "postgresql+psycopg://sync:TOPSECRET-Q@127.0.0.1:1/ledger",
+    "not a url TOPSECRET-Q",
+], ids=["password-in-query", "password-in-userinfo", "unparseable"])
+def test_a_ledger_url_never_shows_its_password(url):
+    from tasks.ledger import Ledger, LedgerError
+
+    with pytest.raises(LedgerError) as caught:
+        Ledger(url)
+    assert "TOPSECRET-Q" not in "".join(traceback.format_exception(caught.value))
+    if "://" in url:
+        assert "TOPSECRET-Q" not in Ledger.redacted(url) and "***" in Ledger.redacted(url)
