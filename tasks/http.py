@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
+import urllib3
 
 from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse
 
@@ -230,10 +231,13 @@ class ApiSession:
         raise self._failure(method, where, response)
 
     def _read_body(self, response: requests.Response, method: str, where: str, started: float) -> None:
-        """Read the answer whole, within the byte cap and the deadline (checked between chunks)."""
+        """Read the answer whole, within the byte cap and the deadline.
+
+        `read1` returns whatever has arrived (a 64 KiB `read` would wait for all 64 KiB, so a
+        peer dripping a byte at a time would never reach the deadline check)."""
         chunks, size = [], 0
         try:
-            for chunk in response.iter_content(64 * 1024):
+            while chunk := response.raw.read1(64 * 1024, decode_content=True):
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise UnexpectedResponse(f"{self.system}: {method} {where}: the answer is larger than "
@@ -242,6 +246,12 @@ class ApiSession:
                     raise TransientHTTPError(f"{self.system}: {method} {where}: the answer took longer than "
                                              f"{self.deadline:.0f} s", method=method, path=where, status=None)
                 chunks.append(chunk)
+        except urllib3.exceptions.ReadTimeoutError:
+            raise requests.Timeout() from None
+        except (urllib3.exceptions.ProtocolError, urllib3.exceptions.IncompleteRead):
+            raise requests.exceptions.ChunkedEncodingError() from None
+        except urllib3.exceptions.DecodeError:
+            raise UnexpectedResponse(f"{self.system}: {method} {where}: the answer's encoding is broken") from None
         finally:
             response.close()
         response._content = b"".join(chunks)  # what .json() and .text read from now on
