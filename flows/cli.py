@@ -229,50 +229,57 @@ def relay(
     max_batch: Annotated[int, typer.Option(help="Members per member-sync run at most.")] = 200,
 ) -> None:
     """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
-    import _thread
-    import threading
-
-    import uvicorn
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.webhooks import MemberQueue, PrefectProbe, Relay, create_app, flush_forever
+    from tasks.webhooks import MemberQueue, PrefectProbe, Relay, RelayError, bind, serve
 
-    token = os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", "")
     api_url = PREFECT_API_URL.value()
-    if not api_url:
-        err.print("Set PREFECT_API_URL: the relay hands runs to a Prefect server that workers share.", style="red")
-        raise typer.Exit(EXIT_FAILED)
-
-    def member_sync(member_ids: list[str]) -> None:
-        run_deployment(deployment, parameters={"member_ids": member_ids}, timeout=0, tags=["novi-webhook"])
-        err.print(f"Started {deployment} for {len(member_ids)} member(s)")
-
-    def full_sync(member_ids: list[str]) -> None:
-        run_deployment(full_sync_deployment, timeout=0, tags=["novi-webhook"])
-        err.print(f"{len(member_ids)} members changed at once: started {full_sync_deployment}")
-
     try:
-        the_relay = Relay(token, member_sync, MemberQueue(window=window, max_batch=max_batch), PrefectProbe(api_url),
-                          full_sync=full_sync, full_sync_above=full_sync_above)
-    except ValueError as exc:
-        err.print(f"NOVI_MAILMAN_RELAY_TOKEN: {exc}", style="red")
+        if not api_url:
+            raise RelayError("set PREFECT_API_URL: the relay hands runs to a Prefect server that workers share")
+        probe = PrefectProbe(api_url)
+
+        def member_sync(member_ids: list[str]) -> None:
+            run_deployment(deployment, parameters={"member_ids": member_ids}, timeout=0, tags=["novi-webhook"])
+            err.print(f"Started {deployment} for {len(member_ids)} member(s)")
+
+        def full_sync(member_ids: list[str]) -> None:
+            run_deployment(full_sync_deployment, timeout=0, tags=["novi-webhook"])
+            err.print(f"{len(member_ids)} members changed at once: started {full_sync_deployment}")
+
+        the_relay = Relay(os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", ""), member_sync,
+                          MemberQueue(window=window, max_batch=max_batch), probe, full_sync=full_sync,
+                          full_sync_above=full_sync_above)
+        if not probe.refresh():
+            raise RelayError(f"the Prefect API at {api_url} does not answer")
+        _deployments_exist([deployment, full_sync_deployment])
+        sock = bind(host, port)
+    except RelayError as exc:
+        err.print(f"relay not started: {exc}", style="red")
         raise typer.Exit(EXIT_FAILED) from None
-    broken = threading.Event()
-
-    def flush_or_stop() -> None:
-        try:
-            flush_forever(the_relay)
-        finally:  # it returns only by raising: stop the relay rather than queue webhooks nobody hands off
-            broken.set()
-            _thread.interrupt_main()
-
-    threading.Thread(target=flush_or_stop, daemon=True, name="relay-flush").start()
     err.print(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
-    uvicorn.run(create_app(the_relay), host=host, port=port, log_level="warning")
-    if broken.is_set():
-        err.print("The relay's hand-off loop failed (see the traceback above); stopped.", style="red")
-        raise typer.Exit(EXIT_FAILED)
+    try:
+        serve(the_relay, sock)
+    except RuntimeError as exc:
+        err.print(str(exc), style="red")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _deployments_exist(names: list[str]) -> None:
+    """Both hand-off targets, before listening: a missing one would answer 202 for ever."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.webhooks import RelayError
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                raise RelayError(f"there is no deployment {name} on the Prefect server: `prefect deploy --all` "
+                                 "first, or name the right one (--deployment / --full-sync-deployment)") from None
 
 
 @app.command()
@@ -320,7 +327,8 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
         table.add_column(column)
     for row in changes.itertuples():
         table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome,
-                      row.reason or "", row.run_name or row.run_id)
+                      row.reason or "", (row.run_name or row.run_id)
+                      + (f" (attempt {row.attempt})" if row.attempt > 1 else ""))
     out.print(table)
 
 

@@ -281,12 +281,24 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, lease: Lease | None, rule
     with timed(phases, "report"):
         reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
         rows = report.plan_rows(the_plan, outcomes)
-        csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
+        # The report is never what fails a run: Mailman may already hold its changes. A report
+        # that cannot be written or published is said in the run's message and logged.
+        try:
+            csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
+        except OSError as exc:
+            csv_path = None
+            message += f" (the plan CSV could not be written to {reports_dir_path}: {exc.strerror or type(exc).__name__})"
+            log.warning("The plan CSV could not be written: %s", type(exc).__name__)
         summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
                                    novi_members=len(members), duration_s=time.monotonic() - started,
-                                   plan_csv=str(csv_path), ledger=ledger.location, guards=tripped,
-                                   guards_overridden=bool(tripped and override_guards))
-        report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
+                                   plan_csv=str(csv_path) if csv_path else None, ledger=ledger.location,
+                                   guards=tripped, guards_overridden=bool(tripped and override_guards))
+        try:
+            report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
+        except Exception as exc:  # noqa: BLE001 - an artifact the Prefect API refused: said, not fatal
+            message += f" (the run's artifacts could not be published: {type(exc).__name__})"
+            summary["message"] = message
+            log.error("The run's artifacts could not be published: %s", type(exc).__name__)
     # How the time went and which calls were made: what an operator tunes, and what the
     # benchmark compares with the lower bound.
     summary["phases_s"] = {name: round(seconds, 3) for name, seconds in phases.items()}

@@ -310,6 +310,7 @@ class Ledger:
             rows = conn.execute(query).all()
         frame = pd.DataFrame(rows, columns=columns)
         frame["at"] = pd.to_datetime(frame["at"], utc=True)
+        frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
         return frame
 
     def memberships(self, address: str) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -111,9 +112,18 @@ def plan_rows(plan: Plan, outcomes: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).reindex(columns=columns)
 
 
+def safe_file_name(run_name: str) -> str:
+    """A run name (custom, or from a template: `/`, `..`, anything) as one plain file name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run_name).strip(".-")[:100]
+    return name or "run"
+
+
 def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path:
+    """The full plan as `reports_dir/plan-<run name>.csv`, always inside `reports_dir`."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    path = (reports_dir / f"plan-{run_name}.csv").resolve()
+    path = (reports_dir / f"plan-{safe_file_name(run_name)}.csv").resolve()
+    if path.parent != reports_dir.resolve():  # unreachable after safe_file_name; kept as the promise
+        raise OSError(f"plan file name escapes {reports_dir}")
     rows.to_csv(path, index=False)
     return path
 

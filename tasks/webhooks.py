@@ -11,10 +11,12 @@ burst becomes a bounded number of runs. An id leaves the queue only once a hand-
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +24,16 @@ from collections.abc import Callable, Sequence
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 EVENTS = {"customer.created", "customer.updated", "customer.removed"}
 MAX_BODY = 2048  # Novi's body is ~90 bytes
 TOKEN_HEADER = "X-Novi-Mailman-Token"
+MAX_MEMBERS_PER_RUN = 1000  # flows.member.MAX_MEMBERS: a larger batch would be refused by the run
+EXCHANGE_TIMEOUT = 10.0  # seconds a connection gets to deliver a whole request (headers and body)
+MAX_CONNECTIONS = 200    # open connections at once; more are closed as they arrive
 
 log = logging.getLogger("novi_mailman.relay")
 
@@ -73,6 +80,10 @@ class MemberQueue:
                 self._last_event.setdefault(member_id, self._clock() - self.window)
 
 
+class RelayError(ValueError):
+    """The relay cannot start as asked: a bad option, a missing deployment, a port in use."""
+
+
 class Relay:
     """The relay's state: its secret, its queue, its hand-off and what it has counted."""
 
@@ -80,15 +91,22 @@ class Relay:
                  reachable: Callable[[], bool] = lambda: True,
                  full_sync: Callable[[list[str]], None] | None = None, full_sync_above: int = 1000) -> None:
         if len(token) < 16:
-            raise ValueError("the relay token must be at least 16 characters")
+            raise RelayError("the relay token must be at least 16 characters")
+        queue = queue if queue is not None else MemberQueue()  # an empty queue is falsy
+        if not 1 <= queue.max_batch <= MAX_MEMBERS_PER_RUN:
+            raise RelayError(f"--max-batch must be 1 to {MAX_MEMBERS_PER_RUN} members per run")
+        if queue.window < 0:
+            raise RelayError("--window must be 0 seconds or more")
+        if full_sync_above < 1:
+            raise RelayError("--full-sync-above must be at least 1 member")
         self._token = token.encode()
         self.handoff = handoff
-        self.queue = queue if queue is not None else MemberQueue()  # an empty queue is falsy
+        self.queue = queue
         self.reachable = reachable
         self.full_sync = full_sync
         self.full_sync_above = full_sync_above
         self.counts = {"accepted": 0, "ignored": 0, "refused": 0, "handed_off": 0, "handoff_failures": 0,
-                       "full_syncs": 0}
+                       "full_syncs": 0, "connections_closed": 0}
 
     def authorised(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self._token)
@@ -120,12 +138,47 @@ class Relay:
         self.counts["handed_off"] += len(batch)
 
 
+class _Once:
+    """Say a thing at most once a minute, with how often it happened meanwhile (a flood is one line)."""
+
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every, self._clock = every, clock
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def __call__(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+        now = self._clock()
+        self._since[kind] = self._since.get(kind, 0) + 1
+        if now - self._last.get(kind, -self.every) >= self.every:
+            times = self._since.pop(kind)
+            log.log(level, "%s%s", message, f" ({times} times in the last minute)" if times > 1 else "")
+            self._last[kind] = now
+
+
+say_once = _Once()
+
+
+async def _read_capped(request: Request) -> bytes | None:
+    """The body, or None past MAX_BODY: a chunked upload is not buffered beyond the limit."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
+
+
 def create_app(relay: Relay) -> FastAPI:
-    app = FastAPI(title="novi-mailman relay", docs_url=None, redoc_url=None, openapi_url=None)
+    # No slash redirects: a 307 to a Host of the caller's choosing, without a token, is an open redirect.
+    app = FastAPI(title="novi-mailman relay", docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
 
     def refuse(status: int, why: str) -> JSONResponse:
         relay.counts["refused"] += 1
-        return JSONResponse({"error": why}, status_code=status)
+        # A body left unread (too large, cut short) would otherwise still be read and dropped,
+        # a gigabyte of it if the sender likes: close the connection with the answer.
+        headers = {"Connection": "close"} if status in (413, 400) else None
+        return JSONResponse({"error": why}, status_code=status, headers=headers)
 
     async def receive(request: Request, token: str | None) -> JSONResponse:
         if not relay.authorised(token or request.headers.get(TOKEN_HEADER)):
@@ -133,12 +186,16 @@ def create_app(relay: Relay) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return refuse(413, "body too large")
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        try:
+            body = await _read_capped(request)
+        except ClientDisconnect:
+            say_once("disconnect", "a caller disconnected before its body was read")
+            return refuse(400, "body incomplete")
+        if body is None:
             return refuse(413, "body too large")
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return refuse(400, "body is not JSON")
         if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
             return refuse(400, "no event")
@@ -150,7 +207,8 @@ def create_app(relay: Relay) -> FastAPI:
             return JSONResponse({"ignored": payload["event"][:64]}, status_code=202)
         if not relay.reachable():
             # Tell Novi to try again later rather than take an event we could not act on.
-            log.error("Prefect is unreachable: webhook refused with 503 so that the sender retries")
+            say_once("prefect-down", "Prefect is unreachable: webhooks refused with 503 so that the sender retries",
+                     logging.ERROR)
             return refuse(503, "temporarily unable to accept events")
         relay.queue.add(member_id)
         relay.counts["accepted"] += 1
@@ -172,24 +230,149 @@ def create_app(relay: Relay) -> FastAPI:
 
 
 class PrefectProbe:
-    """Whether the Prefect API answers, asked at most every `ttl` seconds (webhooks come in bursts)."""
+    """Whether the Prefect API answers, as last found; asked at most every `ttl` seconds.
 
-    def __init__(self, api_url: str, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    Never asked on the caller's time: a stale answer starts one refresh in the background and
+    the cached answer is returned at once. A Prefect that accepts and never answers would
+    otherwise stall every request of the event loop (p99 2.15 s, 401s included)."""
+
+    def __init__(self, api_url: str, ttl: float = 5.0, timeout: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.health_url = f"{api_url.rstrip('/')}/health"
-        self.ttl = ttl
+        self.ttl, self.timeout = ttl, timeout
         self._clock = clock
         self._checked_at: float | None = None
         self._answer = False
+        self._refreshing = threading.Lock()
+
+    def refresh(self) -> bool:
+        """Ask now (blocking, at most `timeout` seconds) and keep the answer."""
+        try:
+            answer = httpx.get(self.health_url, timeout=self.timeout).status_code == 200
+        except httpx.HTTPError:
+            answer = False
+        self._answer, self._checked_at = answer, self._clock()
+        return answer
 
     def __call__(self) -> bool:
-        now = self._clock()
-        if self._checked_at is None or now - self._checked_at >= self.ttl:
-            try:
-                self._answer = httpx.get(self.health_url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                self._answer = False
-            self._checked_at = now
+        stale = self._checked_at is None or self._clock() - self._checked_at >= self.ttl
+        if stale and self._refreshing.acquire(blocking=False):
+            def run() -> None:
+                try:
+                    self.refresh()
+                finally:
+                    self._refreshing.release()
+            threading.Thread(target=run, daemon=True, name="relay-probe").start()
         return self._answer
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks: a connection must deliver a whole
+    request within EXCHANGE_TIMEOUT (idle and slow-header sockets are closed), and no more
+    than MAX_CONNECTIONS are open at once (300 idle sockets made every real webhook time out)."""
+
+    relay: Relay | None = None
+    _timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > MAX_CONNECTIONS:
+            self._close("too many connections at once: new ones are closed until they drop")
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None:
+            self._arm()
+        super().data_received(data)
+
+    def on_response_complete(self) -> None:
+        self._disarm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._timer = self.loop.call_later(EXCHANGE_TIMEOUT, self._close,
+                                           f"connections idle or slow for {EXCHANGE_TIMEOUT:.0f} s were closed")
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _close(self, why: str) -> None:
+        self._timer = None
+        if self.relay is not None:
+            self.relay.counts["connections_closed"] += 1
+        say_once(why, why)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or `RelayError` (uvicorn would exit with 3, the "guard refused" code)."""
+    if not 0 <= port <= 65535:
+        raise RelayError("--port must be 1 to 65535 (0: any free port)")
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        raise RelayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(relay: Relay):
+    """The relay's uvicorn server, with the guarded protocol and keep-alive and size limits."""
+    import uvicorn
+
+    class Protocol(_GuardedH11):
+        pass
+    Protocol.relay = relay
+
+    config = uvicorn.Config(create_app(relay), http=Protocol, log_level="warning", timeout_keep_alive=5,
+                            limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=16 * 1024)
+    return uvicorn.Server(config)
+
+
+def serve(relay: Relay, sock: socket.socket) -> None:
+    """Serve the relay on a bound socket until interrupted; its hand-off loop beside it.
+
+    A hand-off loop that fails for another reason than an outage (a bug) stops the relay rather
+    than queue webhooks nobody hands off: `RuntimeError` then."""
+    server = make_server(relay)
+    broken = threading.Event()
+
+    def flush_or_stop() -> None:
+        try:
+            flush_forever(relay)
+        except BaseException:
+            log.exception("the relay's hand-off loop failed")
+            broken.set()
+            server.should_exit = True
+
+    threading.Thread(target=flush_or_stop, daemon=True, name="relay-flush").start()
+    logging.getLogger("asyncio").addFilter(_flood_filter)  # e.g. accept() out of file descriptors
+    server.run(sockets=[sock])
+    if broken.is_set():
+        raise RuntimeError("the relay's hand-off loop failed (see the log above); stopped")
+
+
+def _flood_filter(record: logging.LogRecord) -> bool:
+    """Let a repeated asyncio error through once a minute."""
+    key = record.getMessage()[:80]
+    now = time.monotonic()
+    if now - _FLOOD.get(key, -60.0) < 60.0:
+        return False
+    _FLOOD[key] = now
+    return True
+
+
+_FLOOD: dict[str, float] = {}
 
 
 def flush_forever(relay: Relay, every: float = 1.0, stop: threading.Event | None = None) -> None:

@@ -358,3 +358,35 @@ def test_a_list_emptied_by_hand_on_purpose_passes_with_the_guards_lifted(blocks,
     lifted, calls = run(novi, mailman, tmp_path, override_guards=True)
     assert lifted.is_completed() and writes(calls) == []  # they left: not re-added
     assert set(Ledger().read([LIST])["status"]) == {"left"}
+
+
+@pytest.mark.parametrize("run_name", ["nightly/2026-12-01", "../../../escaped"], ids=["slash", "dot-dot"])
+def test_a_run_name_never_fails_the_report_nor_leaves_reports_dir(blocks, tmp_path, run_name):
+    """A name with `/` failed the CSV after the changes were applied (ledger: completed, run:
+    Failed, no report); `../../../x` wrote outside reports_dir."""
+    reports = tmp_path / "a" / "b" / "c" / "reports"
+    novi, mailman = FakeNovi([novi_record("a", "a@example.org")]), FakeMailman({LIST: {}})
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        state = sync_lists.with_options(flow_run_name=run_name)(
+            list_id=LIST, novi_block="test-novi", mailman_block="test-mailman", reports_dir=str(reports),
+            return_state=True)
+    assert state.is_completed(), state.message
+    written = list(tmp_path.rglob("*.csv"))
+    assert [p.parent for p in written] == [reports.resolve()]
+    assert state.result()["plan_csv"] == str(written[0])
+
+
+def test_a_report_that_cannot_be_written_does_not_fail_an_applied_run(blocks, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the reports folder should be")
+    novi, mailman = FakeNovi([novi_record("a", "a@example.org")]), FakeMailman({LIST: {}})
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
+                           reports_dir=str(blocked), return_state=True)
+    assert state.is_completed() and "the plan CSV could not be written" in state.result()["message"]
+    assert "a@example.org" in mailman.names(LIST) and Ledger().last_run()["state"] == "completed"
+    assert "could not be written" in Artifact.get(SUMMARY_KEY).data

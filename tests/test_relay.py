@@ -132,7 +132,7 @@ def test_health_counts(api):
     api.post(f"/novi/{TOKEN}", json=event())
     api.post("/novi", json=event())
     assert api.get("/health").json() == {"ok": True, "queued": 1, "accepted": 1, "ignored": 0, "refused": 1,
-                                         "handed_off": 0, "handoff_failures": 0, "full_syncs": 0}
+                                         "handed_off": 0, "handoff_failures": 0, "full_syncs": 0, "connections_closed": 0}
 
 
 def test_a_bulk_import_becomes_one_full_sync(relay):
@@ -159,12 +159,16 @@ def test_prefect_probe_asks_at_most_every_ttl(prefect_server):
 
     clock = Clock()
     live = PrefectProbe(PREFECT_API_URL.value(), ttl=5, clock=clock)
-    assert live() is True
+    assert live.refresh() is True and live() is True
     dead = PrefectProbe("http://127.0.0.1:9/api", ttl=5, clock=clock)
-    assert dead() is False
+    assert dead.refresh() is False
     dead.health_url = live.health_url  # it would answer now, but the last answer is still fresh
     assert dead() is False
     clock.now += 5
+    dead()  # stale: one refresh starts in the background
+    deadline = time.monotonic() + 10
+    while not dead() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert dead() is True
 
 
@@ -201,3 +205,137 @@ def test_the_flush_loop_outlives_failed_hand_offs_but_not_a_bug(relay):
     stop2.set()  # a loop that swallowed the bug would still be running: stop it, then fail below
     loop.join(5)
     assert [str(e) for e in raised] == ["a bug, not an outage"]
+
+
+# hardening (issue 11, items 6-11) ---------------------------------------------------------
+
+@pytest.fixture
+def served(relay):
+    """The relay's real server (uvicorn, the guarded protocol) on a free port, in a thread."""
+    from tasks import webhooks
+
+    sock = webhooks.bind("127.0.0.1", 0)
+    server = webhooks.make_server(relay)
+    serving = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    serving.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield sock.getsockname()[1]
+    server.should_exit = True
+    serving.join(10)
+
+
+def test_a_chunked_body_is_not_read_past_the_limit(relay, served):
+    """1,000 MiB sent without Content-Length was buffered whole (1,141 MiB resident), then 413."""
+    import requests
+
+    sent = []
+
+    def upload():
+        for _ in range(1000):
+            sent.append(1)
+            yield b"x" * (1024 * 1024)
+
+    try:
+        response = requests.post(f"http://127.0.0.1:{served}/novi/{TOKEN}", data=upload(), timeout=30)
+        assert response.status_code == 413
+    except requests.ConnectionError:
+        pass  # the relay answered 413 and closed the connection while the sender still sent
+    assert len(sent) < 100 and len(relay.queue) == 0  # it stopped reading after the first 2 KiB
+
+
+def test_deeply_nested_json_with_the_token_is_a_400(api, relay):
+    assert api.post(f"/novi/{TOKEN}", content=b"[" * 1000).status_code == 400
+
+
+def test_no_redirect_off_the_routes(api):
+    response = api.post(f"/novi/{TOKEN}/", json=event(), headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404 and "location" not in response.headers
+    assert api.post("/novi/x/", json=event(), follow_redirects=False).status_code == 404
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"queue": MemberQueue(max_batch=0)}, "--max-batch"),
+    ({"queue": MemberQueue(max_batch=5000)}, "--max-batch"),
+    ({"queue": MemberQueue(window=-1)}, "--window"),
+    ({"full_sync_above": -1}, "--full-sync-above"),
+], ids=["batch-0", "batch-5000", "window-negative", "full-sync-negative"])
+def test_options_that_cannot_work_are_refused_at_start(kwargs, says):
+    from tasks.webhooks import RelayError
+
+    with pytest.raises(RelayError, match=says):
+        Relay(TOKEN, lambda batch: None, **kwargs)
+
+
+def test_a_port_in_use_is_one_clear_error_not_the_refused_code():
+    import socket
+
+    from tasks.webhooks import RelayError, bind
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(RelayError, match="cannot listen on 127.0.0.1"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+def test_the_relay_refuses_to_start_without_its_deployments(prefect_server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import EXIT_FAILED, app
+
+    monkeypatch.setenv("NOVI_MAILMAN_RELAY_TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["relay", "--port", "0", "--deployment", "sync-member/nosuch"])
+    assert result.exit_code == EXIT_FAILED and "no deployment sync-member/nosuch" in result.output
+
+
+def test_the_probe_never_makes_a_request_wait(prefect_server):
+    """A Prefect API that accepts and never answers: asking must not block the caller."""
+    import socket
+
+    from tasks.webhooks import PrefectProbe
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        probe = PrefectProbe(f"http://127.0.0.1:{silent.getsockname()[1]}/api", ttl=0.0, timeout=2.0)
+        started = time.monotonic()
+        answers = [probe() for _ in range(50)]
+        assert time.monotonic() - started < 0.5 and not any(answers)
+    finally:
+        silent.close()
+
+
+@pytest.fixture
+def quick_timeout(monkeypatch):
+    from tasks import webhooks
+
+    monkeypatch.setattr(webhooks, "EXCHANGE_TIMEOUT", 0.5)
+    monkeypatch.setattr(webhooks, "say_once", webhooks._Once())
+
+
+def test_idle_sockets_are_closed_and_a_flood_is_logged_once(relay, quick_timeout, served, caplog):
+    import socket
+
+    import requests
+
+    port = served
+    if True:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /novi HTTP/1.1\r\nHost: x\r\n")  # headers that never end
+        time.sleep(1.5)
+        for s in [*idle, slow]:
+            s.settimeout(2)
+            assert s.recv(100) == b""  # closed by the relay
+            s.close()
+        ok = requests.post(f"http://127.0.0.1:{port}/novi/{TOKEN}", json=event(), timeout=5)
+        assert ok.status_code == 202
+        assert relay.counts["connections_closed"] >= 61
+        flood = [r for r in caplog.records if "idle or slow" in r.getMessage()]
+        assert len(flood) == 1

@@ -30,19 +30,25 @@ def pipeline(world, tmp_path):
     rules.write_text(yaml.safe_dump({"lists": [{"list_id": members}]}))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "NOVI_MAILMAN_RELAY_TOKEN": RELAY_TOKEN, "NOVI_MAILMAN_REPORTS": str(tmp_path)}
+    # Both hand-off targets are served: the relay refuses to start while either is missing.
+    params = {"rules_path": str(rules), "novi_block": "it-novi", "mailman_block": "it-mailman"}
     serve = subprocess.Popen(
-        [sys.executable, "-c", "from flows.member import sync_member; sync_member.serve(name='webhook-member-sync', "
-         f"parameters={{'rules_path': {str(rules)!r}, 'novi_block': 'it-novi', 'mailman_block': 'it-mailman'}})"],
+        [sys.executable, "-c", "from prefect import serve; from flows.member import sync_member; "
+         "from flows.sync import sync_lists; "
+         f"serve(sync_member.to_deployment(name='webhook-member-sync', parameters={params!r}), "
+         f"sync_lists.to_deployment(name='nightly-full-sync', parameters={params!r}))"],
         env=env, stdin=subprocess.DEVNULL, stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT,
         start_new_session=True)
     port = free_port()
-    relay = subprocess.Popen([sys.executable, "-m", "flows.cli", "relay", "--port", str(port), "--window", "2",
-                              "--max-batch", "100"], env=env, stdin=subprocess.DEVNULL,
-                             stdout=open(tmp_path / "relay.log", "wb"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    relay = None
     try:
+        assert wait_for(lambda: _deployed("webhook-member-sync") and _deployed("nightly-full-sync"), 60), \
+            "the deployments were not served"
+        relay = subprocess.Popen([sys.executable, "-m", "flows.cli", "relay", "--port", str(port), "--window", "2",
+                                  "--max-batch", "100"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=open(tmp_path / "relay.log", "wb"), stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30), "the relay did not start"
-        assert wait_for(lambda: _deployed("webhook-member-sync"), 60), "the member deployment was not served"
         world["novi"].reset(size=260, seed=world["seed"], domain=world["domain"])
         world["novi"].call("POST", "/_sandbox/reset", json={"webhook_url": f"http://127.0.0.1:{port}/novi/{RELAY_TOKEN}"})
         first, _ = sync(tmp_path, [{"list_id": members}])
@@ -50,8 +56,9 @@ def pipeline(world, tmp_path):
         yield {"list": members, "relay": f"http://127.0.0.1:{port}", "logs": tmp_path}
     finally:
         for process in (relay, serve):
-            os.killpg(process.pid, 15)
-            process.wait(timeout=30)
+            if process is not None:
+                os.killpg(process.pid, 15)
+                process.wait(timeout=30)
 
 
 def _answers(url: str) -> bool:
