@@ -420,9 +420,12 @@ class Ledger:
             raise ListBusy(f"another run took over the lock of {exc} at the same moment; this run wrote "
                            "nothing") from None
         except LedgerError as exc:
-            if "IntegrityError" in str(exc) or "OperationalError" in str(exc):
+            if "IntegrityError" in str(exc):  # both inserted the lock: the loser sees the key taken
                 raise ListBusy(f"another run took the lock of {', '.join(lease.list_ids)} at the same moment; "
                                "this run wrote nothing") from None
+            if "failed: OperationalError" in str(exc):  # SQLite: the other taker's write won the file
+                raise ListBusy(f"the lock of {', '.join(lease.list_ids)} could not be taken (the ledger was busy "
+                               "with another run taking it); this run wrote nothing") from None
             raise
 
     def _heartbeat(self, lease: Lease, stop: threading.Event, stale_after: timedelta) -> None:

@@ -276,6 +276,11 @@ class _GuardedH11(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Served on a socket we bound (sockets=...), answers otherwise wait ~40 ms each on
+            # Nagle and delayed ACKs (measured: 44 ms a webhook, against 1.7 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.connections) > MAX_CONNECTIONS:
             self._close("too many connections at once: new ones are closed until they drop")
             return

@@ -339,3 +339,20 @@ def test_idle_sockets_are_closed_and_a_flood_is_logged_once(relay, quick_timeout
         assert relay.counts["connections_closed"] >= 61
         flood = [r for r in caplog.records if "idle or slow" in r.getMessage()]
         assert len(flood) == 1
+
+
+def test_a_caller_that_disconnects_mid_body_is_a_quiet_line_not_a_traceback(relay, served, caplog):
+    import socket
+
+    import requests
+
+    caplog.set_level(logging.DEBUG)
+    caller = socket.create_connection(("127.0.0.1", served))
+    caller.sendall(f"POST /novi/{TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   "Content-Length: 1000\r\n\r\n{\"event\": ".encode())
+    time.sleep(0.3)
+    caller.close()  # gone before the body ended
+    time.sleep(0.5)
+    assert requests.post(f"http://127.0.0.1:{served}/novi/{TOKEN}", json=event(), timeout=5).status_code == 202
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    assert "Traceback" not in caplog.text and len(relay.queue) == 1
