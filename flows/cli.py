@@ -162,8 +162,15 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
 
     if not DEBUG["on"]:
         _quiet_prefect_tracebacks()
-    state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
-                       ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards, batch_size=batch_size, workers=workers, return_state=True)
+    try:
+        state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
+                           ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
+                           batch_size=batch_size, workers=workers, return_state=True)
+    except RuntimeError as exc:  # Prefect's own: "Failed to reach API at …" before the run could start
+        if DEBUG["on"]:
+            raise
+        err.print(f"the run could not start: {exc}", style="red")
+        raise typer.Exit(EXIT_FAILED) from None
     if state.is_completed():
         summary, code = state.result(), 0
     else:
