@@ -224,8 +224,8 @@ class Ledger:
     def redacted(url) -> str:
         """The URL fit to show: its password and every query value (`?password=` too) masked."""
         parsed = make_url(url)
-        parsed = parsed.set(query={key: "***" for key in parsed.query})
-        return parsed.render_as_string(hide_password=True)
+        shown = parsed.set(query={}).render_as_string(hide_password=True)
+        return shown + ("?" + "&".join(f"{key}=***" for key in parsed.query) if parsed.query else "")
 
     def __repr__(self) -> str:
         return f"Ledger({self.location})"
