@@ -210,50 +210,52 @@ def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
     assert ledger.last_run()["run_id"] == "r0"
 
 
-RACER = """
-import sys, time
-from datetime import timedelta
-from tasks.ledger import Ledger, ListBusy
-url, start, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-ledger = Ledger(url)
-time.sleep(max(0.0, start - time.time()))  # every racer leaves the barrier at the same moment
-try:
-    with ledger.lock(["race.example.org"], f"run-{out[-12:]}"):
-        open(out, "w").write(f"held {time.time()}")
-        time.sleep(2.0)  # hold it long enough for the others to see it held
-        open(out, "a").write(f" released {time.time()}")
-except ListBusy:
-    open(out, "w").write("busy")
-"""
-
-
-def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url, tmp_path):
-    """Real processes, one barrier, a lock row 30 minutes stale: exactly one run takes it over."""
-    import subprocess
-    import sys
+def _racer(barrier, url: str, run_id: str, events) -> None:
+    """One run taking the list's lock the moment the barrier lets every racer go."""
     import time
+
+    from sqlalchemy import text
+
+    from tasks.ledger import ListBusy
+
+    ledger = Ledger(url)
+    with ledger.engine.connect() as conn:  # connected before the barrier: only the takeover races
+        conn.execute(text("select 1"))
+    barrier.wait()
+    try:
+        with ledger.lock(["race.example.org"], run_id):
+            events.put(("held", run_id, time.time()))
+            time.sleep(1.0)  # hold it long enough for the other to see it held
+    except ListBusy:
+        events.put(("busy", run_id, time.time()))
+
+
+def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url):
+    """Real processes released by one barrier, a lock row 30 minutes stale: exactly one run takes
+    it over. (Measured on the old code, which deleted by list id: both held it in 10 of 10 trials.)"""
+    import multiprocessing
 
     from tasks.ledger import locks_table
 
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
     ledger = Ledger(ledger_url)
-    for trial in range(3):
+    for trial in range(4):
         stale = datetime.now(timezone.utc) - timedelta(minutes=30)
         with ledger.engine.begin() as conn:
             conn.execute(locks_table.delete())
             conn.execute(locks_table.insert(), [{"list_id": "race.example.org", "run_id": "r-dead",
                                                  "holder": "gone-host:1", "acquired_at": stale,
                                                  "heartbeat_at": stale}])
-        start = time.time() + 3.0
-        outs = [tmp_path / f"t{trial}-racer{i}" for i in range(3)]
-        racers = [subprocess.Popen([sys.executable, "-c", RACER, ledger_url, str(start), str(out)])
-                  for out in outs]
+        barrier, events = ctx.Barrier(2), ctx.Queue()
+        racers = [ctx.Process(target=_racer, args=(barrier, ledger_url, f"run-{trial}-{i}", events))
+                  for i in range(2)]
         for racer in racers:
-            assert racer.wait(timeout=60) == 0
-        results = [out.read_text() for out in outs]
-        holders = [r for r in results if r.startswith("held")]
-        spans = sorted((float(r.split()[1]), float(r.split()[3])) for r in holders)
-        overlapping = any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
-        assert holders and not overlapping, f"trial {trial}: {results}"
+            racer.start()
+        results = [events.get(timeout=120) for _ in racers]
+        for racer in racers:
+            racer.join(30)
+            assert racer.exitcode == 0
+        assert sorted(kind for kind, _, _ in results) == ["busy", "held"], f"trial {trial}: {results}"
 
 
 def test_a_run_whose_lock_was_taken_over_finds_out_before_its_next_write(ledger_url):
