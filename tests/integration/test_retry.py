@@ -126,6 +126,7 @@ def test_a_refused_run_retried_from_the_ui_is_refused_again_and_both_are_recorde
     for record in world["novi"].records()[::2]:  # half the list lapses: the removal guard trips
         world["novi"].edit(record["UniqueID"], MemberStatus="expired")
     before = world["admin"].roster(served["list"])
+    remembered = Ledger().read([served["list"]])
     refused = run_deployment(served["deployment"], timeout=180)
     assert refused.state.is_failed() and "safety guard" in refused.state.message
     retried = _retry(refused.id)
@@ -133,3 +134,10 @@ def test_a_refused_run_retried_from_the_ui_is_refused_again_and_both_are_recorde
     assert "ledger" not in retried.message  # a refusal, not a contradiction
     assert [(a["state"], a["attempt"]) for a in _attempts(refused.id)] == [("refused", 1), ("refused", 2)]
     assert world["admin"].roster(served["list"]) == before
+    # Neither attempt changed what the ledger remembers; history holds both refusals.
+    def ordered(frame):
+        return frame.sort_values("match_key", ignore_index=True)
+    assert ordered(Ledger().read([served["list"]])).equals(ordered(remembered))
+    lapsed = next(r["Email"] for r in world["novi"].records()[::2] if (r["Email"] or "").lower() in before)
+    refusals = Ledger().history(lapsed)
+    assert list(refusals.loc[refusals["outcome"] == "refused by a guard", "attempt"])[:2] == [2, 1]
