@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -295,7 +296,7 @@ def _reconcile(mailman: MailmanClient, ledger: Ledger, lease: Lease | None, rule
                                    guards=tripped, guards_overridden=bool(tripped and override_guards))
         try:
             report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
-        except Exception as exc:  # noqa: BLE001 - an artifact the Prefect API refused: said, not fatal
+        except (httpx.HTTPError, ValueError) as exc:  # the Prefect API refused an artifact: said, not fatal
             message += f" (the run's artifacts could not be published: {type(exc).__name__})"
             summary["message"] = message
             log.error("The run's artifacts could not be published: %s", type(exc).__name__)

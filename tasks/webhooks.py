@@ -139,20 +139,29 @@ class Relay:
 
 
 class _Once:
-    """Say a thing at most once a minute, with how often it happened meanwhile (a flood is one line)."""
+    """Let a thing through at most once a minute per kind, counting the rest (a flood is one line)."""
 
     def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.every, self._clock = every, clock
         self._last: dict[str, float] = {}
         self._since: dict[str, int] = {}
 
-    def __call__(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+    def due(self, kind: str) -> int:
+        """How many times `kind` happened since it was last let through, if it is due now; else 0."""
         now = self._clock()
         self._since[kind] = self._since.get(kind, 0) + 1
-        if now - self._last.get(kind, -self.every) >= self.every:
-            times = self._since.pop(kind)
+        if now - self._last.get(kind, -self.every) < self.every:
+            return 0
+        self._last[kind] = now
+        return self._since.pop(kind)
+
+    def __call__(self, kind: str, message: str, level: int = logging.WARNING) -> None:
+        if times := self.due(kind):
             log.log(level, "%s%s", message, f" ({times} times in the last minute)" if times > 1 else "")
-            self._last[kind] = now
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter: a repeated record (asyncio's accept() errors, say) once a minute."""
+        return bool(self.due(record.getMessage()[:80]))
 
 
 say_once = _Once()
@@ -361,23 +370,10 @@ def serve(relay: Relay, sock: socket.socket) -> None:
             server.should_exit = True
 
     threading.Thread(target=flush_or_stop, daemon=True, name="relay-flush").start()
-    logging.getLogger("asyncio").addFilter(_flood_filter)  # e.g. accept() out of file descriptors
+    logging.getLogger("asyncio").addFilter(_Once())  # e.g. accept() out of file descriptors
     server.run(sockets=[sock])
     if broken.is_set():
         raise RuntimeError("the relay's hand-off loop failed (see the log above); stopped")
-
-
-def _flood_filter(record: logging.LogRecord) -> bool:
-    """Let a repeated asyncio error through once a minute."""
-    key = record.getMessage()[:80]
-    now = time.monotonic()
-    if now - _FLOOD.get(key, -60.0) < 60.0:
-        return False
-    _FLOOD[key] = now
-    return True
-
-
-_FLOOD: dict[str, float] = {}
 
 
 def flush_forever(relay: Relay, every: float = 1.0, stop: threading.Event | None = None) -> None:
