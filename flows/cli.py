@@ -14,6 +14,11 @@ from rich.table import Table
 
 from tasks.planner import ACTIONS
 
+# The temporary Prefect server a command starts without PREFECT_API_URL writes a telemetry row
+# as it boots, and its "database is locked" traceback reached the terminal. An operator's own
+# setting wins; the rest of the server is Prefect's defaults.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 app = typer.Typer(help="Keep Mailman 3 lists in step with Novi AMS membership.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 # Peer and user text (a Novi error body, a reason stored in the ledger, an argument) is printed
