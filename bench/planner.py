@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.planner 100000 1000000 [--repeat 3]
 
 Each size runs in a fresh process (so peak memory is that size's own) and prints a markdown
-row: median, min and max seconds of `tasks.planner.plan`, and the process's peak RSS.
+row: median, min and max seconds of `tasks.core.planner.plan`, and the process's peak RSS.
 The roster overlaps Novi by 99%; 10% of the records are not eligible; names match.
 """
 
@@ -22,10 +22,10 @@ def measure(n: int, repeat: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from tasks import addresses
-    from tasks.novi import MEMBER_COLUMNS
-    from tasks.planner import plan
-    from tasks.rules import parse_rules
+    from tasks.core import addresses
+    from tasks.core.schema import MEMBER_COLUMNS
+    from tasks.core.planner import plan
+    from tasks.core.rules import parse_rules
 
     rng = np.random.default_rng(1)
     email = pd.Series([f"m{i}@example.org" for i in range(n)], dtype="string")

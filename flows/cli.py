@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.planner import ACTIONS
+from tasks.core.schema import ACTIONS, Outcome, RunState, Status
 
 # The temporary Prefect server a command starts without PREFECT_API_URL writes a telemetry row
 # as it boots, and its "database is locked" traceback reached the terminal. An operator's own
@@ -140,7 +140,7 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
     """Test both connections: Novi's member total, Mailman's version and lists."""
     from tasks.blocks import MailmanCredentials, NoviCredentials
     from tasks.errors import SyncError
-    from tasks.rules import load_rules
+    from tasks.core.rules import load_rules
 
     total = NoviCredentials.load(novi_block).get_client().member_total()
     out.print(f"Novi: connected, {total:,} member records")
@@ -176,7 +176,7 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
         summary, code = state.result(), 0
     else:
         exc = state.result(raise_on_failure=False)
-        summary = getattr(exc, "summary", None) or {"state": "failed", "message": str(exc)}
+        summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
         code = EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
     if as_json:
         print(json.dumps(summary, sort_keys=True))
@@ -186,14 +186,14 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
 
 
 def _show(summary: dict) -> None:
-    colour = {"completed": "green", "refused": "yellow"}.get(summary.get("state"), "red")
+    colour = {RunState.COMPLETED: "green", RunState.REFUSED: "yellow"}.get(summary.get("state"), "red")
     if summary.get("lists"):
         table = Table(title="Dry run: nothing written" if summary.get("dry_run") else "Sync")
-        for column in ["list", "eligible", "on roster", "in step", *ACTIONS, "failed"]:
+        for column in ["list", "eligible", "on roster", "in step", *ACTIONS, Outcome.FAILED]:
             table.add_column(column, justify="left" if column == "list" else "right")
         for item in summary["lists"]:
             table.add_row(item["list_id"], f"{item['eligible']:,}", f"{item['roster']:,}", f"{item['in_step']:,}",
-                          *[f"{item['changes'][a]:,}" for a in ACTIONS], f"{item['outcomes'].get('failed', 0):,}")
+                          *[f"{item['changes'][a]:,}" for a in ACTIONS], f"{item['outcomes'].get(Outcome.FAILED, 0):,}")
         out.print(table)
         out.print(f"Novi members: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,}")
         if summary.get("plan_csv"):
@@ -237,57 +237,18 @@ def relay(
     max_batch: Annotated[int, typer.Option(help="Members per member-sync run at most.")] = 200,
 ) -> None:
     """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL
+    from tasks import relay as the_relay
 
-    from tasks.webhooks import MemberQueue, PrefectProbe, Relay, RelayError, bind, serve
-
-    api_url = PREFECT_API_URL.value()
     try:
-        if not api_url:
-            raise RelayError("set PREFECT_API_URL: the relay hands runs to a Prefect server that workers share")
-        probe = PrefectProbe(api_url)
-
-        def member_sync(member_ids: list[str]) -> None:
-            run_deployment(deployment, parameters={"member_ids": member_ids}, timeout=0, tags=["novi-webhook"])
-            err.print(f"Started {deployment} for {len(member_ids)} member(s)")
-
-        def full_sync(member_ids: list[str]) -> None:
-            run_deployment(full_sync_deployment, timeout=0, tags=["novi-webhook"])
-            err.print(f"{len(member_ids)} members changed at once: started {full_sync_deployment}")
-
-        the_relay = Relay(os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", ""), member_sync,
-                          MemberQueue(window=window, max_batch=max_batch), probe, full_sync=full_sync,
-                          full_sync_above=full_sync_above)
-        if not probe.refresh():
-            raise RelayError(f"the Prefect API at {api_url} does not answer")
-        _deployments_exist([deployment, full_sync_deployment])
-        sock = bind(host, port)
-    except RelayError as exc:
+        the_relay.start(token=os.environ.get("NOVI_MAILMAN_RELAY_TOKEN", ""), host=host, port=port,
+                        deployment=deployment, full_sync_deployment=full_sync_deployment,
+                        full_sync_above=full_sync_above, window=window, max_batch=max_batch, say=err.print)
+    except the_relay.RelayError as exc:
         err.print(f"relay not started: {exc}", style="red")
         raise typer.Exit(EXIT_FAILED) from None
-    err.print(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
-    try:
-        serve(the_relay, sock)
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # the hand-off loop failed: serve() stopped the relay
         err.print(str(exc), style="red")
         raise typer.Exit(EXIT_FAILED) from None
-
-
-def _deployments_exist(names: list[str]) -> None:
-    """Both hand-off targets, before listening: a missing one would answer 202 for ever."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from tasks.webhooks import RelayError
-
-    with get_client(sync_client=True) as client:
-        for name in names:
-            try:
-                client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                raise RelayError(f"there is no deployment {name} on the Prefect server: `prefect deploy --all` "
-                                 "first, or name the right one (--deployment / --full-sync-deployment)") from None
 
 
 @app.command()
@@ -295,8 +256,8 @@ def _deployments_exist(names: list[str]) -> None:
 def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
            ledger_block: LedgerBlock = None) -> None:
     """Release a list's lock left by a run that died (runs release their own locks)."""
-    from flows.sync import open_ledger
-    from tasks.mailman import dot_list_id
+    from tasks.run import open_ledger
+    from tasks.core.schema import dot_list_id
 
     released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id))
     out.print(f"Released {released} lock(s) on {dot_list_id(list_id)}." if released
@@ -308,7 +269,7 @@ def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to r
 def history(address: Annotated[str, typer.Argument(help="The email address to look up.")],
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""
-    from flows.sync import open_ledger
+    from tasks.run import open_ledger
 
     ledger = open_ledger(ledger_block, create=False)
     changes = ledger.history(address)
@@ -322,7 +283,7 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
     out.print(f"Ledger: {ledger.location}")
     for item in lists:
         since = item["first_managed_at"][:10]
-        if item["status"] == "member":
+        if item["status"] == Status.MEMBER:
             out.print(f"{item['list_id']}: managed since {since} ({item['how']}), Novi id {item['novi_id']}")
         else:
             out.print(f"{item['list_id']}: left the list themselves on {(item['left_at'] or '')[:10]}; "

@@ -9,26 +9,19 @@ change), and those addresses' membership on each list. Nothing else is read or t
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pandas as pd
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.sync import _run_id, _run_record, apply_plan, failed_message, finish, open_ledger, resolve_rules
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.guards import REMOVING, roster_collapse
-from tasks.mailman import FAILED
+from tasks.core.planner import plan
+from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
 from tasks.novi import members_frame
-from tasks.planner import plan, settle
-from tasks.webhooks import GUID
-
-MAX_MEMBERS = 1000  # a larger batch is the full sync's job
-SUMMARY_KEY = "novi-mailman-member-sync"
+from tasks.run import Run
 
 
 def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str]]:
@@ -57,67 +50,41 @@ def sync_member(
     mailman_block: str = "mailman",
     ledger_block: str | None = None,
     dry_run: bool = False,
+    override_guards: bool = False,
     wait_for_lock_s: int = 900,
-) -> dict:
-    """Bring these members' subscriptions in step with Novi on every list in the rules."""
-    started, started_at = time.monotonic(), datetime.now(timezone.utc)
+) -> dict | State:
+    """Bring these members' subscriptions in step with Novi on every list in the rules.
+
+    The same run as the full sync from the plan on (tasks.run): the guards that mean
+    something for a few members (removal count, roster collapse), the lock, the ledger, the
+    final state. A real run waits up to `wait_for_lock_s` for a full sync holding the lists."""
     ids = sorted({m.strip().lower() for m in member_ids})
     bad = [m for m in ids if not GUID.fullmatch(m)]
-    if bad or not ids or len(ids) > MAX_MEMBERS:
-        raise ValueError(f"member_ids must be 1 to {MAX_MEMBERS} Novi UniqueIDs ({len(bad)} are not)")
-    rules = resolve_rules(rules_path, list_id)
-    ledger = open_ledger(ledger_block, create=not dry_run)
-    list_ids = [rule.list_id for rule in rules.lists]
+    if bad or not ids or len(ids) > MAX_MEMBERS_PER_RUN:
+        raise ValueError(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
+    run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
     novi = NoviCredentials.load(novi_block).get_client()
     mailman = MailmanCredentials.load(mailman_block).get_client()
-    # Dry runs write nothing, so they take no lock; a real one waits for a running full sync.
-    held = nullcontext() if dry_run else ledger.lock(list_ids, _run_id(), wait=timedelta(seconds=wait_for_lock_s))
-    with held as lease:
+    with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         found, missing = _records_for(novi, ids)
-        members = members_frame(list(found.values()), list(rules.novi.address_fields))
-        remembered = ledger.read(list_ids, novi_ids=list(members["novi_id"]),
-                                 match_keys=list(members["match_key"].dropna()))
+        members = members_frame(list(found.values()), list(run.rules.novi.address_fields))
+        remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),
+                                     match_keys=list(members["match_key"].dropna()))
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
-        rosters = {lid: mailman.membership(lid, keys) for lid in list_ids}
-        the_plan = plan(members, rosters, rules, remembered, pd.Timestamp(started_at))
+        rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
+        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at))
 
-        too_many = [f"{rule.list_id}: {n} removals for {len(ids)} members" for rule in rules.lists
-                    if (n := int(((the_plan.changes["list_id"] == rule.list_id)
-                                  & the_plan.changes["action"].isin(REMOVING)).sum())) > rule.max_removals]
-        too_many += roster_collapse(the_plan, rules)
-        if dry_run or too_many:
-            outcomes = the_plan.changes.assign(outcome=report.PLANNED if dry_run else report.REFUSED, detail="")
-        else:
-            outcomes = apply_plan(mailman, the_plan, rules, batch_size=100, workers=2, lease=lease)
-        failed = int((outcomes["outcome"] == FAILED).sum())
-        state = "refused" if too_many else "failed" if failed else "completed"
-        message = (" ".join(too_many) if too_many
-                   else failed_message(failed, len(outcomes)) if failed
-                   else f"{len(outcomes)} changes for {len(ids) - len(missing)} members"
-                   + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
-        if not dry_run:
-            lease.check()
-            ledger.record(_run_record(started_at, state, message, len(found), kind="member"), list_ids,
-                          None if too_many else settle(the_plan.memory, outcomes), outcomes, the_plan.figures,
-                          only_keys=keys)
+        run.judge(the_plan, None, override_guards)
+        outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)
+        done = (f"{len(outcomes)} changes for {len(ids) - len(missing)} members"
+                + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
+        state, message = run.verdict(outcomes, done)
+        state, message = run.record(the_plan, outcomes, state, message, len(found), only_keys=keys)
 
-    summary = {
-        "state": state, "message": message, "dry_run": dry_run, "members": ids, "not_found": missing,
-        "changes": len(outcomes), "outcomes": outcomes["outcome"].value_counts().to_dict(),
-        "by_list": {lid: outcomes.loc[outcomes["list_id"] == lid, "action"].value_counts().to_dict()
-                    for lid in list_ids},
-        "quarantined": the_plan.quarantined["quarantine"].value_counts().to_dict(),
-        "duration_s": round(time.monotonic() - started, 2),
-        "http_calls": dict(sorted({**novi.http.calls, **mailman.http.calls}.items())),
-    }
-    create_markdown_artifact(_markdown(summary, outcomes), key=SUMMARY_KEY, description=message[:200])
-    return finish(summary, message, refused=bool(too_many), failed=failed, total=len(outcomes))
-
-
-def _markdown(summary: dict, outcomes: pd.DataFrame) -> str:
-    lines = [f"# Member sync: {summary['state']}", "", f"**{summary['message']}**", "",
-             f"Members: {len(summary['members'])} · not found in Novi (left to the full sync): "
-             f"{', '.join(summary['not_found']) or 'none'}", "", "| list | action | email | reason | outcome |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r.list_id} | {r.action} | {r.email} | {r.reason} | {r.outcome} |" for r in outcomes.itertuples()]
-    return "\n".join(lines) + "\n"
+    summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
+                               novi_members=len(found), duration_s=run.elapsed(), plan_csv=None,
+                               ledger=run.ledger.location, guards=run.tripped, guards_overridden=run.overridden)
+    summary.update(members=ids, not_found=missing,
+                   http_calls=dict(sorted({**novi.http.calls, **mailman.http.calls}.items())))
+    report.publish_member(summary, outcomes)
+    return run.finish(summary, outcomes)

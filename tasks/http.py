@@ -170,11 +170,11 @@ class ApiSession:
     def __repr__(self) -> str:  # never show headers: they hold the key
         return f"ApiSession({self.system} at {redact_path(self.base_url)})"
 
-    def _count(self, kind: str) -> None:
+    def _count(self, bucket: str) -> None:
         with self._counter_lock:
-            self.calls[kind] = self.calls.get(kind, 0) + 1
+            self.calls[bucket] = self.calls.get(bucket, 0) + 1
 
-    def request(self, method: str, path: str, *, kind: str, accept: Collection[int] = (),
+    def request(self, method: str, path: str, *, bucket: str, accept: Collection[int] = (),
                 **kwargs) -> requests.Response:
         """Send one request; return a 2xx (or an `accept`ed status) or raise a typed error."""
         url = f"{self.base_url}/{path.lstrip('/')}"
@@ -182,17 +182,17 @@ class ApiSession:
         retries = self.read_retries if method == "GET" else 0
         for attempt in range(retries + 1):
             try:
-                return self._send(method, url, where, kind, accept, kwargs)
+                return self._send(method, url, where, bucket, accept, kwargs)
             except TransientHTTPError as error:
                 if attempt == retries:
                     raise
                 self._sleep(error.retry_after if error.retry_after is not None else backoff(attempt))
         raise AssertionError("unreachable")  # the loop always returns or raises
 
-    def _send(self, method: str, url: str, where: str, kind: str, accept: Collection[int],
+    def _send(self, method: str, url: str, where: str, bucket: str, accept: Collection[int],
               kwargs: dict) -> requests.Response:
         self._throttle.wait()
-        self._count(kind)
+        self._count(bucket)
         started = time.monotonic()
         try:
             # No redirects: an API answers where it lives; following one would send the

@@ -2,7 +2,7 @@
 
 A SQL database through SQLAlchemy: a SQLite file by default (no set-up), PostgreSQL when
 workers run on several machines. The planner reads it as one more input frame
-(`tasks.planner.LEDGER_COLUMNS`); a real run writes the next state, its changes and its
+(`tasks.core.schema.LEDGER_COLUMNS`); a real run writes the next state, its changes and its
 figures in one transaction, so a run that fails half-way leaves the ledger as it was.
 """
 
@@ -40,9 +40,19 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from tasks.core.schema import (
+    FIGURE_COLUMNS,
+    FLAG_COLUMNS,
+    LEDGER_COLUMNS,
+    OUTCOME_COLUMNS,
+    TIMESTAMP_COLUMNS,
+    Outcome,
+    RunKind,
+    RunState,
+    empty_ledger,
+)
 from tasks.errors import SyncError
 from tasks.host import process_alive
-from tasks.planner import LEDGER_COLUMNS, TIMESTAMP_COLUMNS, empty_ledger
 
 LEDGER_ENV = "NOVI_MAILMAN_LEDGER"   # a path or a SQLAlchemy URL
 HOME_ENV = "NOVI_MAILMAN_HOME"       # default ~/.novi-mailman
@@ -55,7 +65,7 @@ addresses_table = Table(
     Column("match_key", String(320), primary_key=True),
     Column("email", String(320), nullable=False),
     Column("novi_id", String(64)),
-    Column("status", String(16), nullable=False),      # member | left
+    Column("status", String(16), nullable=False),      # tasks.core.schema.Status
     Column("how", String(16), nullable=False),         # subscribed | adopted
     Column("on_roster", Boolean, nullable=False),
     Column("eligible", Boolean, nullable=False),
@@ -93,8 +103,8 @@ runs_table = Table(
     Column("run_name", String(128)),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=False),
-    Column("kind", String(16), nullable=False, default="full"),  # full | member (a webhook's few members)
-    Column("state", String(16), nullable=False),       # completed | failed | refused
+    Column("kind", String(16), nullable=False, default=RunKind.FULL),  # full | member (a webhook's few members)
+    Column("state", String(16), nullable=False),       # tasks.core.schema.RunState
     Column("message", Text),
     Column("novi_members", Integer),
     Column("changes", Integer),
@@ -163,7 +173,7 @@ class RunRecord:
     state: str
     message: str
     novi_members: int | None = None
-    kind: str = "full"
+    kind: str = RunKind.FULL
 
 
 def default_url() -> str:
@@ -249,7 +259,7 @@ class Ledger:
         for column in LEDGER_COLUMNS:
             if column in TIMESTAMP_COLUMNS:
                 frame[column] = pd.to_datetime(frame[column], utc=True)
-            elif column in ("on_roster", "eligible"):
+            elif column in FLAG_COLUMNS:
                 frame[column] = frame[column].astype(bool)
             else:
                 frame[column] = frame[column].astype("string")
@@ -264,7 +274,7 @@ class Ledger:
         `state=None` (a refused run) the lists' rows stay as they were. A retry of a flow run
         is stored as one more attempt of it, never over the first."""
         at = pd.Timestamp(run.ended_at)
-        failed = changes.loc[changes["outcome"] == "failed"]
+        failed = changes.loc[changes["outcome"] == Outcome.FAILED]
         per_list = [{"list_id": f["list_id"], "eligible": int(f["eligible"]),
                      "roster": int(f["roster"]), "managed": int(f["managed"]),
                      "changes": int((changes["list_id"] == f["list_id"]).sum()),
@@ -279,8 +289,7 @@ class Ledger:
                 conn.execute(delete(addresses_table).where(scope))
                 if not state.empty:
                     conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=key)))
-            change_rows = changes.assign(run_id=key, at=at, match_key=changes["email"].str.casefold())
-            change_rows = change_rows[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action",
+            change_rows = changes.assign(run_id=key, at=at)[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action",
                                        "outcome", "reason", "detail"]]
             if not change_rows.empty:
                 conn.execute(changes_table.insert(), _records(change_rows))
@@ -288,9 +297,8 @@ class Ledger:
                 conn.execute(run_lists_table.insert(), [{"run_id": key, **row} for row in per_list])
 
     def record_failure(self, run: RunRecord) -> None:
-        """A run that ended before it could plan (a failed read, bad rules): only its row."""
-        with self._begin() as conn:
-            _insert_run(conn, run, changes=0, failed=0)
+        """A run that ended before it could plan (a failed read, its lists busy): only its row."""
+        self.record(run, [], None, pd.DataFrame(columns=OUTCOME_COLUMNS), pd.DataFrame(columns=FIGURE_COLUMNS))
 
     def history(self, address: str) -> pd.DataFrame:
         """Every change recorded for an address, across lists and runs, newest first."""
@@ -322,7 +330,7 @@ class Ledger:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame([dict(r) for r in rows])
 
-    def last_run(self, state: str = "completed", kind: str = "full") -> dict | None:
+    def last_run(self, state: str = RunState.COMPLETED, kind: str = RunKind.FULL) -> dict | None:
         """The newest run of a kind in the given final state, with its per-list figures."""
         if not self.exists:
             return None
@@ -346,7 +354,7 @@ class Ledger:
             return {}
         query = (select(run_lists_table, runs_table.c.ended_at)
                  .join(runs_table, runs_table.c.run_id == run_lists_table.c.run_id)
-                 .where((runs_table.c.state == "completed") & (runs_table.c.kind == "full")
+                 .where((runs_table.c.state == RunState.COMPLETED) & (runs_table.c.kind == RunKind.FULL)
                         & run_lists_table.c.list_id.in_(list(list_ids)))
                  .order_by(runs_table.c.ended_at.desc()))
         newest: dict[str, dict] = {}

@@ -10,21 +10,16 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import addresses
+from tasks.core import addresses
+from tasks.core.schema import MEMBER_COLUMNS, NOVI_PAGE_SIZE
 from tasks.errors import IncompleteSweep, UnexpectedResponse
 from tasks.http import ApiSession, json_body
+from tasks.paging import Offsets, Page, sweep
 
-DEFAULT_PAGE_SIZE = 500
 # Novi reports 20 requests/s and 600/min per key; 600/min is the binding one (10/s sustained).
 DEFAULT_REQUESTS_PER_SECOND = 8.0
 # Reads retried on 429, 5xx, timeouts and refused connections, with backoff (tasks.http).
 READ_RETRIES = 6
-
-MEMBER_COLUMNS = [
-    "novi_id", "email", "match_key", "display_name", "status", "active", "customer_type",
-    "is_person", "member_type", "member_type_id", "group_ids", "group_names", "opted_out",
-    "expires", "quarantine",
-]
 
 
 def api_base(site_url: str) -> str:
@@ -54,9 +49,8 @@ class NoviClient:
     def __repr__(self) -> str:
         return f"NoviClient({self.http.base_url})"
 
-    def _page(self, page_size: int, offset: int, **filters: str) -> tuple[int, list[dict]]:
-        response = self.http.request("GET", "members", kind="novi_page",
-                                     params={"pageSize": page_size, "offset": offset, **filters})
+    def _page(self, params: dict) -> Page:
+        response = self.http.request("GET", "members", bucket="novi_page", params=params)
         body = json_body(response, "Novi /api/members")
         if not isinstance(body, dict) or not isinstance(body.get("Results"), list):
             raise UnexpectedResponse("Novi /api/members: the answer has no Results list")
@@ -65,36 +59,13 @@ class NoviClient:
             raise UnexpectedResponse("Novi /api/members: the answer has no valid TotalCount")
         if not all(isinstance(r, dict) for r in body["Results"]):
             raise UnexpectedResponse("Novi /api/members: Results holds something other than records")
-        return total, body["Results"]
+        return Page(total, body["Results"])
 
-    def member_pages(self, page_size: int = DEFAULT_PAGE_SIZE) -> Iterator[tuple[int, list[dict]]]:
-        """Every page of `/api/members`, with the stop rules that make the sweep trustworthy.
+    def member_pages(self, page_size: int = NOVI_PAGE_SIZE) -> Iterator[tuple[int, list[dict]]]:
+        """Every page of `/api/members`, with the sweep's stop rules (tasks.paging)."""
+        return sweep(self._page, Offsets(page_size), "Novi's member list")
 
-        The offset advances by the records actually received (a server may cap the page);
-        the sweep stops at `TotalCount`; a total that changes, an empty page before the end,
-        or more pages than the total allows fails the sweep rather than shortening it.
-        """
-        offset, announced, pages = 0, None, 0
-        while announced is None or offset < announced:
-            total, records = self._page(page_size, offset)
-            pages += 1
-            if announced is None:
-                announced = total
-            elif total != announced:
-                raise IncompleteSweep(
-                    f"Novi's member total changed from {announced} to {total} during the sweep; "
-                    "members were added or removed meanwhile, rerun to read a consistent list")
-            if not records:
-                if offset < announced:
-                    raise IncompleteSweep(
-                        f"Novi returned an empty page at offset {offset} of {announced} members")
-                break
-            if pages > announced:  # every page holds a record, so a whole sweep ends by then
-                raise IncompleteSweep("Novi kept returning pages past its announced total")
-            yield announced, records
-            offset += len(records)
-
-    def members(self, page_size: int = DEFAULT_PAGE_SIZE) -> list[dict]:
+    def members(self, page_size: int = NOVI_PAGE_SIZE) -> list[dict]:
         """All member records, deduplicated by `UniqueID` and counted against `TotalCount`."""
         by_id: dict[str, dict] = {}
         received, announced = 0, 0
@@ -114,19 +85,18 @@ class NoviClient:
 
     def member_total(self) -> int:
         """`TotalCount` from a one-record page: a cheap connection check."""
-        total, _ = self._page(1, 0)
-        return total
+        return self._page({"pageSize": 1, "offset": 0}).total
 
     def members_with_email(self, address: str) -> list[dict]:
         """Every record whose Email is this address (Novi's `email=` filter: exact, any case)."""
-        total, records = self._page(100, 0, email=address)
-        if total > len(records):
-            raise IncompleteSweep(f"Novi has {total} records with one address; more than one page can hold")
-        return records
+        page = self._page({"pageSize": 100, "offset": 0, "email": address})
+        if page.total > len(page.entries):
+            raise IncompleteSweep(f"Novi has {page.total} records with one address; more than one page can hold")
+        return page.entries
 
     def member(self, unique_id: str) -> dict | None:
         """One record, or None where Novi answers 200 with no identity (its "not found")."""
-        response = self.http.request("GET", f"members/{unique_id}", kind="novi_member", accept=(404,))
+        response = self.http.request("GET", f"members/{unique_id}", bucket="novi_member", accept=(404,))
         if response.status_code == 404 or not response.content.strip():
             return None
         body = json_body(response, "Novi /api/members/{id}")

@@ -27,11 +27,11 @@ from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN
+
 EVENTS = {"customer.created", "customer.updated", "customer.removed"}
 MAX_BODY = 2048  # Novi's body is ~90 bytes
 TOKEN_HEADER = "X-Novi-Mailman-Token"
-MAX_MEMBERS_PER_RUN = 1000  # flows.member.MAX_MEMBERS: a larger batch would be refused by the run
 EXCHANGE_TIMEOUT = 10.0  # seconds a connection gets to deliver a whole request (headers and body)
 MAX_CONNECTIONS = 200    # open connections at once; more are closed as they arrive
 
@@ -388,3 +388,50 @@ def flush_forever(relay: Relay, every: float = 1.0, stop: threading.Event | None
             # outlives Prefect's outages and tries again. Anything else is a bug: let it out.
             if relay.counts["handoff_failures"] == failures:
                 raise
+
+
+def start(*, token: str, host: str, port: int, deployment: str, full_sync_deployment: str, full_sync_above: int,
+          window: float, max_batch: int, say: Callable[[str], None]) -> None:
+    """The relay as the command line starts it: checked, bound, then served until interrupted.
+
+    Hand-offs start the deployments on the Prefect server at `PREFECT_API_URL` (workers share
+    it). Anything that stops it from starting (no Prefect, a missing deployment, a bad option,
+    a port in use) is a `RelayError` before it listens; `say` reports what it does."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise RelayError("set PREFECT_API_URL: the relay hands runs to a Prefect server that workers share")
+    probe = PrefectProbe(api_url)
+
+    def member_sync(member_ids: list[str]) -> None:
+        run_deployment(deployment, parameters={"member_ids": member_ids}, timeout=0, tags=["novi-webhook"])
+        say(f"Started {deployment} for {len(member_ids)} member(s)")
+
+    def full_sync(member_ids: list[str]) -> None:
+        run_deployment(full_sync_deployment, timeout=0, tags=["novi-webhook"])
+        say(f"{len(member_ids)} members changed at once: started {full_sync_deployment}")
+
+    relay = Relay(token, member_sync, MemberQueue(window=window, max_batch=max_batch), probe,
+                  full_sync=full_sync, full_sync_above=full_sync_above)
+    if not probe.refresh():
+        raise RelayError(f"the Prefect API at {api_url} does not answer")
+    _deployments_exist([deployment, full_sync_deployment])
+    sock = bind(host, port)
+    say(f"Relay listening on http://{host}:{port}/novi/<token> (health: /health)")
+    serve(relay, sock)
+
+
+def _deployments_exist(names: list[str]) -> None:
+    """Both hand-off targets, before listening: a missing one would answer 202 for ever."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                raise RelayError(f"there is no deployment {name} on the Prefect server: `prefect deploy --all` "
+                                 "first, or name the right one (--deployment / --full-sync-deployment)") from None

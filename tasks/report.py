@@ -1,4 +1,5 @@
-"""What a run did and why: the summary dict, the markdown summary, the changes table and the plan CSV."""
+"""What a run did and why: the summary dict, the markdown summaries (full and member runs), the
+changes table and the plan CSV."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from tasks.mailman import ALREADY, APPLIED, FAILED, PENDING
-from tasks.planner import ACTIONS, Plan
+from tasks.core.planner import Plan
+from tasks.core.schema import ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, Outcome, RunState
 
-PLANNED = "planned (dry run)"
-REFUSED = "refused by a guard"
-OUTCOMES = [APPLIED, ALREADY, PENDING, FAILED]
 SUMMARY_KEY = "novi-mailman-summary"
+MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
 CHANGES_KEY = "novi-mailman-changes"
 PLAN_KEY = "novi-mailman-plan"
 QUARANTINE_KEY = "novi-mailman-quarantine"
@@ -66,7 +65,7 @@ def summary_markdown(summary: dict) -> str:
     """The run's summary for an analyst: per list, counts by action, outcome and reason."""
     if summary["dry_run"]:
         mode = "Dry run: nothing was written."
-    elif summary["state"] == "refused":
+    elif summary["state"] == RunState.REFUSED:
         mode = "Refused by a safety guard: nothing was written. The tables show what would have happened."
     else:
         mode = "Changes were applied to Mailman."
@@ -80,7 +79,7 @@ def summary_markdown(summary: dict) -> str:
     for item in summary["lists"]:
         lines.append(f"| {item['list_id']} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
                      f"{item['in_step']:,} | " + " | ".join(f"{item['changes'][a]:,}" for a in ACTIONS)
-                     + f" | {item['outcomes'].get(FAILED, 0):,} |")
+                     + f" | {item['outcomes'].get(Outcome.FAILED, 0):,} |")
     for item in summary["lists"]:
         if item["reasons"] or item["left_alone"]:
             lines += ["", f"## {item['list_id']}", "", "| action | reason | count |", "|---|---|---:|"]
@@ -101,15 +100,14 @@ def summary_markdown(summary: dict) -> str:
 
 def plan_rows(plan: Plan, outcomes: pd.DataFrame) -> pd.DataFrame:
     """Every change with its outcome, every row left alone and every quarantined record."""
-    alone = plan.left_alone.assign(action="left alone", outcome="", detail="")
-    quarantined = pd.DataFrame({"list_id": "", "action": "quarantined", "email": plan.quarantined["email"],
+    alone = plan.left_alone.assign(action=LEFT_ALONE, outcome="", detail="")
+    quarantined = pd.DataFrame({"list_id": "", "action": QUARANTINED, "email": plan.quarantined["email"],
                                 "novi_id": plan.quarantined["novi_id"], "reason": plan.quarantined["quarantine"],
                                 "outcome": "", "detail": ""})
-    columns = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
     parts = [p for p in (outcomes, alone, quarantined) if not p.empty]
     if not parts:
-        return pd.DataFrame(columns=columns)
-    return pd.concat(parts, ignore_index=True).reindex(columns=columns)
+        return pd.DataFrame(columns=PLAN_ROW_COLUMNS)
+    return pd.concat(parts, ignore_index=True).reindex(columns=PLAN_ROW_COLUMNS)
 
 
 def safe_file_name(run_name: str) -> str:
@@ -151,3 +149,20 @@ def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_
     if plan_csv is not None:
         create_link_artifact(plan_csv.as_uri(), link_text=plan_csv.name, key=PLAN_KEY,
                              description="the full plan as CSV (changes, rows left alone, quarantined records)")
+
+
+def member_markdown(summary: dict, outcomes: pd.DataFrame) -> str:
+    """A member run's summary: the members, who Novi did not know, and every change (they are few)."""
+    lines = [f"# Member sync: {summary['state']}", "", f"**{summary['message']}**", "",
+             f"Members: {len(summary['members'])} · not found in Novi (left to the full sync): "
+             f"{', '.join(summary['not_found']) or 'none'}", ""]
+    if summary.get("guards_overridden"):
+        lines += ["**Guards were lifted for this run by the operator:** " + " ".join(summary["guards"]), ""]
+    lines += ["| list | action | email | reason | outcome |", "|---|---|---|---|---|"]
+    lines += [f"| {r.list_id} | {r.action} | {r.email} | {r.reason} | {r.outcome} |" for r in outcomes.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def publish_member(summary: dict, outcomes: pd.DataFrame) -> None:
+    create_markdown_artifact(member_markdown(summary, outcomes), key=MEMBER_SUMMARY_KEY,
+                             description=summary["message"][:200])

@@ -16,8 +16,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import pandas as pd
 import pytest
 
-from tasks import addresses
-from tasks.mailman import ROSTER_COLUMNS
+from tasks.core import addresses
+from tasks.core.schema import ROSTER_COLUMNS
 
 
 def novi_record(uid: str, email: str | None = None, *, first: str | None = "Pat", last: str | None = None,

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from tasks.addresses import match_key, refusal, repair
+from tasks.core.addresses import match_key, refusal, repair
 
 CASES = [
     # raw, repaired, match key, refusal (None = Mailman accepts it)

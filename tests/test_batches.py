@@ -2,12 +2,14 @@
 
 import pandas as pd
 
-from flows.sync import batches
-from tasks.planner import CHANGE_COLUMNS
+from tasks.core.schema import CHANGE_COLUMNS
+from tasks.mailman import batches
 
 
 def changes(rows):
+    """Changes as the planner makes them: each carries its address's match key."""
     frame = pd.DataFrame(rows, columns=["list_id", "action", "email"])
+    frame["match_key"] = frame["email"].str.casefold()
     for column in CHANGE_COLUMNS:
         if column not in frame:
             frame[column] = pd.NA

@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from flows.sync import sync_lists
-from tasks.rules import load_rules
+from tasks.core.rules import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 import responses
 from prefect.artifacts import Artifact
 
-import flows.sync as sync_module
+import tasks.run as run_module
 from flows.sync import sync_lists
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.errors import ChangesFailed, GuardRefused
@@ -35,7 +35,7 @@ def blocks(prefect_server):
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(sync_module, "apply_batch", apply_batch.with_options(retry_delay_seconds=0))
+    monkeypatch.setattr(run_module, "apply_batch", apply_batch.with_options(retry_delay_seconds=0))
 
 
 def population():

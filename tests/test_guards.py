@@ -2,10 +2,10 @@
 
 import pytest
 
-from tasks.guards import refusal_message, refusals
+from tasks.core.guards import refusal_message, refusals
 from tasks.novi import members_frame
-from tasks.planner import plan
-from tasks.rules import parse_rules
+from tasks.core.planner import plan
+from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
 L = "members.example.org"

@@ -22,7 +22,7 @@ def test_every_failure_is_classified_in_one_place(status, error):
                   json={"title": "x", "description": "problem with jane@example.org"})
     session = ApiSession(BASE, headers={"Authorization": "Basic SECRET-KEY"}, system="Novi")
     with pytest.raises(error) as caught:
-        session.request("GET", "members/jane%40example.org", kind="read", params={"q": "jane@example.org"})
+        session.request("GET", "members/jane%40example.org", bucket="read", params={"q": "jane@example.org"})
     message = str(caught.value)
     assert str(status) in message and "GET" in message
     assert "jane" not in message and "SECRET-KEY" not in message, message
@@ -38,7 +38,7 @@ def test_every_failure_is_classified_in_one_place(status, error):
 def test_network_failures_are_transient(exc):
     responses.get(f"{BASE}/members", body=exc("boom"))
     with pytest.raises(TransientHTTPError):
-        ApiSession(BASE, headers={}).request("GET", "members", kind="read")
+        ApiSession(BASE, headers={}).request("GET", "members", bucket="read")
 
 
 @responses.activate
@@ -48,7 +48,7 @@ def test_429_is_waited_out_with_retry_after_then_succeeds():
     responses.get(f"{BASE}/members", json={"ok": True})
     slept = []
     session = ApiSession(BASE, headers={}, read_retries=3, sleep=slept.append)
-    assert session.request("GET", "members", kind="read").json() == {"ok": True}
+    assert session.request("GET", "members", bucket="read").json() == {"ok": True}
     assert slept[0] == 7.0 and 1.0 <= slept[1] <= 3.0  # Retry-After, then backoff with jitter
     assert session.calls == {"read": 3}
 
@@ -59,7 +59,7 @@ def test_429_beyond_the_wait_budget_raises_transient():
         responses.get(f"{BASE}/members", status=429, headers={"Retry-After": "1"})
     session = ApiSession(BASE, headers={}, read_retries=2, sleep=lambda s: None)
     with pytest.raises(TransientHTTPError) as caught:
-        session.request("GET", "members", kind="read")
+        session.request("GET", "members", bucket="read")
     assert caught.value.retry_after == 1.0
 
 
@@ -75,7 +75,7 @@ def test_every_request_has_timeout_user_agent_and_accept():
         return original(method, url, **kwargs)
 
     session.session.request = spy
-    session.request("GET", "members", kind="read")
+    session.request("GET", "members", bucket="read")
     sent = responses.calls[0].request.headers
     assert seen["timeout"] == (3.0, 9.0)
     assert sent["User-Agent"].startswith("novi-mailman/")
@@ -113,7 +113,7 @@ def test_throttle_spaces_requests():
 @responses.activate
 def test_html_with_status_200_is_an_unexpected_response():
     responses.get(f"{BASE}/members", body="<html>Maintenance</html>", content_type="text/html")
-    response = ApiSession(BASE, headers={}).request("GET", "members", kind="read")
+    response = ApiSession(BASE, headers={}).request("GET", "members", bucket="read")
     with pytest.raises(UnexpectedResponse, match="not JSON"):
         json_body(response, "Novi")
 
@@ -128,7 +128,7 @@ def test_reads_retry_transient_failures_with_backoff(first):
     responses.get(f"{BASE}/members", json={"ok": True})
     slept = []
     session = ApiSession(BASE, headers={}, read_retries=2, sleep=slept.append)
-    assert session.request("GET", "members", kind="read").json() == {"ok": True}
+    assert session.request("GET", "members", bucket="read").json() == {"ok": True}
     assert len(slept) == 1 and 0.5 <= slept[0] <= 1.5
 
 
@@ -137,7 +137,7 @@ def test_writes_are_never_retried_here():
     responses.post(f"{BASE}/members", status=503)
     session = ApiSession(BASE, headers={}, read_retries=5, sleep=lambda s: pytest.fail("slept"))
     with pytest.raises(TransientHTTPError):
-        session.request("POST", "members", kind="write")
+        session.request("POST", "members", bucket="write")
     assert len(responses.calls) == 1
 
 
@@ -146,7 +146,7 @@ def test_permanent_failures_are_not_retried():
     responses.get(f"{BASE}/members", status=404)
     session = ApiSession(BASE, headers={}, read_retries=5, sleep=lambda s: pytest.fail("slept"))
     with pytest.raises(PermanentHTTPError):
-        session.request("GET", "members", kind="read")
+        session.request("GET", "members", bucket="read")
     assert len(responses.calls) == 1
 
 
@@ -170,7 +170,7 @@ def test_a_gzip_bomb_is_refused_at_the_size_cap_not_inflated():
                                                        "Content-Type": "application/json"})
         session = ApiSession(BASE, headers={}, max_bytes=4 * 1024 * 1024)
         with pytest.raises(UnexpectedResponse, match="larger than 4 MB"):
-            session.request("GET", "members", kind="page")
+            session.request("GET", "members", bucket="page")
 
 
 def test_an_answer_cut_short_is_transient_and_retried():
@@ -180,7 +180,7 @@ def test_an_answer_cut_short_is_transient_and_retried():
         mock.get(f"{BASE}/members", body=ChunkedEncodingError("Connection broken: IncompleteRead"))
         mock.get(f"{BASE}/members", json={"ok": True})
         session = ApiSession(BASE, headers={}, read_retries=1, sleep=lambda s: None)
-        assert session.request("GET", "members", kind="page").json() == {"ok": True}
+        assert session.request("GET", "members", bucket="page").json() == {"ok": True}
 
 
 def test_json_nested_too_deep_is_an_unexpected_answer():
@@ -189,7 +189,7 @@ def test_json_nested_too_deep_is_an_unexpected_answer():
 
     with responses.RequestsMock() as mock:
         mock.get(f"{BASE}/members", body="[" * 200_000 + "]" * 200_000, content_type="application/json")
-        response = ApiSession(BASE, headers={}).request("GET", "members", kind="page")
+        response = ApiSession(BASE, headers={}).request("GET", "members", bucket="page")
         with pytest.raises(UnexpectedResponse, match="nested too deep"):
             json_body(response, "Novi /api/members")
 
@@ -201,7 +201,7 @@ def test_redirects_are_not_followed_and_say_where_they_point(location):
     with responses.RequestsMock() as mock:
         mock.get(f"{BASE}/members", status=302, headers={"Location": location})
         with pytest.raises(PermanentHTTPError, match="answered 302, a redirect to") as caught:
-            ApiSession(BASE, headers={"Authorization": "Basic k3y-k3y-k3y"}).request("GET", "members", kind="page")
+            ApiSession(BASE, headers={"Authorization": "Basic k3y-k3y-k3y"}).request("GET", "members", bucket="page")
         assert len(mock.calls) == 1 and "k3y" not in str(caught.value)
 
 
@@ -236,7 +236,7 @@ def test_a_peer_that_drips_its_answer_is_cut_off_at_the_deadline():
     try:
         session = ApiSession(f"http://127.0.0.1:{server.server_port}", headers={}, timeout=(2.0, 2.0), deadline=1.0)
         with pytest.raises(TransientHTTPError, match="took longer than 1 s"):
-            session.request("GET", "members", kind="page")
+            session.request("GET", "members", bucket="page")
     finally:
         server.shutdown()
         server.server_close()

@@ -11,8 +11,8 @@ import pytest
 
 from tasks.ledger import Ledger, LedgerError, RunRecord
 from tasks.novi import members_frame
-from tasks.planner import LEDGER_COLUMNS, plan, settle
-from tasks.rules import parse_rules
+from tasks.core.planner import LEDGER_COLUMNS, plan, settle
+from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
 T0 = datetime(2026, 11, 1, 2, 15, tzinfo=timezone.utc)

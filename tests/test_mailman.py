@@ -6,7 +6,10 @@ import responses
 from responses import matchers
 
 from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError
-from tasks.mailman import ALREADY, APPLIED, FAILED, PENDING, MailmanClient, apply_changes, dot_list_id, rest_base
+from tasks.core.schema import Outcome, dot_list_id
+from tasks.mailman import MailmanClient, apply_changes, rest_base
+
+ALREADY, APPLIED, FAILED, PENDING = Outcome.ALREADY, Outcome.APPLIED, Outcome.FAILED, Outcome.PENDING
 
 REST = "http://127.0.0.1:8001/3.1"
 LIST = "members.example.org"

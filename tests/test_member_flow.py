@@ -8,9 +8,10 @@ import sqlite3
 import pytest
 import responses
 
-from flows.member import SUMMARY_KEY, sync_member
+from flows.member import sync_member
 from flows.sync import sync_lists
 from tasks.blocks import MailmanCredentials, NoviCredentials
+from tasks.report import MEMBER_SUMMARY_KEY as SUMMARY_KEY
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
@@ -148,7 +149,7 @@ def test_a_wildcard_address_in_novi_looks_up_and_touches_only_itself(member_bloc
     assert state.is_completed(), state.message
     assert set(mailman.rosters[LIST]) == before and not mailman.writes
     assert not any("/3.1/" in url and "%2A" in url for url in reads)  # never asked of Mailman (it answers 500)
-    assert state.result()["quarantined"] == {"a * in the address (a wildcard to Mailman's search)": 1}
+    assert state.result()["quarantine_reasons"] == {"a * in the address (a wildcard to Mailman's search)": 1}
 
 
 def test_a_member_sync_that_finds_its_members_gone_from_mailman_is_refused(member_blocks, tmp_path):

@@ -71,7 +71,7 @@ def test_empty_site_is_one_call_and_no_records():
 def test_empty_page_before_the_total_fails_the_sweep():
     responses.get(MEMBERS, json=page(5, recs(2)))
     responses.get(MEMBERS, json=page(5, []))
-    with pytest.raises(IncompleteSweep, match="empty page at offset 2 of 5"):
+    with pytest.raises(IncompleteSweep, match="empty page at offset 2 after 2 of 5"):
         client().members(page_size=2)
 
 

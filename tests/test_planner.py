@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.novi import members_frame
-from tasks.planner import (
+from tasks.core.planner import (
     REASON_NOT_IN_NOVI,
     REASON_PROTECTED,
     REASON_RELEASE,
@@ -13,7 +13,7 @@ from tasks.planner import (
     REASON_UNMANAGED,
     plan,
 )
-from tasks.rules import parse_rules
+from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
 L = "members.example.org"

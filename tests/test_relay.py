@@ -10,7 +10,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from tasks.webhooks import MAX_BODY, TOKEN_HEADER, MemberQueue, Relay, create_app, flush_forever
+from tasks.relay import MAX_BODY, TOKEN_HEADER, MemberQueue, Relay, create_app, flush_forever
 
 TOKEN = "relay-token-0123456789abcdef"
 
@@ -155,7 +155,7 @@ def test_short_tokens_are_refused():
 def test_prefect_probe_asks_at_most_every_ttl(prefect_server):
     from prefect.settings import PREFECT_API_URL
 
-    from tasks.webhooks import PrefectProbe
+    from tasks.relay import PrefectProbe
 
     clock = Clock()
     live = PrefectProbe(PREFECT_API_URL.value(), ttl=5, clock=clock)
@@ -212,7 +212,7 @@ def test_the_flush_loop_outlives_failed_hand_offs_but_not_a_bug(relay):
 @pytest.fixture
 def served(relay):
     """The relay's real server (uvicorn, the guarded protocol) on a free port, in a thread."""
-    from tasks import webhooks
+    from tasks import relay as webhooks
 
     sock = webhooks.bind("127.0.0.1", 0)
     server = webhooks.make_server(relay)
@@ -262,7 +262,7 @@ def test_no_redirect_off_the_routes(api):
     ({"full_sync_above": -1}, "--full-sync-above"),
 ], ids=["batch-0", "batch-5000", "window-negative", "full-sync-negative"])
 def test_options_that_cannot_work_are_refused_at_start(kwargs, says):
-    from tasks.webhooks import RelayError
+    from tasks.relay import RelayError
 
     with pytest.raises(RelayError, match=says):
         Relay(TOKEN, lambda batch: None, **kwargs)
@@ -271,7 +271,7 @@ def test_options_that_cannot_work_are_refused_at_start(kwargs, says):
 def test_a_port_in_use_is_one_clear_error_not_the_refused_code():
     import socket
 
-    from tasks.webhooks import RelayError, bind
+    from tasks.relay import RelayError, bind
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -297,7 +297,7 @@ def test_the_probe_never_makes_a_request_wait(prefect_server):
     """A Prefect API that accepts and never answers: asking must not block the caller."""
     import socket
 
-    from tasks.webhooks import PrefectProbe
+    from tasks.relay import PrefectProbe
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -313,7 +313,7 @@ def test_the_probe_never_makes_a_request_wait(prefect_server):
 
 @pytest.fixture
 def quick_timeout(monkeypatch):
-    from tasks import webhooks
+    from tasks import relay as webhooks
 
     monkeypatch.setattr(webhooks, "EXCHANGE_TIMEOUT", 0.5)
     monkeypatch.setattr(webhooks, "say_once", webhooks._Once())

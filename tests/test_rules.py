@@ -1,7 +1,7 @@
 import pytest
 
 from tasks.errors import RulesError
-from tasks.rules import load_rules, parse_rules, single_list_rules
+from tasks.core.rules import load_rules, parse_rules, single_list_rules
 
 
 def test_defaults_and_shortcut():

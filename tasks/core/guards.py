@@ -7,18 +7,20 @@ the guards for one run (`override_guards`), which never persists.
 
 from __future__ import annotations
 
-from tasks.planner import Plan
-from tasks.rules import Rules
-
-REMOVING = ("unsubscribe", "hold")
+from tasks.core.planner import Plan
+from tasks.core.rules import Rules
+from tasks.core.schema import REMOVING
 HOW_TO_OVERRIDE = ("If this is right, rerun once with the guards lifted: `novi-mailman sync --override-guards` "
                    "or, in the Prefect UI, a custom run with override_guards = true.")
 
 
-def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None) -> list[str]:
+def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None, *, few: bool = False) -> list[str]:
     """One sentence per guard that trips, naming the list and the figures; empty when all is well.
 
     `previous`: list id → that list's figures at its last completed run (`Ledger.last_figures`).
+    `few`: the plan covers a few members, not whole lists (a member run): only the guards that
+    mean something for a few hold there, the removal count and the roster collapse. An empty
+    eligible set, a removal share or an eligible count that fell say nothing about a handful.
     """
     found: list[str] = []
     figures = plan.figures.set_index("list_id")
@@ -29,19 +31,20 @@ def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None) -> list
         managed = int(figures.loc[list_id, "managed"])
         mine = plan.changes.loc[plan.changes["list_id"] == list_id]
         removals = int(mine["action"].isin(REMOVING).sum())
-        if eligible == 0 and not rule.allow_empty:
+        if eligible == 0 and not rule.allow_empty and not few:
             found.append(f"{list_id}: no Novi member is eligible. An empty source is treated as an error, not "
                          "as an instruction to empty the list (set `allow_empty: true` if the list really should "
                          "be empty).")
             continue
         if removals > rule.max_removals:
             found.append(f"{list_id}: {removals:,} removals planned, more than max_removals = {rule.max_removals:,}.")
-        elif managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share:
+        elif managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share \
+                and not few:
             found.append(f"{list_id}: {removals:,} removals planned, {removals / managed:.0%} of its {managed:,} "
                          f"managed members, more than max_removal_share = {rule.max_removal_share:.0%}.")
         found += roster_collapse(plan, rules, only=list_id)
         before = previous.get(list_id, {}).get("eligible")
-        if before and eligible < before * (1 - rule.max_eligible_drop):
+        if before and eligible < before * (1 - rule.max_eligible_drop) and not few:
             found.append(f"{list_id}: {eligible:,} members are eligible, down from {before:,} at the last completed "
                          f"run ({1 - eligible / before:.0%} fewer; max_eligible_drop = {rule.max_eligible_drop:.0%}). "
                          "A Novi key scoped to fewer records, or a failed filter, looks like this.")

@@ -9,25 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from tasks.rules import ListRule, Rules
-
-CHANGE_COLUMNS = ["list_id", "action", "email", "reason", "novi_id", "display_name", "member_id"]
-# The ledger as the planner reads it (tasks.ledger stores exactly these columns), and the
-# next ledger state the plan implies; `pending` names the change the row's existence waits on.
-LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "on_roster", "eligible",
-                  "first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
-MEMORY_COLUMNS = [*LEDGER_COLUMNS, "pending"]
-TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
-LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
-# `remembered`: members the ledger saw on the list at its last run; `vanished`: those of them
-# the roster no longer holds (what the roster-collapse guard reads).
-FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
-                  "remembered", "vanished"]
-ACTIONS = ["subscribe", "unsubscribe", "hold", "release", "rename"]
+from tasks.core.rules import ListRule, Rules
+from tasks.core.schema import (
+    CHANGE_COLUMNS,
+    FIGURE_COLUMNS,
+    LAPSE_HOLD,
+    LAPSE_KEEP,
+    LAPSE_UNSUBSCRIBE,
+    LEDGER_COLUMNS,
+    LEFT_ALONE_COLUMNS,
+    MEMORY_COLUMNS,
+    SCOPE_MANAGED,
+    SCOPE_MIRROR,
+    SELF_OVERRIDE,
+    SELF_UNTIL_RENEWAL,
+    TIMESTAMP_COLUMNS,
+    TOOK,
+    ACTIONS,
+    Action,
+    How,
+    Status,
+    empty_ledger,
+)
 
 REASON_SUBSCRIBE = "eligible, not on the list"
 REASON_RELEASE = "eligible again, delivery was held"
@@ -96,36 +104,45 @@ def _frame(columns: list[str], **data) -> pd.DataFrame:
     return pd.DataFrame({c: data.get(c, pd.Series(dtype="string")) for c in columns}, columns=columns)
 
 
-def empty_ledger() -> pd.DataFrame:
-    """A ledger with no rows: the first run, or a dry run with no ledger yet."""
-    frame = pd.DataFrame({c: pd.Series(dtype="string") for c in LEDGER_COLUMNS})
-    for c in TIMESTAMP_COLUMNS:
-        frame[c] = pd.Series(dtype="datetime64[ns, UTC]")
-    frame["on_roster"] = frame["on_roster"].astype(bool)
-    frame["eligible"] = frame["eligible"].astype(bool)
-    return frame
-
-
 def _flag(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].fillna(False).astype(bool)
 
 
+class ListPlan(NamedTuple):
+    changes: pd.DataFrame
+    left_alone: pd.DataFrame
+    memory: pd.DataFrame
+    figures: dict
+
+
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
-              quarantined: pd.DataFrame, now: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+              quarantined: pd.DataFrame, now: pd.Timestamp) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`)."""
-    list_id = rule.list_id
+    winners, duplicates = one_record_per_address(usable, rule)
+    joined = join_sides(winners, roster, ledger)
+    where = Standing.of(joined, usable, quarantined, rule)
+    return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
+                    _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)))
+
+
+def one_record_per_address(usable: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each member judged against the rule, one Novi record per address, and the records set aside.
+
+    Where records share an address, the eligible one wins, then the smallest id (deterministic)."""
     members = usable.assign(why_not=ineligibility(usable, rule))
     members["eligible"] = members["why_not"] == ""
-
-    # One Novi record per address: the eligible one wins, then the smallest id (deterministic).
     members = members.sort_values(["match_key", "eligible", "novi_id"], ascending=[True, False, True],
                                   kind="stable")
     duplicate = members["match_key"].duplicated(keep="first").to_numpy()
     winners = members.loc[~duplicate]
     dup_rows = members.loc[duplicate].merge(winners[["match_key", "novi_id"]], on="match_key", suffixes=("", "_kept"))
-    duplicates = _frame(LEFT_ALONE_COLUMNS, list_id=list_id, email=dup_rows["email"], novi_id=dup_rows["novi_id"],
+    duplicates = _frame(LEFT_ALONE_COLUMNS, list_id=rule.list_id, email=dup_rows["email"], novi_id=dup_rows["novi_id"],
                         reason="duplicate address: Novi record " + dup_rows["novi_id_kept"] + " is used")
+    return winners, duplicates
 
+
+def join_sides(winners: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """One row per address any side knows: Novi's columns, the roster's (`_roster`), the ledger's (`led_`)."""
     side = winners[["match_key", "email", "novi_id", "display_name", "eligible", "why_not", "expires"]].assign(
         in_novi=True)
     on_list = roster[["match_key", "email", "display_name", "member_id", "held"]].assign(on_roster_now=True)
@@ -133,141 +150,207 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     joined = (side.merge(on_list, on="match_key", how="outer", suffixes=("", "_roster"))
               .merge(remembered.assign(in_ledger=True), on="match_key", how="outer"))
     joined.index = pd.RangeIndex(len(joined))
+    return joined
 
-    in_novi = _flag(joined, "in_novi")
-    on_roster = _flag(joined, "on_roster_now")
-    in_ledger = _flag(joined, "in_ledger")
-    tracked = in_ledger & (joined["led_status"] == "member").fillna(False)
-    was_left = in_ledger & (joined["led_status"] == "left").fillna(False)
-    eligible = _flag(joined, "eligible") & in_novi
-    held = _flag(joined, "held")
-    owner = joined["novi_id"].fillna(joined["led_novi_id"])
-    owner_in_novi = joined["led_novi_id"].isin(usable["novi_id"]).fillna(False)
-    owner_quarantined = joined["led_novi_id"].isin(quarantined["novi_id"]).fillna(False)
-    # An address only a quarantined record vouches for is never removed (nor is one the
-    # ledger ties to a quarantined record): bad data must not cause a removal.
-    quarantined_row = on_roster & ~in_novi & (joined["match_key"].isin(quarantined["match_key"]).fillna(False)
-                                              | owner_quarantined)
-    protected = joined["match_key"].isin(rule.protected) & on_roster
-    managed = on_roster & ~quarantined_row & (in_novi | in_ledger | (rule.scope == "mirror"))
-    address_changed = managed & ~in_novi & in_ledger & owner_in_novi
 
-    # Someone who was on the list and eligible at the last run, is still eligible, and is now
-    # missing though this tool did not remove them, left by themselves: they stay off.
-    newly_left = ~on_roster & tracked & _flag(joined, "led_on_roster") & _flag(joined, "led_eligible") & eligible
+@dataclass(frozen=True)
+class Standing:
+    """Where each joined address stands, as named masks: what the changes, the rows left alone,
+    the next ledger and the figures are all read from."""
+
+    in_novi: pd.Series
+    on_roster: pd.Series
+    in_ledger: pd.Series
+    tracked: pd.Series          # a member the ledger manages
+    was_left: pd.Series         # the ledger remembers they left by themselves
+    eligible: pd.Series
+    held: pd.Series
+    owner: pd.Series            # the Novi id the row belongs to (Novi's, else the ledger's)
+    owner_in_novi: pd.Series
+    owner_quarantined: pd.Series
+    quarantined_row: pd.Series
+    protected: pd.Series
+    managed: pd.Series
+    address_changed: pd.Series
+    newly_left: pd.Series
+    blocked: pd.Series          # eligible, off the list, and left by themselves: not re-added
+    staying: pd.Series
+    released: pd.Series
+    renamed: pd.Series
+    subscribed: pd.Series
+    leaving: pd.Series          # managed, no longer eligible (what the lapse policy acts on)
+    leave_reason: pd.Series
+    unsubscribed: pd.Series
+
+    @classmethod
+    def of(cls, joined: pd.DataFrame, usable: pd.DataFrame, quarantined: pd.DataFrame, rule: ListRule) -> Standing:
+        in_novi = _flag(joined, "in_novi")
+        on_roster = _flag(joined, "on_roster_now")
+        in_ledger = _flag(joined, "in_ledger")
+        tracked = in_ledger & (joined["led_status"] == Status.MEMBER).fillna(False)
+        was_left = in_ledger & (joined["led_status"] == Status.LEFT).fillna(False)
+        eligible = _flag(joined, "eligible") & in_novi
+        held = _flag(joined, "held")
+        owner = joined["novi_id"].fillna(joined["led_novi_id"])
+        owner_in_novi = joined["led_novi_id"].isin(usable["novi_id"]).fillna(False)
+        owner_quarantined = joined["led_novi_id"].isin(quarantined["novi_id"]).fillna(False)
+        # An address only a quarantined record vouches for is never removed (nor is one the
+        # ledger ties to a quarantined record): bad data must not cause a removal.
+        quarantined_row = on_roster & ~in_novi & (joined["match_key"].isin(quarantined["match_key"]).fillna(False)
+                                                  | owner_quarantined)
+        protected = joined["match_key"].isin(rule.protected) & on_roster
+        managed = on_roster & ~quarantined_row & (in_novi | in_ledger | (rule.scope == SCOPE_MIRROR))
+        address_changed = managed & ~in_novi & in_ledger & owner_in_novi
+        # Someone who was on the list and eligible at the last run, is still eligible, and is now
+        # missing though this tool did not remove them, left by themselves: they stay off.
+        newly_left = ~on_roster & tracked & _flag(joined, "led_on_roster") & _flag(joined, "led_eligible") & eligible
+        blocked = eligible & ~on_roster & _left_by_themselves(joined, newly_left, was_left, rule)
+
+        staying = eligible & on_roster
+        # Holds are released only on lists whose rule holds lapsed members: elsewhere a hold was
+        # set by a moderator, not by this tool.
+        released = staying & held & (rule.lapsed == LAPSE_HOLD)
+        novi_name = joined["display_name"].fillna("")
+        renamed = staying & rule.update_names & (novi_name != "") & (
+            novi_name != joined["display_name_roster"].fillna(""))
+        subscribed = eligible & ~on_roster & ~blocked
+        leaving = managed & ~eligible & ~protected & ~address_changed
+        leave_reason = joined["why_not"].where(in_novi, pd.Series(
+            np.where(in_ledger, REASON_GONE, REASON_NOT_IN_NOVI), index=joined.index, dtype="string"))
+        # An old address of a member whose Novi record now carries another one goes, whatever
+        # the lapse policy: the member is subscribed under the new address instead.
+        unsubscribed = address_changed & ~protected
+        if rule.lapsed == LAPSE_UNSUBSCRIBE:
+            unsubscribed = unsubscribed | leaving
+        return cls(in_novi=in_novi, on_roster=on_roster, in_ledger=in_ledger, tracked=tracked, was_left=was_left,
+                   eligible=eligible, held=held, owner=owner, owner_in_novi=owner_in_novi,
+                   owner_quarantined=owner_quarantined, quarantined_row=quarantined_row, protected=protected,
+                   managed=managed, address_changed=address_changed, newly_left=newly_left, blocked=blocked,
+                   staying=staying, released=released, renamed=renamed, subscribed=subscribed, leaving=leaving,
+                   leave_reason=leave_reason, unsubscribed=unsubscribed)
+
+
+def _left_by_themselves(joined: pd.DataFrame, newly_left: pd.Series, was_left: pd.Series,
+                        rule: ListRule) -> pd.Series:
+    """Whether each row's Novi member left the list by themselves and the rule keeps them off."""
     left_owners = pd.concat([joined.loc[newly_left, ["novi_id"]].assign(left_expires=joined.loc[newly_left, "expires"]),
                              joined.loc[was_left, ["led_novi_id"]].rename(columns={"led_novi_id": "novi_id"})
                              .assign(left_expires=joined.loc[was_left, "led_left_expires"])])
     left_until = left_owners.groupby("novi_id")["left_expires"].max() if not left_owners.empty else pd.Series(
         dtype="datetime64[ns, UTC]")
-    blocked = eligible & ~on_roster & joined["novi_id"].isin(left_until.index).fillna(False)
-    if rule.self_unsubscribe == "override":
-        blocked &= False
-    elif rule.self_unsubscribe == "until_renewal":
+    left = joined["novi_id"].isin(left_until.index).fillna(False)
+    if rule.self_unsubscribe == SELF_OVERRIDE:
+        return left & False
+    if rule.self_unsubscribe == SELF_UNTIL_RENEWAL:
         renewed = joined["expires"] > joined["novi_id"].map(left_until)
-        blocked &= ~renewed.fillna(False).astype(bool)
+        return left & ~renewed.fillna(False).astype(bool)
+    return left
 
-    changes: list[pd.DataFrame] = []
 
-    def add(mask: pd.Series, action: str, reason, email_column: str = "email_roster") -> None:
+def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFrame:
+    """The list's changes, each with the address it acts on and why."""
+    wanted: list[tuple[pd.Series, str, object, str]] = [
+        (where.subscribed, Action.SUBSCRIBE, REASON_SUBSCRIBE, "email"),
+        (where.released, Action.RELEASE, REASON_RELEASE, "email_roster"),
+        (where.renamed, Action.RENAME, REASON_RENAME, "email_roster"),
+        (where.address_changed & ~where.protected, Action.UNSUBSCRIBE, REASON_ADDRESS_CHANGED, "email_roster"),
+    ]
+    if rule.lapsed == LAPSE_UNSUBSCRIBE:
+        wanted.append((where.leaving, Action.UNSUBSCRIBE, where.leave_reason, "email_roster"))
+    elif rule.lapsed == LAPSE_HOLD:
+        wanted.append((where.leaving & ~where.held, Action.HOLD, where.leave_reason, "email_roster"))
+    parts = []
+    for mask, action, reason, email_column in wanted:
         rows = joined.loc[mask]
         if not rows.empty:
-            changes.append(_frame(
-                CHANGE_COLUMNS, list_id=list_id, action=action, email=rows[email_column],
-                reason=reason if isinstance(reason, str) else reason.loc[mask],
-                novi_id=owner.loc[mask], display_name=rows["display_name"], member_id=rows["member_id"]))
+            parts.append(_frame(
+                CHANGE_COLUMNS, list_id=rule.list_id, action=action, email=rows[email_column],
+                match_key=rows["match_key"], reason=_pick(reason, mask), novi_id=where.owner.loc[mask],
+                display_name=rows["display_name"], member_id=rows["member_id"]))
+    return _concat(parts, CHANGE_COLUMNS)
 
-    staying = eligible & on_roster
-    # Holds are released only on lists whose rule holds lapsed members: elsewhere a hold was
-    # set by a moderator, not by this tool.
-    released = staying & held & (rule.lapsed == "hold")
-    novi_name = joined["display_name"].fillna("")
-    renamed = staying & rule.update_names & (novi_name != "") & (
-        novi_name != joined["display_name_roster"].fillna(""))
-    subscribed = eligible & ~on_roster & ~blocked
-    add(subscribed, "subscribe", REASON_SUBSCRIBE, "email")
-    add(released, "release", REASON_RELEASE)
-    add(renamed, "rename", REASON_RENAME)
 
-    # An old address of a member whose Novi record now carries another one goes, whatever the
-    # lapse policy: the member is subscribed under the new address instead.
-    add(address_changed & ~protected, "unsubscribe", REASON_ADDRESS_CHANGED)
-    leaving = managed & ~eligible & ~protected & ~address_changed
-    leave_reason = joined["why_not"].where(in_novi, pd.Series(
-        np.where(in_ledger, REASON_GONE, REASON_NOT_IN_NOVI), index=joined.index, dtype="string"))
-    unsubscribed = address_changed & ~protected
-    if rule.lapsed == "unsubscribe":
-        add(leaving, "unsubscribe", leave_reason)
-        unsubscribed |= leaving
-    elif rule.lapsed == "hold":
-        add(leaving & ~held, "hold", leave_reason)
-
-    alone_parts = [duplicates]
-
-    def alone(mask: pd.Series, reason) -> None:
+def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantined: pd.DataFrame,
+               duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Roster rows and Novi records the plan does not act on, each with its reason."""
+    w = where
+    kept: list[tuple[pd.Series, object]] = [
+        (w.on_roster & ~w.in_novi & ~w.in_ledger & ~w.quarantined_row & (rule.scope == SCOPE_MANAGED),
+         REASON_UNMANAGED),
+        (w.managed & ~w.eligible & w.protected, REASON_PROTECTED),
+        (w.blocked, REASON_LEFT),
+    ]
+    if rule.lapsed == LAPSE_KEEP:
+        kept.append((w.leaving, "kept (lapsed: keep): " + w.leave_reason))
+    elif rule.lapsed == LAPSE_HOLD:
+        kept.append((w.leaving & w.held, "already held: " + w.leave_reason))
+    parts = [duplicates]
+    for mask, reason in kept:
         rows = joined.loc[mask]
         if not rows.empty:
-            alone_parts.append(_frame(LEFT_ALONE_COLUMNS, list_id=list_id,
-                                      email=rows["email_roster"].fillna(rows["email"]), novi_id=owner.loc[mask],
-                                      reason=reason if isinstance(reason, str) else reason.loc[mask]))
-
-    alone(on_roster & ~in_novi & ~in_ledger & ~quarantined_row & (rule.scope == "managed"), "unmanaged: not in Novi")
-    alone(managed & ~eligible & protected, REASON_PROTECTED)
-    alone(blocked, REASON_LEFT)
-    if rule.lapsed == "keep":
-        alone(leaving, "kept (lapsed: keep): " + leave_reason)
-    elif rule.lapsed == "hold":
-        alone(leaving & held, "already held: " + leave_reason)
-    q = joined.loc[quarantined_row, ["match_key", "led_novi_id"]]
+            parts.append(_frame(LEFT_ALONE_COLUMNS, list_id=rule.list_id,
+                                email=rows["email_roster"].fillna(rows["email"]), novi_id=w.owner.loc[mask],
+                                reason=_pick(reason, mask)))
+    q = joined.loc[w.quarantined_row, ["match_key", "led_novi_id"]]
     if not q.empty:
         why = q.merge(quarantined, on="match_key", how="left")["quarantine"].to_numpy()
         by_owner = q["led_novi_id"].map(quarantined.drop_duplicates("novi_id").set_index("novi_id")["quarantine"])
         reason = pd.Series(why, index=q.index, dtype="string").fillna(by_owner.astype("string"))
-        alone_parts.append(_frame(LEFT_ALONE_COLUMNS, list_id=list_id, email=joined.loc[q.index, "email_roster"],
-                                  novi_id=q["led_novi_id"].fillna(pd.NA),
-                                  reason="quarantined in Novi: " + reason.fillna("unknown")))
+        parts.append(_frame(LEFT_ALONE_COLUMNS, list_id=rule.list_id, email=joined.loc[q.index, "email_roster"],
+                            novi_id=q["led_novi_id"].fillna(pd.NA),
+                            reason="quarantined in Novi: " + reason.fillna("unknown")))
+    return _concat(parts, LEFT_ALONE_COLUMNS)
 
-    memory = _memory(joined, list_id, now, subscribed=subscribed, unsubscribed=unsubscribed,
-                     keep_member=on_roster & (in_novi | in_ledger),
-                     newly_left=newly_left, still_left=was_left & ~on_roster & ~subscribed
-                     & (owner_in_novi | owner_quarantined), eligible=eligible, owner=owner)
-    figures = {
-        "list_id": list_id,
-        "eligible": int(eligible.sum()),
-        "roster": int(on_roster.sum()),
-        "managed": int(managed.sum()),
-        "in_step": int((staying & ~released & ~renamed).sum()),
-        "quarantined_on_roster": int(quarantined_row.sum()),
-        "duplicates": len(duplicates),
-        "remembered": int((tracked & _flag(joined, "led_on_roster")).sum()),
-        "vanished": int((tracked & _flag(joined, "led_on_roster") & ~on_roster).sum()),
+
+def figures(joined: pd.DataFrame, where: Standing, rule: ListRule, duplicates: int) -> dict:
+    """The list's counts: what the summary shows and the guards compare."""
+    w = where
+    seen_last_time = w.tracked & _flag(joined, "led_on_roster")
+    return {
+        "list_id": rule.list_id,
+        "eligible": int(w.eligible.sum()),
+        "roster": int(w.on_roster.sum()),
+        "managed": int(w.managed.sum()),
+        "in_step": int((w.staying & ~w.released & ~w.renamed).sum()),
+        "quarantined_on_roster": int(w.quarantined_row.sum()),
+        "duplicates": duplicates,
+        "remembered": int(seen_last_time.sum()),
+        "vanished": int((seen_last_time & ~w.on_roster).sum()),
     }
-    return (_concat(changes, CHANGE_COLUMNS), _concat(alone_parts, LEFT_ALONE_COLUMNS), memory, figures)
 
 
-def _memory(joined: pd.DataFrame, list_id: str, now: pd.Timestamp, *, subscribed, unsubscribed, keep_member,
-            newly_left, still_left, eligible, owner) -> pd.DataFrame:
+def _pick(reason, mask: pd.Series):
+    """A reason given once for all rows, or per row."""
+    return reason if isinstance(reason, str) else reason.loc[mask]
+
+
+
+def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timestamp) -> pd.DataFrame:
     """The list's ledger rows after this plan, if every change succeeds.
 
     Members: addresses subscribed now, and roster addresses that Novi or the ledger ties to a
     member (adopted on first sight, without any write to Mailman). Left: members who left by
     themselves, remembered while their Novi record exists. Everything else is forgotten.
     """
-    member = subscribed | keep_member
+    w = where
+    subscribed, unsubscribed, newly_left = w.subscribed, w.unsubscribed, w.newly_left
+    member = subscribed | (w.on_roster & (w.in_novi | w.in_ledger))
+    still_left = w.was_left & ~w.on_roster & ~subscribed & (w.owner_in_novi | w.owner_quarantined)
     left = (newly_left | still_left) & ~member
     rows = joined.loc[member | left]
     is_member = member.loc[rows.index]
-    is_eligible = eligible.loc[rows.index]
-    pending = np.where(subscribed.loc[rows.index], "subscribe", np.where(unsubscribed.loc[rows.index], "unsubscribe", ""))
+    is_eligible = w.eligible.loc[rows.index]
+    pending = np.where(subscribed.loc[rows.index], Action.SUBSCRIBE,
+                       np.where(unsubscribed.loc[rows.index], Action.UNSUBSCRIBE, ""))
     led_how = rows["led_how"]
-    how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed.loc[rows.index], "subscribed", "adopted"),
+    how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed.loc[rows.index], How.SUBSCRIBED, How.ADOPTED),
                                                    index=rows.index, dtype="string"))
     frame = pd.DataFrame({
         "list_id": list_id,
         "match_key": rows["match_key"],
         "email": rows["email_roster"].fillna(rows["email"]).fillna(rows["led_email"]),
-        "novi_id": owner.loc[rows.index],
-        "status": np.where(is_member, "member", "left"),
+        "novi_id": w.owner.loc[rows.index],
+        "status": np.where(is_member, Status.MEMBER, Status.LEFT),
         "how": how,
         "on_roster": is_member.to_numpy(dtype=bool),
         "eligible": is_eligible.to_numpy(dtype=bool),
@@ -288,14 +371,14 @@ def _memory(joined: pd.DataFrame, list_id: str, now: pd.Timestamp, *, subscribed
 
 def settle(memory: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """The ledger rows to store once the changes ran: a subscribe that did not take is not a
-    member, a removal that failed still is. Outcomes carry `list_id`, `action`, `email`, `outcome`."""
-    done = outcomes.loc[outcomes["outcome"].isin(["applied", "already so"])]
-    took = (done[["list_id", "action"]].rename(columns={"action": "pending"})
-            .assign(match_key=done["email"].str.casefold(), took=True).drop_duplicates())
+    member, a removal that failed still is. Outcomes carry `list_id`, `action`, `match_key`, `outcome`."""
+    done = outcomes.loc[outcomes["outcome"].isin(TOOK)]
+    took = (done[["list_id", "action", "match_key"]].rename(columns={"action": "pending"})
+            .assign(took=True).drop_duplicates())
     merged = memory.merge(took, on=["list_id", "pending", "match_key"], how="left")
     took = merged["took"].fillna(False).astype(bool).to_numpy()
     pending = memory["pending"].fillna("").to_numpy()
-    keep = (pending == "") | ((pending == "subscribe") & took) | ((pending == "unsubscribe") & ~took)
+    keep = (pending == "") | ((pending == Action.SUBSCRIBE) & took) | ((pending == Action.UNSUBSCRIBE) & ~took)
     return memory.loc[keep, LEDGER_COLUMNS].reset_index(drop=True)
 
 
@@ -310,9 +393,9 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
          ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None) -> Plan:
     """Compare who should be on each list (its rule) with who is, for every list in the rules.
 
-    `members` is the normalised members frame (tasks.novi.members_frame); `rosters` maps each
-    dot-form list id to its roster frame (tasks.mailman); `ledger` is what earlier runs
-    remember (tasks.ledger; none on a first run). Quarantined records are never subscribed,
+    `members` is the members frame, `rosters` maps each dot-form list id to its roster frame,
+    `ledger` is what earlier runs remember (none on a first run); their columns are named in
+    tasks.core.schema. Quarantined records are never subscribed,
     and an address on a roster that only a quarantined record knows is left alone.
     """
     ledger = empty_ledger() if ledger is None else ledger
@@ -321,20 +404,13 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     usable = members.loc[~is_quarantined & members["match_key"].notna()]
     quarantined = members.loc[is_quarantined, ["novi_id", "email", "match_key", "quarantine"]]
 
-    parts: dict[str, list] = {"changes": [], "alone": [], "memory": [], "figures": []}
-    for rule in rules.lists:
-        changes, alone, memory, figure = plan_list(usable, rosters[rule.list_id],
-                                                   ledger.loc[ledger["list_id"] == rule.list_id], rule,
-                                                   quarantined, now)
-        parts["changes"].append(changes)
-        parts["alone"].append(alone)
-        parts["memory"].append(memory)
-        parts["figures"].append(figure)
-    changes = _concat(parts["changes"], CHANGE_COLUMNS)
-    changes["action"] = pd.Categorical(changes["action"], categories=ACTIONS)
+    per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
+                          quarantined, now) for rule in rules.lists]
+    changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
+    changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))
     changes = changes.sort_values(["list_id", "action", "email"], kind="stable", ignore_index=True)
     changes["action"] = changes["action"].astype("string")
-    memory = pd.concat(parts["memory"], ignore_index=True) if parts["memory"] else empty_ledger()
-    return Plan(changes=changes, left_alone=_concat(parts["alone"], LEFT_ALONE_COLUMNS),
-                figures=pd.DataFrame(parts["figures"], columns=FIGURE_COLUMNS),
+    memory = pd.concat([one.memory for one in per_list], ignore_index=True) if per_list else empty_ledger()
+    return Plan(changes=changes, left_alone=_concat([one.left_alone for one in per_list], LEFT_ALONE_COLUMNS),
+                figures=pd.DataFrame([one.figures for one in per_list], columns=FIGURE_COLUMNS),
                 quarantined=quarantined.reset_index(drop=True), memory=memory)

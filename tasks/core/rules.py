@@ -9,9 +9,17 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.core.schema import (
+    LAPSE_UNSUBSCRIBE,
+    NOVI_PAGE_SIZE,
+    SCOPE_MANAGED,
+    SELF_RESPECT,
+    LapsePolicy,
+    Scope,
+    SelfUnsubscribe,
+    dot_list_id,
+)
 from tasks.errors import RulesError
-from tasks.mailman import dot_list_id
-from tasks.novi import DEFAULT_PAGE_SIZE
 
 AddressField = Literal["Email", "AccountEmail", "PersonalEmail"]
 
@@ -24,7 +32,7 @@ class NoviSettings(_Strict):
     """How the members are read from Novi."""
 
     address_fields: list[AddressField] = Field(default=["Email", "AccountEmail"], min_length=1)
-    page_size: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=1000)
+    page_size: int = Field(default=NOVI_PAGE_SIZE, ge=1, le=1000)
 
 
 class ListRule(_Strict):
@@ -37,8 +45,8 @@ class ListRule(_Strict):
     member_types: list[str] = []     # names or UniqueIDs; empty = any type
     groups: list[str] = []           # names or UniqueIDs; empty = no group needed
     exclude_opted_out: bool = True   # Novi's UnsubscribeFromEmails
-    lapsed: Literal["unsubscribe", "hold", "keep"] = "unsubscribe"
-    scope: Literal["managed", "mirror"] = "managed"
+    lapsed: LapsePolicy = LAPSE_UNSUBSCRIBE
+    scope: Scope = SCOPE_MANAGED
     protected: list[str] = []        # addresses never removed or held
     update_names: bool = True
     send_welcome: bool = False
@@ -46,7 +54,7 @@ class ListRule(_Strict):
     allow_empty: bool = False        # an empty eligible set is an error unless this is true
     # A member who left the list by themselves is not re-added: `respect` (always),
     # `until_renewal` (until their membership expiry moves on), `override` (compulsory lists).
-    self_unsubscribe: Literal["respect", "until_renewal", "override"] = "respect"
+    self_unsubscribe: SelfUnsubscribe = SELF_RESPECT
     # Guards, checked before any write (an operator lifts them for one run with --override-guards):
     max_removals: int = Field(default=500, ge=0)              # unsubscribes + holds in one run
     max_removal_share: float = Field(default=0.2, ge=0, le=1)  # ... as a share of the managed members,

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prefect.settings import PREFECT_API_URL
 
-import flows.sync as sync_module
+import tasks.run as run_module
 from sandbox.mailman import ADMIN_PASS, MailmanAdmin, MailmanCore, free_port
 from tasks.blocks import MailmanCredentials
 from tasks.ledger import Ledger
@@ -75,7 +75,7 @@ def test_mailman_stopped_mid_apply_fails_the_run_and_the_rerun_converges(world, 
         world["novi"].reset(size=500, seed=6, domain=world["domain"])
         members = admin.recreate_list(f"stopped-{world['tag']}@example.org")
         target = expected(world["novi"].records())
-        monkeypatch.setattr(sync_module, "apply_batch", apply_batch.with_options(retry_delay_seconds=1))
+        monkeypatch.setattr(run_module, "apply_batch", apply_batch.with_options(retry_delay_seconds=1))
 
         result = {}
 

@@ -1,0 +1,140 @@
+"""The contracts every part shares, named once: frame columns, actions, outcomes, run states,
+the list-id form, Novi's GUID and the defaults several modules read.
+
+Nothing heavy is imported here (not even pandas, but inside `empty_ledger`): the command
+line's help reads these names and must answer at once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+
+class Action:
+    """What a change does to one address on one list."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    HOLD = "hold"          # delivery held by the moderator: still on the list, no mail
+    RELEASE = "release"    # a hold this tool set, lifted
+    RENAME = "rename"      # the address's display name, from Novi
+
+
+ACTIONS = (Action.SUBSCRIBE, Action.UNSUBSCRIBE, Action.HOLD, Action.RELEASE, Action.RENAME)
+REMOVING = (Action.UNSUBSCRIBE, Action.HOLD)  # what the removal guards count
+
+
+class Outcome:
+    """What became of one change."""
+
+    APPLIED = "applied"
+    ALREADY = "already so"       # Mailman already had it that way: as good as applied
+    PENDING = "pending"          # Mailman holds a request for a moderator
+    FAILED = "failed"
+    PLANNED = "planned (dry run)"
+    REFUSED = "refused by a guard"
+
+
+OUTCOMES = (Outcome.APPLIED, Outcome.ALREADY, Outcome.PENDING, Outcome.FAILED)
+TOOK = (Outcome.APPLIED, Outcome.ALREADY)  # the change holds in Mailman now
+
+
+class RunState:
+    """How a run ended, as the ledger and the summary say it."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    REFUSED = "refused"
+
+
+class RunKind:
+    FULL = "full"        # every member, every roster
+    MEMBER = "member"    # a few members (a webhook's batch)
+
+
+class Status:
+    """A ledger row: a member the tool manages, or someone who left the list by themselves."""
+
+    MEMBER = "member"
+    LEFT = "left"
+
+
+class How:
+    SUBSCRIBED = "subscribed"   # this tool subscribed the address
+    ADOPTED = "adopted"         # found on the list, tied to a Novi member
+
+
+# Rule settings (tasks.core.rules validates them; the planner branches on them).
+LapsePolicy = Literal["unsubscribe", "hold", "keep"]
+Scope = Literal["managed", "mirror"]
+SelfUnsubscribe = Literal["respect", "until_renewal", "override"]
+LAPSE_UNSUBSCRIBE, LAPSE_HOLD, LAPSE_KEEP = "unsubscribe", "hold", "keep"
+SCOPE_MANAGED, SCOPE_MIRROR = "managed", "mirror"
+SELF_RESPECT, SELF_UNTIL_RENEWAL, SELF_OVERRIDE = "respect", "until_renewal", "override"
+
+# Rows of the plan CSV that are not changes.
+LEFT_ALONE = "left alone"
+QUARANTINED = "quarantined"
+
+# --- frames -------------------------------------------------------------------------------
+# The members frame (tasks.novi.members_frame): one row per Novi record.
+MEMBER_COLUMNS = [
+    "novi_id", "email", "match_key", "display_name", "status", "active", "customer_type",
+    "is_person", "member_type", "member_type_id", "group_ids", "group_names", "opted_out",
+    "expires", "quarantine",
+]
+# A roster frame (tasks.mailman): one row per member of one list.
+ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", "held"]
+# The plan's changes; `match_key` travels with each so nobody recomputes it.
+CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id"]
+# ... and once applied (or not), each change's outcome.
+OUTCOME_COLUMNS = [*CHANGE_COLUMNS, "outcome", "detail"]
+# What the ledger remembers per list and address (tasks.ledger stores exactly these), and the
+# next state a plan implies: `pending` names the change the row's existence waits on.
+LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "on_roster", "eligible",
+                  "first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
+MEMORY_COLUMNS = [*LEDGER_COLUMNS, "pending"]
+TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
+FLAG_COLUMNS = ["on_roster", "eligible"]
+LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
+# Per list: `remembered` are the members the ledger saw on the list at its last run,
+# `vanished` those of them the roster no longer holds (what the roster-collapse guard reads).
+FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
+                  "remembered", "vanished"]
+# One row of the plan CSV: a change, a row left alone, or a quarantined record.
+PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
+
+# --- identifiers and defaults --------------------------------------------------------------
+GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+NOVI_PAGE_SIZE = 500             # records per Novi page (rules: novi.page_size)
+MAX_MEMBERS_PER_RUN = 1000       # a member run's ceiling; more is the full sync's job
+
+# Mailman's own list-name characters (mailman/app/lifecycle.py), then a domain of one or more dots.
+_LIST_LOCAL = r"[-_.+=!$*{}~0-9a-z]+"
+_LIST_DOMAIN = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+"
+_LIST_ID = re.compile(rf"(?!.*\.\.)(?!\.){_LIST_LOCAL}[.@]{_LIST_DOMAIN}")
+
+
+def dot_list_id(name: str) -> str:
+    """`members@example.org` or `members.example.org` → `members.example.org` (what POST /members needs).
+
+    Only Mailman's `local.domain` form passes: a `/`, `?`, `#`, `..`, a NUL or a newline would
+    make the id a path of another resource (`x.org/roster/member#`), under another lock."""
+    text = name.strip().lower()
+    if text.count("@") > 1 or not _LIST_ID.fullmatch(text) or len(text) > 255:
+        shown = "".join(c if c.isprintable() else "?" for c in name)[:80]
+        raise ValueError(f"not a Mailman list id (local@domain or local.domain): {shown!r}")
+    return text.replace("@", ".", 1)
+
+
+def empty_ledger():
+    """A ledger frame with no rows (the first run, or a dry run with no ledger yet), typed."""
+    import pandas as pd
+
+    frame = pd.DataFrame({c: pd.Series(dtype="string") for c in LEDGER_COLUMNS})
+    for c in TIMESTAMP_COLUMNS:
+        frame[c] = pd.Series(dtype="datetime64[ns, UTC]")
+    for c in FLAG_COLUMNS:
+        frame[c] = frame[c].astype(bool)
+    return frame

@@ -1,0 +1,254 @@
+"""What both flows share: the run's rules, ledger and lock, the bounded submit, the apply, the
+guard verdict, the ledger record, and how an outcome becomes a final state and a message.
+
+The full sync and the member sync differ in what they read; from the plan on they end the
+same way, through one `Run`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed, wait
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
+
+from tasks.blocks import LedgerDatabase
+from tasks.core import guards
+from tasks.core.planner import Plan, plan, settle
+from tasks.core.rules import Rules, load_rules, single_list_rules
+from tasks.core.schema import Action, Outcome, RunKind, RunState
+from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
+from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
+from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches
+
+MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
+
+
+def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
+    """The rules file, or the one-list shortcut; exactly one of the two."""
+    if bool(rules_path) == bool(list_id):
+        raise RulesError("give either a rules file or a single list id, not both and not neither")
+    return load_rules(rules_path) if rules_path else single_list_rules(list_id)
+
+
+def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
+    """The ledger a block names, else the default location (see tasks.ledger.default_url)."""
+    return LedgerDatabase.load(ledger_block).get_ledger(create=create) if ledger_block else Ledger(create=create)
+
+
+def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int) -> list:
+    """Submit one task per item with at most `workers` in flight; the futures, in item order."""
+    futures: list[PrefectFuture] = []
+    in_flight: list[PrefectFuture] = []
+    for item in items:
+        if len(in_flight) >= workers:
+            in_flight.remove(next(as_completed(in_flight)))
+        future = submit(item)
+        futures.append(future)
+        in_flight.append(future)
+    wait(futures)
+    return futures
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
+              now: pd.Timestamp) -> Plan:
+    """The pure planner, as a task so its duration shows in the run."""
+    return plan(members, rosters, rules, ledger, now)
+
+
+def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,
+               lease: Lease | None = None) -> pd.DataFrame:
+    """Apply every change in batch tasks; each change's outcome, including whole batches that failed.
+
+    Each batch checks the run's `lease` before it writes: a run whose lock was taken over
+    stops there (its remaining batches fail with `LockLost`)."""
+    changes = the_plan.changes
+    if changes.empty:
+        return changes.assign(outcome=pd.Series(dtype="string"), detail=pd.Series(dtype="string"))
+    welcome = {r.list_id: r.send_welcome for r in rules.lists}
+    goodbye = {r.list_id: r.send_goodbye for r in rules.lists}
+    mail = ((changes["action"] == Action.SUBSCRIBE) & changes["list_id"].map(welcome)) | (
+        (changes["action"] == Action.UNSUBSCRIBE) & changes["list_id"].map(goodbye))
+    work = batches(changes.assign(mail=mail.astype(bool)), batch_size)
+
+    def submit(item: tuple[str, pd.DataFrame]) -> PrefectFuture:
+        action, rows = item
+        records = rows[["list_id", "email", "display_name", "member_id", "mail"]]
+        records = records.astype(object).where(records.notna(), None).to_dict("records")
+        return apply_batch.submit(client, action, records, lease)
+
+    futures = bounded(submit, work, workers)
+    return batch_outcomes(changes, work, [future.result(raise_on_failure=False) for future in futures])
+
+
+@task(name="read-ledger", cache_policy=NO_CACHE)
+def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """What earlier runs remember about these lists, and each list's figures at its last completed run."""
+    return ledger.read(list_ids), ledger.last_figures(list_ids)
+
+
+@task(name="record-ledger", cache_policy=NO_CACHE)
+def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_plan: Plan,
+                  outcomes: pd.DataFrame, lease: Lease | None, only_keys: list[str] | None = None) -> None:
+    """Store the lists' next state (as the changes actually turned out), the changes and the run.
+
+    A refused run stores its row and the refused changes, but leaves what the ledger remembers
+    of the lists as it was: the plan was judged untrustworthy, so is what it would remember."""
+    if lease is not None:
+        lease.check()
+    state = None if record.state == RunState.REFUSED else settle(the_plan.memory, outcomes)
+    ledger.record(record, list_ids, state, outcomes, the_plan.figures, only_keys=only_keys)
+
+
+def flow_run_id() -> str:
+    """This flow run's id (a retry keeps it), or one per process outside Prefect."""
+    return str(flow_run.get_id() or uuid.uuid5(uuid.NAMESPACE_OID, str(os.getpid())))
+
+
+def failed_message(failed: int, total: int) -> str:
+    return f"{failed} of {total} changes failed; rerun to retry them"
+
+
+def unrecorded_message(outcomes: pd.DataFrame, message: str, error: Exception) -> str:
+    """What to say when the ledger could not store a run: whether Mailman was changed decides."""
+    applied = int((outcomes["outcome"] == Outcome.APPLIED).sum())
+    if applied:
+        # Mailman already holds the changes; the next run adopts them, never writes them twice.
+        return (f"{applied} changes were applied to Mailman, but the ledger could not record them ({error}); "
+                "the next run adopts what was applied. The run's report below is the record of it")
+    return f"{message.rstrip('.')}. The ledger could not record this run ({error})"
+
+
+@dataclass
+class Run:
+    """One run of either flow, from its rules to its final state."""
+
+    kind: str
+    rules: Rules
+    ledger: Ledger
+    dry_run: bool
+    started: float = field(default_factory=time.monotonic)
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    lease: Lease | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    refusal: str | None = None         # the guards' verdict, when they stopped the writes
+    tripped: list[str] = field(default_factory=list)
+    overridden: bool = False
+    unrecorded: SyncError | None = None
+
+    @classmethod
+    def begin(cls, kind: str, rules_path: str | None, list_id: str | None, ledger_block: str | None,
+              dry_run: bool) -> Run:
+        rules = resolve_rules(rules_path, list_id)
+        return cls(kind=kind, rules=rules, ledger=open_ledger(ledger_block, create=not dry_run), dry_run=dry_run)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 2)
+
+    @property
+    def list_ids(self) -> list[str]:
+        return [rule.list_id for rule in self.rules.lists]
+
+    @contextmanager
+    def hold(self, wait: timedelta = timedelta(0)) -> Iterator[Lease | None]:
+        """The lists' lock for a real run (a dry run writes nothing, so it takes none). A run that
+        could not take it is still part of the history."""
+        with ExitStack() as stack:
+            if not self.dry_run:
+                try:
+                    self.lease = stack.enter_context(self.ledger.lock(self.list_ids, flow_run_id(), wait=wait))
+                except SyncError as exc:
+                    self.record_failure(exc)
+                    raise
+            yield self.lease
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent in the block to the run's `phases[name]`."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
+
+    def record_of(self, state: str, message: str, novi_members: int | None) -> RunRecord:
+        return RunRecord(run_id=flow_run_id(), run_name=flow_run.get_name() or "local",
+                         started_at=self.started_at, ended_at=datetime.now(timezone.utc), state=state,
+                         message=message, novi_members=novi_members, kind=self.kind)
+
+    def record_failure(self, error: Exception) -> None:
+        """A run that could not even plan is still part of the history (real runs)."""
+        if not self.dry_run:
+            self.ledger.record_failure(self.record_of(RunState.FAILED, str(error), None))
+
+    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool) -> None:
+        """Ask the guards about the plan; a refusal stops every write, unless lifted for this run."""
+        self.tripped = guards.refusals(the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
+        self.overridden = bool(self.tripped and override_guards)
+        if self.overridden:
+            get_run_logger().warning("Guards lifted for this run only, by the operator: %s", " ".join(self.tripped))
+        elif self.tripped:
+            self.refusal = guards.refusal_message(self.tripped)
+
+    def apply(self, client: MailmanClient, the_plan: Plan, batch_size: int, workers: int) -> pd.DataFrame:
+        """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""
+        if self.dry_run or self.refusal:
+            return the_plan.changes.assign(outcome=Outcome.PLANNED if self.dry_run else Outcome.REFUSED, detail="")
+        with self.phase("apply"):
+            return apply_plan(client, the_plan, self.rules, batch_size, workers, self.lease)
+
+    def verdict(self, outcomes: pd.DataFrame, done: str) -> tuple[str, str]:
+        """The run's state and message from its outcomes; `done` is the message of a completed run."""
+        failed = int((outcomes["outcome"] == Outcome.FAILED).sum())
+        if self.refusal:
+            return RunState.REFUSED, self.refusal
+        if failed:
+            return RunState.FAILED, failed_message(failed, len(outcomes))
+        return RunState.COMPLETED, done
+
+    def record(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,
+               only_keys: Sequence[str] | None = None) -> tuple[str, str]:
+        """Store a real run in the ledger; the state and message to report (a failed write fails
+        the run, but its report is still published: it is then the only record of what was applied)."""
+        if self.dry_run:
+            return state, message
+        try:
+            with self.phase("record_ledger"):
+                record_ledger(self.ledger, self.record_of(state, message, novi_members), self.list_ids, the_plan,
+                              outcomes, self.lease, list(only_keys) if only_keys is not None else None)
+        except (LedgerError, LockLost) as exc:
+            self.unrecorded = type(exc)(unrecorded_message(outcomes, message, exc))
+            return RunState.FAILED, str(self.unrecorded)
+        return state, message
+
+    def finish(self, summary: dict, outcomes: pd.DataFrame) -> dict | State:
+        """A run's final state from its outcome: the truth the UI shows (see README "Final state").
+
+        Refused or failed runs raise with the summary attached (the CLI prints it); a run with
+        nothing to do is a Completed state named Skipped; otherwise the summary is returned.
+        """
+        summary["duration_s"] = self.elapsed()  # now with the artifacts published
+        summary["flow_run_id"] = flow_run_id()
+        message = summary["message"]
+        if self.unrecorded is not None:
+            self.unrecorded.summary = summary
+            raise self.unrecorded
+        if self.refusal:
+            raise GuardRefused(message, summary)
+        if (outcomes["outcome"] == Outcome.FAILED).any():
+            raise ChangesFailed(message, summary)
+        if outcomes.empty:
+            return Completed(message=message, name="Skipped", data=summary)
+        get_run_logger().info(message)
+        return summary
