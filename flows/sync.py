@@ -97,7 +97,9 @@ def read_rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
 def done_message(changes: int, dry_run: bool) -> str:
     if changes == 0:
         return "No changes: every list is already in step with Novi"
-    return f"{changes} changes {'would be made (dry run)' if dry_run else 'applied'}"
+    if dry_run:
+        return f"{changes} changes would be made (dry run)"
+    return f"{changes} changes applied"
 
 
 def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,

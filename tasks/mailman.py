@@ -162,7 +162,7 @@ class MailmanClient:
             return Outcome.PENDING, "Mailman holds a subscription request: not a member until approved"
         reason = self.http.reason(response)
         if response.status_code == 409:
-            if "pending" in reason.lower():  # Mailman's "Subscription request already pending"
+            if "already pending" in reason.lower():  # Mailman's "Subscription request already pending"
                 return Outcome.PENDING, reason
             return Outcome.ALREADY, reason
         return Outcome.FAILED, reason or "Mailman refused the address"

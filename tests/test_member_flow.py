@@ -38,12 +38,12 @@ def full(novi, mailman, tmp_path, rules):
                           reports_dir=str(tmp_path), return_state=True)
 
 
-def one(novi, mailman, member_ids, rules):
+def one(novi, mailman, member_ids, rules, **options):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         novi.install(mock)
         mailman.install(mock)
         state = sync_member(member_ids=member_ids, rules_path=str(rules), novi_block="m-novi",
-                            mailman_block="m-mailman", return_state=True)
+                            mailman_block="m-mailman", return_state=True, **options)
         reads = [c.request.url for c in mock.calls if c.request.method == "GET"]
     return state, reads
 
@@ -169,3 +169,51 @@ def test_a_member_sync_that_finds_its_members_gone_from_mailman_is_refused(membe
     assert state.is_failed() and "the roster lacks 19 of the 19 members" in state.message
     assert len(Ledger().read([LIST])) == len(remembered) and set(Ledger().read([LIST])["status"]) == {"member"}
     mailman.rosters[LIST] = full_roster
+
+
+def test_a_member_sync_over_max_removals_is_refused_and_lifting_the_guards_applies_it(member_blocks, tmp_path):
+    """The member run once had its own inline guard and message; it now ends as the full run
+    does: refused in the UI and the ledger, nothing written, and liftable for one run."""
+    import yaml
+
+    from tasks.ledger import Ledger
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, "max_removals": 1}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    lapse(novi.records[5])
+    lapse(novi.records[6])
+    writes = dict(mailman.writes)
+
+    state, _ = one(novi, mailman, [guid(5), guid(6)], rules)
+    assert state.is_failed()
+    assert "2 removals planned, more than max_removals = 1" in state.message
+    assert "nothing was written" in state.message and "override_guards" in state.message
+    assert {"m5@example.org", "m6@example.org"} <= set(mailman.names(LIST)) and mailman.writes == writes
+    refused = state.result(raise_on_failure=False).summary
+    assert refused["state"] == "refused" and refused["guards"] and refused["members"] == [guid(5), guid(6)]
+    run = Ledger().last_run(state="refused", kind="member")
+    assert run is not None and run["changes"] == 2 and run["failed"] == 0
+    assert set(Ledger().read([LIST]).query("match_key in ['m5@example.org', 'm6@example.org']")["status"]) == {
+        "member"}
+
+    lifted, _ = one(novi, mailman, [guid(5), guid(6)], rules, override_guards=True)
+    assert lifted.is_completed(), lifted.message
+    assert lifted.result()["guards_overridden"] is True
+    assert not {"m5@example.org", "m6@example.org"} & set(mailman.names(LIST))
+
+
+def test_a_member_sync_whose_only_member_lapsed_is_not_refused_as_an_empty_source(member_blocks, tmp_path):
+    """A few members are not the list: no eligible member among them says nothing."""
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    lapse(novi.records[5])
+    state, _ = one(novi, mailman, [guid(5)], rules)
+    assert state.is_completed(), state.message
+    assert state.result()["lists"][0]["eligible"] == 0
+    assert "m5@example.org" not in mailman.names(LIST)

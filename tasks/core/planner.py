@@ -340,7 +340,7 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
     rows = joined.loc[member | left]
     is_member = member.loc[rows.index]
     is_eligible = w.eligible.loc[rows.index]
-    pending = np.where(subscribed.loc[rows.index], Action.SUBSCRIBE,
+    waits_on = np.where(subscribed.loc[rows.index], Action.SUBSCRIBE,
                        np.where(unsubscribed.loc[rows.index], Action.UNSUBSCRIBE, ""))
     led_how = rows["led_how"]
     how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed.loc[rows.index], How.SUBSCRIBED, How.ADOPTED),
@@ -360,9 +360,9 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
         "left_at": rows["led_left_at"].where(~newly_left.loc[rows.index], now).where(~is_member, pd.NaT),
         "left_expires": rows["led_left_expires"].where(~newly_left.loc[rows.index], rows["expires"])
                         .where(~is_member, pd.NaT),
-        "pending": pending,
+        "waits_on": waits_on,
     }, index=rows.index)
-    for column in ["list_id", "match_key", "email", "novi_id", "status", "how", "pending"]:
+    for column in ["list_id", "match_key", "email", "novi_id", "status", "how", "waits_on"]:
         frame[column] = frame[column].astype("string")
     for column in TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -373,12 +373,12 @@ def settle(memory: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
     """The ledger rows to store once the changes ran: a subscribe that did not take is not a
     member, a removal that failed still is. Outcomes carry `list_id`, `action`, `match_key`, `outcome`."""
     done = outcomes.loc[outcomes["outcome"].isin(TOOK)]
-    took = (done[["list_id", "action", "match_key"]].rename(columns={"action": "pending"})
+    took = (done[["list_id", "action", "match_key"]].rename(columns={"action": "waits_on"})
             .assign(took=True).drop_duplicates())
-    merged = memory.merge(took, on=["list_id", "pending", "match_key"], how="left")
+    merged = memory.merge(took, on=["list_id", "waits_on", "match_key"], how="left")
     took = merged["took"].fillna(False).astype(bool).to_numpy()
-    pending = memory["pending"].fillna("").to_numpy()
-    keep = (pending == "") | ((pending == Action.SUBSCRIBE) & took) | ((pending == Action.UNSUBSCRIBE) & ~took)
+    waits_on = memory["waits_on"].fillna("").to_numpy()
+    keep = (waits_on == "") | ((waits_on == Action.SUBSCRIBE) & took) | ((waits_on == Action.UNSUBSCRIBE) & ~took)
     return memory.loc[keep, LEDGER_COLUMNS].reset_index(drop=True)
 
 

@@ -91,10 +91,10 @@ CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id"
 # ... and once applied (or not), each change's outcome.
 OUTCOME_COLUMNS = [*CHANGE_COLUMNS, "outcome", "detail"]
 # What the ledger remembers per list and address (tasks.ledger stores exactly these), and the
-# next state a plan implies: `pending` names the change the row's existence waits on.
+# next state a plan implies: `waits_on` names the change the row's existence waits on.
 LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "on_roster", "eligible",
                   "first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
-MEMORY_COLUMNS = [*LEDGER_COLUMNS, "pending"]
+MEMORY_COLUMNS = [*LEDGER_COLUMNS, "waits_on"]
 TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
 FLAG_COLUMNS = ["on_roster", "eligible"]
 LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
