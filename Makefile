@@ -31,8 +31,9 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced
 
+# The wheel test builds and installs the package with the same pinned uv.
 test: install
-	$(VENV)/bin/pytest
+	NOVI_MAILMAN_UV=$(abspath $(UV)) $(VENV)/bin/pytest
 
 unit: install
 	$(VENV)/bin/pytest -m "not flow"

@@ -168,7 +168,7 @@ class Peers:
 
     def _start(self) -> None:
         servers.start_prefect(PREFECT_PORT, STATE, environment())
-        servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", "10",
+        servers.start("novi-sandbox", [sys.executable, "-m", "sandbox.novi", "--port", str(NOVI_PORT), "--size", "10",
                                        "--page-cap", str(NOVI_PAGE)], f"{NOVI_URL}/_sandbox/state", STATE,
                       environment(), headers=NOVI_HEADERS)
         subprocess.run([str(BIN / "novi-mailman"), "blocks", "--novi-url", NOVI_URL, "--mailman-url",

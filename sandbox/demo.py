@@ -63,7 +63,7 @@ def up() -> MailmanCore:
     STATE.mkdir(exist_ok=True)
     say("Starting a Prefect server, the Novi sandbox and a real Mailman core on 127.0.0.1")
     servers.start_prefect(PREFECT_PORT, STATE, environment())
-    servers.start("novi-sandbox", [str(BIN / "novi-sandbox"), "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
+    servers.start("novi-sandbox", [sys.executable, "-m", "sandbox.novi", "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
                   f"{NOVI_URL}/_sandbox/state", STATE, environment(),
                   headers={"Authorization": f"Basic {DEFAULT_KEY}"})
     core = MailmanCore(port=MAILMAN_PORT)

@@ -1,5 +1,6 @@
 """A Novi AMS sandbox: the member API as reference/novi-api.md describes it, with seeded data,
-churn, webhooks and fault injection. Run it with `novi-sandbox` (see `--help`).
+churn, webhooks and fault injection. Run it from the checkout with `python -m sandbox.novi`
+(see `--help`); it is not part of the installed package.
 
 Endpoints (all need `Authorization: Basic <key>`, the key as is; anything else is 401):
   GET /api/members?pageSize=&offset=   {TotalCount, Results}   (capped at --page-cap)
@@ -333,7 +334,7 @@ def create_app(sandbox: Sandbox) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="novi-sandbox", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sandbox.novi", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
