@@ -2,7 +2,7 @@
 
 A SQL database through SQLAlchemy: a SQLite file by default (no set-up), PostgreSQL when
 workers run on several machines. The planner reads it as one more input frame
-(`tasks.core.schema.LEDGER_COLUMNS`); a real run writes the next state, its changes and its
+(`tasks.core.schema.LEDGER_COLUMNS`); a real run writes the lists' next memory, its changes and its
 figures in one transaction, so a run that fails half-way leaves the ledger as it was.
 """
 
@@ -265,13 +265,13 @@ class Ledger:
                 frame[column] = frame[column].astype("string")
         return frame
 
-    def record(self, run: RunRecord, list_ids: Sequence[str], state: pd.DataFrame | None, changes: pd.DataFrame,
+    def record(self, run: RunRecord, list_ids: Sequence[str], memory: pd.DataFrame | None, changes: pd.DataFrame,
                figures: pd.DataFrame, only_keys: Sequence[str] | None = None) -> None:
-        """Store a run in one transaction: the lists' next state, its changes, its figures.
+        """Store a run in one transaction: the lists' next memory (their rows), its changes, its figures.
 
         A full run replaces the lists' rows. A member run (`only_keys`) replaces only the rows of
         the addresses it looked at, and leaves no list figures: they would not be whole. With
-        `state=None` (a refused run) the lists' rows stay as they were. A retry of a flow run
+        `memory=None` (a refused run) the lists' rows stay as they were. A retry of a flow run
         is stored as one more attempt of it, never over the first."""
         at = pd.Timestamp(run.ended_at)
         failed = changes.loc[changes["outcome"] == Outcome.FAILED]
@@ -285,10 +285,10 @@ class Ledger:
             scope &= addresses_table.c.match_key.in_(list(only_keys))
         with self._begin() as conn:
             key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
-            if state is not None:  # a refused run leaves the memory as it was
+            if memory is not None:  # a refused run leaves the memory as it was
                 conn.execute(delete(addresses_table).where(scope))
-                if not state.empty:
-                    conn.execute(addresses_table.insert(), _records(state[LEDGER_COLUMNS].assign(run_id=key)))
+                if not memory.empty:
+                    conn.execute(addresses_table.insert(), _records(memory[LEDGER_COLUMNS].assign(run_id=key)))
             change_rows = changes.assign(run_id=key, at=at)[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action",
                                        "outcome", "reason", "detail"]]
             if not change_rows.empty:

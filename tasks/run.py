@@ -107,8 +107,8 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     of the lists as it was: the plan was judged untrustworthy, so is what it would remember."""
     if lease is not None:
         lease.check()
-    state = None if record.state == RunState.REFUSED else settle(the_plan.memory, outcomes)
-    ledger.record(record, list_ids, state, outcomes, the_plan.figures, only_keys=only_keys)
+    memory = None if record.state == RunState.REFUSED else settle(the_plan.memory, outcomes)
+    ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
 
 
 def flow_run_id() -> str:
