@@ -107,6 +107,15 @@ def test_left_member_with_a_new_address_is_not_subscribed_either():
     assert p.changes.empty and alone(p) == [("new@x.org", REASON_LEFT)]
 
 
+def test_until_renewal_plans_a_first_run_with_nobody_remembered_as_left():
+    """A list with `self_unsubscribe: until_renewal` crashed the planner on every run where the
+    ledger remembered nobody who left (its first run included): the list could never sync."""
+    p, after = step([novi_record("a", "a@x.org"), novi_record("b", "b@x.org")], [("b@x.org", "Pat B")],
+                    self_unsubscribe="until_renewal")
+    assert changes(p) == [("subscribe", "a@x.org", REASON_SUBSCRIBE)]
+    assert rows(after) == {"a@x.org": ("member", "a", "subscribed"), "b@x.org": ("member", "b", "adopted")}
+
+
 def test_until_renewal_re_adds_after_the_expiry_moves_on():
     _, left = step([novi_record("a", "a@x.org")], [], left_ledger(), self_unsubscribe="until_renewal")
     same, _ = step([novi_record("a", "a@x.org")], [], left, self_unsubscribe="until_renewal")

@@ -236,11 +236,12 @@ def _left_by_themselves(joined: pd.DataFrame, newly_left: pd.Series, was_left: p
     left_owners = pd.concat([joined.loc[newly_left, ["novi_id"]].assign(left_expires=joined.loc[newly_left, "expires"]),
                              joined.loc[was_left, ["led_novi_id"]].rename(columns={"led_novi_id": "novi_id"})
                              .assign(left_expires=joined.loc[was_left, "led_left_expires"])])
-    left_until = left_owners.groupby("novi_id")["left_expires"].max() if not left_owners.empty else pd.Series(
-        dtype="datetime64[ns, UTC]")
+    if left_owners.empty or rule.self_unsubscribe == SELF_OVERRIDE:
+        # Nobody left (mapping onto an empty datetime Series raises under pandas 3), or the
+        # rule re-adds everyone.
+        return pd.Series(False, index=joined.index)
+    left_until = left_owners.groupby("novi_id")["left_expires"].max()
     left = joined["novi_id"].isin(left_until.index).fillna(False)
-    if rule.self_unsubscribe == SELF_OVERRIDE:
-        return left & False
     if rule.self_unsubscribe == SELF_UNTIL_RENEWAL:
         renewed = joined["expires"] > joined["novi_id"].map(left_until)
         return left & ~renewed.fillna(False).astype(bool)
