@@ -85,6 +85,7 @@ def sync_member(
                                novi_members=len(found), duration_s=run.elapsed(), plan_csv=None,
                                ledger=run.ledger.location, guards=run.tripped, guards_overridden=run.overridden)
     summary.update(members=ids, not_found=missing,
+                   phases_s={name: round(seconds, 3) for name, seconds in run.phases.items()},
                    http_calls=dict(sorted({**novi.http.calls, **mailman.http.calls}.items())))
     report.publish_member(summary, outcomes)
     return run.finish(summary, outcomes)

@@ -73,9 +73,11 @@ def sync_lists(
         outcomes = run.apply(mailman, the_plan, batch_size, workers)
         state, message = run.verdict(outcomes, done_message(len(outcomes), dry_run))
         state, message = run.record(the_plan, outcomes, state, message, len(members))
-
-    with run.phase("report"):
-        summary = publish_report(run, the_plan, outcomes, state, message, len(members), reports_dir, table_rows)
+        # Published before the lock is released: a release that fails (the ledger down) must
+        # not lose the report, which is then the only record of what was applied.
+        with run.phase("report"):
+            summary = publish_report(run, the_plan, outcomes, state, message, len(members), reports_dir,
+                                     table_rows)
     # How the time went and which calls were made: what an operator tunes, and what the
     # benchmark compares with the lower bound.
     summary["phases_s"] = {name: round(seconds, 3) for name, seconds in run.phases.items()}

@@ -7,6 +7,7 @@ member, 202 for a pending request, and a case-sensitive mass unsubscribe.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote
 
@@ -102,7 +103,7 @@ class MailmanClient:
                                          params=query, accept=(404,))
             if response.status_code == 404:
                 raise ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id in the rules")
-            return _page(response, "roster")
+            return _page(response, f"roster of {list_id}")
 
         entries = [e for _, page in sweep(fetch, Numbers(page_size), f"Mailman roster of {list_id}") for e in page]
         if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and e["email"].count("@") == 1
@@ -145,7 +146,8 @@ class MailmanClient:
         """Members whose delivery is held (`by_moderator`); the roster itself does not say."""
         def fetch(params: dict) -> Page:
             query = {"list_id": list_id, "role": "member", "delivery_status": HELD, **params}
-            return _page(self.http.request("GET", "members/find", bucket="held_page", params=query), "members/find")
+            return _page(self.http.request("GET", "members/find", bucket="held_page", params=query),
+                         f"members/find (held members of {list_id})")
         return {str(e.get("member_id")) for _, page in sweep(fetch, Numbers(page_size),
                                                               f"Mailman held members of {list_id}") for e in page}
 
@@ -162,7 +164,9 @@ class MailmanClient:
             return Outcome.PENDING, "Mailman holds a subscription request: not a member until approved"
         reason = self.http.reason(response)
         if response.status_code == 409:
-            if "already pending" in reason.lower():  # Mailman's "Subscription request already pending"
+            # Mailman's "Subscription request already pending"; any wording with the word: a
+            # pending request taken for "already a member" would be remembered as a member.
+            if re.search(r"\bpending\b", reason, re.IGNORECASE):
                 return Outcome.PENDING, reason
             return Outcome.ALREADY, reason
         return Outcome.FAILED, reason or "Mailman refused the address"

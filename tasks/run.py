@@ -150,8 +150,10 @@ class Run:
     @classmethod
     def begin(cls, kind: str, rules_path: str | None, list_id: str | None, ledger_block: str | None,
               dry_run: bool) -> Run:
+        started, started_at = time.monotonic(), datetime.now(timezone.utc)
         rules = resolve_rules(rules_path, list_id)
-        return cls(kind=kind, rules=rules, ledger=open_ledger(ledger_block, create=not dry_run), dry_run=dry_run)
+        return cls(kind=kind, rules=rules, ledger=open_ledger(ledger_block, create=not dry_run), dry_run=dry_run,
+                   started=started, started_at=started_at)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -194,12 +196,13 @@ class Run:
 
     def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool) -> None:
         """Ask the guards about the plan; a refusal stops every write, unless lifted for this run."""
-        self.tripped = guards.refusals(the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
+        few = self.kind == RunKind.MEMBER
+        self.tripped = guards.refusals(the_plan, self.rules, previous, few=few)
         self.overridden = bool(self.tripped and override_guards)
         if self.overridden:
             get_run_logger().warning("Guards lifted for this run only, by the operator: %s", " ".join(self.tripped))
         elif self.tripped:
-            self.refusal = guards.refusal_message(self.tripped)
+            self.refusal = guards.refusal_message(self.tripped, few=few)
 
     def apply(self, client: MailmanClient, the_plan: Plan, batch_size: int, workers: int) -> pd.DataFrame:
         """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""

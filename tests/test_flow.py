@@ -252,6 +252,36 @@ def test_failed_ledger_write_fails_the_run_and_the_next_run_adopts_without_writi
     assert Ledger().read([LIST]).iloc[0]["how"] == "adopted"
 
 
+def test_a_ledger_that_goes_down_before_the_lock_is_released_still_leaves_the_report(blocks, tmp_path,
+                                                                                      monkeypatch):
+    """The report is the only record of applied changes the ledger could not store: it is
+    published while the lock is held, so a release that fails too cannot lose it."""
+    novi = FakeNovi([novi_record("a", "a@example.org")])
+    mailman = FakeMailman({LIST: {}})
+    down = {"now": False}
+    begin = Ledger._begin
+
+    def refuse(*args, **kwargs):
+        down["now"] = True
+        raise LedgerError("the ledger at sqlite:///x failed: OperationalError; nothing of this run was stored")
+
+    def unavailable(self):
+        if down["now"]:
+            raise LedgerError("the ledger at sqlite:///x is unavailable: OperationalError")
+        return begin(self)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "record", refuse)
+        patched.setattr(Ledger, "_begin", unavailable)
+        state, _ = run(novi, mailman, tmp_path)
+    assert state.is_failed() and set(mailman.names(LIST)) == {"a@example.org"}
+    from prefect.artifacts import Artifact
+
+    from tasks.report import SUMMARY_KEY
+    assert "the ledger could not record them" in Artifact.get(SUMMARY_KEY).data
+    assert list(tmp_path.glob("plan-*.csv"))
+
+
 def test_run_that_cannot_read_novi_is_recorded_as_failed(blocks, tmp_path):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.get(f"{NOVI_SITE}/api/members", status=401)

@@ -12,6 +12,8 @@ from tasks.core.rules import Rules
 from tasks.core.schema import REMOVING
 HOW_TO_OVERRIDE = ("If this is right, rerun once with the guards lifted: `novi-mailman sync --override-guards` "
                    "or, in the Prefect UI, a custom run with override_guards = true.")
+HOW_TO_OVERRIDE_FEW = ("If this is right, rerun this member run once with the guards lifted: in the Prefect UI, a "
+                       "custom run of it with override_guards = true (or let the full sync make the changes).")
 
 
 def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None, *, few: bool = False) -> list[str]:
@@ -73,6 +75,6 @@ def roster_collapse(plan: Plan, rules: Rules, only: str | None = None) -> list[s
     return found
 
 
-def refusal_message(found: list[str]) -> str:
+def refusal_message(found: list[str], *, few: bool = False) -> str:
     return ("A safety guard stopped the run before any write; nothing was written to any list. "
-            + " ".join(found) + " " + HOW_TO_OVERRIDE)
+            + " ".join(found) + " " + (HOW_TO_OVERRIDE_FEW if few else HOW_TO_OVERRIDE))
