@@ -20,6 +20,7 @@ from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.core.planner import plan
 from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
+from tasks.mailman import read_bans
 from tasks.novi import members_frame
 from tasks.run import Run
 
@@ -72,7 +73,8 @@ def sync_member(
                                      match_keys=list(members["match_key"].dropna()))
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
-        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at))
+        bans = read_bans(mailman, run.list_ids)
+        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans)
 
         run.judge(the_plan, None, override_guards)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)

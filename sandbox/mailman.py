@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from urllib.parse import quote
+
 import requests
 
 from tasks.host import process_alive, wait_gone
@@ -246,6 +248,14 @@ class MailmanAdmin:
             if not entries or len(members) >= body["total_size"]:
                 return members
             page += 1
+
+    def ban(self, email: str, list_id: str | None = None) -> None:
+        """Ban an address (or a `^` pattern) on one list, or everywhere without a list."""
+        self._call("POST", "bans" if list_id is None else f"lists/{list_id}/bans", (201,), data={"email": email})
+
+    def unban(self, email: str, list_id: str | None = None) -> None:
+        path = "bans" if list_id is None else f"lists/{list_id}/bans"
+        self._call("DELETE", f"{path}/{quote(email, safe='')}", (204, 404))
 
     def held(self, list_id: str) -> set[str]:
         body = self._call("GET", "members/find", (200,), params={

@@ -142,6 +142,19 @@ class MailmanClient:
         return roster_frame(list_id, list(found), [f[0] for f in found.values()], [f[1] for f in found.values()],
                             [f[2] for f in found.values()])
 
+    def bans(self, list_id: str | None = None) -> list[str]:
+        """The list's bans (or, without a list, the global ones): addresses, and patterns
+        starting with `^`. Mailman refuses to subscribe a banned address (400, every run)."""
+        path = "bans" if list_id is None else f"lists/{dot_list_id(list_id)}/bans"
+        what = "global bans" if list_id is None else f"bans of {list_id}"
+
+        def fetch(params: dict) -> Page:
+            return _page(self.http.request("GET", path, bucket="ban_page", params=params), what)
+        entries = [e for _, page in sweep(fetch, Numbers(ROSTER_PAGE_SIZE), f"Mailman {what}") for e in page]
+        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) for e in entries):
+            raise UnexpectedResponse(f"Mailman {what}: an entry has no email")
+        return [e["email"] for e in entries]
+
     def held_member_ids(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
         """Members whose delivery is held (`by_moderator`); the roster itself does not say."""
         def fetch(params: dict) -> Page:
@@ -217,6 +230,18 @@ class MailmanClient:
 def extract_roster(client: MailmanClient, list_id: str, with_held: bool = True) -> pd.DataFrame:
     """Read one list's whole roster (and its held members, `with_held`); a partial read raises."""
     return client.roster(list_id, with_held=with_held)
+
+
+@task(name="extract-bans", cache_policy=NO_CACHE)
+def extract_bans(client: MailmanClient, list_ids: list[str]) -> dict[str, list[str]]:
+    """Per list, the bans that apply to it: its own and the global ones (one read each, and
+    one for the global bans)."""
+    return read_bans(client, list_ids)
+
+
+def read_bans(client: MailmanClient, list_ids: list[str]) -> dict[str, list[str]]:
+    everywhere = client.bans()
+    return {list_id: [*client.bans(list_id), *everywhere] for list_id in list_ids}
 
 
 def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -> list[dict]:

@@ -10,11 +10,12 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from tasks.core.planner import Plan
+from tasks.core.planner import REASON_BANNED, Plan
 from tasks.core.schema import ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, Outcome, RunState
 
 SUMMARY_KEY = "novi-mailman-summary"
 MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
+LISTED = 100  # rows of one kind a summary names one by one; all are in the plan CSV
 CHANGES_KEY = "novi-mailman-changes"
 PLAN_KEY = "novi-mailman-plan"
 QUARANTINE_KEY = "novi-mailman-quarantine"
@@ -42,6 +43,9 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             # duplicates name the record kept; count them as one reason
             "left_alone": _counts(alone["reason"].str.replace(r"^duplicate address: .*$", "duplicate address",
                                                               regex=True)),
+            # for the list owner: eligible members Mailman bans, who will not receive the list
+            "banned_members": alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]].head(LISTED)
+            .astype(object).where(lambda f: f.notna(), None).to_dict("records"),
         })
     return {
         "state": state,
@@ -86,6 +90,14 @@ def summary_markdown(summary: dict) -> str:
             for action, reasons in item["reasons"].items():
                 lines += [f"| {action} | {reason} | {n:,} |" for reason, n in reasons.items()]
             lines += [f"| left alone | {reason} | {n:,} |" for reason, n in item["left_alone"].items()]
+    for item in summary["lists"]:
+        if item.get("banned_members"):
+            lines += ["", f"## {item['list_id']}: eligible in Novi, banned in Mailman ({item['banned']:,})", "",
+                      "Not subscribed while the ban stands; lift it in Mailman if it is no longer meant.", "",
+                      "| address | Novi id |", "|---|---|"]
+            lines += [f"| {m['email']} | {m['novi_id']} |" for m in item["banned_members"]]
+            if item["banned"] > len(item["banned_members"]):
+                lines += ["", f"The first {len(item['banned_members'])} are shown; all are in the plan CSV."]
     if summary["quarantine_reasons"]:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]

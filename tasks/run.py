@@ -62,9 +62,9 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 
 @task(name="plan", cache_policy=NO_CACHE)
 def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
-              now: pd.Timestamp) -> Plan:
+              now: pd.Timestamp, bans: dict[str, list[str]] | None = None) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules, ledger, now)
+    return plan(members, rosters, rules, ledger, now, bans)
 
 
 def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,

@@ -54,6 +54,7 @@ class FakeMailman:
         self.writes: Counter = Counter()
         self.fail_subscribe: set[str] = set()   # addresses answered with 400
         self.unavailable_writes = 0             # the next N writes answer 503
+        self.bans: dict[str | None, list[str]] = {}  # list id (None: global) → banned addresses
 
     def names(self, list_id: str) -> dict[str, str]:
         return {e: m["display_name"] for e, m in self.rosters[list_id].items()}
@@ -62,6 +63,7 @@ class FakeMailman:
         base = re.escape(MAILMAN_REST) + "/3.1"
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
         mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
+        mock.add_callback("GET", re.compile(rf"{base}/(lists/[^/]+/)?bans\?.*"), callback=self._bans)
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/member/([^/?]+)$"), callback=self._member)
         mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._get_preferences)
         mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
@@ -105,6 +107,11 @@ class FakeMailman:
         entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(members.items()) if m["held"]]
         return self._page(entries, request)
 
+    def _bans(self, request):
+        parts = urlsplit(request.url).path.split("/")
+        list_id = parts[3] if parts[2] == "lists" else None
+        return self._page([{"email": e, "list_id": list_id} for e in self.bans.get(list_id, [])], request)
+
     def _get_preferences(self, request):
         member_id = unquote(urlsplit(request.url).path.split("/")[-2])
         for members in self.rosters.values():
@@ -126,6 +133,8 @@ class FakeMailman:
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
         assert form["pre_verified"] == form["pre_confirmed"] == form["pre_approved"] == "true"
         address = form["subscriber"]
+        if address.lower() in {*self.bans.get(form["list_id"], []), *self.bans.get(None, [])}:
+            return self._json(400, {"title": "400 Bad Request", "description": "Membership is banned"})
         if address in self.fail_subscribe:
             return self._json(400, {"title": "400 Bad Request", "description": 'Invalid Parameter "subscriber": .'})
         members = self.rosters[form["list_id"]]

@@ -93,8 +93,9 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
     assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
     # and the run says so itself: pages needed (8 records, 3 a page) and a roster page; no
-    # held-member page, as the list's rule holds nobody
-    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1,
+    # held-member page, as the list's rule holds nobody; one page of the list's bans and one of
+    # the global bans
+    assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1, "ban_page": 2,
                                      "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
     assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
     assert set(summary["phases_s"]) >= {"extract_members", "extract_rosters", "plan", "apply", "report"}
@@ -105,8 +106,29 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     assert again.is_completed() and again.name == "Skipped"
     assert again.result()["message"] == "No changes: every list is already in step with Novi"
     assert writes(calls) == []
-    # reads only: ceil(8 / 3) Novi pages and one roster page (the rule holds nobody: no held search)
-    assert len(calls) == math.ceil(8 / 3) + 1
+    # reads only: ceil(8 / 3) Novi pages, one roster page (the rule holds nobody: no held search)
+    # and the two ban pages
+    assert len(calls) == math.ceil(8 / 3) + 1 + 2
+
+
+def test_a_banned_eligible_member_never_fails_a_run_and_a_quiet_rerun_writes_nothing(blocks, tmp_path):
+    """A banned address once failed every run ("1 of 136 changes failed; rerun to retry them"),
+    for ever. Bans on the list, global and by pattern are read once per run and left alone."""
+    records = [novi_record("a", "list-banned@example.org"), novi_record("b", "everywhere@example.org"),
+               novi_record("c", "x@spam.example.org"), novi_record("d", "fine@example.org")]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    mailman.bans = {LIST: ["list-banned@example.org", r"^.*@spam\.example\.org$"], None: ["everywhere@example.org"]}
+    state, calls = run(novi, mailman, tmp_path)
+    assert state.is_completed(), state.message
+    assert set(mailman.names(LIST)) == {"fine@example.org"}
+    assert [c for c in writes(calls)] == [("POST", f"{MAILMAN_REST}/3.1/members")]  # the one unbanned member
+    summary = state.result()
+    assert summary["lists"][0]["banned"] == 3 and summary["lists"][0]["left_alone"] == {"banned in Mailman": 3}
+    assert "banned in Mailman" in Artifact.get(SUMMARY_KEY).data and "list-banned@example.org" in Artifact.get(SUMMARY_KEY).data
+    assert summary["http_calls"]["ban_page"] == 2  # the list's bans and the global ones, one page each
+
+    again, calls = run(novi, mailman, tmp_path)
+    assert again.is_completed() and writes(calls) == []
 
 
 def test_refused_address_fails_the_run_with_counts_and_a_rerun_finishes(blocks, tmp_path):

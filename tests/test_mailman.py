@@ -5,7 +5,7 @@ import pytest
 import responses
 from responses import matchers
 
-from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError
+from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
 from tasks.core.schema import Outcome, dot_list_id
 from tasks.mailman import MailmanClient, apply_changes, rest_base
 
@@ -283,3 +283,21 @@ def test_a_lookup_answered_with_another_address_is_refused():
                   json={"email": "someone@example.org", "member_id": "m9", "display_name": ""})
     with pytest.raises(UnexpectedResponse, match="not the member asked for"):
         client().membership(LIST, ["jane@example.org"])
+
+
+@responses.activate
+def test_bans_of_a_list_and_global_bans_are_read_whole():
+    responses.get(f"{REST}/lists/a.example.org/bans", json={"total_size": 2, "start": 0, "entries": [
+        {"email": "x@y.org", "list_id": "a.example.org"}, {"email": r"^.*@spam\.org$", "list_id": "a.example.org"}]})
+    responses.get(f"{REST}/bans", json={"total_size": 0, "start": 0})  # Mailman leaves out an empty page's entries
+    from tasks.mailman import read_bans
+
+    assert read_bans(client(), ["a.example.org"]) == {"a.example.org": ["x@y.org", r"^.*@spam\.org$"]}
+    assert [c.request.url.split("?")[0] for c in responses.calls] == [f"{REST}/bans", f"{REST}/lists/a.example.org/bans"]
+
+
+@responses.activate
+def test_a_ban_entry_without_an_email_is_refused():
+    responses.get(f"{REST}/bans", json={"total_size": 1, "start": 0, "entries": [{"list_id": None}]})
+    with pytest.raises(UnexpectedResponse, match="global bans: an entry has no email"):
+        client().bans()

@@ -217,3 +217,19 @@ def test_a_member_sync_whose_only_member_lapsed_is_not_refused_as_an_empty_sourc
     assert state.is_completed(), state.message
     assert state.result()["lists"][0]["eligible"] == 0
     assert "m5@example.org" not in mailman.names(LIST)
+
+
+def test_a_member_sync_honours_bans_as_the_full_sync_does(member_blocks, tmp_path):
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    records = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    mailman.bans = {None: [r"^m3@example\.org$"]}
+    records[3]["MemberStatus"] = "current"  # renews, but is banned everywhere
+    state, _ = one(novi, mailman, [guid(3)], rules)
+    assert state.is_completed(), state.message
+    assert "m3@example.org" not in mailman.names(LIST) and mailman.writes["subscribe"] == 19
+    assert state.result()["lists"][0]["left_alone"] == {"banned in Mailman": 1}

@@ -5,6 +5,7 @@ import pytest
 
 from tasks.novi import members_frame
 from tasks.core.planner import (
+    REASON_BANNED,
     REASON_NOT_IN_NOVI,
     REASON_PROTECTED,
     REASON_RELEASE,
@@ -225,3 +226,35 @@ def test_planner_is_pure_and_leaves_its_inputs_alone():
     pd.testing.assert_frame_equal(members, before[0])
     pd.testing.assert_frame_equal(roster, before[1])
     pd.testing.assert_frame_equal(first.changes, second.changes)
+
+
+# bans (issue 13) --------------------------------------------------------------------------
+
+def banned_run(records, roster_rows, bans, **rule):
+    rules = parse_rules({"lists": [{"list_id": L, **rule}]})
+    return plan(members_frame(records), {L: roster_frame(L, roster_rows)}, rules, bans={L: bans})
+
+
+def test_a_banned_eligible_member_is_left_alone_never_subscribed():
+    """Mailman answers 400 "Membership is banned" to the subscribe, every run, for ever."""
+    records = [novi_record("a", "Ann@X.org"), novi_record("b", "bob@spam.example.org"), novi_record("c", "c@x.org"),
+               novi_record("d", "d@x.org")]
+    p = banned_run(records, [], ["ann@x.org", r"^.*@spam\.example\.org$"])
+    assert changes(p) == [("subscribe", "c@x.org", REASON_SUBSCRIBE), ("subscribe", "d@x.org", REASON_SUBSCRIBE)]
+    assert alone(p) == [("Ann@X.org", REASON_BANNED), ("bob@spam.example.org", REASON_BANNED)]
+    assert p.figures.iloc[0]["banned"] == 2
+    assert set(p.memory["match_key"]) == {"c@x.org", "d@x.org"}  # a banned address is not remembered
+
+
+def test_a_ban_is_matched_as_mailman_matches_it():
+    records = [novi_record("a", "pat@x.org"), novi_record("b", "xpat@x.org"), novi_record("c", "PAT@X.ORG.uk")]
+    p = banned_run(records, [], ["^pat@", "^(unclosed"])  # re.match: from the start; a broken pattern is no ban
+    assert alone(p) == [("PAT@X.ORG.uk", REASON_BANNED), ("pat@x.org", REASON_BANNED)]
+    assert changes(p) == [("subscribe", "xpat@x.org", REASON_SUBSCRIBE)]
+
+
+def test_a_banned_address_already_on_the_list_stays_and_an_ineligible_one_still_goes():
+    records = [novi_record("a", "a@x.org"), novi_record("b", "b@x.org", status="expired")]
+    p = banned_run(records, [("a@x.org", "Pat A"), ("b@x.org", "Pat B")], ["a@x.org", "b@x.org"])
+    assert changes(p) == [("unsubscribe", "b@x.org", "status expired")]
+    assert p.figures.iloc[0]["banned"] == 0 and alone(p) == []

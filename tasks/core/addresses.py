@@ -6,6 +6,9 @@ whole pandas Series so that a million records cost one pass, not a million calls
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -55,3 +58,21 @@ def refusal(address: pd.Series) -> pd.Series:
     reason = np.select([c.to_numpy(dtype=bool) for c, _ in checks], [r for _, r in checks],
                        default="")
     return pd.Series(reason, index=address.index, dtype="string").mask(lambda s: s == "")
+
+
+def banned(keys: pd.Series, bans: Sequence[str]) -> pd.Series:
+    """Whether Mailman bans each address (match keys), as its BanManager judges: an exact ban,
+    or a ban starting with `^` as a regular expression matched from the start, ignoring case.
+
+    Exact bans are compared casefolded (Mailman compares them as stored): a ban that differs
+    only in case still keeps the address off, rather than failing its subscribe every run. A
+    pattern Python cannot compile is no ban (Mailman, also Python, could not apply it either)."""
+    exact = {b.strip().casefold() for b in bans if not b.startswith("^")}
+    hit = keys.isin(exact).fillna(False).to_numpy(dtype=bool, copy=True)
+    for pattern in (b for b in bans if b.startswith("^")):
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error:
+            continue
+        hit |= keys.str.match(compiled).fillna(False).to_numpy(dtype=bool)
+    return pd.Series(hit, index=keys.index)

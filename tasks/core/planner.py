@@ -7,13 +7,14 @@ planning a million Novi records against a million-address roster takes seconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from tasks.core.addresses import banned
 from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import (
     CHANGE_COLUMNS,
@@ -46,6 +47,7 @@ REASON_PROTECTED = "protected address"
 REASON_ADDRESS_CHANGED = "address changed in Novi"
 REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
+REASON_BANNED = "banned in Mailman"
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,11 @@ class ListPlan(NamedTuple):
 
 
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
-              quarantined: pd.DataFrame, now: pd.Timestamp) -> ListPlan:
+              quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = ()) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`)."""
     winners, duplicates = one_record_per_address(usable, rule)
     joined = join_sides(winners, roster, ledger)
-    where = Standing.of(joined, usable, quarantined, rule)
+    where = Standing.of(joined, usable, quarantined, rule, bans)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
                     _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)))
 
@@ -174,6 +176,7 @@ class Standing:
     address_changed: pd.Series
     newly_left: pd.Series
     blocked: pd.Series          # eligible, off the list, and left by themselves: not re-added
+    banned: pd.Series           # eligible, off the list, and banned in Mailman: never a subscribe
     staying: pd.Series
     released: pd.Series
     renamed: pd.Series
@@ -183,7 +186,8 @@ class Standing:
     unsubscribed: pd.Series
 
     @classmethod
-    def of(cls, joined: pd.DataFrame, usable: pd.DataFrame, quarantined: pd.DataFrame, rule: ListRule) -> Standing:
+    def of(cls, joined: pd.DataFrame, usable: pd.DataFrame, quarantined: pd.DataFrame, rule: ListRule,
+           bans: Sequence[str] = ()) -> Standing:
         in_novi = _flag(joined, "in_novi")
         on_roster = _flag(joined, "on_roster_now")
         in_ledger = _flag(joined, "in_ledger")
@@ -205,6 +209,9 @@ class Standing:
         # missing though this tool did not remove them, left by themselves: they stay off.
         newly_left = ~on_roster & tracked & _flag(joined, "led_on_roster") & _flag(joined, "led_eligible") & eligible
         blocked = eligible & ~on_roster & _left_by_themselves(joined, newly_left, was_left, rule)
+        # Mailman refuses to subscribe a banned address (400, every run): left alone instead.
+        # A banned address already on the list stays, as in Mailman.
+        is_banned = eligible & ~on_roster & ~blocked & (banned(joined["match_key"], bans) if bans else False)
 
         staying = eligible & on_roster
         # Holds are released only on lists whose rule holds lapsed members: elsewhere a hold was
@@ -213,7 +220,7 @@ class Standing:
         novi_name = joined["display_name"].fillna("")
         renamed = staying & rule.update_names & (novi_name != "") & (
             novi_name != joined["display_name_roster"].fillna(""))
-        subscribed = eligible & ~on_roster & ~blocked
+        subscribed = eligible & ~on_roster & ~blocked & ~is_banned
         leaving = managed & ~eligible & ~protected & ~address_changed
         leave_reason = joined["why_not"].where(in_novi, pd.Series(
             np.where(in_ledger, REASON_GONE, REASON_NOT_IN_NOVI), index=joined.index, dtype="string"))
@@ -226,6 +233,7 @@ class Standing:
                    eligible=eligible, held=held, owner=owner, owner_in_novi=owner_in_novi,
                    owner_quarantined=owner_quarantined, quarantined_row=quarantined_row, protected=protected,
                    managed=managed, address_changed=address_changed, newly_left=newly_left, blocked=blocked,
+                   banned=is_banned,
                    staying=staying, released=released, renamed=renamed, subscribed=subscribed, leaving=leaving,
                    leave_reason=leave_reason, unsubscribed=unsubscribed)
 
@@ -280,6 +288,7 @@ def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantine
          REASON_UNMANAGED),
         (w.managed & ~w.eligible & w.protected, REASON_PROTECTED),
         (w.blocked, REASON_LEFT),
+        (w.banned, REASON_BANNED),
     ]
     if rule.lapsed == LAPSE_KEEP:
         kept.append((w.leaving, "kept (lapsed: keep): " + w.leave_reason))
@@ -317,6 +326,7 @@ def figures(joined: pd.DataFrame, where: Standing, rule: ListRule, duplicates: i
         "duplicates": duplicates,
         "remembered": int(seen_last_time.sum()),
         "vanished": int((seen_last_time & ~w.on_roster).sum()),
+        "banned": int(w.banned.sum()),
     }
 
 
@@ -391,12 +401,14 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 
 def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rules,
-         ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None) -> Plan:
+         ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
+         bans: Mapping[str, Sequence[str]] | None = None) -> Plan:
     """Compare who should be on each list (its rule) with who is, for every list in the rules.
 
     `members` is the members frame, `rosters` maps each dot-form list id to its roster frame,
     `ledger` is what earlier runs remember (none on a first run); their columns are named in
-    tasks.core.schema. Quarantined records are never subscribed,
+    tasks.core.schema. `bans` maps a list id to the bans that apply to it (the list's and the
+    global ones, as Mailman stores them). Quarantined records are never subscribed,
     and an address on a roster that only a quarantined record knows is left alone.
     """
     ledger = empty_ledger() if ledger is None else ledger
@@ -405,8 +417,9 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     usable = members.loc[~is_quarantined & members["match_key"].notna()]
     quarantined = members.loc[is_quarantined, ["novi_id", "email", "match_key", "quarantine"]]
 
+    bans = bans or {}
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
-                          quarantined, now) for rule in rules.lists]
+                          quarantined, now, bans.get(rule.list_id, ())) for rule in rules.lists]
     changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
     changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))
     changes = changes.sort_values(["list_id", "action", "email"], kind="stable", ignore_index=True)

@@ -100,8 +100,9 @@ FLAG_COLUMNS = ["on_roster", "eligible"]
 LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
 # Per list: `remembered` are the members the ledger saw on the list at its last run,
 # `vanished` those of them the roster no longer holds (what the roster-collapse guard reads).
+# `banned`: eligible members Mailman bans from the list (left alone, never a subscribe).
 FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
-                  "remembered", "vanished"]
+                  "remembered", "vanished", "banned"]
 # One row of the plan CSV: a change, a row left alone, or a quarantined record.
 PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
 
