@@ -115,13 +115,14 @@ def pages(n: int, size: int) -> int:
     return max(1, math.ceil(n / size))
 
 
-def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans: tuple[int, int] = (0, 0)
-                ) -> dict[str, int]:
+def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans: tuple[int, int] = (0, 0),
+                requests: int = 0) -> dict[str, int]:
     """The fewest calls that can read everything and make these changes.
 
     Pages of every collection read (Novi members, each roster, the held members of a list
     whose rule holds lapsed members, `held_before` None: the rule holds nobody; the list's bans
-    and the global bans, `bans` entries in all, one page each when there are none), one
+    and the global bans, `bans` entries in all, one page each when there are none; the list's
+    pending requests, one page when there are none), one
     call per single write (subscribe, rename of an address, hold, release), and one mass
     unsubscribe per `BATCH` removals of a list. The bench syncs one list, where the renames of
     a list are the renamed addresses (with several lists an address is renamed once).
@@ -132,6 +133,7 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
              "held_page": 0 if held_before is None else pages(held_before, ROSTER_PAGE_SIZE),
              "ban_page": sum(pages(n, ROSTER_PAGE_SIZE) for n in bans),
+             "request_page": pages(requests, ROSTER_PAGE_SIZE),
              **{a: changes[a] for a in ("subscribe", "hold", "release", "rename")},
              "mass_unsubscribe": sum(math.ceil(item["changes"]["unsubscribe"] / BATCH) for item in summary["lists"])}
     return {kind: n for kind, n in bound.items() if n}

@@ -74,7 +74,8 @@ def sync_member(
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
-        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans)
+        requests = {lid: mailman.subscription_requests(lid) for lid in run.list_ids}
+        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans, requests)
 
         run.judge(the_plan, None, override_guards)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)

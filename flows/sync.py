@@ -16,7 +16,7 @@ from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.core.schema import LAPSE_HOLD, RunKind
 from tasks.errors import SyncError
-from tasks.mailman import extract_bans, extract_roster
+from tasks.mailman import extract_bans, extract_requests, extract_roster
 from tasks.novi import extract_members
 from tasks.run import MAX_WORKERS, Run, bounded, make_plan, read_ledger
 
@@ -60,6 +60,7 @@ def sync_lists(
             with run.phase("extract_rosters"):
                 rosters = read_rosters(mailman, run, workers)
                 bans = extract_bans(mailman, run.list_ids)
+                requests = extract_requests(mailman, run.list_ids)
             with run.phase("read_ledger"):
                 remembered, last_figures = read_ledger(run.ledger, run.list_ids)
         except SyncError as exc:
@@ -68,7 +69,8 @@ def sync_lists(
         log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
 
         with run.phase("plan"):
-            the_plan = make_plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans)
+            the_plan = make_plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
+                                 requests)
         log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
         run.judge(the_plan, last_figures, override_guards)
         outcomes = run.apply(mailman, the_plan, batch_size, workers)

@@ -249,6 +249,17 @@ class MailmanAdmin:
                 return members
             page += 1
 
+    def ask_to_join(self, list_id: str, email: str, *, confirmed: bool = True) -> None:
+        """A pending subscription request: for the moderator (`confirmed`), else awaiting the
+        person's own confirmation (Mailman mails them for it). The list must be moderated."""
+        flags = {"pre_verified": "true", "pre_confirmed": "true"} if confirmed else {}
+        self._call("POST", "members", (202,), data={"list_id": list_id, "subscriber": email, **flags})
+
+    def requests(self, list_id: str) -> dict[str, str]:
+        """Pending subscription requests: email → whose move it is (moderator or subscriber)."""
+        body = self._call("GET", f"lists/{list_id}/requests", (200,), params={"count": 1000, "page": 1}).json()
+        return {e["email"]: e["token_owner"] for e in body.get("entries", [])}
+
     def ban(self, email: str, list_id: str | None = None) -> None:
         """Ban an address (or a `^` pattern) on one list, or everywhere without a list."""
         self._call("POST", "bans" if list_id is None else f"lists/{list_id}/bans", (201,), data={"email": email})

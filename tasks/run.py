@@ -62,9 +62,10 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 
 @task(name="plan", cache_policy=NO_CACHE)
 def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
-              now: pd.Timestamp, bans: dict[str, list[str]] | None = None) -> Plan:
+              now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
+              requests: dict[str, pd.DataFrame] | None = None) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules, ledger, now, bans)
+    return plan(members, rosters, rules, ledger, now, bans, requests)
 
 
 def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,
@@ -84,7 +85,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
 
     def submit(item: tuple[str, pd.DataFrame]) -> PrefectFuture:
         action, rows = item
-        records = rows[["list_id", "email", "display_name", "member_id", "mail"]]
+        records = rows[["list_id", "email", "display_name", "member_id", "mail", "request"]]
         records = records.astype(object).where(records.notna(), None).to_dict("records")
         return apply_batch.submit(client, action, records, lease)
 

@@ -55,6 +55,7 @@ class FakeMailman:
         self.fail_subscribe: set[str] = set()   # addresses answered with 400
         self.unavailable_writes = 0             # the next N writes answer 503
         self.bans: dict[str | None, list[str]] = {}  # list id (None: global) → banned addresses
+        self.requests: dict[str, list[dict]] = {}  # list id → pending {"email", "token", "token_owner"}
 
     def names(self, list_id: str) -> dict[str, str]:
         return {e: m["display_name"] for e, m in self.rosters[list_id].items()}
@@ -64,6 +65,8 @@ class FakeMailman:
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
         mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
         mock.add_callback("GET", re.compile(rf"{base}/(lists/[^/]+/)?bans\?.*"), callback=self._bans)
+        mock.add_callback("GET", re.compile(rf"{base}/lists/[^/]+/requests\?.*"), callback=self._requests)
+        mock.add_callback("POST", re.compile(rf"{base}/lists/[^/]+/requests/[^/]+$"), callback=self._decide)
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/member/([^/?]+)$"), callback=self._member)
         mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._get_preferences)
         mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
@@ -112,6 +115,21 @@ class FakeMailman:
         list_id = parts[3] if parts[2] == "lists" else None
         return self._page([{"email": e, "list_id": list_id} for e in self.bans.get(list_id, [])], request)
 
+    def _requests(self, request):
+        list_id = urlsplit(request.url).path.split("/")[3]
+        return self._page([{"type": "subscription", "list_id": list_id, **r} for r in self.requests.get(list_id, [])],
+                          request)
+
+    def _decide(self, request):
+        _, _, _, list_id, _, token = urlsplit(request.url).path.split("/")
+        assert parse_qs(request.body)["action"] == ["discard"], "a request is only ever discarded, silently"
+        self.writes["request_resolve"] += 1
+        pending = self.requests.get(list_id, [])
+        if not any(r["token"] == token for r in pending):
+            return self._json(404, {"title": "404 Not Found"})
+        self.requests[list_id] = [r for r in pending if r["token"] != token]
+        return 204, {}, ""
+
     def _get_preferences(self, request):
         member_id = unquote(urlsplit(request.url).path.split("/")[-2])
         for members in self.rosters.values():
@@ -135,6 +153,8 @@ class FakeMailman:
         address = form["subscriber"]
         if address.lower() in {*self.bans.get(form["list_id"], []), *self.bans.get(None, [])}:
             return self._json(400, {"title": "400 Bad Request", "description": "Membership is banned"})
+        if any(r["email"].lower() == address.lower() for r in self.requests.get(form["list_id"], [])):
+            return self._json(409, {"title": "409 Conflict", "description": "Subscription request already pending"})
         if address in self.fail_subscribe:
             return self._json(400, {"title": "400 Bad Request", "description": 'Invalid Parameter "subscriber": .'})
         members = self.rosters[form["list_id"]]

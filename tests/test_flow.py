@@ -93,9 +93,10 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
     assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
     # and the run says so itself: pages needed (8 records, 3 a page) and a roster page; no
-    # held-member page, as the list's rule holds nobody; one page of the list's bans and one of
-    # the global bans
+    # held-member page, as the list's rule holds nobody; one page of the list's bans, one of
+    # the global bans and one of the list's pending requests
     assert summary["http_calls"] == {"novi_page": math.ceil(8 / 3), "roster_page": 1, "ban_page": 2,
+                                     "request_page": 1,
                                      "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
     assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
     assert set(summary["phases_s"]) >= {"extract_members", "extract_rosters", "plan", "apply", "report"}
@@ -107,8 +108,8 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     assert again.result()["message"] == "No changes: every list is already in step with Novi"
     assert writes(calls) == []
     # reads only: ceil(8 / 3) Novi pages, one roster page (the rule holds nobody: no held search)
-    # and the two ban pages
-    assert len(calls) == math.ceil(8 / 3) + 1 + 2
+    # the two ban pages and the requests page
+    assert len(calls) == math.ceil(8 / 3) + 1 + 2 + 1
 
 
 def test_a_banned_eligible_member_never_fails_a_run_and_a_quiet_rerun_writes_nothing(blocks, tmp_path):
@@ -127,6 +128,26 @@ def test_a_banned_eligible_member_never_fails_a_run_and_a_quiet_rerun_writes_not
     assert "banned in Mailman" in Artifact.get(SUMMARY_KEY).data and "list-banned@example.org" in Artifact.get(SUMMARY_KEY).data
     assert summary["http_calls"]["ban_page"] == 2  # the list's bans and the global ones, one page each
 
+    again, calls = run(novi, mailman, tmp_path)
+    assert again.is_completed() and writes(calls) == []
+
+
+def test_a_pending_request_of_an_eligible_member_is_resolved_and_others_are_left_to_their_owners(blocks, tmp_path):
+    """The subscribe answered 409 "Subscription request already pending" and the run said
+    "pending" every night, for ever."""
+    records = [novi_record("a", "asked@example.org"), novi_record("b", "confirming@example.org"),
+               novi_record("c", "lapsed@example.org", status="expired")]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    mailman.requests = {LIST: [{"email": "asked@example.org", "token": "t1", "token_owner": "moderator"},
+                               {"email": "confirming@example.org", "token": "t2", "token_owner": "subscriber"},
+                               {"email": "lapsed@example.org", "token": "t3", "token_owner": "moderator"}]}
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_completed(), state.message
+    assert set(mailman.names(LIST)) == {"asked@example.org"}
+    assert [r["token"] for r in mailman.requests[LIST]] == ["t2", "t3"]  # the others untouched
+    item = state.result()["lists"][0]
+    assert (item["requests_for_moderator"], item["requests_for_member"]) == (1, 1)
+    assert item["outcomes"] == {"applied": 1}
     again, calls = run(novi, mailman, tmp_path)
     assert again.is_completed() and writes(calls) == []
 

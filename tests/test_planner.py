@@ -5,6 +5,8 @@ import pytest
 
 from tasks.novi import members_frame
 from tasks.core.planner import (
+    REASON_AWAITING,
+    REASON_REQUEST,
     REASON_BANNED,
     REASON_NOT_IN_NOVI,
     REASON_PROTECTED,
@@ -258,3 +260,24 @@ def test_a_banned_address_already_on_the_list_stays_and_an_ineligible_one_still_
     p = banned_run(records, [("a@x.org", "Pat A"), ("b@x.org", "Pat B")], ["a@x.org", "b@x.org"])
     assert changes(p) == [("unsubscribe", "b@x.org", "status expired")]
     assert p.figures.iloc[0]["banned"] == 0 and alone(p) == []
+
+
+# pending subscription requests (issue 13) -------------------------------------------------
+
+def requested(pending):
+    return pd.DataFrame({"match_key": [k for k, _, _ in pending], "token": [t for _, t, _ in pending],
+                         "owner": [o for _, _, o in pending]}, dtype="string")
+
+
+def test_an_eligible_members_request_waiting_for_the_moderator_is_resolved_by_the_subscribe():
+    """It answered 409 "Subscription request already pending" every run, for ever."""
+    records = [novi_record("a", "Ann@x.org"), novi_record("b", "bob@x.org"), novi_record("c", "cy@x.org", status="expired")]
+    rules = parse_rules({"lists": [{"list_id": L}]})
+    pending = requested([("ann@x.org", "t-ann", "moderator"), ("bob@x.org", "t-bob", "subscriber"),
+                         ("cy@x.org", "t-cy", "moderator"), ("stranger@y.org", "t-s", "moderator")])
+    p = plan(members_frame(records), {L: roster_frame(L, [])}, rules, requests={L: pending})
+    assert [(r.action, r.email, r.request, r.reason) for r in p.changes.itertuples()] == [
+        ("subscribe", "Ann@x.org", "t-ann", REASON_REQUEST)]
+    assert alone(p) == [("bob@x.org", REASON_AWAITING)]  # their own confirmation: theirs to answer
+    figures = p.figures.iloc[0]
+    assert (figures["requests_for_moderator"], figures["requests_for_member"]) == (2, 1)  # cy's and the stranger's

@@ -18,6 +18,8 @@ from tasks.core.addresses import banned
 from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import (
     CHANGE_COLUMNS,
+    OWNER_MODERATOR,
+    OWNER_SUBSCRIBER,
     FIGURE_COLUMNS,
     LAPSE_HOLD,
     LAPSE_KEEP,
@@ -48,6 +50,8 @@ REASON_ADDRESS_CHANGED = "address changed in Novi"
 REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
+REASON_REQUEST = "eligible; their request waiting for the moderator is resolved"
+REASON_AWAITING = "their own request waits for their confirmation"
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,12 @@ class ListPlan(NamedTuple):
 
 
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
-              quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = ()) -> ListPlan:
+              quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = (),
+              requests: pd.DataFrame | None = None) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`)."""
     winners, duplicates = one_record_per_address(usable, rule)
     joined = join_sides(winners, roster, ledger)
-    where = Standing.of(joined, usable, quarantined, rule, bans)
+    where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
                     _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)))
 
@@ -177,6 +182,10 @@ class Standing:
     newly_left: pd.Series
     blocked: pd.Series          # eligible, off the list, and left by themselves: not re-added
     banned: pd.Series           # eligible, off the list, and banned in Mailman: never a subscribe
+    request: pd.Series          # the token of a moderator's pending request a subscribe resolves
+    awaiting: pd.Series         # eligible, off the list, their own request awaits their confirmation
+    requests_for_moderator: int
+    requests_for_member: int
     staying: pd.Series
     released: pd.Series
     renamed: pd.Series
@@ -187,7 +196,7 @@ class Standing:
 
     @classmethod
     def of(cls, joined: pd.DataFrame, usable: pd.DataFrame, quarantined: pd.DataFrame, rule: ListRule,
-           bans: Sequence[str] = ()) -> Standing:
+           bans: Sequence[str] = (), requests: pd.DataFrame | None = None) -> Standing:
         in_novi = _flag(joined, "in_novi")
         on_roster = _flag(joined, "on_roster_now")
         in_ledger = _flag(joined, "in_ledger")
@@ -220,7 +229,16 @@ class Standing:
         novi_name = joined["display_name"].fillna("")
         renamed = staying & rule.update_names & (novi_name != "") & (
             novi_name != joined["display_name_roster"].fillna(""))
-        subscribed = eligible & ~on_roster & ~blocked & ~is_banned
+        # A subscription request pending for this address: one waiting for the moderator is
+        # resolved by the subscribe (Novi already says they belong); one waiting for the
+        # person's own confirmation is theirs to answer, and is left alone.
+        pending = requests if requests is not None else pd.DataFrame(columns=["match_key", "token", "owner"])
+        by_moderator = pending.loc[pending["owner"] == OWNER_MODERATOR].drop_duplicates("match_key")
+        by_member = set(pending.loc[pending["owner"] == OWNER_SUBSCRIBER, "match_key"])
+        awaiting = eligible & ~on_roster & ~blocked & ~is_banned & joined["match_key"].isin(by_member).fillna(False)
+        subscribed = eligible & ~on_roster & ~blocked & ~is_banned & ~awaiting
+        request = joined["match_key"].map(by_moderator.set_index("match_key")["token"]).where(subscribed)
+        resolved = set(joined.loc[request.notna(), "match_key"])
         leaving = managed & ~eligible & ~protected & ~address_changed
         leave_reason = joined["why_not"].where(in_novi, pd.Series(
             np.where(in_ledger, REASON_GONE, REASON_NOT_IN_NOVI), index=joined.index, dtype="string"))
@@ -233,7 +251,9 @@ class Standing:
                    eligible=eligible, held=held, owner=owner, owner_in_novi=owner_in_novi,
                    owner_quarantined=owner_quarantined, quarantined_row=quarantined_row, protected=protected,
                    managed=managed, address_changed=address_changed, newly_left=newly_left, blocked=blocked,
-                   banned=is_banned,
+                   banned=is_banned, request=request, awaiting=awaiting,
+                   requests_for_moderator=int((~by_moderator["match_key"].isin(resolved)).sum()),
+                   requests_for_member=len(by_member),
                    staying=staying, released=released, renamed=renamed, subscribed=subscribed, leaving=leaving,
                    leave_reason=leave_reason, unsubscribed=unsubscribed)
 
@@ -258,8 +278,10 @@ def _left_by_themselves(joined: pd.DataFrame, newly_left: pd.Series, was_left: p
 
 def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFrame:
     """The list's changes, each with the address it acts on and why."""
+    resolving = where.request.notna()
     wanted: list[tuple[pd.Series, str, object, str]] = [
-        (where.subscribed, Action.SUBSCRIBE, REASON_SUBSCRIBE, "email"),
+        (where.subscribed & ~resolving, Action.SUBSCRIBE, REASON_SUBSCRIBE, "email"),
+        (where.subscribed & resolving, Action.SUBSCRIBE, REASON_REQUEST, "email"),
         (where.released, Action.RELEASE, REASON_RELEASE, "email_roster"),
         (where.renamed, Action.RENAME, REASON_RENAME, "email_roster"),
         (where.address_changed & ~where.protected, Action.UNSUBSCRIBE, REASON_ADDRESS_CHANGED, "email_roster"),
@@ -275,7 +297,7 @@ def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFra
             parts.append(_frame(
                 CHANGE_COLUMNS, list_id=rule.list_id, action=action, email=rows[email_column],
                 match_key=rows["match_key"], reason=_pick(reason, mask), novi_id=where.owner.loc[mask],
-                display_name=rows["display_name"], member_id=rows["member_id"]))
+                display_name=rows["display_name"], member_id=rows["member_id"], request=where.request.loc[mask]))
     return _concat(parts, CHANGE_COLUMNS)
 
 
@@ -289,6 +311,7 @@ def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantine
         (w.managed & ~w.eligible & w.protected, REASON_PROTECTED),
         (w.blocked, REASON_LEFT),
         (w.banned, REASON_BANNED),
+        (w.awaiting, REASON_AWAITING),
     ]
     if rule.lapsed == LAPSE_KEEP:
         kept.append((w.leaving, "kept (lapsed: keep): " + w.leave_reason))
@@ -327,6 +350,8 @@ def figures(joined: pd.DataFrame, where: Standing, rule: ListRule, duplicates: i
         "remembered": int(seen_last_time.sum()),
         "vanished": int((seen_last_time & ~w.on_roster).sum()),
         "banned": int(w.banned.sum()),
+        "requests_for_moderator": w.requests_for_moderator,
+        "requests_for_member": w.requests_for_member,
     }
 
 
@@ -402,13 +427,15 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 
 def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rules,
          ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
-         bans: Mapping[str, Sequence[str]] | None = None) -> Plan:
+         bans: Mapping[str, Sequence[str]] | None = None,
+         requests: Mapping[str, pd.DataFrame] | None = None) -> Plan:
     """Compare who should be on each list (its rule) with who is, for every list in the rules.
 
     `members` is the members frame, `rosters` maps each dot-form list id to its roster frame,
     `ledger` is what earlier runs remember (none on a first run); their columns are named in
     tasks.core.schema. `bans` maps a list id to the bans that apply to it (the list's and the
-    global ones, as Mailman stores them). Quarantined records are never subscribed,
+    global ones, as Mailman stores them); `requests` a list id to its pending subscription
+    requests (tasks.core.schema.REQUEST_COLUMNS). Quarantined records are never subscribed,
     and an address on a roster that only a quarantined record knows is left alone.
     """
     ledger = empty_ledger() if ledger is None else ledger
@@ -417,9 +444,10 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     usable = members.loc[~is_quarantined & members["match_key"].notna()]
     quarantined = members.loc[is_quarantined, ["novi_id", "email", "match_key", "quarantine"]]
 
-    bans = bans or {}
+    bans, requests = bans or {}, requests or {}
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
-                          quarantined, now, bans.get(rule.list_id, ())) for rule in rules.lists]
+                          quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id))
+                for rule in rules.lists]
     changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
     changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))
     changes = changes.sort_values(["list_id", "action", "email"], kind="stable", ignore_index=True)

@@ -86,8 +86,13 @@ MEMBER_COLUMNS = [
 ]
 # A roster frame (tasks.mailman): one row per member of one list.
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", "held"]
-# The plan's changes; `match_key` travels with each so nobody recomputes it.
-CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id"]
+# The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
+# token of a subscription request a subscribe resolves (one waiting for the moderator).
+CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id",
+                  "request"]
+# A list's pending subscription requests (tasks.mailman): `owner` is who must act on it.
+REQUEST_COLUMNS = ["match_key", "token", "owner"]
+OWNER_MODERATOR, OWNER_SUBSCRIBER = "moderator", "subscriber"
 # ... and once applied (or not), each change's outcome.
 OUTCOME_COLUMNS = [*CHANGE_COLUMNS, "outcome", "detail"]
 # What the ledger remembers per list and address (tasks.ledger stores exactly these), and the
@@ -100,9 +105,11 @@ FLAG_COLUMNS = ["on_roster", "eligible"]
 LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
 # Per list: `remembered` are the members the ledger saw on the list at its last run,
 # `vanished` those of them the roster no longer holds (what the roster-collapse guard reads).
-# `banned`: eligible members Mailman bans from the list (left alone, never a subscribe).
+# `banned`: eligible members Mailman bans from the list (left alone, never a subscribe);
+# `requests_for_moderator` / `requests_for_member`: subscription requests left untouched, waiting
+# for the list's moderator or for the person's own confirmation.
 FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
-                  "remembered", "vanished", "banned"]
+                  "remembered", "vanished", "banned", "requests_for_moderator", "requests_for_member"]
 # One row of the plan CSV: a change, a row left alone, or a quarantined record.
 PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
 

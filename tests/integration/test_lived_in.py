@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from tests.integration.helpers import expected, lists_for, sync
+from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
@@ -36,3 +37,33 @@ def test_banned_eligible_members_never_fail_a_run_and_the_second_run_writes_noth
         assert writes == []
     finally:
         admin.unban(everywhere)  # a global ban outlives the test's list
+
+
+def test_an_eligible_members_pending_request_is_resolved_silently_and_others_stay(world, tmp_path):
+    """On a moderated list the subscribe answered 409 "Subscription request already pending"
+    and the run tried again every night. Novi already says this person belongs."""
+    admin, core = world["admin"], world["core"]
+    members = admin.recreate_list(f"moderated-{world['tag']}@example.org", subscription_policy="moderate")
+    target = expected(world["novi"].records())
+    asked, confirming, *rest = sorted(target)
+    stranger = f"stranger@{world['domain']}"
+    core.clear_messages()
+    admin.ask_to_join(members, asked)
+    admin.ask_to_join(members, confirming, confirmed=False)
+    admin.ask_to_join(members, stranger)
+    # the mail runners work: the one who must confirm was asked to (so no mail below means none sent)
+    assert wait_for(lambda: confirming in mail_to(core, world["domain"])), "no confirmation mail arrived"
+    core.clear_messages()
+
+    state, _ = sync(tmp_path, [{"list_id": members}])
+    assert state.is_completed(), state.message
+    assert set(admin.roster(members)) == {asked, *rest}
+    assert admin.requests(members) == {confirming: "subscriber", stranger: "moderator"}
+    item = state.result()["lists"][0]
+    assert (item["requests_for_moderator"], item["requests_for_member"]) == (1, 1)
+    assert item["left_alone"] == {"their own request waits for their confirmation": 1}
+    time.sleep(5)  # let the runners deliver anything the sync caused
+    assert asked not in mail_to(core, world["domain"])
+
+    again, writes = sync(tmp_path, [{"list_id": members}])
+    assert again.is_completed() and writes == []
