@@ -249,6 +249,16 @@ class MailmanAdmin:
                 return members
             page += 1
 
+    def add_role(self, list_id: str, email: str, role: str) -> None:
+        """An owner, moderator or nonmember (each role has its own roster)."""
+        self._call("POST", "members", (201,), data={"list_id": list_id, "subscriber": email, "role": role,
+                                                    "pre_verified": "true", "pre_confirmed": "true",
+                                                    "pre_approved": "true", "send_welcome_message": "false"})
+
+    def with_role(self, list_id: str, role: str) -> set[str]:
+        body = self._call("GET", f"lists/{list_id}/roster/{role}", (200,), params={"count": 1000, "page": 1}).json()
+        return {e["email"] for e in body.get("entries", [])}
+
     def ask_to_join(self, list_id: str, email: str, *, confirmed: bool = True) -> None:
         """A pending subscription request: for the moderator (`confirmed`), else awaiting the
         person's own confirmation (Mailman mails them for it). The list must be moderated."""

@@ -67,3 +67,25 @@ def test_an_eligible_members_pending_request_is_resolved_silently_and_others_sta
 
     again, writes = sync(tmp_path, [{"list_id": members}])
     assert again.is_completed() and writes == []
+
+
+def test_owner_moderator_and_nonmember_roles_survive_the_removal_of_lapsed_members(world, tmp_path):
+    """A lapsed member who owns or moderates the list loses the member subscription only."""
+    admin = world["admin"]
+    (members,) = lists_for(world, "roles")
+    assert sync(tmp_path, [{"list_id": members}])[0].is_completed()
+    records = {r["Email"].lower(): r for r in world["novi"].records() if r["Email"]}
+    owner, moderator = sorted(a for a in expected(world["novi"].records()) if a in records)[:2]
+    poster = f"poster@{world['domain']}"
+    admin.add_role(members, owner, "owner")
+    admin.add_role(members, moderator, "moderator")
+    admin.add_role(members, poster, "nonmember")
+    for address in (owner, moderator):
+        world["novi"].edit(records[address]["UniqueID"], MemberStatus="expired")
+
+    state, _ = sync(tmp_path, [{"list_id": members}])
+    assert state.is_completed(), state.message
+    assert not {owner, moderator} & set(admin.roster(members))  # the member subscriptions went
+    assert owner in admin.with_role(members, "owner") and moderator in admin.with_role(members, "moderator")
+    assert poster in admin.with_role(members, "nonmember")
+    assert state.result()["lists"][0]["changes"]["unsubscribe"] == 2
