@@ -20,7 +20,7 @@ from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.core.planner import plan
 from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
-from tasks.mailman import read_bans
+from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
 from tasks.run import Run
 
@@ -74,7 +74,7 @@ def sync_member(
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
-        requests = {lid: mailman.subscription_requests(lid) for lid in run.list_ids}
+        requests = read_requests(mailman, run.list_ids)
         the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans, requests)
 
         run.judge(the_plan, None, override_guards)

@@ -267,6 +267,10 @@ def extract_bans(client: MailmanClient, list_ids: list[str]) -> dict[str, list[s
 @task(name="extract-requests", cache_policy=NO_CACHE)
 def extract_requests(client: MailmanClient, list_ids: list[str]) -> dict[str, pd.DataFrame]:
     """Per list, its pending subscription requests (one read each)."""
+    return read_requests(client, list_ids)
+
+
+def read_requests(client: MailmanClient, list_ids: list[str]) -> dict[str, pd.DataFrame]:
     return {list_id: client.subscription_requests(list_id) for list_id in list_ids}
 
 

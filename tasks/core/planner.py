@@ -27,6 +27,7 @@ from tasks.core.schema import (
     LEDGER_COLUMNS,
     LEFT_ALONE_COLUMNS,
     MEMORY_COLUMNS,
+    REQUEST_COLUMNS,
     SCOPE_MANAGED,
     SCOPE_MIRROR,
     SELF_OVERRIDE,
@@ -232,7 +233,7 @@ class Standing:
         # A subscription request pending for this address: one waiting for the moderator is
         # resolved by the subscribe (Novi already says they belong); one waiting for the
         # person's own confirmation is theirs to answer, and is left alone.
-        pending = requests if requests is not None else pd.DataFrame(columns=["match_key", "token", "owner"])
+        pending = requests if requests is not None else pd.DataFrame(columns=REQUEST_COLUMNS)
         by_moderator = pending.loc[pending["owner"] == OWNER_MODERATOR].drop_duplicates("match_key")
         by_member = set(pending.loc[pending["owner"] == OWNER_SUBSCRIBER, "match_key"])
         awaiting = eligible & ~on_roster & ~blocked & ~is_banned & joined["match_key"].isin(by_member).fillna(False)
