@@ -119,8 +119,10 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
                 requests: int = 0) -> dict[str, int]:
     """The fewest calls that can read everything and make these changes.
 
-    Pages of every collection read (Novi members, each roster, the held members of a list
-    whose rule holds lapsed members, `held_before` None: the rule holds nobody; the list's bans
+    Mailman's version (one call), pages of every collection read (Novi members, each roster;
+    of a roster with members, its bounce-disabled members and those who stopped delivery
+    themselves, one page each when there are none, and the held members of a list whose rule
+    holds lapsed members, `held_before` None: the rule holds nobody; the list's bans
     and the global bans, `bans` entries in all, one page each when there are none; the list's
     pending requests, one page when there are none), one
     call per single write (subscribe, rename of an address, hold, release), and one mass
@@ -129,9 +131,12 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
     """
     changes = {a: sum(item["changes"][a] for item in summary["lists"]) for a in
                ("subscribe", "unsubscribe", "hold", "release", "rename")}
-    bound = {"novi_page": pages(summary["novi_members"], NOVI_PAGE),
+    searched = roster_before > 0  # an empty roster has nobody to search for
+    bound = {"mailman_read": 1,
+             "novi_page": pages(summary["novi_members"], NOVI_PAGE),
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
-             "held_page": 0 if held_before is None else pages(held_before, ROSTER_PAGE_SIZE),
+             "bouncing_page": int(searched), "stopped_page": int(searched),
+             "held_page": 0 if held_before is None or not searched else pages(held_before, ROSTER_PAGE_SIZE),
              "ban_page": sum(pages(n, ROSTER_PAGE_SIZE) for n in bans),
              "request_page": pages(requests, ROSTER_PAGE_SIZE),
              **{a: changes[a] for a in ("subscribe", "hold", "release", "rename")},

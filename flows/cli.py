@@ -141,13 +141,17 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
     from tasks.blocks import MailmanCredentials, NoviCredentials
     from tasks.errors import SyncError
     from tasks.core.rules import load_rules
+    from tasks.mailman import OLDEST_TESTED, untested
 
     total = NoviCredentials.load(novi_block).get_client().member_total()
     out.print(f"Novi: connected, {total:,} member records")
     mailman = MailmanCredentials.load(mailman_block).get_client()
-    version = mailman.version()
+    version = mailman.supported_version()
     lists = mailman.list_ids()
     out.print(f"Mailman {version}: connected, {len(lists)} lists: {', '.join(lists) or '(none)'}")
+    if untested(version):
+        err.print(f"Mailman {version} is supported but older than {'.'.join(map(str, OLDEST_TESTED))}, "
+                  "the oldest the tests run against")
     if rules:
         missing = [r.list_id for r in load_rules(rules).lists if r.list_id not in lists]
         if missing:

@@ -67,6 +67,7 @@ def sync_member(
     novi = NoviCredentials.load(novi_block).get_client()
     mailman = MailmanCredentials.load(mailman_block).get_client()
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
+        mailman.supported_version()
         found, missing = _records_for(novi, ids)
         members = members_frame(list(found.values()), list(run.rules.novi.address_fields))
         remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),

@@ -55,6 +55,7 @@ def sync_lists(
         try:
             novi = NoviCredentials.load(novi_block).get_client()
             mailman = MailmanCredentials.load(mailman_block).get_client()
+            mailman.supported_version()
             with run.phase("extract_members"):
                 members = extract_members(novi, run.rules.novi.page_size, list(run.rules.novi.address_fields))
             with run.phase("extract_rosters"):
@@ -127,7 +128,7 @@ def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, messa
                                plan_csv=str(csv_path) if csv_path else None, ledger=run.ledger.location,
                                guards=run.tripped, guards_overridden=run.overridden)
     try:
-        report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined)
+        report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined, the_plan.bouncing)
     except (httpx.HTTPError, ValueError) as exc:  # the Prefect API refused an artifact: said, not fatal
         summary["message"] += f" (the run's artifacts could not be published: {type(exc).__name__})"
         log.error("The run's artifacts could not be published: %s", type(exc).__name__)

@@ -1,9 +1,10 @@
 """A real GNU Mailman 3 core on 127.0.0.1, in its own virtualenv, for the demo and the tests.
 
-    python -m sandbox.mailman up   [--home .mailman] [--port 8001] [--mail]
+    python -m sandbox.mailman up   [--home .mailman] [--port 8001] [--mail] [--core 3.3.8]
     python -m sandbox.mailman down [--home .mailman]
 
-`up` installs Mailman (pinned in sandbox/mailman-requirements.txt; reused when present),
+`up` installs Mailman (pinned in sandbox/mailman-requirements.txt, or for the oldest supported
+core in sandbox/mailman-3.3.8-requirements.txt; each in a virtualenv of its own, reused when present),
 writes its configuration, starts it and waits until its REST API answers. REST-only by
 default (~3 s, ~150 MB); `--mail` also runs the runners that deliver mail and an SMTP sink
 that stores every message in `<home>/maildir`, so tests can see what Mailman sends.
@@ -33,8 +34,10 @@ import requests
 from tasks.host import process_alive, wait_gone
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = Path(__file__).with_name("mailman-requirements.txt")
-DEFAULT_VENV = ROOT / ".mailman" / "venv"     # shared by every instance; git-ignored
+CURRENT, OLDEST = "3.3.10", "3.3.8"   # the core the demo runs, and the oldest the tool supports and tests
+REQUIREMENTS = {CURRENT: Path(__file__).with_name("mailman-requirements.txt"),
+                OLDEST: Path(__file__).with_name(f"mailman-{OLDEST}-requirements.txt")}
+VENVS = {CURRENT: ROOT / ".mailman" / "venv", OLDEST: ROOT / ".mailman" / f"venv-{OLDEST}"}  # git-ignored
 DEFAULT_HOME = ROOT / ".mailman" / "demo"
 ADMIN_USER, ADMIN_PASS = "restadmin", "restpass"
 RUNNERS = ["archive", "bounces", "command", "in", "lmtp", "out", "pipeline", "retry", "task", "virgin", "digest"]
@@ -55,7 +58,11 @@ class MailmanCore:
     port: int = 8001
     mail: bool = False
     smtp_port: int | None = None
-    venv: Path = DEFAULT_VENV
+    core: str = CURRENT    # a key of REQUIREMENTS
+
+    @property
+    def venv(self) -> Path:
+        return VENVS[self.core]
 
     @property
     def config(self) -> Path:
@@ -73,15 +80,16 @@ class MailmanCore:
     def install(self) -> None:
         """Create the virtualenv from the pinned requirements, unless it is already there."""
         stamp = self.venv / ".requirements-sha256"
-        wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+        requirements = REQUIREMENTS[self.core]
+        wanted = hashlib.sha256(requirements.read_bytes()).hexdigest()
         if stamp.exists() and stamp.read_text() == wanted and (self.venv / "bin" / "mailman").exists():
             return
         self.venv.parent.mkdir(parents=True, exist_ok=True)
-        log = self.venv.parent / "install.log"
+        log = self.venv.parent / f"install-{self.core}.log"
         with open(log, "wb") as sink:
             for step in ([sys.executable, "-m", "venv", "--clear", str(self.venv)],
                          [str(self.venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-r",
-                          str(REQUIREMENTS)]):
+                          str(requirements)]):
                 if subprocess.run(step, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink).returncode:
                     raise RuntimeError(f"installing Mailman failed; see {log}")
         stamp.write_text(wanted)
@@ -278,6 +286,31 @@ class MailmanAdmin:
         path = "bans" if list_id is None else f"lists/{list_id}/bans"
         self._call("DELETE", f"{path}/{quote(email, safe='')}", (204, 404))
 
+    def _member_id(self, list_id: str, email: str) -> str:
+        return self._call("GET", f"lists/{list_id}/member/{quote(email, safe='')}", (200,)).json()["member_id"]
+
+    def set_preferences(self, list_id: str, email: str, *, delivery_mode: str | None = None,
+                        moderation_action: str | None = None, delivery_status: str | None = None) -> None:
+        """A member's settings as a lived-in list has them: a digest, a moderated poster, a
+        delivery stopped by the member (`by_user`) or by bounces (`by_bounces`)."""
+        member_id = self._member_id(list_id, email)
+        member = {k: v for k, v in (("delivery_mode", delivery_mode), ("moderation_action", moderation_action))
+                  if v is not None}
+        if member:
+            self._call("PATCH", f"members/{member_id}", (204,), data=member)
+        if delivery_status is not None:
+            self._call("PATCH", f"members/{member_id}/preferences", (204,), data={"delivery_status": delivery_status})
+
+    def settings(self, list_id: str, email: str) -> tuple[str, str, str]:
+        """(delivery_mode, moderation_action or '', delivery_status) of one member."""
+        member = self._call("GET", f"lists/{list_id}/member/{quote(email, safe='')}", (200,)).json()
+        prefs = self._call("GET", f"members/{member['member_id']}/preferences", (200,)).json()
+        return member["delivery_mode"], member.get("moderation_action", ""), prefs["delivery_status"]
+
+    def remove(self, list_id: str, email: str) -> None:
+        """Remove a member without mail (as Mailman does after bounces, or an owner by hand)."""
+        self._call("DELETE", f"lists/{list_id}/roster/member", (200,), json={"emails": [email.lower()]})
+
     def held(self, list_id: str) -> set[str]:
         body = self._call("GET", "members/find", (200,), params={
             "list_id": list_id, "role": "member", "delivery_status": "by_moderator", "count": 1000, "page": 1}).json()
@@ -291,8 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, default=DEFAULT_HOME)
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--mail", action="store_true", help="run the mail runners and an SMTP sink")
+    parser.add_argument("--core", choices=sorted(REQUIREMENTS), default=CURRENT, help="which Mailman core")
     args = parser.parse_args(argv)
-    core = MailmanCore(home=args.home.resolve(), port=args.port, mail=args.mail)
+    core = MailmanCore(home=args.home.resolve(), port=args.port, mail=args.mail, core=args.core)
     if args.command == "up":
         core.start()
         print(f"Mailman core answers on {core.rest_url} (user {ADMIN_USER}, password {ADMIN_PASS})")

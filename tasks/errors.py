@@ -38,6 +38,10 @@ class ListNotFound(SyncError):
     """A list named in the rules does not exist on the Mailman server."""
 
 
+class UnsupportedMailman(SyncError):
+    """The Mailman core is older than the oldest one this tool can work with."""
+
+
 class UnexpectedResponse(SyncError):
     """A 2xx whose body is not what the API documents (an HTML page, a wrong envelope)."""
 

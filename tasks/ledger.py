@@ -74,6 +74,10 @@ addresses_table = Table(
     Column("last_eligible_at", DateTime(timezone=True)),
     Column("left_at", DateTime(timezone=True)),
     Column("left_expires", DateTime(timezone=True)),
+    # The member's preferences on the list (tasks.core.schema.PREFERENCE_COLUMNS), as last seen.
+    Column("delivery_mode", String(32)),
+    Column("moderation_action", String(16)),
+    Column("delivery_status", String(16)),
     Column("run_id", String(64)),
 )
 
@@ -209,6 +213,7 @@ class Ledger:
                 from None
         self.location = self.redacted(parsed)
         self.exists = True
+        self._columns = list(LEDGER_COLUMNS)
         try:
             if parsed.get_backend_name() == "sqlite":
                 on_disk = bool(parsed.database) and parsed.database != ":memory:"
@@ -227,6 +232,9 @@ class Ledger:
                 _upgrade(self.engine)
             else:
                 self.exists = inspect(self.engine).has_table(addresses_table.name)
+                if self.exists:  # a dry run does not upgrade an older ledger: it reads what is there
+                    present = {column["name"] for column in inspect(self.engine).get_columns(addresses_table.name)}
+                    self._columns = [c for c in LEDGER_COLUMNS if c in present]
         except SQLAlchemyError as exc:
             raise LedgerError(f"the ledger at {self.location} cannot be opened: {type(exc).__name__}") from None
 
@@ -246,7 +254,7 @@ class Ledger:
         `novi_ids`/`match_keys`, only the rows of those members or addresses."""
         if not self.exists:
             return empty_ledger()
-        query = select(*[addresses_table.c[c] for c in LEDGER_COLUMNS]).where(
+        query = select(*[addresses_table.c[c] for c in self._columns]).where(
             addresses_table.c.list_id.in_(list(list_ids)))
         if novi_ids is not None or match_keys is not None:
             query = query.where(addresses_table.c.novi_id.in_(list(novi_ids or []))
@@ -255,7 +263,7 @@ class Ledger:
             rows = conn.execute(query).all()
         if not rows:
             return empty_ledger()
-        frame = pd.DataFrame(rows, columns=LEDGER_COLUMNS)
+        frame = pd.DataFrame(rows, columns=self._columns).reindex(columns=LEDGER_COLUMNS)
         for column in LEDGER_COLUMNS:
             if column in TIMESTAMP_COLUMNS:
                 frame[column] = pd.to_datetime(frame[column], utc=True)
@@ -524,6 +532,8 @@ _ADDED_COLUMNS = {
     runs_table.name: {"kind": "VARCHAR(16) NOT NULL DEFAULT 'full'", "flow_run_id": "VARCHAR(64)",
                       "attempt": "INTEGER"},
     locks_table.name: {"lease": "VARCHAR(32)"},
+    addresses_table.name: {"delivery_mode": "VARCHAR(32)", "moderation_action": "VARCHAR(16)",
+                           "delivery_status": "VARCHAR(16)"},
 }
 
 

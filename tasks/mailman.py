@@ -16,15 +16,38 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.core import addresses
-from tasks.core.schema import REQUEST_COLUMNS, ROSTER_COLUMNS, Action, Outcome, dot_list_id
-from tasks.errors import ListNotFound, UnexpectedResponse
+from tasks.core.schema import (
+    REGULAR,
+    REQUEST_COLUMNS,
+    ROSTER_COLUMNS,
+    Action,
+    Delivery,
+    TOOK,
+    Outcome,
+    dot_list_id,
+)
+from tasks.errors import ListNotFound, UnexpectedResponse, UnsupportedMailman
 from tasks.http import ApiSession, json_body
 from tasks.paging import Numbers, Page, sweep
 from tasks.retry import retry_if_transient
 
+# The oldest core the tool works with, and why: subscribing with a `delivery_mode` and a
+# `delivery_status`, and `members/find` by delivery status, came in Mailman 3.3.4 (its NEWS).
+# The oldest the tests run against: 3.3.8 (Debian 12's; the oldest that runs on Python 3.11).
+OLDEST_MAILMAN = (3, 3, 4)
+OLDEST_TESTED = (3, 3, 8)
+NEEDS_OLDEST = "subscribing with a member's digest and delivery settings, and finding members by delivery status"
 ROSTER_PAGE_SIZE = 1000
 READ_RETRIES = 3  # reads only; writes are retried per batch (apply_batch)
-HELD = "by_moderator"  # the delivery status of a held member (Mailman's DeliveryStatus)
+HELD = Delivery.BY_MODERATOR
+# What a roster read asks for: `fields=` trims each entry (~5x faster reads) and brings the
+# preferences that travel with a member. Mailman leaves `moderation_action` out when unset.
+ROSTER_FIELDS = ("email", "display_name", "member_id", "delivery_mode", "moderation_action")
+# The delivery statuses Mailman keeps out of the roster: each is one search of the list
+# (members/find, which Mailman answers by looking at every member).
+ALWAYS_FOUND = (Delivery.BY_BOUNCES, Delivery.BY_USER)
+FIND_BUCKET = {Delivery.BY_MODERATOR: "held_page", Delivery.BY_BOUNCES: "bouncing_page",
+               Delivery.BY_USER: "stopped_page"}
 
 
 def rest_base(rest_url: str) -> str:
@@ -46,18 +69,35 @@ def _page(response, what: str) -> Page:
     return Page(body["total_size"], entries)
 
 
-def roster_frame(list_id: str, emails: list[str], names: list[str], member_ids: list[str],
-                 held: list[bool]) -> pd.DataFrame:
-    """A roster frame (tasks.core.schema.ROSTER_COLUMNS); Mailman stores addresses lower-cased."""
-    email = pd.Series(emails, dtype="string").str.lower()
+def roster_frame(list_id: str, entries: list[dict], delivery: dict[str, str]) -> pd.DataFrame:
+    """A roster frame (tasks.core.schema.ROSTER_COLUMNS) from member entries and the delivery
+    status found for some member ids (the rest are `enabled`); Mailman stores addresses
+    lower-cased."""
+    email = pd.Series([e["email"] for e in entries], dtype="string").str.lower()
+    member_ids = [str(e.get("member_id", "")) for e in entries]
     return pd.DataFrame({
-        "list_id": pd.Series([list_id] * len(emails), dtype="string"),
+        "list_id": pd.Series([list_id] * len(entries), dtype="string"),
         "email": email,
         "match_key": addresses.match_key(email),
-        "display_name": pd.Series(names, dtype="string"),
+        "display_name": pd.Series([e.get("display_name") or "" for e in entries], dtype="string"),
         "member_id": pd.Series(member_ids, dtype="string"),
-        "held": pd.Series(held, dtype=bool),
+        "delivery_mode": pd.Series([e.get("delivery_mode") or REGULAR for e in entries], dtype="string"),
+        "moderation_action": pd.Series([e.get("moderation_action") or "" for e in entries], dtype="string"),
+        "delivery_status": pd.Series([delivery.get(m, Delivery.ENABLED) for m in member_ids], dtype="string"),
     }, columns=ROSTER_COLUMNS)
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """`3.3.10` → (3, 3, 10); a suffix such as `3.3.9rc1` counts by its numbers."""
+    numbers = re.findall(r"\d+", version)
+    if not numbers:
+        raise UnexpectedResponse(f"Mailman's version is not a version: {version[:40]!r}")
+    return tuple(int(n) for n in numbers[:3])
+
+
+def untested(version: str) -> bool:
+    """Whether a supported core is older than the oldest the tests run against."""
+    return _version_tuple(version) < OLDEST_TESTED
 
 
 class MailmanClient:
@@ -81,6 +121,15 @@ class MailmanClient:
             raise UnexpectedResponse("Mailman /system/versions: no mailman_version in the answer")
         return str(body["mailman_version"])
 
+    def supported_version(self) -> str:
+        """Mailman's version, or UnsupportedMailman for a core older than `OLDEST_MAILMAN`."""
+        version = self.version()
+        if _version_tuple(version) < OLDEST_MAILMAN:
+            oldest = ".".join(map(str, OLDEST_MAILMAN))
+            raise UnsupportedMailman(f"Mailman {version} is older than {oldest}, the oldest this tool works with "
+                                     f"({NEEDS_OLDEST} need {oldest}): upgrade the Mailman core")
+        return version
+
     def list_ids(self) -> list[str]:
         """Every list on the server, by dot-form id."""
         def fetch(params: dict) -> Page:
@@ -88,17 +137,17 @@ class MailmanClient:
         return [e["list_id"] for _, entries in sweep(fetch, Numbers(100), "Mailman list of lists") for e in entries]
 
     def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE, *, with_held: bool = True) -> pd.DataFrame:
-        """The list's members (role=member) as a roster frame, with who is held when `with_held`.
+        """The list's members (role=member) as a roster frame, with their preferences.
 
-        Without it, `held` is False throughout and the held-member search is skipped: Mailman
-        answers it by filtering every member (measured: 12 s for a 71,000-member list with none
-        held, a third of reading that roster).
+        Who stopped delivery by themselves or had it disabled by bounces is found with one
+        search each (`ALWAYS_FOUND`); who is held too when `with_held`. Without it, a held
+        member reads as `enabled`: Mailman answers each search by looking at every member, and
+        holds matter only where the rule holds lapsed members.
         """
         list_id = dot_list_id(list_id)
 
         def fetch(params: dict) -> Page:
-            # fields= trims each entry to what the plan needs: ~5x faster reads.
-            query = [*params.items(), ("fields", "email"), ("fields", "display_name"), ("fields", "member_id")]
+            query = [*params.items(), *(("fields", f) for f in ROSTER_FIELDS)]
             response = self.http.request("GET", f"lists/{list_id}/roster/member", bucket="roster_page",
                                          params=query, accept=(404,))
             if response.status_code == 404:
@@ -109,10 +158,10 @@ class MailmanClient:
         if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and e["email"].count("@") == 1
                    for e in entries):
             raise UnexpectedResponse(f"Mailman roster of {list_id}: an entry has no usable email")
-        held = self.held_member_ids(list_id, page_size) if with_held else set()
-        member_ids = [str(e.get("member_id", "")) for e in entries]
-        return roster_frame(list_id, [e["email"] for e in entries], [e.get("display_name") or "" for e in entries],
-                            member_ids, [m in held for m in member_ids])
+        delivery: dict[str, str] = {}
+        for status in (*ALWAYS_FOUND, *((HELD,) if with_held else ())) if entries else ():
+            delivery.update(dict.fromkeys(self.member_ids_with(list_id, status, page_size), status))
+        return roster_frame(list_id, entries, delivery)
 
     def membership(self, list_id: str, emails: Iterable[str]) -> pd.DataFrame:
         """The roster rows of exactly these addresses (a one-member sync reads no whole roster).
@@ -125,7 +174,7 @@ class MailmanClient:
         such a record is quarantined (tasks.core.addresses), so no plan needs its row.
         """
         list_id = dot_list_id(list_id)
-        found: dict[str, tuple[str, str, bool]] = {}
+        entries, delivery = [], {}
         for email in sorted({e.lower() for e in emails if "*" not in e}):
             response = self.http.request("GET", f"lists/{list_id}/member/{quote(email, safe='')}",
                                          bucket="member_lookup", accept=(404,))
@@ -135,12 +184,13 @@ class MailmanClient:
             if not isinstance(entry, dict) or not isinstance(entry.get("email"), str) \
                     or entry["email"].lower() != email or not entry.get("member_id"):
                 raise UnexpectedResponse(f"Mailman lists/{list_id}/member: the answer is not the member asked for")
-            prefs = json_body(self.http.request("GET", f"members/{quote(str(entry['member_id']), safe='')}/preferences",
+            member_id = str(entry["member_id"])
+            prefs = json_body(self.http.request("GET", f"members/{quote(member_id, safe='')}/preferences",
                                                 bucket="member_lookup"), "preferences")
-            found[email] = (entry.get("display_name") or "", str(entry["member_id"]),
-                            isinstance(prefs, dict) and prefs.get("delivery_status") == HELD)
-        return roster_frame(list_id, list(found), [f[0] for f in found.values()], [f[1] for f in found.values()],
-                            [f[2] for f in found.values()])
+            entries.append(entry)
+            if isinstance(prefs, dict) and isinstance(prefs.get("delivery_status"), str):
+                delivery[member_id] = prefs["delivery_status"]
+        return roster_frame(list_id, entries, delivery)
 
     def bans(self, list_id: str | None = None) -> list[str]:
         """The list's bans (or, without a list, the global ones): addresses, and patterns
@@ -174,14 +224,15 @@ class MailmanClient:
                              "owner": pd.Series([str(e.get("token_owner")) for e in wanted], dtype="string")},
                             columns=REQUEST_COLUMNS)
 
-    def held_member_ids(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
-        """Members whose delivery is held (`by_moderator`); the roster itself does not say."""
+    def member_ids_with(self, list_id: str, delivery_status: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
+        """The ids of the list's members in one delivery status; the roster itself does not say."""
         def fetch(params: dict) -> Page:
-            query = {"list_id": list_id, "role": "member", "delivery_status": HELD, **params}
-            return _page(self.http.request("GET", "members/find", bucket="held_page", params=query),
-                         f"members/find (held members of {list_id})")
+            query = {"list_id": list_id, "role": "member", "delivery_status": delivery_status, **params}
+            return _page(self.http.request("GET", "members/find", bucket=FIND_BUCKET[delivery_status], params=query),
+                         f"members/find ({delivery_status} members of {list_id})")
         return {str(e.get("member_id")) for _, page in sweep(fetch, Numbers(page_size),
-                                                              f"Mailman held members of {list_id}") for e in page}
+                                                              f"Mailman {delivery_status} members of {list_id}")
+                for e in page}
 
     # writes ------------------------------------------------------------------------------
     def discard_request(self, list_id: str, token: str) -> None:
@@ -190,11 +241,19 @@ class MailmanClient:
         self.http.request("POST", f"lists/{list_id}/requests/{quote(token, safe='')}", bucket="request_resolve",
                           data={"action": "discard"}, accept=(404,))
 
-    def subscribe(self, list_id: str, address: str, display_name: str, *, welcome: bool) -> tuple[str, str]:
-        """Subscribe pre-verified, pre-confirmed and pre-approved, so nobody is mailed a confirmation."""
+    def subscribe(self, list_id: str, address: str, display_name: str, *, welcome: bool,
+                  delivery_mode: str = REGULAR, delivery_status: str = Delivery.ENABLED) -> tuple[str, str]:
+        """Subscribe pre-verified, pre-confirmed and pre-approved, so nobody is mailed a confirmation.
+
+        A digest reader's `delivery_mode`, and a delivery the member stopped themselves, are
+        given with the subscribe (Mailman 3.3.4+); Mailman's defaults are not sent."""
         data = {"list_id": list_id, "subscriber": address, "display_name": display_name,
                 "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true",
                 "send_welcome_message": "true" if welcome else "false"}
+        if delivery_mode != REGULAR:
+            data["delivery_mode"] = delivery_mode
+        if delivery_status != Delivery.ENABLED:
+            data["delivery_status"] = delivery_status
         response = self.http.request("POST", "members", bucket=Action.SUBSCRIBE, data=data, accept=(400, 409))
         if response.status_code == 201:
             return Outcome.APPLIED, ""
@@ -227,6 +286,23 @@ class MailmanClient:
             return Outcome.ALREADY, "not a member"
         if response.status_code == 202:
             return Outcome.PENDING, "Mailman holds the unsubscription for moderation"
+        return Outcome.APPLIED, ""
+
+    def moderate(self, list_id: str, email: str, moderation_action: str) -> tuple[str, str]:
+        """Set the member's moderation action (`hold`, `reject`, `discard`, `accept`, `defer`):
+        a PATCH of the member, which is looked up by address (the subscribe's 201 has no body)."""
+        path = f"lists/{list_id}/member/{quote(email.lower(), safe='')}"
+        response = self.http.request("GET", path, bucket="member_lookup", accept=(404,))
+        if response.status_code == 404:
+            return Outcome.FAILED, "the member is no longer on the list"
+        entry = json_body(response, "list member")
+        if not isinstance(entry, dict) or not entry.get("member_id"):
+            raise UnexpectedResponse(f"Mailman {path}: the answer has no member_id")
+        response = self.http.request("PATCH", f"members/{quote(str(entry['member_id']), safe='')}",
+                                     bucket="moderate", data={"moderation_action": moderation_action},
+                                     accept=(400, 404))
+        if response.status_code != 204 and response.status_code >= 400:
+            return Outcome.FAILED, self.http.reason(response) or "Mailman refused the moderation action"
         return Outcome.APPLIED, ""
 
     def rename(self, email: str, display_name: str) -> tuple[str, str]:
@@ -318,12 +394,20 @@ def subscribe(client: MailmanClient, change: dict) -> tuple[str, str]:
     created the address with the name the person typed (often none), and a subscribe keeps an
     existing address's name: it is set to Novi's at once, not by the next run."""
     name = change["display_name"] or ""
-    if not change.get("request"):
-        return client.subscribe(change["list_id"], change["email"], name, welcome=change["mail"])
-    client.discard_request(change["list_id"], change["request"])
-    outcome = client.subscribe(change["list_id"], change["email"], name, welcome=change["mail"])
-    if outcome[0] == Outcome.APPLIED and name:
+    if change.get("request"):
+        client.discard_request(change["list_id"], change["request"])
+    outcome = client.subscribe(change["list_id"], change["email"], name, welcome=change["mail"],
+                               delivery_mode=change.get("delivery_mode") or REGULAR,
+                               delivery_status=change.get("delivery_status") or Delivery.ENABLED)
+    if outcome[0] not in TOOK:
+        return outcome
+    if outcome[0] == Outcome.APPLIED and change.get("request") and name:
         client.rename(change["email"], name)
+    if change.get("moderation_action"):
+        # Also after a 409: a retried batch finds the member its first attempt subscribed.
+        moderated = client.moderate(change["list_id"], change["email"], change["moderation_action"])
+        if moderated[0] != Outcome.APPLIED:
+            return Outcome.FAILED, f"subscribed, but the moderation action was not restored: {moderated[1]}"
     return outcome
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.core.planner import REASON_BANNED, Plan
-from tasks.core.schema import ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, Outcome, RunState
+from tasks.core.schema import ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, Outcome, RunState
 
 SUMMARY_KEY = "novi-mailman-summary"
 MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
@@ -19,6 +19,7 @@ LISTED = 100  # rows of one kind a summary names one by one; all are in the plan
 CHANGES_KEY = "novi-mailman-changes"
 PLAN_KEY = "novi-mailman-plan"
 QUARANTINE_KEY = "novi-mailman-quarantine"
+BOUNCING_KEY = "novi-mailman-bouncing"
 
 
 def _counts(series: pd.Series) -> dict[str, int]:
@@ -55,6 +56,8 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
         "novi_members": novi_members,
         "quarantined": len(plan.quarantined),
         "quarantine_reasons": _counts(plan.quarantined["quarantine"]),
+        # for membership staff: Novi records whose address bounces (each in the bouncing artifact)
+        "bouncing": _counts(plan.bouncing["state"]),
         "changes": len(outcomes),
         "outcomes": _counts(outcomes["outcome"]),
         "lists": lists,
@@ -98,6 +101,12 @@ def summary_markdown(summary: dict) -> str:
             lines += [f"| {m['email']} | {m['novi_id']} |" for m in item["banned_members"]]
             if item["banned"] > len(item["banned_members"]):
                 lines += ["", f"The first {len(item['banned_members'])} are shown; all are in the plan CSV."]
+    if summary.get("bouncing"):
+        lines += ["", "## Novi addresses that bounce (correct them in Novi)", "", "| Mailman | records |", "|---|---:|"]
+        lines += [f"| {state} | {n:,} |" for state, n in summary["bouncing"].items()]
+        lines += ["", f"Each record, with its Novi id and list, is in the `{BOUNCING_KEY}` artifact. The tool never "
+                  "re-enables a bouncing address, and does not subscribe again one Mailman removed for bounces "
+                  "until Novi holds another address for the person."]
     if summary["quarantine_reasons"]:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
@@ -111,12 +120,14 @@ def summary_markdown(summary: dict) -> str:
 
 
 def plan_rows(plan: Plan, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """Every change with its outcome, every row left alone and every quarantined record."""
+    """Every change with its outcome, every row left alone, every quarantined record and every
+    membership whose address bounces."""
     alone = plan.left_alone.assign(action=LEFT_ALONE, outcome="", detail="")
     quarantined = pd.DataFrame({"list_id": "", "action": QUARANTINED, "email": plan.quarantined["email"],
                                 "novi_id": plan.quarantined["novi_id"], "reason": plan.quarantined["quarantine"],
                                 "outcome": "", "detail": ""})
-    parts = [p for p in (outcomes, alone, quarantined) if not p.empty]
+    bouncing = plan.bouncing.rename(columns={"state": "reason"}).assign(action=BOUNCING, outcome="", detail="")
+    parts = [p for p in (outcomes, alone, quarantined, bouncing) if not p.empty]
     if not parts:
         return pd.DataFrame(columns=PLAN_ROW_COLUMNS)
     return pd.concat(parts, ignore_index=True).reindex(columns=PLAN_ROW_COLUMNS)
@@ -139,9 +150,10 @@ def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path
 
 
 def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_rows: int,
-            quarantined: pd.DataFrame | None = None) -> None:
-    """Keyed artifacts: the summary, a capped table of changes, a link to the full plan, and the
-    quarantined records with their reasons (for membership staff to fix in Novi)."""
+            quarantined: pd.DataFrame | None = None, bouncing: pd.DataFrame | None = None) -> None:
+    """Keyed artifacts: the summary, a capped table of changes, a link to the full plan, and, for
+    membership staff to fix in Novi, the quarantined records with their reasons and the records
+    whose address bounces."""
     create_markdown_artifact(summary_markdown(summary), key=SUMMARY_KEY,
                              description=f"novi-mailman run summary: {summary['message']}")
     shown = outcomes.head(table_rows)
@@ -158,6 +170,13 @@ def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_
                               description=f"{len(quarantined):,} Novi records not synced until fixed in Novi"
                               + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                  if len(quarantined) > table_rows else ""))
+    if bouncing is not None and not bouncing.empty:
+        rows = bouncing.sort_values(["novi_id", "list_id"], kind="stable").head(table_rows)
+        create_table_artifact(json.loads(rows[["novi_id", "display_name", "email", "list_id", "state"]]
+                                         .to_json(orient="records")), key=BOUNCING_KEY,
+                              description=f"{len(bouncing):,} memberships whose address bounces: correct the "
+                              "address in Novi" + (f" (first {table_rows:,} shown; all are in the plan CSV)"
+                                                   if len(bouncing) > table_rows else ""))
     if plan_csv is not None:
         create_link_artifact(plan_csv.as_uri(), link_text=plan_csv.name, key=PLAN_KEY,
                              description="the full plan as CSV (changes, rows left alone, quarantined records)")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from tasks.core import addresses
-from tasks.core.schema import ROSTER_COLUMNS
+from tasks.core.schema import REGULAR, ROSTER_COLUMNS, Delivery
 
 
 def novi_record(uid: str, email: str | None = None, *, first: str | None = "Pat", last: str | None = None,
@@ -43,7 +43,11 @@ def novi_record(uid: str, email: str | None = None, *, first: str | None = "Pat"
 
 
 def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
-    """A roster frame from (email, display_name[, held]) tuples, as MailmanClient.roster builds it."""
+    """A roster frame from (email, display_name[, held or a delivery status[, delivery_mode[,
+    moderation_action]]]) tuples, as MailmanClient.roster builds it."""
+    def status(r):
+        value = r[2] if len(r) > 2 else False
+        return value if isinstance(value, str) else Delivery.BY_MODERATOR if value else Delivery.ENABLED
     email = pd.Series([r[0].lower() for r in rows], dtype="string")
     return pd.DataFrame({
         "list_id": pd.Series([list_id] * len(rows), dtype="string"),
@@ -51,7 +55,9 @@ def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
         "match_key": addresses.match_key(email),
         "display_name": pd.Series([r[1] for r in rows], dtype="string"),
         "member_id": pd.Series([f"mid-{r[0].lower()}" for r in rows], dtype="string"),
-        "held": pd.Series([bool(r[2]) if len(r) > 2 else False for r in rows], dtype=bool),
+        "delivery_mode": pd.Series([r[3] if len(r) > 3 else REGULAR for r in rows], dtype="string"),
+        "moderation_action": pd.Series([r[4] if len(r) > 4 else "" for r in rows], dtype="string"),
+        "delivery_status": pd.Series([status(r) for r in rows], dtype="string"),
     }, columns=ROSTER_COLUMNS)
 
 

@@ -46,22 +46,31 @@ class FakeNovi:
 
 
 class FakeMailman:
-    """Rosters as {list_id: {email: {"display_name", "member_id", "held"}}}."""
+    """Rosters as {list_id: {email: member}}; a member is {"display_name", "member_id",
+    "delivery_status", "delivery_mode", "moderation_action"} (`new_member`)."""
 
     def __init__(self, rosters: dict[str, dict[str, str]]) -> None:
-        self.rosters = {lid: {e.lower(): {"display_name": n, "member_id": f"m-{lid}-{e.lower()}", "held": False}
-                              for e, n in members.items()} for lid, members in rosters.items()}
+        self.rosters = {lid: {e.lower(): self.new_member(lid, e, n) for e, n in members.items()}
+                        for lid, members in rosters.items()}
         self.writes: Counter = Counter()
         self.fail_subscribe: set[str] = set()   # addresses answered with 400
         self.unavailable_writes = 0             # the next N writes answer 503
         self.bans: dict[str | None, list[str]] = {}  # list id (None: global) → banned addresses
         self.requests: dict[str, list[dict]] = {}  # list id → pending {"email", "token", "token_owner"}
+        self.version = "GNU Mailman 3.3.10 (Tom Sawyer)"
+
+    @staticmethod
+    def new_member(list_id: str, email: str, name: str, **preferences: str) -> dict:
+        return {"display_name": name, "member_id": f"m-{list_id}-{email.lower()}", "delivery_status": "enabled",
+                "delivery_mode": "regular", "moderation_action": "", **preferences}
 
     def names(self, list_id: str) -> dict[str, str]:
         return {e: m["display_name"] for e, m in self.rosters[list_id].items()}
 
     def install(self, mock: responses.RequestsMock) -> None:
         base = re.escape(MAILMAN_REST) + "/3.1"
+        mock.add_callback("GET", re.compile(rf"{base}/system/versions$"),
+                          callback=lambda _: self._json(200, {"mailman_version": self.version}))
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
         mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
         mock.add_callback("GET", re.compile(rf"{base}/(lists/[^/]+/)?bans\?.*"), callback=self._bans)
@@ -73,6 +82,7 @@ class FakeMailman:
         mock.add_callback("DELETE", re.compile(rf"{base}/lists/([^/]+)/roster/member$"), callback=self._mass_unsubscribe)
         mock.add_callback("PATCH", re.compile(rf"{base}/addresses/([^/]+)$"), callback=self._rename)
         mock.add_callback("PATCH", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._preferences)
+        mock.add_callback("PATCH", re.compile(rf"{base}/members/([^/]+)$"), callback=self._patch_member)
 
     @staticmethod
     def _json(status, body=None):
@@ -90,9 +100,20 @@ class FakeMailman:
     def _roster(self, request):
         list_id = urlsplit(request.url).path.split("/")[3]
         members = self.rosters[list_id]
-        entries = [{"email": e, "display_name": m["display_name"], "member_id": m["member_id"]}
+        fields = parse_qs(urlsplit(request.url).query)["fields"]
+        assert "delivery_status" not in fields, "Mailman answers 400 Unknown field for delivery_status"
+        entries = [{f: v for f, v in self._resource(list_id, e, m).items() if f in fields}
                    for e, m in sorted(members.items())]
         return self._page(entries, request)
+
+    @staticmethod
+    def _resource(list_id: str, email: str, member: dict) -> dict:
+        """A member resource as Mailman serves it: `moderation_action` absent when unset."""
+        body = {"email": email, "member_id": member["member_id"], "list_id": list_id, "role": "member",
+                "display_name": member["display_name"], "delivery_mode": member["delivery_mode"]}
+        if member["moderation_action"]:
+            body["moderation_action"] = member["moderation_action"]
+        return body
 
     def _member(self, request):
         _, _, _, list_id, _, quoted = urlsplit(request.url).path.split("/")
@@ -100,14 +121,15 @@ class FakeMailman:
         member = self.rosters.get(list_id, {}).get(email)
         if member is None:
             return self._json(404, {"title": "404 Not Found"})
-        return self._json(200, {"email": email, "member_id": member["member_id"], "list_id": list_id,
-                                "display_name": member["display_name"], "role": "member"})
+        return self._json(200, self._resource(list_id, email, member))
 
     def _find(self, request):
         query = parse_qs(urlsplit(request.url).query)
         assert "subscriber" not in query, "members/find?subscriber= is a wildcard search: never for one address"
         members = self.rosters[query["list_id"][0]]
-        entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(members.items()) if m["held"]]
+        status = query["delivery_status"][0]
+        entries = [{"member_id": m["member_id"], "email": e} for e, m in sorted(members.items())
+                   if m["delivery_status"] == status]
         return self._page(entries, request)
 
     def _bans(self, request):
@@ -135,7 +157,7 @@ class FakeMailman:
         for members in self.rosters.values():
             for m in members.values():
                 if m["member_id"] == member_id:
-                    return self._json(200, {"delivery_status": "by_moderator"} if m["held"] else {})
+                    return self._json(200, {"delivery_status": m["delivery_status"]})
         return self._json(404, {"title": "404 Not Found"})
 
     def _unavailable(self):
@@ -160,8 +182,9 @@ class FakeMailman:
         members = self.rosters[form["list_id"]]
         if address.lower() in members:
             return self._json(409, {"title": "409 Conflict", "description": "Member already subscribed"})
-        members[address.lower()] = {"display_name": form.get("display_name", ""),
-                                    "member_id": f"m-{form['list_id']}-{address.lower()}", "held": False}
+        members[address.lower()] = self.new_member(form["list_id"], address, form.get("display_name", ""),
+                                                   **{k: form[k] for k in ("delivery_mode", "delivery_status")
+                                                      if k in form})
         return 201, {"Location": f"{MAILMAN_REST}/3.1/members/x"}, ""
 
     def _mass_unsubscribe(self, request):
@@ -193,6 +216,18 @@ class FakeMailman:
         for members in self.rosters.values():
             for m in members.values():
                 if m["member_id"] == member_id:
-                    m["held"] = status == "by_moderator"
+                    m["delivery_status"] = status
+                    return 204, {}, ""
+        return self._json(404, {"title": "404 Not Found"})
+
+    def _patch_member(self, request):
+        self.writes["moderate"] += 1
+        member_id = unquote(urlsplit(request.url).path.split("/")[-1])
+        form = {k: v[0] for k, v in parse_qs(request.body).items()}
+        assert set(form) <= {"address", "delivery_mode", "moderation_action"}, "Mailman answers 400"
+        for members in self.rosters.values():
+            for m in members.values():
+                if m["member_id"] == member_id:
+                    m.update(form)
                     return 204, {}, ""
         return self._json(404, {"title": "404 Not Found"})

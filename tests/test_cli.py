@@ -137,6 +137,7 @@ def test_rich_markup_in_a_novi_error_body_is_printed_as_text(cli_blocks, tmp_pat
     monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": "bad [/] request [bold]x"})
+        mock.get(f"{MAILMAN_REST}/3.1/system/versions", json={"mailman_version": "GNU Mailman 3.3.10"})
         result = cli_blocks.invoke(app, ["plan", "--list", LIST, "--novi-block", "cli-novi",
                                          "--mailman-block", "cli-mailman"])
     assert result.exit_code == EXIT_FAILED, result.output

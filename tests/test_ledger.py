@@ -291,3 +291,25 @@ def test_a_run_whose_heartbeat_keeps_failing_stops_writing(ledger_url, monkeypat
         with pytest.raises(LockLost, match="could not be renewed"):
             lease.check()
         monkeypatch.undo()
+
+
+def test_a_ledger_from_before_preferences_is_read_by_a_dry_run_and_upgraded_by_a_real_one(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    Ledger(f"sqlite:///{path}")
+    with sqlite3.connect(path) as db:  # the addresses table before it remembered preferences
+        for column in ("delivery_mode", "moderation_action", "delivery_status"):
+            db.execute(f"ALTER TABLE managed_addresses DROP COLUMN {column}")
+        db.execute("INSERT INTO managed_addresses (list_id, match_key, email, novi_id, status, how, on_roster, eligible, "
+                   "first_managed_at) VALUES ('l.x.org', 'a@x.org', 'a@x.org', 'a', 'member', 'adopted', 1, 1, "
+                   "'2026-11-01 00:00:00')")
+    dry = Ledger(f"sqlite:///{path}", create=False).read(["l.x.org"])
+    assert dry["match_key"].tolist() == ["a@x.org"] and dry["delivery_mode"].isna().all()
+    with sqlite3.connect(path) as db:
+        assert "delivery_mode" not in {row[1] for row in db.execute("PRAGMA table_info(managed_addresses)")}
+    real = Ledger(f"sqlite:///{path}").read(["l.x.org"])
+    assert real["match_key"].tolist() == ["a@x.org"]
+    with sqlite3.connect(path) as db:
+        assert {"delivery_mode", "moderation_action", "delivery_status"} <= {
+            row[1] for row in db.execute("PRAGMA table_info(managed_addresses)")}

@@ -1,5 +1,5 @@
 import json
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import responses
@@ -53,33 +53,43 @@ def roster_page(total, emails, start=0):
     return body
 
 
-def held_matcher(page, count):
-    return matchers.query_param_matcher({"list_id": LIST, "role": "member", "delivery_status": "by_moderator",
+def find_matcher(status, page, count):
+    return matchers.query_param_matcher({"list_id": LIST, "role": "member", "delivery_status": status,
                                          "count": str(count), "page": str(page)})
 
 
+ROSTER_QUERY = "fields=email&fields=display_name&fields=member_id&fields=delivery_mode&fields=moderation_action"
+
+
 @responses.activate
-def test_roster_sends_count_page_and_fields_and_marks_held():
+def test_roster_sends_count_page_and_fields_and_reads_preferences_and_delivery():
     url = f"{REST}/lists/{LIST}/roster/member"
-    for page, emails in ((1, ["a@x.org", "b@x.org"]), (2, ["c@x.org"])):
-        responses.get(url, json=roster_page(3, emails), match=[matchers.query_string_matcher(
-            f"count=2&page={page}&fields=email&fields=display_name&fields=member_id")])
-    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 1, "entries": [{"member_id": "id-b@x.org"}]},
-                  match=[held_matcher(1, 2)])
+    first = roster_page(3, ["a@x.org", "b@x.org"])
+    first["entries"][0].update(delivery_mode="mime_digests", moderation_action="hold")
+    for page, body in ((1, first), (2, roster_page(3, ["c@x.org"], start=2))):
+        responses.get(url, json=body, match=[matchers.query_string_matcher(f"count=2&page={page}&{ROSTER_QUERY}")])
+    for status, member in (("by_moderator", "id-b@x.org"), ("by_bounces", "id-c@x.org"), ("by_user", None)):
+        body = {"start": 0, "total_size": 1, "entries": [{"member_id": member}]} if member else \
+            {"start": 0, "total_size": 0}
+        responses.get(f"{REST}/members/find", json=body, match=[find_matcher(status, 1, 2)])
     frame = client().roster("members@example.org", page_size=2)
     assert frame["email"].tolist() == ["a@x.org", "b@x.org", "c@x.org"]
-    assert frame["held"].tolist() == [False, True, False]
+    assert frame["delivery_status"].tolist() == ["enabled", "by_moderator", "by_bounces"]
+    assert frame["delivery_mode"].tolist() == ["mime_digests", "regular", "regular"]
+    assert frame["moderation_action"].tolist() == ["hold", "", ""]
     assert set(frame["list_id"]) == {LIST}
     assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
 
 
 @responses.activate
-def test_a_roster_without_holds_skips_the_held_member_search():
+def test_a_roster_without_holds_skips_the_held_member_search_only():
     responses.get(f"{REST}/lists/{LIST}/roster/member", json=roster_page(2, ["a@x.org", "b@x.org"]))
     find = responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 1, "entries": [{"member_id": "x"}]})
     frame = client().roster(LIST, with_held=False)
-    assert frame["email"].tolist() == ["a@x.org", "b@x.org"] and not frame["held"].any()
-    assert find.call_count == 0 and len(responses.calls) == 1
+    assert frame["email"].tolist() == ["a@x.org", "b@x.org"] and set(frame["delivery_status"]) == {"enabled"}
+    asked = sorted(parse_qs(urlsplit(c.request.url).query)["delivery_status"][0] for c in responses.calls
+                   if "members/find" in c.request.url)
+    assert find.call_count == 2 and asked == ["by_bounces", "by_user"]
 
 
 @responses.activate
@@ -88,7 +98,7 @@ def test_empty_roster_has_no_entries_key():
     responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
     frame = client().roster(LIST)
     assert frame.empty and list(frame.columns)[:3] == ["list_id", "email", "match_key"]
-    assert len(responses.calls) == 2
+    assert len(responses.calls) == 1  # nobody to search for a delivery status
 
 
 @responses.activate
@@ -116,6 +126,50 @@ def test_roster_read_failure_is_transient_and_redacted():
         client().roster(LIST)
     assert "s3cret" not in str(caught.value)
     assert len(responses.calls) == 4  # the read and its three retries
+
+
+@pytest.mark.parametrize(("version", "untested_version"), [("GNU Mailman 3.3.10 (Tom Sawyer)", False),
+                                                       ("GNU Mailman 3.3.8 (Tom Sawyer)", False),
+                                                       ("GNU Mailman 3.3.5 (Tom Sawyer)", True)])
+@responses.activate
+def test_a_supported_core_answers_its_version(version, untested_version):
+    from tasks.mailman import untested
+
+    responses.get(f"{REST}/system/versions", json={"mailman_version": version})
+    assert client().supported_version() == version and untested(version) is untested_version
+
+
+@pytest.mark.parametrize("version", ["GNU Mailman 3.3.3 (Tom Sawyer)", "GNU Mailman 3.2.2 (La Villa Strangiato)"])
+@responses.activate
+def test_a_core_too_old_is_refused_naming_the_feature_it_lacks(version):
+    from tasks.errors import UnsupportedMailman
+
+    responses.get(f"{REST}/system/versions", json={"mailman_version": version})
+    with pytest.raises(UnsupportedMailman, match=r"older than 3\.3\.4.*digest.*upgrade the Mailman core"):
+        client().supported_version()
+
+
+@responses.activate
+def test_a_subscribe_restores_digest_stopped_delivery_and_moderation():
+    responses.post(f"{REST}/members", status=201, headers={"Location": f"{REST}/members/new1"})
+    responses.get(f"{REST}/lists/{LIST}/member/jane%40x.org", json={"email": "jane@x.org", "member_id": "new1"})
+    patch = responses.patch(f"{REST}/members/new1", status=204)
+    change = {"list_id": LIST, "email": "jane@x.org", "display_name": "Jane", "mail": False, "request": None,
+              "delivery_mode": "mime_digests", "moderation_action": "hold", "delivery_status": "by_user"}
+    assert apply_changes(client(), "subscribe", [change])[0]["outcome"] == APPLIED
+    sent = form(responses.calls[0])
+    assert sent["delivery_mode"] == "mime_digests" and sent["delivery_status"] == "by_user"
+    assert patch.call_count == 1 and form(patch.calls[0]) == {"moderation_action": "hold"}
+
+
+@responses.activate
+def test_a_subscribe_with_defaults_sends_no_preference_and_no_patch():
+    responses.post(f"{REST}/members", status=201)
+    change = {"list_id": LIST, "email": "jane@x.org", "display_name": "Jane", "mail": False, "request": None,
+              "delivery_mode": "regular", "moderation_action": "", "delivery_status": "enabled"}
+    assert apply_changes(client(), "subscribe", [change])[0]["outcome"] == APPLIED
+    assert len(responses.calls) == 1
+    assert not {"delivery_mode", "delivery_status"} & set(form(responses.calls[0]))
 
 
 @responses.activate
@@ -269,8 +323,8 @@ def test_a_member_lookup_reads_that_address_only_never_a_wildcard_search():
                   json={"email": "jane@example.org", "member_id": "m1", "display_name": "Jane"})
     responses.get(f"{REST}/members/m1/preferences", json={"delivery_status": "by_moderator"})
     found = client().membership(LIST, ["*@example.org", "Jane@example.org"])
-    assert found[["email", "member_id", "held"]].to_dict("records") == [
-        {"email": "jane@example.org", "member_id": "m1", "held": True}]
+    assert found[["email", "member_id", "delivery_status"]].to_dict("records") == [
+        {"email": "jane@example.org", "member_id": "m1", "delivery_status": "by_moderator"}]
     assert not any("members/find" in call.request.url for call in responses.calls)
     assert not any("%2A" in call.request.url for call in responses.calls)  # Mailman answers 500 for it
 

@@ -27,6 +27,9 @@ from tasks.core.schema import (
     LEDGER_COLUMNS,
     LEFT_ALONE_COLUMNS,
     MEMORY_COLUMNS,
+    PREFERENCE_COLUMNS,
+    REGULAR,
+    BOUNCING_COLUMNS,
     REQUEST_COLUMNS,
     SCOPE_MANAGED,
     SCOPE_MIRROR,
@@ -36,6 +39,7 @@ from tasks.core.schema import (
     TOOK,
     ACTIONS,
     Action,
+    Delivery,
     How,
     Status,
     empty_ledger,
@@ -53,6 +57,10 @@ REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
 REASON_REQUEST = "eligible; their request waiting for the moderator is resolved"
 REASON_AWAITING = "their own request waits for their confirmation"
+BOUNCE_DISABLED = "delivery disabled by bounces"
+BOUNCE_REMOVED = "removed by Mailman after bounces"
+REASON_BOUNCED = f"{BOUNCE_REMOVED}: correct the address in Novi"
+REASON_STOPPED = "delivery already stopped"
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Plan:
     figures: pd.DataFrame
     quarantined: pd.DataFrame
     memory: pd.DataFrame  # the ledger after this plan, if every change succeeds (see settle)
+    bouncing: pd.DataFrame  # Novi records whose address Mailman stopped or removed for bounces
 
     def count(self, list_id: str | None = None) -> int:
         if list_id is None:
@@ -120,6 +129,7 @@ class ListPlan(NamedTuple):
     left_alone: pd.DataFrame
     memory: pd.DataFrame
     figures: dict
+    bouncing: pd.DataFrame
 
 
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
@@ -130,7 +140,8 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     joined = join_sides(winners, roster, ledger)
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
-                    _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)))
+                    _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)),
+                    bouncing(joined, where, rule.list_id))
 
 
 def one_record_per_address(usable: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -153,7 +164,8 @@ def join_sides(winners: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame
     """One row per address any side knows: Novi's columns, the roster's (`_roster`), the ledger's (`led_`)."""
     side = winners[["match_key", "email", "novi_id", "display_name", "eligible", "why_not", "expires"]].assign(
         in_novi=True)
-    on_list = roster[["match_key", "email", "display_name", "member_id", "held"]].assign(on_roster_now=True)
+    on_list = roster[["match_key", "email", "display_name", "member_id", *PREFERENCE_COLUMNS]].assign(
+        on_roster_now=True)
     remembered = ledger.drop(columns=["list_id"]).add_prefix("led_").rename(columns={"led_match_key": "match_key"})
     joined = (side.merge(on_list, on="match_key", how="outer", suffixes=("", "_roster"))
               .merge(remembered.assign(in_ledger=True), on="match_key", how="outer"))
@@ -173,6 +185,10 @@ class Standing:
     was_left: pd.Series         # the ledger remembers they left by themselves
     eligible: pd.Series
     held: pd.Series
+    stopped: pd.Series          # on the list, delivery stopped by the member or by bounces: never held
+    bouncing: pd.Series         # on the list, delivery disabled by Mailman after bounces
+    bounced: pd.Series          # off the list: Mailman removed the address after bounces; not re-added
+    preferences: pd.DataFrame   # per row, the preferences a subscribe restores (PREFERENCE_COLUMNS)
     owner: pd.Series            # the Novi id the row belongs to (Novi's, else the ledger's)
     owner_in_novi: pd.Series
     owner_quarantined: pd.Series
@@ -181,6 +197,7 @@ class Standing:
     managed: pd.Series
     address_changed: pd.Series
     newly_left: pd.Series
+    removed: pd.Series          # unsubscribed for lapsing, with preferences worth restoring on renewal
     blocked: pd.Series          # eligible, off the list, and left by themselves: not re-added
     banned: pd.Series           # eligible, off the list, and banned in Mailman: never a subscribe
     request: pd.Series          # the token of a moderator's pending request a subscribe resolves
@@ -204,7 +221,17 @@ class Standing:
         tracked = in_ledger & (joined["led_status"] == Status.MEMBER).fillna(False)
         was_left = in_ledger & (joined["led_status"] == Status.LEFT).fillna(False)
         eligible = _flag(joined, "eligible") & in_novi
-        held = _flag(joined, "held")
+        delivery = joined["delivery_status"].where(on_roster)
+        held = (delivery == Delivery.BY_MODERATOR).fillna(False)
+        bouncing = (delivery == Delivery.BY_BOUNCES).fillna(False)
+        stopped = bouncing | (delivery == Delivery.BY_USER).fillna(False)
+        # A member the last run saw with delivery disabled by bounces, now gone: Mailman removed
+        # them (it does so after its warnings), not they themselves. The address stays off
+        # while Novi still gives it; a new address in Novi is a new row, and is subscribed.
+        newly_bounced = ~on_roster & tracked & _flag(joined, "led_on_roster") & (
+            joined["led_delivery_status"] == Delivery.BY_BOUNCES).fillna(False)
+        was_bounced = in_ledger & (joined["led_status"] == Status.BOUNCED).fillna(False)
+        bounced = ~on_roster & in_novi & (newly_bounced | was_bounced)
         owner = joined["novi_id"].fillna(joined["led_novi_id"])
         owner_in_novi = joined["led_novi_id"].isin(usable["novi_id"]).fillna(False)
         owner_quarantined = joined["led_novi_id"].isin(quarantined["novi_id"]).fillna(False)
@@ -217,11 +244,13 @@ class Standing:
         address_changed = managed & ~in_novi & in_ledger & owner_in_novi
         # Someone who was on the list and eligible at the last run, is still eligible, and is now
         # missing though this tool did not remove them, left by themselves: they stay off.
-        newly_left = ~on_roster & tracked & _flag(joined, "led_on_roster") & _flag(joined, "led_eligible") & eligible
-        blocked = eligible & ~on_roster & _left_by_themselves(joined, newly_left, was_left, rule)
+        newly_left = (~on_roster & tracked & _flag(joined, "led_on_roster") & _flag(joined, "led_eligible") & eligible
+                      & ~newly_bounced)
+        blocked = eligible & ~on_roster & ~bounced & _left_by_themselves(joined, newly_left, was_left, rule)
         # Mailman refuses to subscribe a banned address (400, every run): left alone instead.
         # A banned address already on the list stays, as in Mailman.
-        is_banned = eligible & ~on_roster & ~blocked & (banned(joined["match_key"], bans) if bans else False)
+        is_banned = eligible & ~on_roster & ~blocked & ~bounced & (
+            banned(joined["match_key"], bans) if bans else False)
 
         staying = eligible & on_roster
         # Holds are released only on lists whose rule holds lapsed members: elsewhere a hold was
@@ -236,8 +265,9 @@ class Standing:
         pending = requests if requests is not None else pd.DataFrame(columns=REQUEST_COLUMNS)
         by_moderator = pending.loc[pending["owner"] == OWNER_MODERATOR].drop_duplicates("match_key")
         by_member = set(pending.loc[pending["owner"] == OWNER_SUBSCRIBER, "match_key"])
-        awaiting = eligible & ~on_roster & ~blocked & ~is_banned & joined["match_key"].isin(by_member).fillna(False)
-        subscribed = eligible & ~on_roster & ~blocked & ~is_banned & ~awaiting
+        off_and_kept_off = ~on_roster & (blocked | is_banned | bounced)
+        awaiting = eligible & ~off_and_kept_off & ~on_roster & joined["match_key"].isin(by_member).fillna(False)
+        subscribed = eligible & ~on_roster & ~off_and_kept_off & ~awaiting
         request = joined["match_key"].map(by_moderator.set_index("match_key")["token"]).where(subscribed)
         resolved = set(joined.loc[request.notna(), "match_key"])
         leaving = managed & ~eligible & ~protected & ~address_changed
@@ -246,10 +276,14 @@ class Standing:
         # An old address of a member whose Novi record now carries another one goes, whatever
         # the lapse policy: the member is subscribed under the new address instead.
         unsubscribed = address_changed & ~protected
+        removed = pd.Series(False, index=joined.index)
         if rule.lapsed == LAPSE_UNSUBSCRIBE:
             unsubscribed = unsubscribed | leaving
+            removed = leaving & in_novi & _worth_keeping(joined)
         return cls(in_novi=in_novi, on_roster=on_roster, in_ledger=in_ledger, tracked=tracked, was_left=was_left,
-                   eligible=eligible, held=held, owner=owner, owner_in_novi=owner_in_novi,
+                   eligible=eligible, held=held, stopped=stopped, bouncing=bouncing, bounced=bounced,
+                   preferences=_preferences(joined, owner, address_changed, in_ledger & ~on_roster),
+                   owner=owner, owner_in_novi=owner_in_novi, removed=removed,
                    owner_quarantined=owner_quarantined, quarantined_row=quarantined_row, protected=protected,
                    managed=managed, address_changed=address_changed, newly_left=newly_left, blocked=blocked,
                    banned=is_banned, request=request, awaiting=awaiting,
@@ -257,6 +291,32 @@ class Standing:
                    requests_for_member=len(by_member),
                    staying=staying, released=released, renamed=renamed, subscribed=subscribed, leaving=leaving,
                    leave_reason=leave_reason, unsubscribed=unsubscribed)
+
+
+def _worth_keeping(joined: pd.DataFrame) -> pd.Series:
+    """Whether a roster row's preferences differ from a fresh subscription's (worth restoring)."""
+    return ((joined["delivery_mode"].fillna(REGULAR) != REGULAR) | (joined["moderation_action"].fillna("") != "")
+            | (joined["delivery_status"] == Delivery.BY_USER).fillna(False))
+
+
+def _preferences(joined: pd.DataFrame, owner: pd.Series, address_changed: pd.Series,
+                 remembered: pd.Series) -> pd.DataFrame:
+    """Per row, the preferences to subscribe it with: those its Novi member had on this list,
+    under the old address the roster still holds (an address change), or as the ledger
+    remembers them (a member removed for lapsing, or whose address bounced). A delivery
+    status travels only when the member chose it (`by_user`): a new address starts enabled."""
+    def of(rows: pd.DataFrame, prefix: str) -> pd.DataFrame:
+        prefs = rows[[prefix + c for c in PREFERENCE_COLUMNS]].set_axis(PREFERENCE_COLUMNS, axis=1)
+        return prefs.assign(novi_id=owner.loc[rows.index])
+    known = pd.concat([of(joined.loc[address_changed], ""), of(joined.loc[remembered], "led_")])
+    known = known.loc[known["novi_id"].notna()].drop_duplicates("novi_id").set_index("novi_id")
+    prefs = pd.DataFrame({c: joined["novi_id"].map(known[c]).astype("string") for c in PREFERENCE_COLUMNS},
+                         index=joined.index)
+    prefs["delivery_mode"] = prefs["delivery_mode"].fillna(REGULAR)
+    prefs["moderation_action"] = prefs["moderation_action"].fillna("")
+    prefs["delivery_status"] = prefs["delivery_status"].where(prefs["delivery_status"] == Delivery.BY_USER,
+                                                              Delivery.ENABLED)
+    return prefs
 
 
 def _left_by_themselves(joined: pd.DataFrame, newly_left: pd.Series, was_left: pd.Series,
@@ -290,7 +350,7 @@ def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFra
     if rule.lapsed == LAPSE_UNSUBSCRIBE:
         wanted.append((where.leaving, Action.UNSUBSCRIBE, where.leave_reason, "email_roster"))
     elif rule.lapsed == LAPSE_HOLD:
-        wanted.append((where.leaving & ~where.held, Action.HOLD, where.leave_reason, "email_roster"))
+        wanted.append((where.leaving & ~where.held & ~where.stopped, Action.HOLD, where.leave_reason, "email_roster"))
     parts = []
     for mask, action, reason, email_column in wanted:
         rows = joined.loc[mask]
@@ -298,7 +358,9 @@ def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFra
             parts.append(_frame(
                 CHANGE_COLUMNS, list_id=rule.list_id, action=action, email=rows[email_column],
                 match_key=rows["match_key"], reason=_pick(reason, mask), novi_id=where.owner.loc[mask],
-                display_name=rows["display_name"], member_id=rows["member_id"], request=where.request.loc[mask]))
+                display_name=rows["display_name"], member_id=rows["member_id"], request=where.request.loc[mask],
+                **({c: where.preferences.loc[mask, c] for c in PREFERENCE_COLUMNS} if action == Action.SUBSCRIBE
+                   else {})))
     return _concat(parts, CHANGE_COLUMNS)
 
 
@@ -313,11 +375,14 @@ def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantine
         (w.blocked, REASON_LEFT),
         (w.banned, REASON_BANNED),
         (w.awaiting, REASON_AWAITING),
+        (w.bounced & w.eligible, REASON_BOUNCED),
     ]
     if rule.lapsed == LAPSE_KEEP:
         kept.append((w.leaving, "kept (lapsed: keep): " + w.leave_reason))
     elif rule.lapsed == LAPSE_HOLD:
         kept.append((w.leaving & w.held, "already held: " + w.leave_reason))
+        kept.append((w.leaving & w.stopped & ~w.held, f"{REASON_STOPPED} ("
+                     + joined["delivery_status"].fillna("") + "): " + w.leave_reason))
     parts = [duplicates]
     for mask, reason in kept:
         rows = joined.loc[mask]
@@ -353,7 +418,23 @@ def figures(joined: pd.DataFrame, where: Standing, rule: ListRule, duplicates: i
         "banned": int(w.banned.sum()),
         "requests_for_moderator": w.requests_for_moderator,
         "requests_for_member": w.requests_for_member,
+        "bouncing": int(w.bouncing.sum()),
+        "bounced": int((w.bounced & w.eligible).sum()),
     }
+
+
+def bouncing(joined: pd.DataFrame, where: Standing, list_id: str) -> pd.DataFrame:
+    """For membership staff: the Novi records whose address Mailman disabled after bounces (on
+    the list) or removed after bounces (kept off), so the address can be corrected in Novi."""
+    w = where
+    on = joined.loc[w.bouncing & w.owner.notna()]
+    off = joined.loc[w.bounced]
+    return _concat([
+        _frame(BOUNCING_COLUMNS, list_id=list_id, email=on["email_roster"], novi_id=w.owner.loc[on.index],
+               display_name=on["display_name"].fillna(on["display_name_roster"]), state=BOUNCE_DISABLED),
+        _frame(BOUNCING_COLUMNS, list_id=list_id, email=off["email"], novi_id=off["novi_id"],
+               display_name=off["display_name"], state=BOUNCE_REMOVED),
+    ], BOUNCING_COLUMNS)
 
 
 def _pick(reason, mask: pd.Series):
@@ -366,56 +447,98 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
     """The list's ledger rows after this plan, if every change succeeds.
 
     Members: addresses subscribed now, and roster addresses that Novi or the ledger ties to a
-    member (adopted on first sight, without any write to Mailman). Left: members who left by
-    themselves, remembered while their Novi record exists. Everything else is forgotten.
+    member (adopted on first sight, without any write to Mailman), with their preferences.
+    Remembered while their Novi record exists: members who left by themselves, members this
+    tool removed for lapsing whose preferences a renewal restores, and (while Novi still gives
+    that address) addresses Mailman removed after bounces. Everything else is forgotten.
+    A row that depends on a change names it in `waits_on` (see `settle`).
     """
     w = where
     subscribed, unsubscribed, newly_left = w.subscribed, w.unsubscribed, w.newly_left
     member = subscribed | (w.on_roster & (w.in_novi | w.in_ledger))
-    still_left = w.was_left & ~w.on_roster & ~subscribed & (w.owner_in_novi | w.owner_quarantined)
-    left = (newly_left | still_left) & ~member
-    rows = joined.loc[member | left]
-    is_member = member.loc[rows.index]
-    is_eligible = w.eligible.loc[rows.index]
-    waits_on = np.where(subscribed.loc[rows.index], Action.SUBSCRIBE,
-                       np.where(unsubscribed.loc[rows.index], Action.UNSUBSCRIBE, ""))
-    led_how = rows["led_how"]
-    how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed.loc[rows.index], How.SUBSCRIBED, How.ADOPTED),
-                                                   index=rows.index, dtype="string"))
-    frame = pd.DataFrame({
-        "list_id": list_id,
-        "match_key": rows["match_key"],
-        "email": rows["email_roster"].fillna(rows["email"]).fillna(rows["led_email"]),
-        "novi_id": w.owner.loc[rows.index],
-        "status": np.where(is_member, Status.MEMBER, Status.LEFT),
-        "how": how,
-        "on_roster": is_member.to_numpy(dtype=bool),
-        "eligible": is_eligible.to_numpy(dtype=bool),
-        "first_managed_at": rows["led_first_managed_at"].fillna(now),
-        "last_seen_on_roster_at": rows["led_last_seen_on_roster_at"].where(~is_member, now),
-        "last_eligible_at": rows["led_last_eligible_at"].where(~is_eligible, now),
-        "left_at": rows["led_left_at"].where(~newly_left.loc[rows.index], now).where(~is_member, pd.NaT),
-        "left_expires": rows["led_left_expires"].where(~newly_left.loc[rows.index], rows["expires"])
-                        .where(~is_member, pd.NaT),
-        "waits_on": waits_on,
-    }, index=rows.index)
-    for column in ["list_id", "match_key", "email", "novi_id", "status", "how", "waits_on"]:
+    off_but_known = ~w.on_roster & (w.owner_in_novi | w.owner_quarantined)
+    still_left = w.was_left & off_but_known
+    left = (newly_left | still_left) & ~w.on_roster
+    still_removed = w.in_ledger & (joined["led_status"] == Status.REMOVED).fillna(False) & off_but_known
+    removed = w.removed | still_removed
+    bounced = w.bounced & ~subscribed
+
+    rows = []
+    member_rows = _memory_rows(joined, w, member, Status.MEMBER, now)
+    member_rows["waits_on"] = np.where(subscribed.loc[member_rows.index], Action.SUBSCRIBE,
+                                       np.where(unsubscribed.loc[member_rows.index], Action.UNSUBSCRIBE, ""))
+    rows.append(member_rows)
+    for mask, status in ((left & ~removed, Status.LEFT), (removed, Status.REMOVED), (bounced, Status.BOUNCED)):
+        # A remembered row of someone subscribed now is kept only if the subscribe fails; a
+        # removal's row only if the unsubscribe takes.
+        off = _memory_rows(joined, w, mask & ~(member & ~subscribed & ~unsubscribed), status, now)
+        off["waits_on"] = np.where(subscribed.loc[off.index], Action.SUBSCRIBE,
+                                   np.where(unsubscribed.loc[off.index], Action.UNSUBSCRIBE, ""))
+        rows.append(off)
+    frame = pd.concat(rows).assign(list_id=list_id)
+    for column in ["list_id", "match_key", "email", "novi_id", "status", "how", "waits_on", *PREFERENCE_COLUMNS]:
         frame[column] = frame[column].astype("string")
     for column in TIMESTAMP_COLUMNS:
         frame[column] = pd.to_datetime(frame[column], utc=True)
     return frame[MEMORY_COLUMNS].reset_index(drop=True)
 
 
+def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status: str,
+                 now: pd.Timestamp) -> pd.DataFrame:
+    """The ledger rows of `mask`'s addresses in one status (see `_memory`)."""
+    w = where
+    rows = joined.loc[mask]
+    idx = rows.index
+    is_member = status == Status.MEMBER
+    on_roster = w.on_roster.loc[idx]
+    subscribed = w.subscribed.loc[idx]
+    is_eligible = w.eligible.loc[idx]
+    led_how = rows["led_how"]
+    how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed, How.SUBSCRIBED, How.ADOPTED),
+                                                   index=idx, dtype="string"))
+    # Preferences: as the roster shows them now; a subscribe's, as it restores them; else as
+    # remembered.
+    prefs = {}
+    for c in PREFERENCE_COLUMNS:
+        restored = w.preferences.loc[idx, c].where(subscribed & is_member)
+        prefs[c] = rows[c].where(on_roster).fillna(restored).fillna(rows["led_" + c])
+    newly_off = (w.newly_left | w.removed).loc[idx] | (
+        w.bounced.loc[idx] & (rows["led_status"] != Status.BOUNCED).fillna(True))
+    frame = pd.DataFrame({
+        "match_key": rows["match_key"],
+        "email": rows["email_roster"].fillna(rows["email"]).fillna(rows["led_email"]),
+        "novi_id": w.owner.loc[idx],
+        "status": status,
+        "how": how,
+        "on_roster": is_member,
+        "eligible": is_eligible.to_numpy(dtype=bool),
+        "first_managed_at": rows["led_first_managed_at"].fillna(now),
+        "last_seen_on_roster_at": rows["led_last_seen_on_roster_at"].where(~(on_roster | is_member), now),
+        "last_eligible_at": rows["led_last_eligible_at"].where(~is_eligible, now),
+        "left_at": pd.NaT if is_member else rows["led_left_at"].where(~newly_off, now),
+        "left_expires": pd.NaT if is_member else rows["led_left_expires"].where(
+            ~w.newly_left.loc[idx], rows["expires"]),
+        **prefs,
+    }, index=idx)
+    frame["on_roster"] = frame["on_roster"].astype(bool)
+    return frame
+
+
 def settle(memory: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
-    """The ledger rows to store once the changes ran: a subscribe that did not take is not a
-    member, a removal that failed still is. Outcomes carry `list_id`, `action`, `match_key`, `outcome`."""
+    """The ledger rows to store once the changes ran. A row waiting on a change holds the state
+    after it (a member after a subscribe; anything but a member after an unsubscribe) and is
+    kept if the change took, or the state before it, kept if it did not: a subscribe that did
+    not take is not a member, a removal that failed still is. Outcomes carry `list_id`,
+    `action`, `match_key`, `outcome`."""
     done = outcomes.loc[outcomes["outcome"].isin(TOOK)]
     took = (done[["list_id", "action", "match_key"]].rename(columns={"action": "waits_on"})
             .assign(took=True).drop_duplicates())
     merged = memory.merge(took, on=["list_id", "waits_on", "match_key"], how="left")
     took = merged["took"].fillna(False).astype(bool).to_numpy()
     waits_on = memory["waits_on"].fillna("").to_numpy()
-    keep = (waits_on == "") | ((waits_on == Action.SUBSCRIBE) & took) | ((waits_on == Action.UNSUBSCRIBE) & ~took)
+    is_member = (memory["status"] == Status.MEMBER).to_numpy(dtype=bool)
+    after = np.where(waits_on == Action.SUBSCRIBE, is_member, ~is_member)
+    keep = (waits_on == "") | (took == after)
     return memory.loc[keep, LEDGER_COLUMNS].reset_index(drop=True)
 
 
@@ -456,4 +579,5 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     memory = pd.concat([one.memory for one in per_list], ignore_index=True) if per_list else empty_ledger()
     return Plan(changes=changes, left_alone=_concat([one.left_alone for one in per_list], LEFT_ALONE_COLUMNS),
                 figures=pd.DataFrame([one.figures for one in per_list], columns=FIGURE_COLUMNS),
-                quarantined=quarantined.reset_index(drop=True), memory=memory)
+                quarantined=quarantined.reset_index(drop=True), memory=memory,
+                bouncing=_concat([one.bouncing for one in per_list], BOUNCING_COLUMNS))

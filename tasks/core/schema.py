@@ -58,6 +58,24 @@ class Status:
 
     MEMBER = "member"
     LEFT = "left"
+    REMOVED = "removed"   # removed by this tool for lapsing; remembered for the preferences to restore
+    BOUNCED = "bounced"   # removed by Mailman after bounces; stays off until Novi's address changes
+
+
+class Delivery:
+    """A member's delivery status in Mailman (its DeliveryStatus): who stopped the mail, if anyone."""
+
+    ENABLED = "enabled"
+    BY_USER = "by_user"            # the member stopped delivery themselves: a preference, kept
+    BY_MODERATOR = "by_moderator"  # held (this tool's hold, or a moderator's)
+    BY_BOUNCES = "by_bounces"      # Mailman stopped it after bounces: never re-enabled here
+
+
+# What travels with a member across an address change and a lapse-and-renewal: the roster's
+# `delivery_mode` (regular or a digest) and `moderation_action` ('' = the list's default),
+# and the delivery status the member chose (`by_user`; anything else starts `enabled`).
+PREFERENCE_COLUMNS = ["delivery_mode", "moderation_action", "delivery_status"]
+REGULAR = "regular"
 
 
 class How:
@@ -76,6 +94,7 @@ SELF_RESPECT, SELF_UNTIL_RENEWAL, SELF_OVERRIDE = "respect", "until_renewal", "o
 # Rows of the plan CSV that are not changes.
 LEFT_ALONE = "left alone"
 QUARANTINED = "quarantined"
+BOUNCING = "bouncing"   # a Novi record whose address Mailman disabled or removed after bounces
 
 # --- frames -------------------------------------------------------------------------------
 # The members frame (tasks.novi.members_frame): one row per Novi record.
@@ -85,11 +104,12 @@ MEMBER_COLUMNS = [
     "expires", "quarantine",
 ]
 # A roster frame (tasks.mailman): one row per member of one list.
-ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", "held"]
+ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
 # token of a subscription request a subscribe resolves (one waiting for the moderator).
+# A subscribe carries the preferences to subscribe with (the member's earlier ones, or Mailman's defaults).
 CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id",
-                  "request"]
+                  "request", *PREFERENCE_COLUMNS]
 # A list's pending subscription requests (tasks.mailman): `owner` is who must act on it.
 REQUEST_COLUMNS = ["match_key", "token", "owner"]
 OWNER_MODERATOR, OWNER_SUBSCRIBER = "moderator", "subscriber"
@@ -98,18 +118,24 @@ OUTCOME_COLUMNS = [*CHANGE_COLUMNS, "outcome", "detail"]
 # What the ledger remembers per list and address (tasks.ledger stores exactly these), and the
 # next state a plan implies: `waits_on` names the change the row's existence waits on.
 LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "on_roster", "eligible",
-                  "first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
+                  "first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires",
+                  *PREFERENCE_COLUMNS]
 MEMORY_COLUMNS = [*LEDGER_COLUMNS, "waits_on"]
 TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
 FLAG_COLUMNS = ["on_roster", "eligible"]
 LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
 # Per list: `remembered` are the members the ledger saw on the list at its last run,
 # `vanished` those of them the roster no longer holds (what the roster-collapse guard reads).
+# `bouncing`: members whose delivery Mailman disabled after bounces; `bounced`: eligible members
+# Mailman removed after bounces, kept off until their Novi address changes.
 # `banned`: eligible members Mailman bans from the list (left alone, never a subscribe);
 # `requests_for_moderator` / `requests_for_member`: subscription requests left untouched, waiting
 # for the list's moderator or for the person's own confirmation.
 FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
-                  "remembered", "vanished", "banned", "requests_for_moderator", "requests_for_member"]
+                  "remembered", "vanished", "banned", "requests_for_moderator", "requests_for_member",
+                  "bouncing", "bounced"]
+# For membership staff: Novi records whose address Mailman disabled or removed after bounces.
+BOUNCING_COLUMNS = ["list_id", "email", "novi_id", "display_name", "state"]
 # One row of the plan CSV: a change, a row left alone, or a quarantined record.
 PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
 

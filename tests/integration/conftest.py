@@ -1,7 +1,9 @@
 """Real peers for the integration tests: the Novi sandbox over HTTP and a real Mailman core.
 
 Both start once per test session (Mailman with its mail runners and an SMTP sink) and are
-always stopped at the end, by PID.
+always stopped at the end, by PID. A test parametrized with
+`@pytest.mark.parametrize("core_under_test", EACH_CORE, indirect=True)` runs against the current
+core and the oldest supported one (started on first use, in its own virtualenv).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from sandbox.mailman import ADMIN_PASS, MailmanAdmin, MailmanCore, free_port
+from sandbox.mailman import ADMIN_PASS, CURRENT, OLDEST, MailmanAdmin, MailmanCore, free_port
 from tasks.blocks import MailmanCredentials, NoviCredentials
 
 SANDBOX_KEY = "integration-sandbox-key-5d1f"
+EACH_CORE = [CURRENT, OLDEST]
 
 
 class SandboxControl:
@@ -90,6 +93,31 @@ def mailman_core(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def oldest_core(tmp_path_factory):
+    core = MailmanCore(home=tmp_path_factory.mktemp("mailman-oldest"), port=free_port(), mail=True, core=OLDEST)
+    core.start()
+    try:
+        yield core
+    finally:
+        core.stop()
+
+
+@pytest.fixture(scope="session")
+def oldest_block(prefect_server, oldest_core) -> str:
+    MailmanCredentials(rest_url=oldest_core.rest_url, password=ADMIN_PASS).save("it-mailman-oldest", overwrite=True)
+    return "it-mailman-oldest"
+
+
+@pytest.fixture
+def core_under_test(request) -> tuple[MailmanCore, str]:
+    """The core a test runs against and its block: the current one unless parametrized."""
+    if getattr(request, "param", CURRENT) == OLDEST:
+        return request.getfixturevalue("oldest_core"), request.getfixturevalue("oldest_block")
+    request.getfixturevalue("real_blocks")
+    return request.getfixturevalue("mailman_core"), "it-mailman"
+
+
+@pytest.fixture(scope="session")
 def real_blocks(prefect_server, novi_sandbox, mailman_core):
     NoviCredentials(site_url=novi_sandbox.url, api_key=SANDBOX_KEY, requests_per_second=20).save(
         "it-novi", overwrite=True)
@@ -97,11 +125,12 @@ def real_blocks(prefect_server, novi_sandbox, mailman_core):
 
 
 @pytest.fixture
-def world(real_blocks, novi_sandbox, mailman_core, request):
+def world(real_blocks, novi_sandbox, core_under_test, request):
     """A fresh sandbox site on a mail domain of this test's own, and an admin for Mailman."""
+    core, block = core_under_test
     tag = uuid.uuid4().hex[:8]  # a fresh mail domain per test: addresses never meet across tests
     domain = f"t{tag}.example.org"
     seed = zlib.crc32(request.node.name.encode()) % 10_000  # the same data every time a test runs
     novi_sandbox.reset(size=120, seed=seed, domain=domain)
-    return {"novi": novi_sandbox, "core": mailman_core, "admin": MailmanAdmin(mailman_core.rest_url),
-            "domain": domain, "tag": tag, "seed": seed}
+    return {"novi": novi_sandbox, "core": core, "admin": MailmanAdmin(core.rest_url),
+            "domain": domain, "tag": tag, "seed": seed, "mailman_block": block}
