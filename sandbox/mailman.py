@@ -151,6 +151,9 @@ class MailmanCore:
             self.smtp_port = self.smtp_port or free_port()
             self._start_smtp_sink()
         self.write_config()
+        # Any `mailman` command upgrades the database to its own version: `down` must use the
+        # core that `up` started (see `recorded`).
+        (self.home / "core").write_text(self.core)
         self._mailman("start", "--force", log=self.home / "start.log")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -304,7 +307,8 @@ class MailmanAdmin:
     def settings(self, list_id: str, email: str) -> tuple[str, str, str]:
         """(delivery_mode, moderation_action or '', delivery_status) of one member."""
         member = self._call("GET", f"lists/{list_id}/member/{quote(email, safe='')}", (200,)).json()
-        prefs = self._call("GET", f"members/{member['member_id']}/preferences", (200,)).json()
+        # The member's own preferences leave out what it never set; `all/` resolves them.
+        prefs = self._call("GET", f"members/{member['member_id']}/all/preferences", (200,)).json()
         return member["delivery_mode"], member.get("moderation_action", ""), prefs["delivery_status"]
 
     def remove(self, list_id: str, email: str) -> None:
@@ -326,7 +330,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mail", action="store_true", help="run the mail runners and an SMTP sink")
     parser.add_argument("--core", choices=sorted(REQUIREMENTS), default=CURRENT, help="which Mailman core")
     args = parser.parse_args(argv)
-    core = MailmanCore(home=args.home.resolve(), port=args.port, mail=args.mail, core=args.core)
+    home = args.home.resolve()
+    recorded = (home / "core").read_text().strip() if (home / "core").exists() else None
+    chosen = args.core if args.command == "up" else recorded if recorded in REQUIREMENTS else args.core
+    core = MailmanCore(home=home, port=args.port, mail=args.mail, core=chosen)
     if args.command == "up":
         core.start()
         print(f"Mailman core answers on {core.rest_url} (user {ADMIN_USER}, password {ADMIN_PASS})")

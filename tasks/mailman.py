@@ -185,7 +185,9 @@ class MailmanClient:
                     or entry["email"].lower() != email or not entry.get("member_id"):
                 raise UnexpectedResponse(f"Mailman lists/{list_id}/member: the answer is not the member asked for")
             member_id = str(entry["member_id"])
-            prefs = json_body(self.http.request("GET", f"members/{quote(member_id, safe='')}/preferences",
+            # `all/`: the status as Mailman resolves it (the member's own preferences leave out
+            # what was set on the address or the user, e.g. a delivery stopped for every list).
+            prefs = json_body(self.http.request("GET", f"members/{quote(member_id, safe='')}/all/preferences",
                                                 bucket="member_lookup"), "preferences")
             entries.append(entry)
             if isinstance(prefs, dict) and isinstance(prefs.get("delivery_status"), str):

@@ -26,7 +26,7 @@ from tasks.blocks import LedgerDatabase
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, load_rules, single_list_rules
-from tasks.core.schema import Action, Outcome, RunKind, RunState
+from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState
 from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches
@@ -85,7 +85,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
 
     def submit(item: tuple[str, pd.DataFrame]) -> PrefectFuture:
         action, rows = item
-        records = rows[["list_id", "email", "display_name", "member_id", "mail", "request"]]
+        records = rows[["list_id", "email", "display_name", "member_id", "mail", "request", *PREFERENCE_COLUMNS]]
         records = records.astype(object).where(records.notna(), None).to_dict("records")
         return apply_batch.submit(client, action, records, lease)
 

@@ -77,7 +77,8 @@ class FakeMailman:
         mock.add_callback("GET", re.compile(rf"{base}/lists/[^/]+/requests\?.*"), callback=self._requests)
         mock.add_callback("POST", re.compile(rf"{base}/lists/[^/]+/requests/[^/]+$"), callback=self._decide)
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/member/([^/?]+)$"), callback=self._member)
-        mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/preferences$"), callback=self._get_preferences)
+        mock.add_callback("GET", re.compile(rf"{base}/members/([^/]+)/all/preferences$"),
+                          callback=self._get_preferences)
         mock.add_callback("POST", re.compile(rf"{base}/members$"), callback=self._subscribe)
         mock.add_callback("DELETE", re.compile(rf"{base}/lists/([^/]+)/roster/member$"), callback=self._mass_unsubscribe)
         mock.add_callback("PATCH", re.compile(rf"{base}/addresses/([^/]+)$"), callback=self._rename)
@@ -153,11 +154,12 @@ class FakeMailman:
         return 204, {}, ""
 
     def _get_preferences(self, request):
-        member_id = unquote(urlsplit(request.url).path.split("/")[-2])
+        member_id = unquote(urlsplit(request.url).path.split("/")[-3])
         for members in self.rosters.values():
             for m in members.values():
                 if m["member_id"] == member_id:
-                    return self._json(200, {"delivery_status": m["delivery_status"]})
+                    return self._json(200, {"delivery_status": m["delivery_status"],
+                                            "delivery_mode": m["delivery_mode"]})
         return self._json(404, {"title": "404 Not Found"})
 
     def _unavailable(self):

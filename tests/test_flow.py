@@ -263,6 +263,21 @@ def test_address_change_moves_the_subscription(blocks, tmp_path):
     assert reasons["unsubscribe"] == {"address changed in Novi": 1}
 
 
+def test_an_address_change_takes_the_members_digest_moderation_and_stopped_delivery_along(blocks, tmp_path):
+    novi = FakeNovi([novi_record("x", "old@example.org"), novi_record("y", "y@example.org")])
+    mailman = FakeMailman({LIST: {}})
+    run(novi, mailman, tmp_path)
+    mailman.rosters[LIST]["old@example.org"].update(delivery_mode="mime_digests", moderation_action="hold",
+                                                    delivery_status="by_user")
+    novi.records[0]["Email"] = "new@example.org"
+    state, _ = run(novi, mailman, tmp_path)
+    assert state.is_completed(), state.message
+    moved = mailman.rosters[LIST]["new@example.org"]
+    assert (moved["delivery_mode"], moved["moderation_action"], moved["delivery_status"]) == (
+        "mime_digests", "hold", "by_user")
+    assert "old@example.org" not in mailman.rosters[LIST]
+
+
 def test_member_who_left_by_themselves_is_not_re_added(blocks, tmp_path):
     novi = FakeNovi([novi_record("a", "a@example.org"), novi_record("b", "b@example.org")])
     mailman = FakeMailman({LIST: {}})

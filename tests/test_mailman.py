@@ -321,7 +321,7 @@ def test_a_member_lookup_reads_that_address_only_never_a_wildcard_search():
     (measured on 3.3.10): the lookup must name the member resource of exactly that address."""
     responses.get(f"{REST}/lists/{LIST}/member/jane%40example.org",
                   json={"email": "jane@example.org", "member_id": "m1", "display_name": "Jane"})
-    responses.get(f"{REST}/members/m1/preferences", json={"delivery_status": "by_moderator"})
+    responses.get(f"{REST}/members/m1/all/preferences", json={"delivery_status": "by_moderator"})
     found = client().membership(LIST, ["*@example.org", "Jane@example.org"])
     assert found[["email", "member_id", "delivery_status"]].to_dict("records") == [
         {"email": "jane@example.org", "member_id": "m1", "delivery_status": "by_moderator"}]

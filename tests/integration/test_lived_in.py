@@ -68,7 +68,7 @@ def test_an_eligible_members_pending_request_is_resolved_silently_and_others_sta
     assert admin.requests(members) == {confirming: "subscriber", stranger: "moderator"}
     item = state.result()["lists"][0]
     assert (item["requests_for_moderator"], item["requests_for_member"]) == (1, 1)
-    assert item["left_alone"] == {"their own request waits for their confirmation": 1}
+    assert item["left_alone"].get("their own request waits for their confirmation") == 1
     time.sleep(5)  # let the runners deliver anything the sync caused
     assert asked not in mail_to(core, world["domain"])
 
@@ -118,8 +118,8 @@ def test_preferences_travel_with_an_address_change_and_come_back_with_a_renewal(
     admin.set_preferences(members, address[quiet["UniqueID"]], delivery_status="by_user")
     admin.set_preferences(members, address[lapser["UniqueID"]], delivery_mode="plaintext_digests")
     moved = {}
-    for record in (reader, poster, quiet):
-        moved[record["UniqueID"]] = f"moved-{record['UniqueID'][:8]}@{world['domain']}"
+    for number, record in enumerate((reader, poster, quiet)):
+        moved[record["UniqueID"]] = f"moved-{number}@{world['domain']}"
         novi.edit(record["UniqueID"], Email=moved[record["UniqueID"]])
     novi.edit(lapser["UniqueID"], MemberStatus="expired", MembershipExpires="2026-10-31T00:00:00")
 
@@ -167,7 +167,7 @@ def test_bouncing_members_are_left_alone_reported_and_not_readded_once_mailman_r
     assert summary["lists"][0]["left_alone"].get("removed by Mailman after bounces: correct the address in Novi") == 1
     assert summary["bouncing"] == {"delivery disabled by bounces": 1, "removed by Mailman after bounces": 1}
 
-    fixed = f"fixed-{stays['UniqueID'][:8]}@{world['domain']}"
+    fixed = f"fixed@{world['domain']}"
     novi.edit(stays["UniqueID"], Email=fixed)
     state, _ = run(world, tmp_path, rules)
     assert state.is_completed(), state.message
