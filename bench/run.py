@@ -44,6 +44,7 @@ import requests
 from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
+from tasks.core.planner import REASON_GONE, REASON_NOT_IN_NOVI
 from tasks.mailman import ROSTER_PAGE_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,11 +121,12 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
     """The fewest calls that can read everything and make these changes.
 
     Mailman's version (one call), pages of every collection read (Novi members, each roster;
-    of a roster with members, its bounce-disabled members and those who stopped delivery
-    themselves, one page each when there are none, and the held members of a list whose rule
-    holds lapsed members, `held_before` None: the rule holds nobody; the list's bans
+    of a roster with members, its bounce-disabled members, one page when there are none, and
+    the held members of a list whose rule holds lapsed members, `held_before` None: the rule
+    holds nobody; the list's bans
     and the global bans, `bans` entries in all, one page each when there are none; the list's
-    pending requests, one page when there are none), one
+    pending requests, one page when there are none), one preference read per member the plan
+    moves, removes while Novi still knows them (they may renew) or holds, one
     call per single write (subscribe, rename of an address, hold, release), and one mass
     unsubscribe per `BATCH` removals of a list. The bench syncs one list, where the renames of
     a list are the renamed addresses (with several lists an address is renamed once).
@@ -135,7 +137,10 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
     bound = {"mailman_read": 1,
              "novi_page": pages(summary["novi_members"], NOVI_PAGE),
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
-             "bouncing_page": int(searched), "stopped_page": int(searched),
+             "bouncing_page": int(searched),
+             "preferences_read": sum(n for item in summary["lists"]
+                                     for reason, n in item["reasons"].get("unsubscribe", {}).items()
+                                     if reason not in (REASON_GONE, REASON_NOT_IN_NOVI)) + changes["hold"],
              "held_page": 0 if held_before is None or not searched else pages(held_before, ROSTER_PAGE_SIZE),
              "ban_page": sum(pages(n, ROSTER_PAGE_SIZE) for n in bans),
              "request_page": pages(requests, ROSTER_PAGE_SIZE),

@@ -18,11 +18,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.core.planner import plan
+
 from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
-from tasks.run import Run
+from tasks.run import Run, plan_lists
 
 
 def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str]]:
@@ -76,7 +76,8 @@ def sync_member(
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
         requests = read_requests(mailman, run.list_ids)
-        the_plan = plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans, requests)
+        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
+                              requests)
 
         run.judge(the_plan, None, override_guards)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)

@@ -18,7 +18,7 @@ from tasks.core.schema import LAPSE_HOLD, RunKind
 from tasks.errors import SyncError
 from tasks.mailman import extract_bans, extract_requests, extract_roster
 from tasks.novi import extract_members
-from tasks.run import MAX_WORKERS, Run, bounded, make_plan, read_ledger
+from tasks.run import MAX_WORKERS, Run, bounded, plan_lists, read_ledger
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 
@@ -70,8 +70,8 @@ def sync_lists(
         log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
 
         with run.phase("plan"):
-            the_plan = make_plan(members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
-                                 requests)
+            the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at),
+                                  bans, requests)
         log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
         run.judge(the_plan, last_figures, override_guards)
         outcomes = run.apply(mailman, the_plan, batch_size, workers)

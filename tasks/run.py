@@ -29,7 +29,7 @@ from tasks.core.rules import Rules, load_rules, single_list_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState
 from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
-from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches
+from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches, read_preferences, with_preferences
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
 
@@ -66,6 +66,19 @@ def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Ru
               requests: dict[str, pd.DataFrame] | None = None) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
     return plan(members, rosters, rules, ledger, now, bans, requests)
+
+
+def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules,
+               ledger: pd.DataFrame, now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
+               requests: dict[str, pd.DataFrame] | None = None) -> Plan:
+    """The plan. Where it removes, holds or moves members whose preferences the roster read did
+    not bring (`Plan.wanting`: a day's churn, not the roster), those are read, one call each,
+    and the lists planned again with them."""
+    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests)
+    if the_plan.wanting.empty:
+        return the_plan
+    read = read_preferences(mailman, the_plan.wanting)
+    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests)
 
 
 def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,

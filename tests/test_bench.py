@@ -16,14 +16,16 @@ NOVI, MAILMAN, LIST = "http://novi.test", "http://mailman.test", "members.exampl
 
 def summary(novi_members: int, **changes: int) -> dict:
     counts = {a: changes.get(a, 0) for a in ("subscribe", "unsubscribe", "hold", "release", "rename")}
-    return {"novi_members": novi_members, "lists": [{"list_id": LIST, "changes": counts}]}
+    reasons = {"unsubscribe": {"status expired": counts["unsubscribe"]}} if counts["unsubscribe"] else {}
+    return {"novi_members": novi_members, "lists": [{"list_id": LIST, "changes": counts, "reasons": reasons}]}
 
 
 def test_the_lower_bound_is_pages_plus_single_writes_plus_removal_batches():
     bound = lower_bound(summary(2_500, subscribe=3, unsubscribe=250, rename=2, hold=1), roster_before=1_001,
                         held_before=0)
-    assert bound == {"mailman_read": 1, "novi_page": 3, "roster_page": 2, "bouncing_page": 1, "stopped_page": 1,
-                     "held_page": 1, "ban_page": 2, "request_page": 1, "subscribe": 3, "rename": 2,
+    # a preference read per member removed while Novi knows them, and per hold
+    assert bound == {"mailman_read": 1, "novi_page": 3, "roster_page": 2, "bouncing_page": 1, "held_page": 1,
+                     "ban_page": 2, "request_page": 1, "preferences_read": 251, "subscribe": 3, "rename": 2,
                      "hold": 1, "mass_unsubscribe": 3}
     # nothing to change: the reads alone, and an empty collection still costs its one page; an
     # empty roster has nobody to search for a delivery status

@@ -93,11 +93,12 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # k subscribes -> k calls; r removals -> ceil(r / batch) mass unsubscribes; one rename
     assert mailman.writes == {"subscribe": 3, "mass_unsubscribe": math.ceil(3 / 2), "rename": 1}
     # and the run says so itself: Mailman's version, the pages needed (8 records, 3 a page)
-    # and a roster page; one page each of the members whose delivery bounced or was stopped by
-    # themselves, and no held-member page, as the list's rule holds nobody; one page of the
-    # list's bans, one of the global bans and one of the list's pending requests
+    # and a roster page; one page of the members whose delivery bounced, and no held-member
+    # page, as the list's rule holds nobody; one page of the list's bans, one of the global
+    # bans and one of the list's pending requests; the preferences of the 3 lapsed members
+    # it removes (they may renew)
     assert summary["http_calls"] == {"mailman_read": 1, "novi_page": math.ceil(8 / 3), "roster_page": 1,
-                                     "bouncing_page": 1, "stopped_page": 1, "ban_page": 2, "request_page": 1,
+                                     "bouncing_page": 1, "ban_page": 2, "request_page": 1, "preferences_read": 3,
                                      "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
     assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
     assert set(summary["phases_s"]) >= {"extract_members", "extract_rosters", "plan", "apply", "report"}
@@ -108,10 +109,10 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     assert again.is_completed() and again.name == "Skipped"
     assert again.result()["message"] == "No changes: every list is already in step with Novi"
     assert writes(calls) == []
-    # reads only: Mailman's version, ceil(8 / 3) Novi pages, one roster page and its two
-    # delivery-status searches (the rule holds nobody: no held search), the two ban pages and
-    # the requests page
-    assert len(calls) == 1 + math.ceil(8 / 3) + 1 + 2 + 2 + 1
+    # reads only: Mailman's version, ceil(8 / 3) Novi pages, one roster page and its bounced
+    # members' search (the rule holds nobody: no held search), the two ban pages and the
+    # requests page
+    assert len(calls) == 1 + math.ceil(8 / 3) + 1 + 1 + 2 + 1
 
 
 def test_a_banned_eligible_member_never_fails_a_run_and_a_quiet_rerun_writes_nothing(blocks, tmp_path):

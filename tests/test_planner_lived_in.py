@@ -116,3 +116,30 @@ def test_a_bounced_address_is_forgotten_once_it_is_back_on_the_list():
     _, ledger = step(member, [], ledger, now=T1)
     _, ledger = step(member, [("b@x.org", "B")], ledger, now=T2)  # re-added by the list owner
     assert rows(ledger) == {"b@x.org": ("member", "b", "adopted")}
+
+
+def test_the_plan_asks_for_the_preferences_of_the_members_it_removes_holds_or_moves_only():
+    import pandas as pd
+
+    from tasks.core.planner import plan
+    from tasks.core.rules import parse_rules
+    from tasks.mailman import with_preferences
+    from tasks.novi import members_frame
+    from tests.conftest import roster_frame
+    from tests.test_planner_ledger import L
+
+    _, ledger = step([novi_record(k, f"{k}@x.org") for k in "dms"], [], now=T0)
+    members = members_frame([novi_record("d", "d@x.org", status="expired"), novi_record("m", "new@x.org"),
+                             novi_record("s", "s@x.org")])
+    roster = roster_frame(L, [("d@x.org", "D"), ("m@x.org", "M"), ("s@x.org", "S")])
+    roster["delivery_mode"] = pd.NA  # as the roster read leaves it (tasks.mailman.ROSTER_FIELDS)
+    rules = parse_rules({"lists": [{"list_id": L}]})
+    first = plan(members, {L: roster}, rules, ledger, T1)
+    assert sorted(first.wanting["member_id"]) == ["mid-d@x.org", "mid-m@x.org"]  # not the one staying
+    read = first.wanting.assign(delivery_mode=["mime_digests", "summary_digests"], delivery_status="enabled")
+    second = plan(members, with_preferences({L: roster}, read), rules, ledger, T1)
+    assert second.wanting.empty
+    assert prefs(second, "new@x.org") == ("summary_digests", "", "enabled")
+    # the removal's two possible next rows: still a member if it fails, remembered if it takes
+    d = second.memory.loc[second.memory["match_key"] == "d@x.org"]
+    assert sorted(d["status"]) == ["member", "removed"] and set(d["delivery_mode"]) == {"mime_digests"}

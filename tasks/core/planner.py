@@ -30,6 +30,7 @@ from tasks.core.schema import (
     PREFERENCE_COLUMNS,
     REGULAR,
     BOUNCING_COLUMNS,
+    WANTING_COLUMNS,
     REQUEST_COLUMNS,
     SCOPE_MANAGED,
     SCOPE_MIRROR,
@@ -73,6 +74,9 @@ class Plan:
     quarantined: pd.DataFrame
     memory: pd.DataFrame  # the ledger after this plan, if every change succeeds (see settle)
     bouncing: pd.DataFrame  # Novi records whose address Mailman stopped or removed for bounces
+    # Members whose preferences this plan needs and the roster did not bring (list_id,
+    # member_id): read them, fill them into the rosters and plan again (see tasks.run).
+    wanting: pd.DataFrame
 
     def count(self, list_id: str | None = None) -> int:
         if list_id is None:
@@ -130,6 +134,7 @@ class ListPlan(NamedTuple):
     memory: pd.DataFrame
     figures: dict
     bouncing: pd.DataFrame
+    wanting: pd.DataFrame
 
 
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
@@ -141,7 +146,8 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
                     _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)),
-                    bouncing(joined, where, rule.list_id))
+                    bouncing(joined, where, rule.list_id),
+                    joined.loc[where.wants_preferences, ["member_id"]].assign(list_id=rule.list_id))
 
 
 def one_record_per_address(usable: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -198,6 +204,7 @@ class Standing:
     address_changed: pd.Series
     newly_left: pd.Series
     removed: pd.Series          # unsubscribed for lapsing, with preferences worth restoring on renewal
+    wants_preferences: pd.Series  # on the list, preferences not read, and the plan removes, holds or moves them
     blocked: pd.Series          # eligible, off the list, and left by themselves: not re-added
     banned: pd.Series           # eligible, off the list, and banned in Mailman: never a subscribe
     request: pd.Series          # the token of a moderator's pending request a subscribe resolves
@@ -277,13 +284,21 @@ class Standing:
         # the lapse policy: the member is subscribed under the new address instead.
         unsubscribed = address_changed & ~protected
         removed = pd.Series(False, index=joined.index)
+        # Whose preferences matter: a member moving to a new address, one removed for lapsing
+        # who may renew, one about to be held (not over a delivery they stopped themselves).
+        matter = unsubscribed.copy()
         if rule.lapsed == LAPSE_UNSUBSCRIBE:
             unsubscribed = unsubscribed | leaving
             removed = leaving & in_novi & _worth_keeping(joined)
+            matter |= leaving & in_novi
+        elif rule.lapsed == LAPSE_HOLD:
+            matter |= leaving & ~held & ~bouncing
+        wants_preferences = matter & on_roster & joined["delivery_mode"].isna()
         return cls(in_novi=in_novi, on_roster=on_roster, in_ledger=in_ledger, tracked=tracked, was_left=was_left,
                    eligible=eligible, held=held, stopped=stopped, bouncing=bouncing, bounced=bounced,
                    preferences=_preferences(joined, owner, address_changed, in_ledger & ~on_roster),
                    owner=owner, owner_in_novi=owner_in_novi, removed=removed,
+                   wants_preferences=wants_preferences,
                    owner_quarantined=owner_quarantined, quarantined_row=quarantined_row, protected=protected,
                    managed=managed, address_changed=address_changed, newly_left=newly_left, blocked=blocked,
                    banned=is_banned, request=request, awaiting=awaiting,
@@ -580,4 +595,5 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     return Plan(changes=changes, left_alone=_concat([one.left_alone for one in per_list], LEFT_ALONE_COLUMNS),
                 figures=pd.DataFrame([one.figures for one in per_list], columns=FIGURE_COLUMNS),
                 quarantined=quarantined.reset_index(drop=True), memory=memory,
-                bouncing=_concat([one.bouncing for one in per_list], BOUNCING_COLUMNS))
+                bouncing=_concat([one.bouncing for one in per_list], BOUNCING_COLUMNS),
+                wanting=_concat([one.wanting for one in per_list], WANTING_COLUMNS))

@@ -136,6 +136,8 @@ FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quaran
                   "bouncing", "bounced"]
 # For membership staff: Novi records whose address Mailman disabled or removed after bounces.
 BOUNCING_COLUMNS = ["list_id", "email", "novi_id", "display_name", "state"]
+# Members whose preferences a plan needs and the roster read did not bring.
+WANTING_COLUMNS = ["list_id", "member_id"]
 # One row of the plan CSV: a change, a row left alone, or a quarantined record.
 PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
 

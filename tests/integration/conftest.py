@@ -81,25 +81,24 @@ def novi_sandbox():
         process.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def mailman_core(tmp_path_factory):
-    home = Path(os.environ.get("NOVI_MAILMAN_TEST_MAILMAN_HOME", tmp_path_factory.mktemp("mailman")))
-    core = MailmanCore(home=home, port=free_port(), mail=True)
+def _running(core: MailmanCore):
     core.start()
     try:
         yield core
     finally:
         core.stop()
+
+
+@pytest.fixture(scope="session")
+def mailman_core(tmp_path_factory):
+    home = Path(os.environ.get("NOVI_MAILMAN_TEST_MAILMAN_HOME", tmp_path_factory.mktemp("mailman")))
+    yield from _running(MailmanCore(home=home, port=free_port(), mail=True))
 
 
 @pytest.fixture(scope="session")
 def oldest_core(tmp_path_factory):
-    core = MailmanCore(home=tmp_path_factory.mktemp("mailman-oldest"), port=free_port(), mail=True, core=OLDEST)
-    core.start()
-    try:
-        yield core
-    finally:
-        core.stop()
+    yield from _running(MailmanCore(home=tmp_path_factory.mktemp("mailman-oldest"), port=free_port(), mail=True,
+                                    core=OLDEST))
 
 
 @pytest.fixture(scope="session")
