@@ -35,7 +35,6 @@ def invoke(runner, args, novi, mailman):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         novi.install(mock)
         mailman.install(mock)
-        mock.add("GET", f"{MAILMAN_REST}/3.1/system/versions", json={"mailman_version": "GNU Mailman 3.3.10"})
         mock.add("GET", f"{MAILMAN_REST}/3.1/lists", json={"start": 0, "total_size": 1,
                                                             "entries": [{"list_id": LIST}]})
         return runner.invoke(app, [*args, "--novi-block", "cli-novi", "--mailman-block", "cli-mailman"])
@@ -59,6 +58,23 @@ def test_check_reports_total_version_and_lists(cli_blocks, tmp_path):
     result = invoke(cli_blocks, ["check"], novi, FakeMailman({LIST: {}}))
     assert result.exit_code == 0, result.output
     assert "2 member records" in result.output and "3.3.10" in result.output and LIST in result.output
+
+
+def test_check_refuses_a_core_too_old_in_one_line_naming_what_it_lacks(cli_blocks):
+    mailman = FakeMailman({LIST: {}})
+    mailman.version = "GNU Mailman 3.3.3 (Tom Sawyer)"
+    result = invoke(cli_blocks, ["check"], FakeNovi([novi_record("a", "a@example.org")]), mailman)
+    assert result.exit_code == EXIT_FAILED
+    line = [line for line in result.output.splitlines() if "Mailman 3.3.3" in line]
+    assert line and "older than 3.3.4" in line[0] and "digest" in line[0] and "Traceback" not in result.output
+
+
+def test_check_says_a_supported_core_older_than_the_tested_ones_is_untested(cli_blocks):
+    mailman = FakeMailman({LIST: {}})
+    mailman.version = "GNU Mailman 3.3.5 (Tom Sawyer)"
+    result = invoke(cli_blocks, ["check"], FakeNovi([novi_record("a", "a@example.org")]), mailman)
+    assert result.exit_code == 0, result.output
+    assert "older than 3.3.8, the oldest the tests run against" in result.output
 
 
 def test_plan_json_is_one_object_and_writes_nothing(cli_blocks, tmp_path, monkeypatch):

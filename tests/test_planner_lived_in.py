@@ -82,8 +82,8 @@ def test_a_lapsed_member_whose_delivery_is_stopped_is_not_held_over_it():
     _, ledger = step(members, roster, now=T0, lapsed="hold")
     p, _ = step([novi_record(k, f"{k}@x.org", status="expired") for k in "ube"], roster, ledger, lapsed="hold")
     assert [c[:2] for c in changes(p)] == [("hold", "e@x.org")]
-    assert alone(p) == [("b@x.org", f"{REASON_STOPPED} (by_bounces): status expired"),
-                        ("u@x.org", f"{REASON_STOPPED} (by_user): status expired")]
+    assert alone(p) == [("b@x.org", f"{REASON_STOPPED} by bounces: status expired"),
+                        ("u@x.org", f"{REASON_STOPPED} by the member: status expired")]
 
 
 def test_bounce_disabled_members_are_reported_for_staff_with_their_novi_id():

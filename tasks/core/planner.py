@@ -62,6 +62,7 @@ BOUNCE_DISABLED = "delivery disabled by bounces"
 BOUNCE_REMOVED = "removed by Mailman after bounces"
 REASON_BOUNCED = f"{BOUNCE_REMOVED}: correct the address in Novi"
 REASON_STOPPED = "delivery already stopped"
+STOPPED_BY = {Delivery.BY_USER: "by the member", Delivery.BY_BOUNCES: "by bounces"}
 
 
 @dataclass(frozen=True)
@@ -396,8 +397,8 @@ def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantine
         kept.append((w.leaving, "kept (lapsed: keep): " + w.leave_reason))
     elif rule.lapsed == LAPSE_HOLD:
         kept.append((w.leaving & w.held, "already held: " + w.leave_reason))
-        kept.append((w.leaving & w.stopped & ~w.held, f"{REASON_STOPPED} ("
-                     + joined["delivery_status"].fillna("") + "): " + w.leave_reason))
+        by_whom = joined["delivery_status"].map(STOPPED_BY).fillna("")
+        kept.append((w.leaving & w.stopped & ~w.held, f"{REASON_STOPPED} " + by_whom + ": " + w.leave_reason))
     parts = [duplicates]
     for mask, reason in kept:
         rows = joined.loc[mask]
@@ -511,12 +512,12 @@ def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status:
     led_how = rows["led_how"]
     how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed, How.SUBSCRIBED, How.ADOPTED),
                                                    index=idx, dtype="string"))
-    # Preferences: as the roster shows them now; a subscribe's, as it restores them; else as
-    # remembered.
+    # Preferences: on the list, as read now (a `delivery_mode` the run did not read stays
+    # unknown rather than stale); off it, a subscribe's as it restores them, else as remembered.
     prefs = {}
     for c in PREFERENCE_COLUMNS:
         restored = w.preferences.loc[idx, c].where(subscribed & is_member)
-        prefs[c] = rows[c].where(on_roster).fillna(restored).fillna(rows["led_" + c])
+        prefs[c] = rows[c].where(on_roster, restored.fillna(rows["led_" + c]))
     newly_off = (w.newly_left | w.removed).loc[idx] | (
         w.bounced.loc[idx] & (rows["led_status"] != Status.BOUNCED).fillna(True))
     frame = pd.DataFrame({
