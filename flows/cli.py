@@ -290,8 +290,12 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
         if item["status"] == Status.MEMBER:
             out.print(f"{item['list_id']}: managed since {since} ({item['how']}), Novi id {item['novi_id']}")
         else:
-            out.print(f"{item['list_id']}: left the list themselves on {(item['left_at'] or '')[:10]}; "
-                      "not re-added")
+            off = (item["left_at"] or "")[:10]
+            out.print(f"{item['list_id']}: " + {
+                Status.REMOVED: f"removed for lapsing on {off}; their preferences are restored if they renew",
+                Status.BOUNCED: f"removed by Mailman after bounces by {off}; not re-added until the address "
+                                "changes in Novi",
+            }.get(item["status"], f"left the list themselves on {off}; not re-added"))
     if changes.empty:
         out.print(f"No change recorded for {address}.")
         return

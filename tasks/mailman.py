@@ -190,16 +190,22 @@ class MailmanClient:
                     or entry["email"].lower() != email or not entry.get("member_id"):
                 raise UnexpectedResponse(f"Mailman lists/{list_id}/member: the answer is not the member asked for")
             member_id = str(entry["member_id"])
-            mode, delivery[member_id] = self.preferences(member_id, bucket="member_lookup")
+            mode, status = self.preferences(member_id, bucket="member_lookup")
+            if status is None:
+                continue  # unsubscribed between the two reads
+            delivery[member_id] = status
             entries.append({**entry, "delivery_mode": mode})
         return roster_frame(list_id, entries, delivery)
 
-    def preferences(self, member_id: str, bucket: str = "preferences_read") -> tuple[str, str]:
+    def preferences(self, member_id: str, bucket: str = "preferences_read") -> tuple[str | None, str | None]:
         """A member's `delivery_mode` and `delivery_status` as Mailman resolves them (`all/`: the
         member's own preferences leave out what was set on the address or the user, such as a
         delivery stopped for every list)."""
-        prefs = json_body(self.http.request("GET", f"members/{quote(member_id, safe='')}/all/preferences",
-                                            bucket=bucket), "preferences")
+        response = self.http.request("GET", f"members/{quote(member_id, safe='')}/all/preferences",
+                                     bucket=bucket, accept=(404,))
+        if response.status_code == 404:  # gone since the roster was read: the change finds out
+            return None, None
+        prefs = json_body(response, "preferences")
         if not isinstance(prefs, dict) or not isinstance(prefs.get("delivery_status"), str):
             raise UnexpectedResponse("Mailman preferences: no delivery_status in the answer")
         return str(prefs.get("delivery_mode") or REGULAR), prefs["delivery_status"]

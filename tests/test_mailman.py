@@ -355,3 +355,17 @@ def test_a_ban_entry_without_an_email_is_refused():
     responses.get(f"{REST}/bans", json={"total_size": 1, "start": 0, "entries": [{"list_id": None}]})
     with pytest.raises(UnexpectedResponse, match="global bans: an entry has no email"):
         client().bans()
+
+
+@responses.activate
+def test_the_preferences_of_a_member_gone_since_the_roster_read_are_unknown_not_a_failed_run():
+    from tasks.mailman import read_preferences
+    import pandas as pd
+
+    responses.get(f"{REST}/members/m1/all/preferences", json={"delivery_mode": "mime_digests",
+                                                              "delivery_status": "by_user"})
+    responses.get(f"{REST}/members/m2/all/preferences", status=404, json={"title": "404 Not Found"})
+    wanting = pd.DataFrame({"list_id": [LIST, LIST], "member_id": ["m1", "m2"]})
+    read = read_preferences.fn(client(), wanting)
+    assert read.iloc[0][["delivery_mode", "delivery_status"]].tolist() == ["mime_digests", "by_user"]
+    assert read.iloc[1][["delivery_mode", "delivery_status"]].isna().all()

@@ -143,3 +143,31 @@ def test_the_plan_asks_for_the_preferences_of_the_members_it_removes_holds_or_mo
     # the removal's two possible next rows: still a member if it fails, remembered if it takes
     d = second.memory.loc[second.memory["match_key"] == "d@x.org"]
     assert sorted(d["status"]) == ["member", "removed"] and set(d["delivery_mode"]) == {"mime_digests"}
+
+
+def test_a_bounced_address_stays_off_through_a_run_whose_record_is_quarantined():
+    member = [novi_record("b", "b@x.org")]
+    _, ledger = step(member, [("b@x.org", "B", "by_bounces")], now=T0)
+    _, ledger = step(member, [], ledger, now=T1)
+    _, ledger = step([novi_record("b", "b@x.org", status=None)], [], ledger, now=T2)  # quarantined once
+    p, _ = step(member, [], ledger, now=T3)
+    assert p.changes.empty and alone(p) == [("b@x.org", REASON_BOUNCED)]
+
+
+def test_an_address_change_whose_new_subscribe_fails_keeps_the_preferences_for_the_rerun():
+    _, ledger = step([novi_record("x", "old@x.org")], [], now=T0)
+    moved = [novi_record("x", "new@x.org")]
+    _, ledger = step(moved, [("old@x.org", "X", "enabled", "mime_digests", "hold")], ledger, failed={"new@x.org"})
+    p, ledger = step(moved, [], ledger, now=T2)
+    assert prefs(p, "new@x.org") == ("mime_digests", "hold", "enabled")
+    _, ledger = step(moved, [("new@x.org", "X", "enabled", "mime_digests", "hold")], ledger, now=T3)
+    assert rows(ledger) == {"new@x.org": ("member", "x", "subscribed")}  # the old row is forgotten
+
+
+def test_remembered_preferences_go_to_the_member_who_had_them_not_to_the_addresss_new_owner():
+    _, ledger = step([novi_record("n1", "x@x.org")], [("x@x.org", "X", "enabled", "mime_digests", "hold")], now=T0)
+    _, ledger = step([novi_record("n1", "x@x.org", status="expired")],
+                     [("x@x.org", "X", "enabled", "mime_digests", "hold")], ledger, now=T1)
+    p, _ = step([novi_record("n1", "y@x.org"), novi_record("n2", "x@x.org")], [], ledger, now=T2)
+    assert prefs(p, "y@x.org") == ("mime_digests", "hold", "enabled")
+    assert prefs(p, "x@x.org") == ("regular", "", "enabled")

@@ -195,6 +195,7 @@ class Standing:
     stopped: pd.Series          # on the list, delivery stopped by the member or by bounces: never held
     bouncing: pd.Series         # on the list, delivery disabled by Mailman after bounces
     bounced: pd.Series          # off the list: Mailman removed the address after bounces; not re-added
+    bounced_kept: pd.Series     # ... and such rows the ledger keeps (also while the record is quarantined)
     preferences: pd.DataFrame   # per row, the preferences a subscribe restores (PREFERENCE_COLUMNS)
     owner: pd.Series            # the Novi id the row belongs to (Novi's, else the ledger's)
     owner_in_novi: pd.Series
@@ -243,6 +244,8 @@ class Standing:
         owner = joined["novi_id"].fillna(joined["led_novi_id"])
         owner_in_novi = joined["led_novi_id"].isin(usable["novi_id"]).fillna(False)
         owner_quarantined = joined["led_novi_id"].isin(quarantined["novi_id"]).fillna(False)
+        # ... and a bounced address is remembered while its Novi record is quarantined, as a left row is.
+        bounced_kept = bounced | (~on_roster & owner_quarantined & was_bounced)
         # An address only a quarantined record vouches for is never removed (nor is one the
         # ledger ties to a quarantined record): bad data must not cause a removal.
         quarantined_row = on_roster & ~in_novi & (joined["match_key"].isin(quarantined["match_key"]).fillna(False)
@@ -287,16 +290,22 @@ class Standing:
         removed = pd.Series(False, index=joined.index)
         # Whose preferences matter: a member moving to a new address, one removed for lapsing
         # who may renew, one about to be held (not over a delivery they stopped themselves).
-        matter = unsubscribed.copy()
+        # A bouncing member's are read once (the ledger keeps them): Mailman may remove them
+        # before their new address is known.
+        matter = unsubscribed | (bouncing & joined["led_delivery_mode"].isna())
+        # An old address's preferences are remembered too: if the new address's subscribe
+        # fails after the old one's removal took, the next run still has them.
+        removed = address_changed & ~protected & _worth_keeping(joined)
         if rule.lapsed == LAPSE_UNSUBSCRIBE:
             unsubscribed = unsubscribed | leaving
-            removed = leaving & in_novi & _worth_keeping(joined)
+            removed = removed | (leaving & in_novi & _worth_keeping(joined))
             matter |= leaving & in_novi
         elif rule.lapsed == LAPSE_HOLD:
             matter |= leaving & ~held & ~bouncing
         wants_preferences = matter & on_roster & joined["delivery_mode"].isna()
         return cls(in_novi=in_novi, on_roster=on_roster, in_ledger=in_ledger, tracked=tracked, was_left=was_left,
                    eligible=eligible, held=held, stopped=stopped, bouncing=bouncing, bounced=bounced,
+                   bounced_kept=bounced_kept,
                    preferences=_preferences(joined, owner, address_changed, in_ledger & ~on_roster),
                    owner=owner, owner_in_novi=owner_in_novi, removed=removed,
                    wants_preferences=wants_preferences,
@@ -322,8 +331,10 @@ def _preferences(joined: pd.DataFrame, owner: pd.Series, address_changed: pd.Ser
     remembers them (a member removed for lapsing, or whose address bounced). A delivery
     status travels only when the member chose it (`by_user`): a new address starts enabled."""
     def of(rows: pd.DataFrame, prefix: str) -> pd.DataFrame:
+        # By the member the ledger tied the row to: an address Novi now gives someone else
+        # carries its old owner's preferences to the old owner, not to the new one.
         prefs = rows[[prefix + c for c in PREFERENCE_COLUMNS]].set_axis(PREFERENCE_COLUMNS, axis=1)
-        return prefs.assign(novi_id=owner.loc[rows.index])
+        return prefs.assign(novi_id=rows["led_novi_id"])
     known = pd.concat([of(joined.loc[address_changed], ""), of(joined.loc[remembered], "led_")])
     known = known.loc[known["novi_id"].notna()].drop_duplicates("novi_id").set_index("novi_id")
     prefs = pd.DataFrame({c: joined["novi_id"].map(known[c]).astype("string") for c in PREFERENCE_COLUMNS},
@@ -475,9 +486,12 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
     off_but_known = ~w.on_roster & (w.owner_in_novi | w.owner_quarantined)
     still_left = w.was_left & off_but_known
     left = (newly_left | still_left) & ~w.on_roster
-    still_removed = w.in_ledger & (joined["led_status"] == Status.REMOVED).fillna(False) & off_but_known
+    # A removed member's row is kept until they are on the list again (under any address).
+    on_list_again = joined["led_novi_id"].isin(w.owner.loc[w.on_roster & w.in_novi & ~unsubscribed]).fillna(False)
+    still_removed = (w.in_ledger & (joined["led_status"] == Status.REMOVED).fillna(False) & off_but_known
+                     & ~on_list_again)
     removed = w.removed | still_removed
-    bounced = w.bounced & ~subscribed
+    bounced = w.bounced_kept & ~subscribed
 
     rows = []
     member_rows = _memory_rows(joined, w, member, Status.MEMBER, now)
@@ -512,12 +526,12 @@ def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status:
     led_how = rows["led_how"]
     how = led_how.where(led_how.notna(), pd.Series(np.where(subscribed, How.SUBSCRIBED, How.ADOPTED),
                                                    index=idx, dtype="string"))
-    # Preferences: on the list, as read now (a `delivery_mode` the run did not read stays
-    # unknown rather than stale); off it, a subscribe's as it restores them, else as remembered.
+    # Preferences: on the list, as read now, else as last read (a bouncing member's are read
+    # once); off it, a subscribe's as it restores them, else as remembered.
     prefs = {}
     for c in PREFERENCE_COLUMNS:
         restored = w.preferences.loc[idx, c].where(subscribed & is_member)
-        prefs[c] = rows[c].where(on_roster, restored.fillna(rows["led_" + c]))
+        prefs[c] = rows[c].where(on_roster).fillna(restored).fillna(rows["led_" + c])
     newly_off = (w.newly_left | w.removed).loc[idx] | (
         w.bounced.loc[idx] & (rows["led_status"] != Status.BOUNCED).fillna(True))
     frame = pd.DataFrame({
