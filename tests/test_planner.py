@@ -281,3 +281,12 @@ def test_an_eligible_members_request_waiting_for_the_moderator_is_resolved_by_th
     assert alone(p) == [("bob@x.org", REASON_AWAITING)]  # their own confirmation: theirs to answer
     figures = p.figures.iloc[0]
     assert (figures["requests_for_moderator"], figures["requests_for_member"]) == (2, 1)  # cy's and the stranger's
+
+
+def test_two_quarantined_records_sharing_an_address_on_the_list_leave_it_alone_once():
+    """Crashed the plan ("Length of values (2) does not match length of index (1)"): every run failed."""
+    p = run([novi_record("q1", "q@x.org", status=None), novi_record("q2", "q@x.org", status=None)],
+            [("q@x.org", "Q")])
+    assert p.changes.empty
+    assert p.left_alone["email"].tolist() == ["q@x.org"]
+    assert p.left_alone["reason"].str.startswith("quarantined in Novi: ").all()

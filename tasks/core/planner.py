@@ -419,7 +419,8 @@ def left_alone(joined: pd.DataFrame, where: Standing, rule: ListRule, quarantine
                                 reason=_pick(reason, mask)))
     q = joined.loc[w.quarantined_row, ["match_key", "led_novi_id"]]
     if not q.empty:
-        why = q.merge(quarantined, on="match_key", how="left")["quarantine"].to_numpy()
+        # One reason per address: several quarantined records may share it.
+        why = q.merge(quarantined.drop_duplicates("match_key"), on="match_key", how="left")["quarantine"].to_numpy()
         by_owner = q["led_novi_id"].map(quarantined.drop_duplicates("novi_id").set_index("novi_id")["quarantine"])
         reason = pd.Series(why, index=q.index, dtype="string").fillna(by_owner.astype("string"))
         parts.append(_frame(LEFT_ALONE_COLUMNS, list_id=rule.list_id, email=joined.loc[q.index, "email_roster"],
