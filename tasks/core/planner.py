@@ -494,18 +494,11 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
     removed = w.removed | still_removed
     bounced = w.bounced_kept & ~subscribed
 
-    rows = []
-    member_rows = _memory_rows(joined, w, member, Status.MEMBER, now)
-    member_rows["waits_on"] = np.where(subscribed.loc[member_rows.index], Action.SUBSCRIBE,
-                                       np.where(unsubscribed.loc[member_rows.index], Action.UNSUBSCRIBE, ""))
-    rows.append(member_rows)
+    rows = [_memory_rows(joined, w, member, Status.MEMBER, now)]
     for mask, status in ((left & ~removed, Status.LEFT), (removed, Status.REMOVED), (bounced, Status.BOUNCED)):
         # A remembered row of someone subscribed now is kept only if the subscribe fails; a
         # removal's row only if the unsubscribe takes.
-        off = _memory_rows(joined, w, mask & ~(member & ~subscribed & ~unsubscribed), status, now)
-        off["waits_on"] = np.where(subscribed.loc[off.index], Action.SUBSCRIBE,
-                                   np.where(unsubscribed.loc[off.index], Action.UNSUBSCRIBE, ""))
-        rows.append(off)
+        rows.append(_memory_rows(joined, w, mask & ~(member & ~subscribed & ~unsubscribed), status, now))
     frame = pd.concat(rows).assign(list_id=list_id)
     for column in ["list_id", "match_key", "email", "novi_id", "status", "how", "waits_on", *PREFERENCE_COLUMNS]:
         frame[column] = frame[column].astype("string")
@@ -516,7 +509,8 @@ def _memory(joined: pd.DataFrame, where: Standing, list_id: str, now: pd.Timesta
 
 def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status: str,
                  now: pd.Timestamp) -> pd.DataFrame:
-    """The ledger rows of `mask`'s addresses in one status (see `_memory`)."""
+    """The ledger rows of `mask`'s addresses in one status, each naming the change it waits on
+    (see `_memory`)."""
     w = where
     rows = joined.loc[mask]
     idx = rows.index
@@ -552,6 +546,7 @@ def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status:
         **prefs,
     }, index=idx)
     frame["on_roster"] = frame["on_roster"].astype(bool)
+    frame["waits_on"] = np.where(subscribed, Action.SUBSCRIBE, np.where(w.unsubscribed.loc[idx], Action.UNSUBSCRIBE, ""))
     return frame
 
 
