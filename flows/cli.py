@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.core.schema import ACTIONS, Outcome, RunState, Status
+from tasks.core.schema import ACTIONS, Outcome, RunState, Status, approved_fingerprint
 
 # The temporary Prefect server a command starts without PREFECT_API_URL writes a telemetry row
 # as it boots, and its "database is locked" traceback reached the terminal. An operator's own
@@ -84,8 +84,8 @@ def _quiet_prefect_tracebacks() -> None:
 NoviBlock = Annotated[str, typer.Option(help="Name of the saved NoviCredentials block.")]
 MailmanBlock = Annotated[str, typer.Option(help="Name of the saved MailmanCredentials block.")]
 RulesOpt = Annotated[Optional[str], typer.Option("--rules", help="Routing rules file (YAML).")]
-BatchSize = Annotated[int, typer.Option(help="Changes per batch task (1-500).")]
-Workers = Annotated[int, typer.Option(help="Tasks in flight at once (1-8).")]
+BatchSize = Annotated[int, typer.Option(min=1, max=500, help="Changes per batch task (1-500).")]
+Workers = Annotated[int, typer.Option(min=1, max=8, help="Tasks in flight at once (1-8).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
 LedgerBlock = Annotated[Optional[str], typer.Option(
     help="Name of a saved ledger block (e.g. PostgreSQL); default: the SQLite file at $NOVI_MAILMAN_LEDGER "
@@ -161,16 +161,20 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
 
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
-         override_guards: bool = False) -> None:
+         override_guards: bool = False, approve: str | None = None) -> None:
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 
-    if not DEBUG["on"]:
+    if DEBUG["on"]:  # an expected failure's traceback is logged at debug level by the flow
+        import logging
+
+        logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG)
+    else:
         _quiet_prefect_tracebacks()
     try:
         state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
                            ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
-                           batch_size=batch_size, workers=workers, return_state=True)
+                           approve=approve, batch_size=batch_size, workers=workers, return_state=True)
     except RuntimeError as exc:  # Prefect's own: "Failed to reach API at …" before the run could start
         if DEBUG["on"]:
             raise
@@ -220,12 +224,17 @@ def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
 def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock = "novi",
          mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
+         approve: Annotated[Optional[str], typer.Option(
+             "--approve", metavar="FINGERPRINT",
+             help="Apply a plan the guards refused, if it is still that plan: the fingerprint the refused run "
+                  "printed. A plan that changed since is refused again, with its new fingerprint.")] = None,
          override_guards: Annotated[bool, typer.Option(
-             "--override-guards", help="Lift the safety guards for this run only, after checking the plan.")] = False,
+             "--override-guards", help="Lift the safety guards for this run only, whatever the plan.")] = False,
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
+    approve = approved_fingerprint(approve)
     _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json,
-         override_guards)
+         override_guards, approve)
 
 
 @app.command()

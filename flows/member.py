@@ -10,19 +10,21 @@ change), and those addresses' membership on each list. Nothing else is read or t
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 
 import pandas as pd
 from prefect import flow
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-
-from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
+from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_fingerprint
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
-from tasks.run import Run, plan_lists
+from tasks.errors import BadParameter, SyncError
+from tasks.run import Run, failed, plan_lists
 
 
 def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str]]:
@@ -52,18 +54,47 @@ def sync_member(
     ledger_block: str | None = None,
     dry_run: bool = False,
     override_guards: bool = False,
-    wait_for_lock_s: int = 900,
-) -> dict | State:
+    approve: str | None = None,
+    wait_for_lock_s: Annotated[int, Field(ge=0, le=24 * 3600)] = 900,
+) -> State:
     """Bring these members' subscriptions in step with Novi on every list in the rules.
 
     The same run as the full sync from the plan on (tasks.run): the guards that mean
     something for a few members (removal count, roster collapse), the lock, the ledger, the
-    final state. A real run waits up to `wait_for_lock_s` for a full sync holding the lists."""
+    final state. A refused member run ends Refused at once: a webhook's members do not wait
+    hours for an operator.
+
+    Args:
+        member_ids: Novi UniqueIDs of the members to sync (1 to 1,000).
+        rules_path: Routing rules file (YAML), relative to the worker's directory. Give this or list_id.
+        list_id: One list id (members@example.org) with every default rule, instead of rules_path.
+        novi_block: Name of the saved NoviCredentials block.
+        mailman_block: Name of the saved MailmanCredentials block.
+        ledger_block: Name of a saved LedgerDatabase block; empty: the default SQLite ledger on the worker.
+        dry_run: Plan and report only; nothing is written anywhere.
+        override_guards: Lift the safety guards for this run only, whatever the plan. Prefer approve.
+        approve: Apply a plan the guards refused, if a fresh plan is still that plan: the 12-digit
+            fingerprint the refused run showed.
+        wait_for_lock_s: How long a real run waits for a full sync holding the lists (seconds).
+    """
+    try:
+        return _sync_member(member_ids, rules_path, list_id, novi_block, mailman_block, ledger_block, dry_run,
+                            override_guards, approve, wait_for_lock_s)
+    except SyncError as exc:
+        return failed(exc)
+
+
+def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | None, novi_block: str,
+                 mailman_block: str, ledger_block: str | None, dry_run: bool, override_guards: bool,
+                 approve: str | None, wait_for_lock_s: int) -> State:
     ids = sorted({m.strip().lower() for m in member_ids})
     bad = [m for m in ids if not GUID.fullmatch(m)]
     if bad or not ids or len(ids) > MAX_MEMBERS_PER_RUN:
-        raise ValueError(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
+        raise BadParameter(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
+    approve = approved_fingerprint(approve)
     run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
+    run.how_to_approve = ("in the Prefect UI, a custom run of this member run with approve = {plan} "
+                          "(or let the full sync make the changes).")
     novi = NoviCredentials.load(novi_block).get_client()
     mailman = MailmanCredentials.load(mailman_block).get_client()
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
@@ -79,9 +110,9 @@ def sync_member(
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
                               requests)
 
-        run.judge(the_plan, None, override_guards)
+        run.judge(the_plan, None, override_guards, approve)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)
-        done = (f"{len(outcomes)} changes for {len(ids) - len(missing)} members"
+        done = (f"{len(ids) - len(missing)} members: {report.done_message(outcomes, dry_run)}"
                 + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         state, message = run.verdict(outcomes, done)
         state, message = run.record(the_plan, outcomes, state, message, len(found), only_keys=keys)

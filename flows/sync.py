@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import pandas as pd
@@ -11,19 +12,22 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
-from tasks import report
+from tasks import approval, report
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.core.schema import LAPSE_HOLD, RunKind
-from tasks.errors import SyncError
+from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
+from tasks.errors import BadParameter, SyncError
 from tasks.mailman import extract_bans, extract_requests, extract_roster
 from tasks.novi import extract_members
-from tasks.run import MAX_WORKERS, Run, bounded, plan_lists, read_ledger
+from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
+from tasks.run import MAX_WORKERS, Run, bounded, failed, plan_lists, read_ledger, run_name, sync_command
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
+APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
 
 
-@flow(name="sync-lists", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS))
+@flow(name="sync-lists", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=run_name)
 def sync_lists(
     rules_path: str | None = None,
     list_id: str | None = None,
@@ -32,61 +36,118 @@ def sync_lists(
     ledger_block: str | None = None,
     dry_run: bool = False,
     override_guards: bool = False,
-    batch_size: int = 100,
-    workers: int = 2,
+    approve: str | None = None,
+    approval_wait_s: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = APPROVAL_WAIT_S,
+    batch_size: Annotated[int, Field(ge=1, le=500)] = 100,
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 2,
     reports_dir: str | None = None,
-    table_rows: int = 500,
-) -> dict | State:
-    """Bring every list in the rules in step with Novi; returns the run summary.
+    table_rows: Annotated[int, Field(ge=1, le=MAX_TABLE_ROWS)] = TABLE_ROWS,
+) -> State:
+    """Bring every list in the rules in step with Novi.
 
     Holds the lists' lock (real runs), reads Novi once, every roster and the ledger, plans
-    with pandas, refuses to write when a safety guard trips (unless `override_guards`, for
-    this run only), applies only the difference in retried batch tasks (unless `dry_run`),
-    records the run in the ledger, and leaves a summary, a table of changes and the full plan
-    as artifacts. A dry run takes no lock and writes nothing to the ledger.
-    """
-    if not 1 <= batch_size <= 500:
-        raise ValueError("batch_size must be between 1 and 500")
-    if not 1 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
-    log = get_run_logger()
-    run = Run.begin(RunKind.FULL, rules_path, list_id, ledger_block, dry_run)
-    with run.hold():
-        try:
-            novi = NoviCredentials.load(novi_block).get_client()
-            mailman = MailmanCredentials.load(mailman_block).get_client()
-            mailman.supported_version()
-            with run.phase("extract_members"):
-                members = extract_members(novi, run.rules.novi.page_size, list(run.rules.novi.address_fields))
-            with run.phase("extract_rosters"):
-                rosters = read_rosters(mailman, run, workers)
-                bans = extract_bans(mailman, run.list_ids)
-                requests = extract_requests(mailman, run.list_ids)
-            with run.phase("read_ledger"):
-                remembered, last_figures = read_ledger(run.ledger, run.list_ids)
-        except SyncError as exc:
-            run.record_failure(exc)
-            raise
-        log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
+    with pandas, refuses to write when a safety guard trips, applies only the difference in
+    retried batch tasks (unless `dry_run`), records the run in the ledger, and leaves a
+    summary and each list's plan as artifacts. A dry run takes no lock and writes nothing to
+    the ledger. A refused deployment run waits, paused, for an operator's approval of exactly
+    the plan refused (see `approve`). Expected failures end the run Failed with one line
+    saying what and what to do; their traceback is logged at debug level.
 
-        with run.phase("plan"):
-            the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at),
-                                  bans, requests)
-        log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
-        run.judge(the_plan, last_figures, override_guards)
-        outcomes = run.apply(mailman, the_plan, batch_size, workers)
-        state, message = run.verdict(outcomes, done_message(len(outcomes), dry_run))
-        state, message = run.record(the_plan, outcomes, state, message, len(members))
-        # Published before the lock is released: a release that fails (the ledger down) must
-        # not lose the report, which is then the only record of what was applied.
-        with run.phase("report"):
-            summary = publish_report(run, the_plan, outcomes, state, message, len(members), reports_dir,
-                                     table_rows)
+    Args:
+        rules_path: Routing rules file (YAML), relative to the worker's directory. Give this or list_id.
+        list_id: One list id (members@example.org) with every default rule, instead of rules_path.
+        novi_block: Name of the saved NoviCredentials block.
+        mailman_block: Name of the saved MailmanCredentials block.
+        ledger_block: Name of a saved LedgerDatabase block; empty: the SQLite file at $NOVI_MAILMAN_LEDGER
+            or ~/.novi-mailman/ledger.sqlite on the worker.
+        dry_run: Plan and report only; nothing is written anywhere.
+        override_guards: Lift the safety guards for this run only, whatever the plan. Prefer approve.
+        approve: Apply a plan the guards refused, if a fresh plan is still that plan: the 12-digit
+            fingerprint the refused run showed. A plan that moved is refused again, with its figures.
+        approval_wait_s: How long a refused deployment run waits, paused, for an approval in its Resume
+            form (seconds, up to 7 days; 0: it ends Refused at once). The lists' lock is released meanwhile.
+        batch_size: Changes per batch task (1-500).
+        workers: Tasks in flight at once (1-8).
+        reports_dir: Where the plan CSV is written on the worker; empty: $NOVI_MAILMAN_REPORTS or ./reports.
+        table_rows: Rows of each list's plan table in the UI at most; failures, removals and holds are
+            always all there, and everything is in the plan CSV.
+    """
+    try:
+        return _sync_lists(rules_path, list_id, novi_block, mailman_block, ledger_block, dry_run, override_guards,
+                           approve, approval_wait_s, batch_size, workers, reports_dir, table_rows)
+    except SyncError as exc:
+        return failed(exc)
+
+
+def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, mailman_block: str,
+                ledger_block: str | None, dry_run: bool, override_guards: bool, approve: str | None,
+                approval_wait_s: int, batch_size: int, workers: int, reports_dir: str | None,
+                table_rows: int) -> State:
+    if not 1 <= batch_size <= 500:
+        raise BadParameter("batch_size must be between 1 and 500")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise BadParameter(f"workers must be between 1 and {MAX_WORKERS}")
+    approve = approved_fingerprint(approve)
+    run = Run.begin(RunKind.FULL, rules_path, list_id, ledger_block, dry_run)
+    waits = approval.can_wait() and approval_wait_s > 0 and not dry_run
+    command = sync_command(rules_path, list_id, novi_block, mailman_block, ledger_block)
+    run.how_to_approve = (("in the Prefect UI, Resume this run and tick approve; or " if waits else "")
+                          + f"`{command} --approve {{plan}}`"
+                          + ("" if waits else ", or in the Prefect UI a custom run with approve = {plan}") + ".")
+    novi = NoviCredentials.load(novi_block).get_client()
+    mailman = MailmanCredentials.load(mailman_block).get_client()
+    while True:
+        with run.hold():
+            summary, outcomes = reconcile(run, novi, mailman, override_guards, approve, batch_size, workers,
+                                          reports_dir, table_rows)
+        if not (run.refusal and waits):
+            break
+        answer = approval.await_approval(run.refusal, run.fingerprint, approval_wait_s)
+        if not answer:
+            summary["message"] = ("Rejected by the operator. " if answer is False
+                                  else f"No approval within {approval_wait_s:,} s. ") + summary["message"]
+            break
+        approve = run.fingerprint
+        run.again()
     # How the time went and which calls were made: what an operator tunes, and what the
     # benchmark compares with the lower bound.
     summary["phases_s"] = {name: round(seconds, 3) for name, seconds in run.phases.items()}
     summary["http_calls"] = dict(sorted({**novi.http.calls, **mailman.http.calls}.items()))
     return run.finish(summary, outcomes)
+
+
+def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | None, batch_size: int,
+              workers: int, reports_dir: str | None, table_rows: int) -> tuple[dict, pd.DataFrame]:
+    """One pass under the lists' lock: read both sides, plan, judge, apply, record and report."""
+    log = get_run_logger()
+    try:
+        mailman.supported_version()
+        with run.phase("extract_members"):
+            members = extract_members(novi, run.rules.novi.page_size, list(run.rules.novi.address_fields))
+        with run.phase("extract_rosters"):
+            rosters = read_rosters(mailman, run, workers)
+            bans = extract_bans(mailman, run.list_ids)
+            requests = extract_requests(mailman, run.list_ids)
+        with run.phase("read_ledger"):
+            remembered, last_figures = read_ledger(run.ledger, run.list_ids)
+    except SyncError as exc:
+        run.record_failure(exc)
+        raise
+    log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
+
+    with run.phase("plan"):
+        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at),
+                              bans, requests)
+    log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
+    run.judge(the_plan, last_figures, override_guards, approve)
+    outcomes = run.apply(mailman, the_plan, batch_size, workers)
+    state, message = run.verdict(outcomes, report.done_message(outcomes, run.dry_run))
+    state, message = run.record(the_plan, outcomes, state, message, len(members))
+    # Published before the lock is released: a release that fails (the ledger down) must
+    # not lose the report, which is then the only record of what was applied.
+    with run.phase("report"):
+        summary = publish_report(run, the_plan, outcomes, state, message, len(members), reports_dir, table_rows)
+    return summary, outcomes
 
 
 def read_rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
@@ -98,14 +159,6 @@ def read_rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
     holds = {rule.list_id: rule.lapsed == LAPSE_HOLD for rule in run.rules.lists}
     futures = bounded(lambda lid: extract_roster.submit(mailman, lid, holds[lid]), run.list_ids, workers)
     return {lid: future.result() for lid, future in zip(run.list_ids, futures)}
-
-
-def done_message(changes: int, dry_run: bool) -> str:
-    if changes == 0:
-        return "No changes: every list is already in step with Novi"
-    if dry_run:
-        return f"{changes} changes would be made (dry run)"
-    return f"{changes} changes applied"
 
 
 def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,
@@ -128,7 +181,7 @@ def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, messa
                                plan_csv=str(csv_path) if csv_path else None, ledger=run.ledger.location,
                                guards=run.tripped, guards_overridden=run.overridden)
     try:
-        report.publish(summary, outcomes, csv_path, table_rows, the_plan.quarantined, the_plan.bouncing)
+        report.publish(summary, rows, table_rows, the_plan.quarantined, the_plan.bouncing)
     except (httpx.HTTPError, ValueError) as exc:  # the Prefect API refused an artifact: said, not fatal
         summary["message"] += f" (the run's artifacts could not be published: {type(exc).__name__})"
         log.error("The run's artifacts could not be published: %s", type(exc).__name__)

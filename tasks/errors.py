@@ -54,6 +54,10 @@ class RulesError(SyncError):
     """The routing rules file is missing or invalid."""
 
 
+class BadParameter(SyncError, ValueError):
+    """A flow parameter out of its range or form (the UI's form and the CLI check them first)."""
+
+
 class GuardRefused(SyncError):
     """A safety guard stopped the run before any write."""
 

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from tasks.core import addresses
 from tasks.core.schema import (
@@ -345,7 +346,7 @@ class MailmanClient:
         return Outcome.APPLIED, ""
 
 
-@task(name="extract-roster", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
+@task(name="extract-roster", task_run_name="read roster {list_id}", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
 def extract_roster(client: MailmanClient, list_id: str, with_held: bool = True) -> pd.DataFrame:
     """Read one list's whole roster (and its held members, `with_held`); a partial read raises."""
     return client.roster(list_id, with_held=with_held)
@@ -503,7 +504,15 @@ def batch_outcomes(changes: pd.DataFrame, work: list[tuple[str, pd.DataFrame]], 
     return outcomes
 
 
-@task(name="apply-batch", retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
+def batch_name() -> str:
+    """A batch task run's name in the UI: its action, size and list ("unsubscribe 100 on members.example.org")."""
+    params = task_run.parameters
+    lists = sorted({change["list_id"] for change in params["changes"]})
+    where = lists[0] if len(lists) == 1 else f"{len(lists)} lists"
+    return f"{params['action']} {len(params['changes'])} on {where}"
+
+
+@task(name="apply-batch", task_run_name=batch_name, retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
 def apply_batch(client: MailmanClient, action: str, changes: list[dict], lease=None) -> list[dict]:
     """One Prefect task per batch of changes (never per member): see `apply_changes`.

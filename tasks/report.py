@@ -8,18 +8,56 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.core.planner import REASON_BANNED, Plan
-from tasks.core.schema import ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, Outcome, RunState
+from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
+from tasks.core.schema import (ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
+                                Outcome, RunState)
 
 SUMMARY_KEY = "novi-mailman-summary"
 MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
 LISTED = 100  # rows of one kind a summary names one by one; all are in the plan CSV
-CHANGES_KEY = "novi-mailman-changes"
-PLAN_KEY = "novi-mailman-plan"
+PLAN_KEY = "novi-mailman-plan"   # + the list, one table per list: novi-mailman-plan-members-example-org
 QUARANTINE_KEY = "novi-mailman-quarantine"
 BOUNCING_KEY = "novi-mailman-bouncing"
+# Rows of a list's plan table at most (README "Reading the artifacts": where the browser copes).
+TABLE_ROWS, MAX_TABLE_ROWS = 1000, 5000
+DRY_RUN_PREFIX = "novi-mailman-dry-run-"  # a dry run's artifacts never become a real run's latest
+
+# The per-list plan table: what an analyst reads in the browser, worst first.
+PLAN_TABLE_COLUMNS = ["action", "email", "change", "name", "novi_id", "reason", "outcome", "detail"]
+ADDRESS_CHANGE = "address change"   # an unsubscribe of the old address and a subscribe of the new, one row
+
+
+def artifact_key(key: str, dry_run: bool, list_id: str | None = None) -> str:
+    """A keyed artifact's key: a dry run's are its own; a list's table carries the list id."""
+    if dry_run:
+        key = DRY_RUN_PREFIX + key.removeprefix("novi-mailman-")
+    return key if list_id is None else f"{key}-{re.sub(r'[^a-z0-9]+', '-', list_id.lower()).strip('-')}"
+
+
+# How a state message counts each action: "+9 −11 held 1 renamed 3 on members.example.org".
+COUNT_WORDS = {Action.SUBSCRIBE: "+", Action.UNSUBSCRIBE: "−", Action.HOLD: "held ", Action.RELEASE: "released ",
+               Action.RENAME: "renamed "}
+
+
+def changes_line(changes: pd.DataFrame) -> str:
+    """The changes counted by action, per list: what a runs list shows of a run at a glance."""
+    parts = []
+    for list_id, mine in changes.groupby("list_id", sort=True):
+        counts = mine["action"].value_counts()
+        parts.append(" ".join(f"{COUNT_WORDS[a]}{int(counts[a]):,}" for a in ACTIONS if counts.get(a, 0))
+                     + f" on {list_id}")
+    return "; ".join(parts)
+
+
+def done_message(outcomes: pd.DataFrame, dry_run: bool) -> str:
+    """A completed run's message."""
+    if outcomes.empty:
+        return "No changes: every list is already in step with Novi"
+    if dry_run:
+        return f"Dry run, nothing written: would {changes_line(outcomes)}"
+    return f"{changes_line(outcomes)} ({len(outcomes):,} changes applied)"
 
 
 def _counts(series: pd.Series) -> dict[str, int]:
@@ -78,7 +116,8 @@ def summary_markdown(summary: dict) -> str:
         mode = "Changes were applied to Mailman."
     if summary.get("guards_overridden"):
         mode += " **Guards were lifted for this run by the operator:** " + " ".join(summary["guards"])
-    lines = [f"# Novi → Mailman sync: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
+    title = "Dry run of the Novi → Mailman sync (nothing written)" if summary["dry_run"] else "Novi → Mailman sync"
+    lines = [f"# {title}: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
              f"duration: {summary['duration_s']} s", ""]
     lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(ACTIONS) + " | failed |",
@@ -111,11 +150,12 @@ def summary_markdown(summary: dict) -> str:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
         lines += ["", f"Each record, with its Novi id, is in the `{QUARANTINE_KEY}` artifact and the plan CSV."]
+    lines += ["", "Every change and every row left alone, per list, failures and removals first: the "
+              f"`{artifact_key(PLAN_KEY, summary['dry_run'])}-<list>` tables of this run."]
     if summary["plan_csv"]:
-        lines += ["", f"The full plan, one row per change and per row left alone: `{summary['plan_csv']}`"
-                  f" (also linked as the `{PLAN_KEY}` artifact)."]
-    lines += ["", f"What happened to one address across lists and runs: `novi-mailman history ADDRESS` "
-              f"(ledger: `{summary['ledger']}`)."]
+        lines += ["", f"The same as one CSV, on the machine that ran this run: `{summary['plan_csv']}`."]
+    lines += ["", "Why was someone removed? Run the `address-history` deployment with their address (it "
+              f"publishes the answer here), or `novi-mailman history ADDRESS` (ledger: `{summary['ledger']}`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -149,37 +189,80 @@ def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path
     return path
 
 
-def publish(summary: dict, outcomes: pd.DataFrame, plan_csv: Path | None, table_rows: int,
-            quarantined: pd.DataFrame | None = None, bouncing: pd.DataFrame | None = None) -> None:
-    """Keyed artifacts: the summary, a capped table of changes, a link to the full plan, and, for
-    membership staff to fix in Novi, the quarantined records with their reasons and the records
-    whose address bounces."""
-    create_markdown_artifact(summary_markdown(summary), key=SUMMARY_KEY,
-                             description=f"novi-mailman run summary: {summary['message']}")
-    shown = outcomes.head(table_rows)
-    table = json.loads(shown[["list_id", "action", "email", "reason", "outcome", "detail"]]
-                       .to_json(orient="records", date_format="iso"))
-    capped = len(outcomes) > table_rows
-    note = (f"first {table_rows:,} of {len(outcomes):,} changes; the full plan is the CSV"
-            if capped else f"all {len(outcomes):,} changes")
-    create_table_artifact(table or [{"list_id": "", "action": "no changes", "email": "", "reason": "",
-                                     "outcome": "", "detail": ""}], key=CHANGES_KEY, description=note)
+def plan_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One list's plan rows (changes with their outcomes, then rows left alone) as the browser's
+    table: failures first, then removals and holds, then the rest, rows left alone last; an
+    address change as one row "old → new", a rename as "old name → new name"."""
+    rows = rows.reset_index(drop=True).astype({c: "string" for c in PLAN_ROW_COLUMNS})
+    gone = rows.index[(rows["action"] == Action.UNSUBSCRIBE) & (rows["reason"] == REASON_ADDRESS_CHANGED)
+                      & rows["novi_id"].notna()]
+    new = rows.loc[(rows["action"] == Action.SUBSCRIBE) & rows["novi_id"].notna()].drop_duplicates("novi_id")
+    new_at = pd.Series(new.index, index=new["novi_id"])
+    pairs = [(old, new_at[rows.at[old, "novi_id"]]) for old in gone if rows.at[old, "novi_id"] in new_at.index]
+    table = pd.DataFrame({
+        "action": rows["action"], "email": rows["email"], "change": "",
+        "name": rows["display_name"], "novi_id": rows["novi_id"], "reason": rows["reason"],
+        "outcome": rows["outcome"].fillna(""), "detail": rows["detail"].fillna("")})
+    renamed = rows["action"] == Action.RENAME
+    table.loc[renamed, "change"] = rows.loc[renamed, "previous"].fillna("") + " → " + rows.loc[renamed, "display_name"]
+    for old, moved in pairs:
+        failed = (rows.loc[[old, moved], "outcome"] == Outcome.FAILED).any()
+        table.loc[moved, ["action", "change", "reason"]] = [
+            ADDRESS_CHANGE, f"{rows.at[old, 'email']} → {rows.at[moved, 'email']}", REASON_ADDRESS_CHANGED]
+        table.at[moved, "outcome"] = Outcome.FAILED if failed else rows.at[moved, "outcome"]
+        table.at[moved, "detail"] = "; ".join(rows.loc[[old, moved], "detail"].dropna().loc[lambda d: d != ""])
+    table = table.drop(index=[old for old, _ in pairs])
+    rank = pd.Series(3, index=table.index)
+    rank[~table["action"].isin([*ACTIONS, ADDRESS_CHANGE])] = 4  # rows left alone, bouncing memberships
+    rank[table["action"].isin(REMOVING)] = 1
+    rank[table["outcome"] == Outcome.FAILED] = 0
+    return table.assign(_rank=rank).sort_values(["_rank", "action", "email"], kind="stable") \
+        .drop(columns="_rank").reset_index(drop=True)
+
+
+def capped(table: pd.DataFrame, table_rows: int) -> tuple[pd.DataFrame, str]:
+    """A list's plan table cut for the browser at `table_rows` rows, and what it holds. The cut
+    never takes a failure, a removal or a hold: those are always all there, then the other
+    changes, then the rows left alone, as many as fit."""
+    vital = (table["outcome"] == Outcome.FAILED) | table["action"].isin(REMOVING)
+    changes = table["action"].isin([*ACTIONS, ADDRESS_CHANGE])
+    kept = table.loc[vital | (~vital).cumsum().le(max(table_rows - int(vital.sum()), 0))]
+    shown = changes.loc[kept.index]
+    note = (f"{int(shown.sum()):,} of {int(changes.sum()):,} changes (every failure, removal and hold), "
+            f"{int((~shown).sum()):,} of {int((~changes).sum()):,} other rows (left alone, bouncing)")
+    return kept, note + ("" if len(kept) == len(table) else
+                         f"; cut at {table_rows:,} rows for the browser, all are in the plan CSV")
+
+
+def publish_plan_tables(rows: pd.DataFrame, dry_run: bool, table_rows: int) -> None:
+    """One table artifact per list: every change and every row left alone (see `capped`)."""
+    for list_id, mine in rows.loc[rows["list_id"] != ""].groupby("list_id", sort=True):
+        kept, note = capped(plan_table(mine), table_rows)
+        create_table_artifact(json.loads(kept.to_json(orient="records")) or [dict.fromkeys(PLAN_TABLE_COLUMNS, "")],
+                              key=artifact_key(PLAN_KEY, dry_run, list_id), description=f"{list_id}: {note}")
+
+
+def publish(summary: dict, rows: pd.DataFrame, table_rows: int, quarantined: pd.DataFrame | None = None,
+            bouncing: pd.DataFrame | None = None) -> None:
+    """Keyed artifacts: the summary, each list's plan table, and, for membership staff to fix in
+    Novi, the quarantined records with their reasons and the records whose address bounces."""
+    dry_run = summary["dry_run"]
+    create_markdown_artifact(summary_markdown(summary), key=artifact_key(SUMMARY_KEY, dry_run),
+                             description=f"novi-mailman {'dry run' if dry_run else 'run'}: {summary['message']}"[:500])
+    publish_plan_tables(rows, dry_run, table_rows)
     if quarantined is not None and not quarantined.empty:
-        rows = quarantined.head(table_rows).rename(columns={"quarantine": "reason"})[["novi_id", "email", "reason"]]
-        create_table_artifact(json.loads(rows.to_json(orient="records")), key=QUARANTINE_KEY,
+        shown = quarantined.head(table_rows).rename(columns={"quarantine": "reason"})[["novi_id", "email", "reason"]]
+        create_table_artifact(json.loads(shown.to_json(orient="records")), key=artifact_key(QUARANTINE_KEY, dry_run),
                               description=f"{len(quarantined):,} Novi records not synced until fixed in Novi"
                               + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                  if len(quarantined) > table_rows else ""))
     if bouncing is not None and not bouncing.empty:
-        rows = bouncing.sort_values(["novi_id", "list_id"], kind="stable").head(table_rows)
-        create_table_artifact(json.loads(rows[["novi_id", "display_name", "email", "list_id", "state"]]
-                                         .to_json(orient="records")), key=BOUNCING_KEY,
+        shown = bouncing.sort_values(["novi_id", "list_id"], kind="stable").head(table_rows)
+        create_table_artifact(json.loads(shown[["novi_id", "display_name", "email", "list_id", "state"]]
+                                         .to_json(orient="records")), key=artifact_key(BOUNCING_KEY, dry_run),
                               description=f"{len(bouncing):,} memberships whose address bounces: correct the "
                               "address in Novi" + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                                    if len(bouncing) > table_rows else ""))
-    if plan_csv is not None:
-        create_link_artifact(plan_csv.as_uri(), link_text=plan_csv.name, key=PLAN_KEY,
-                             description="the full plan as CSV (changes, rows left alone, quarantined records)")
 
 
 def member_markdown(summary: dict, outcomes: pd.DataFrame) -> str:

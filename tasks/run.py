@@ -8,6 +8,7 @@ same way, through one `Run`.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -15,23 +16,66 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from tasks.blocks import LedgerDatabase
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, load_rules, single_list_rules
-from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState
+from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag
 from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches, read_preferences, with_preferences
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
+
+
+def label(*tags: str) -> None:
+    """Add tags to this flow run. A label is not the run's work: a Prefect API that refuses it
+    is logged, and the run goes on."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id).tags
+            client.update_flow_run(run_id, tags=sorted(set(current) | set(tags)))
+    except httpx.HTTPError as exc:
+        get_run_logger().warning("The run's tags could not be set: %s", type(exc).__name__)
+
+
+def run_name() -> str:
+    """A flow run's name: a dry run says so in the runs list."""
+    from prefect.utilities.names import generate_slug
+
+    dry = bool((flow_run.get_parameters() or {}).get("dry_run"))
+    return ("dry-run-" if dry else "") + generate_slug(2)
+
+
+def failed(error: SyncError) -> State:
+    """An expected failure as the run's final state: one line saying what and what to do (the
+    state message the UI shows); the traceback is logged at debug level."""
+    log = get_run_logger()
+    log.error("%s", error)
+    log.debug("The failure's traceback", exc_info=error)
+    return Failed(message=str(error), data=error)
+
+
+def sync_command(rules_path: str | None, list_id: str | None, novi_block: str, mailman_block: str,
+                 ledger_block: str | None) -> str:
+    """The command line that runs this sync again, copy-ready (the same rules, list and blocks)."""
+    words = ["novi-mailman", "sync"]
+    words += ["--rules", rules_path] if rules_path else ["--list", list_id or ""]
+    words += ["--novi-block", novi_block] if novi_block != "novi" else []
+    words += ["--mailman-block", mailman_block] if mailman_block != "mailman" else []
+    words += ["--ledger-block", ledger_block] if ledger_block else []
+    return shlex.join(words)
 
 
 def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
@@ -159,15 +203,27 @@ class Run:
     refusal: str | None = None         # the guards' verdict, when they stopped the writes
     tripped: list[str] = field(default_factory=list)
     overridden: bool = False
+    approved: bool = False             # the operator approved this very plan (by its fingerprint)
+    fingerprint: str = ""              # the plan's (guards.fingerprint)
     unrecorded: SyncError | None = None
+    # How an operator applies a refused plan, with `{plan}` for its fingerprint (the flow knows
+    # its own command line and whether it can wait for the UI).
+    how_to_approve: str = "a custom run with approve = {plan}"
 
     @classmethod
     def begin(cls, kind: str, rules_path: str | None, list_id: str | None, ledger_block: str | None,
               dry_run: bool) -> Run:
         started, started_at = time.monotonic(), datetime.now(timezone.utc)
+        label(*[Tag.DRY_RUN] * dry_run, *[Tag.MEMBER_SYNC] * (kind == RunKind.MEMBER))
         rules = resolve_rules(rules_path, list_id)
         return cls(kind=kind, rules=rules, ledger=open_ledger(ledger_block, create=not dry_run), dry_run=dry_run,
                    started=started, started_at=started_at)
+
+    def again(self) -> None:
+        """Start another attempt of this run (after an approval): a new clock for its phases,
+        the same run."""
+        self.phases, self.refusal, self.tripped, self.unrecorded = {}, None, [], None
+        self.started_at = datetime.now(timezone.utc)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 2)
@@ -208,15 +264,26 @@ class Run:
         if not self.dry_run:
             self.ledger.record_failure(self.record_of(RunState.FAILED, str(error), None))
 
-    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool) -> None:
-        """Ask the guards about the plan; a refusal stops every write, unless lifted for this run."""
-        few = self.kind == RunKind.MEMBER
-        self.tripped = guards.refusals(the_plan, self.rules, previous, few=few)
+    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool,
+              approve: str | None = None) -> None:
+        """Ask the guards about the plan; a refusal stops every write, unless the operator
+        approved this very plan (`approve`, its fingerprint) or lifted the guards for this run."""
+        self.tripped = guards.refusals(the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
+        self.fingerprint = guards.fingerprint(the_plan.changes)
         self.overridden = bool(self.tripped and override_guards)
+        self.approved = bool(self.tripped and not override_guards and approve == self.fingerprint)
+        log = get_run_logger()
         if self.overridden:
-            get_run_logger().warning("Guards lifted for this run only, by the operator: %s", " ".join(self.tripped))
+            log.warning("Guards lifted for this run only, by the operator: %s", " ".join(self.tripped))
+            label(Tag.OVERRIDDEN)
+        elif self.approved:
+            log.warning("Plan %s applied as approved by the operator: %s", self.fingerprint, " ".join(self.tripped))
+            label(Tag.APPROVED)
         elif self.tripped:
-            self.refusal = guards.refusal_message(self.tripped, few=few)
+            self.refusal = guards.refusal_message(self.tripped, self.fingerprint,
+                                                  self.how_to_approve.format(plan=self.fingerprint),
+                                                  approved=approve)
+            label(Tag.REFUSED)
 
     def apply(self, client: MailmanClient, the_plan: Plan, batch_size: int, workers: int) -> pd.DataFrame:
         """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""
@@ -249,23 +316,24 @@ class Run:
             return RunState.FAILED, str(self.unrecorded)
         return state, message
 
-    def finish(self, summary: dict, outcomes: pd.DataFrame) -> dict | State:
+    def finish(self, summary: dict, outcomes: pd.DataFrame) -> State:
         """A run's final state from its outcome: the truth the UI shows (see README "Final state").
 
-        Refused or failed runs raise with the summary attached (the CLI prints it); a run with
-        nothing to do is a Completed state named Skipped; otherwise the summary is returned.
+        Every outcome is expected, so none raises (a raise puts a traceback in the run's logs):
+        a refusal is a Failed state named Refused, failed changes or an unrecorded run a Failed
+        state, each carrying its error with the summary attached (what the CLI prints); a run
+        with nothing to do is Completed named Skipped; the rest Completed, with the counts.
         """
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
         summary["flow_run_id"] = flow_run_id()
+        summary["plan_fingerprint"] = self.fingerprint
         message = summary["message"]
         if self.unrecorded is not None:
             self.unrecorded.summary = summary
-            raise self.unrecorded
+            return Failed(message=message, data=self.unrecorded)
         if self.refusal:
-            raise GuardRefused(message, summary)
+            return Failed(name="Refused", message=message, data=GuardRefused(message, summary))
         if (outcomes["outcome"] == Outcome.FAILED).any():
-            raise ChangesFailed(message, summary)
-        if outcomes.empty:
-            return Completed(message=message, name="Skipped", data=summary)
+            return Failed(message=message, data=ChangesFailed(message, summary))
         get_run_logger().info(message)
-        return summary
+        return Completed(message=message, name="Skipped" if outcomes.empty else "Completed", data=summary)

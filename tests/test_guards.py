@@ -2,7 +2,8 @@
 
 import pytest
 
-from tasks.core.guards import refusal_message, refusals
+from tasks.core.guards import fingerprint, refusal_message, refusals
+from tasks.core.schema import approved_fingerprint
 from tasks.novi import members_frame
 from tasks.core.planner import plan
 from tasks.core.rules import parse_rules
@@ -11,12 +12,16 @@ from tests.conftest import novi_record, roster_frame
 L = "members.example.org"
 
 
-def scenario(n_current: int, n_lapsed: int, roster_all: bool = True, last_eligible: int | None = None, **rule):
+def planned(n_current: int, n_lapsed: int, roster_all: bool = True, **rule):
     records = [novi_record(f"c{i}", f"c{i}@x.org") for i in range(n_current)]
     records += [novi_record(f"e{i}", f"e{i}@x.org", status="expired") for i in range(n_lapsed)]
     roster = [(r["Email"], f"Pat {r['UniqueID'].upper()}") for r in records] if roster_all else []
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
-    p = plan(members_frame(records), {L: roster_frame(L, roster)}, rules)
+    return plan(members_frame(records), {L: roster_frame(L, roster)}, rules), rules
+
+
+def scenario(n_current: int, n_lapsed: int, roster_all: bool = True, last_eligible: int | None = None, **rule):
+    p, rules = planned(n_current, n_lapsed, roster_all, **rule)
     last = {L: {"eligible": last_eligible}} if last_eligible is not None else None
     return refusals(p, rules, last)
 
@@ -61,10 +66,43 @@ def test_empty_source_unless_allowed():
     assert scenario(0, 5, allow_empty=True, max_removal_share=1) == []
 
 
-def test_message_says_nothing_was_written_and_how_to_proceed():
-    message = refusal_message(scenario(3000, 600))
-    assert "nothing was written to any list" in message and L in message
-    assert "--override-guards" in message and "override_guards" in message
+def test_message_leads_with_the_figures_and_names_the_plan_and_how_to_apply_it():
+    message = refusal_message(scenario(3000, 600), "0123456789ab", "`novi-mailman sync --approve 0123456789ab`.")
+    assert message.startswith(f"Refused: {L}: 600 removals planned, more than max_removals = 500.")
+    assert "Nothing was written to any list" in message
+    assert message.endswith("To apply exactly this plan (plan 0123456789ab): `novi-mailman sync --approve 0123456789ab`.")
+    assert "changed since" not in message
+
+
+def test_message_says_when_the_plan_moved_since_it_was_approved():
+    message = refusal_message(scenario(3000, 600), "0123456789ab", "…", approved="ffffffffffff")
+    assert "The plan changed since plan ffffffffffff was approved (the data moved); this is plan 0123456789ab" in message
+
+
+def test_a_plans_fingerprint_is_its_changes_in_any_order():
+    p, _ = planned(50, 10)
+    changes = p.changes
+    assert len(changes) == 10
+    same = fingerprint(changes)
+    assert len(same) == 12 and fingerprint(changes.iloc[::-1]) == same
+    assert fingerprint(changes.assign(reason="another wording")) == same      # reasons are not the plan
+    assert fingerprint(changes.iloc[1:]) != same                              # one change fewer
+    renamed = changes.assign(display_name=changes["display_name"].where(changes.index != changes.index[0], "X"))
+    assert fingerprint(renamed) != same                                       # another new name
+    assert fingerprint(changes.assign(action="hold")) != same
+    assert fingerprint(changes.iloc[0:0]) == fingerprint(changes.iloc[0:0])
+
+
+@pytest.mark.parametrize("given, expected", [(None, None), ("  ", None), ("0123456789AB", "0123456789ab"),
+                                             (" 0123456789ab\n", "0123456789ab")], ids=["none", "blank", "upper", "spaces"])
+def test_an_approval_names_a_fingerprint(given, expected):
+    assert approved_fingerprint(given) == expected
+
+
+@pytest.mark.parametrize("given", ["0123456789a", "0123456789abc", "0123456789ag", "yes"], ids=["short", "long", "not-hex", "word"])
+def test_an_approval_that_is_not_a_fingerprint_is_refused(given):
+    with pytest.raises(ValueError, match="12 hex digits"):
+        approved_fingerprint(given)
 
 
 @pytest.mark.parametrize("bad", [{"max_removals": -1}, {"max_removal_share": 1.5}, {"max_eligible_drop": 2}])

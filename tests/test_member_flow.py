@@ -129,9 +129,10 @@ def test_a_duplicate_address_resolves_as_in_the_full_sync(member_blocks, tmp_pat
     assert "Member sync" in Artifact.get(SUMMARY_KEY).data
 
 
-def test_member_ids_must_be_guids(member_blocks):
-    with pytest.raises(ValueError):
-        sync_member.fn(member_ids=["not-a-guid"], list_id=LIST)
+def test_member_ids_must_be_guids_and_a_bad_one_is_one_line(member_blocks, caplog):
+    state = sync_member(member_ids=["not-a-guid"], list_id=LIST, return_state=True)
+    assert state.is_failed() and state.message == "member_ids must be 1 to 1000 Novi UniqueIDs (1 are not)"
+    assert "Traceback" not in caplog.text
 
 
 def test_a_wildcard_address_in_novi_looks_up_and_touches_only_itself(member_blocks, tmp_path):
@@ -171,7 +172,7 @@ def test_a_member_sync_that_finds_its_members_gone_from_mailman_is_refused(membe
     mailman.rosters[LIST] = full_roster
 
 
-def test_a_member_sync_over_max_removals_is_refused_and_lifting_the_guards_applies_it(member_blocks, tmp_path):
+def test_a_member_sync_over_max_removals_is_refused_and_approving_or_lifting_the_guards_applies_it(member_blocks, tmp_path):
     """The member run once had its own inline guard and message; it now ends as the full run
     does: refused in the UI and the ledger, nothing written, and liftable for one run."""
     import yaml
@@ -187,9 +188,10 @@ def test_a_member_sync_over_max_removals_is_refused_and_lifting_the_guards_appli
     writes = dict(mailman.writes)
 
     state, _ = one(novi, mailman, [guid(5), guid(6)], rules)
-    assert state.is_failed()
-    assert "2 removals planned, more than max_removals = 1" in state.message
-    assert "nothing was written" in state.message and "override_guards" in state.message
+    assert state.is_failed() and state.name == "Refused"
+    assert state.message.startswith(f"Refused: {LIST}: 2 removals planned, more than max_removals = 1.")
+    fingerprint = state.result(raise_on_failure=False).summary["plan_fingerprint"]
+    assert "Nothing was written" in state.message and f"approve = {fingerprint}" in state.message
     assert {"m5@example.org", "m6@example.org"} <= set(mailman.names(LIST)) and mailman.writes == writes
     refused = state.result(raise_on_failure=False).summary
     assert refused["state"] == "refused" and refused["guards"] and refused["members"] == [guid(5), guid(6)]
@@ -198,10 +200,17 @@ def test_a_member_sync_over_max_removals_is_refused_and_lifting_the_guards_appli
     assert set(Ledger().read([LIST]).query("match_key in ['m5@example.org', 'm6@example.org']")["status"]) == {
         "member"}
 
-    lifted, _ = one(novi, mailman, [guid(5), guid(6)], rules, override_guards=True)
+    approved, _ = one(novi, mailman, [guid(5), guid(6)], rules, approve=fingerprint)
+    assert approved.is_completed(), approved.message
+    assert approved.message == f"2 members: −2 on {LIST} (2 changes applied)"
+    assert not {"m5@example.org", "m6@example.org"} & set(mailman.names(LIST))
+
+    lapse(novi.records[7])
+    lapse(novi.records[8])
+    lifted, _ = one(novi, mailman, [guid(7), guid(8)], rules, override_guards=True)
     assert lifted.is_completed(), lifted.message
     assert lifted.result()["guards_overridden"] is True
-    assert not {"m5@example.org", "m6@example.org"} & set(mailman.names(LIST))
+    assert not {"m7@example.org", "m8@example.org"} & set(mailman.names(LIST))
 
 
 def test_a_member_sync_whose_only_member_lapsed_is_not_refused_as_an_empty_source(member_blocks, tmp_path):

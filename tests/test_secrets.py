@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from flows.sync import sync_lists
 from tasks.blocks import MailmanCredentials, NoviCredentials
-from tasks.report import CHANGES_KEY, PLAN_KEY, SUMMARY_KEY
+from tasks.report import PLAN_KEY, SUMMARY_KEY, artifact_key
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
@@ -116,7 +116,9 @@ def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, capl
         captured.append(json.dumps(getattr(result, "summary", None) or {}))
     else:
         captured.append(json.dumps(result))
-    for key in (SUMMARY_KEY, CHANGES_KEY, PLAN_KEY):
+    keys = [artifact_key(key, dry, list_id) for dry in (False, True) for key, list_id in
+            ((SUMMARY_KEY, None), (PLAN_KEY, "members.example.org"))]
+    for key in keys:
         artifact = Artifact.get(key)
         captured.append(str(artifact.data) if artifact else "")
     captured += [path.read_text() for path in tmp_path.glob("*.csv")]

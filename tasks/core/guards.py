@@ -1,19 +1,24 @@
 """Safety guards: reasons not to write, checked on the whole plan before anything is applied.
 
 Pure: the plan, the rules and each list's figures at its last completed run in; the refusals out. When
-any list trips a guard, nothing is written to any list; an operator who has checked can lift
-the guards for one run (`override_guards`), which never persists.
+any list trips a guard, nothing is written to any list. An operator who has reviewed the refused
+plan approves exactly that plan by its fingerprint (applied only if a new plan has the same one),
+or lifts the guards for one run (`override_guards`); neither persists.
 """
 
 from __future__ import annotations
 
+import hashlib
+
+import pandas as pd
+
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules
-from tasks.core.schema import REMOVING
-HOW_TO_OVERRIDE = ("If this is right, rerun once with the guards lifted: `novi-mailman sync --override-guards` "
-                   "or, in the Prefect UI, a custom run with override_guards = true.")
-HOW_TO_OVERRIDE_FEW = ("If this is right, rerun this member run once with the guards lifted: in the Prefect UI, a "
-                       "custom run of it with override_guards = true (or let the full sync make the changes).")
+from tasks.core.schema import FINGERPRINT_LENGTH, REMOVING
+
+# What makes two plans the same plan: the same changes, to the same addresses, for the same
+# people, with the same new names. Reasons and row order are not the plan.
+FINGERPRINT_COLUMNS = ["list_id", "action", "match_key", "novi_id", "display_name"]
 
 
 def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None, *, few: bool = False) -> list[str]:
@@ -75,6 +80,17 @@ def roster_collapse(plan: Plan, rules: Rules, only: str | None = None) -> list[s
     return found
 
 
-def refusal_message(found: list[str], *, few: bool = False) -> str:
-    return ("A safety guard stopped the run before any write; nothing was written to any list. "
-            + " ".join(found) + " " + (HOW_TO_OVERRIDE_FEW if few else HOW_TO_OVERRIDE))
+def fingerprint(changes: pd.DataFrame) -> str:
+    """A short hash of a plan's changes, the same for the same changes in any order."""
+    rows = changes.reindex(columns=FINGERPRINT_COLUMNS).astype("string").fillna("")
+    lines = sorted("\x1f".join(row) for row in rows.itertuples(index=False, name=None))
+    return hashlib.sha256("\x1e".join(lines).encode()).hexdigest()[:FINGERPRINT_LENGTH]
+
+
+def refusal_message(found: list[str], plan_fingerprint: str, proceed: str, *, approved: str | None = None) -> str:
+    """The refused run's message: the figures first (a list view shows the start), then what
+    proceeds. `approved`: the fingerprint an operator approved, when the plan has moved since."""
+    moved = (f"The plan changed since plan {approved} was approved (the data moved); this is plan "
+             f"{plan_fingerprint}. " if approved and approved != plan_fingerprint else "")
+    return (f"Refused: {' '.join(found)} Nothing was written to any list. {moved}"
+            f"To apply exactly this plan (plan {plan_fingerprint}): {proceed}")

@@ -145,7 +145,9 @@ def load_rules(path: str | Path) -> Rules:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
     except FileNotFoundError:
-        raise RulesError(f"rules file {path} does not exist") from None
+        where = "" if path.is_absolute() else f" (in {Path.cwd()})"
+        raise RulesError(f"rules file {path} does not exist{where}: copy rules.example.yaml to it and name your "
+                         "lists, or give another rules_path") from None
     except IsADirectoryError:
         raise RulesError(f"rules file {path} is a directory, not a file") from None
     except UnicodeDecodeError:

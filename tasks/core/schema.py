@@ -48,6 +48,16 @@ class RunState:
     REFUSED = "refused"
 
 
+class Tag:
+    """What a run says of itself in Prefect's runs list (tags are shown and filtered on there)."""
+
+    DRY_RUN = "dry-run"
+    REFUSED = RunState.REFUSED
+    APPROVED = "approved"
+    OVERRIDDEN = "guards-overridden"
+    MEMBER_SYNC = "member-sync"
+
+
 class RunKind:
     FULL = "full"        # every member, every roster
     MEMBER = "member"    # a few members (a webhook's batch)
@@ -108,8 +118,9 @@ ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", 
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
 # token of a subscription request a subscribe resolves (one waiting for the moderator).
 # A subscribe carries the preferences to subscribe with (the member's earlier ones, or Mailman's defaults).
+# `previous` is what a rename replaces (the roster's name), for the people reading the plan.
 CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id",
-                  "request", *PREFERENCE_COLUMNS]
+                  "request", "previous", *PREFERENCE_COLUMNS]
 # A list's pending subscription requests (tasks.mailman): `owner` is who must act on it.
 REQUEST_COLUMNS = ["match_key", "token", "owner"]
 OWNER_MODERATOR, OWNER_SUBSCRIBER = "moderator", "subscriber"
@@ -139,12 +150,13 @@ BOUNCING_COLUMNS = ["list_id", "email", "novi_id", "display_name", "state"]
 # Members whose preferences a plan needs and the roster read did not bring.
 WANTING_COLUMNS = ["list_id", "member_id"]
 # One row of the plan CSV: a change, a row left alone, or a quarantined record.
-PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "novi_id", "reason", "outcome", "detail"]
+PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "previous", "novi_id", "reason", "outcome", "detail"]
 
 # --- identifiers and defaults --------------------------------------------------------------
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 NOVI_PAGE_SIZE = 500             # records per Novi page (rules: novi.page_size)
 MAX_MEMBERS_PER_RUN = 1000       # a member run's ceiling; more is the full sync's job
+FINGERPRINT_LENGTH = 12          # a plan's fingerprint, in hex digits (tasks.core.guards.fingerprint)
 
 # Mailman's own list-name characters (mailman/app/lifecycle.py), then a domain of one or more dots.
 _LIST_LOCAL = r"[-_.+=!$*{}~0-9a-z]+"
@@ -174,3 +186,16 @@ def empty_ledger():
     for c in FLAG_COLUMNS:
         frame[c] = frame[c].astype(bool)
     return frame
+
+
+def approved_fingerprint(value: str | None) -> str | None:
+    """An operator's `approve` value as a fingerprint, or None; anything else is refused."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip().lower()
+    if len(text) != FINGERPRINT_LENGTH or any(c not in "0123456789abcdef" for c in text):
+        from tasks.errors import BadParameter
+
+        raise BadParameter(f"approve must be a plan's fingerprint: {FINGERPRINT_LENGTH} hex digits, as the refused "
+                         "run printed it")
+    return text

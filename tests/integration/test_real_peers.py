@@ -8,7 +8,7 @@ import time
 import pytest
 from prefect.artifacts import Artifact
 
-from tasks.report import CHANGES_KEY
+from tasks.report import PLAN_KEY, artifact_key
 from tests.integration.helpers import expected, lists_for, sync, wait_for
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
@@ -124,15 +124,22 @@ def test_artifacts_list_the_changes_mailman_shows_afterwards(world, tmp_path):
     sync(tmp_path, [{"list_id": members}])
     world["novi"].churn(lapse=3, rename=2, add=2, change_address=1)
     state, _ = sync(tmp_path, [{"list_id": members}])
-    table = json.loads(Artifact.get(CHANGES_KEY).data)
+    table = [row for row in json.loads(Artifact.get(artifact_key(PLAN_KEY, False, members)).data)
+             if row["action"] not in ("left alone", "bouncing")]
     roster = world["admin"].roster(members)
     assert table and all(row["outcome"] == "applied" for row in table)
+    moved = [row for row in table if row["action"] == "address change"]
+    assert len(moved) == 1 and moved[0]["change"].endswith(f" → {moved[0]['email']}")
     for row in table:
         email = row["email"].lower()
-        if row["action"] == "subscribe":
+        if row["action"] in ("subscribe", "address change"):
             assert email in roster
+        if row["action"] == "address change":
+            assert row["change"].split(" → ")[0].lower() not in roster
         elif row["action"] == "unsubscribe":
             assert email not in roster
         elif row["action"] == "rename":
             assert roster[email] == expected(world["novi"].records())[email]
-    assert len(table) == state.result()["changes"]
+            assert row["change"].endswith(f" → {roster[email]}")
+    # every change is a row, an address change one row for its two changes
+    assert len(table) + len(moved) == state.result()["changes"]

@@ -1,0 +1,53 @@
+"""Approval of a refused plan from the Prefect UI: a deployment run that a guard refused waits,
+paused, for an operator's answer in the run's Resume form.
+
+Pausing (not suspending) was chosen: a suspended run leaves its process and starts the flow
+again from the top when resumed, which needs every result before it persisted; a paused run
+keeps its process, its clients and its place. The lists' lock is released while it waits (see
+flows/sync.py), so member runs go on, and approving re-reads both sides and plans again: the
+plan is applied only if its fingerprint is the one approved.
+"""
+
+from __future__ import annotations
+
+from prefect import get_client
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment, flow_run
+from prefect.states import Running
+from pydantic import Field
+
+POLL_S = 5  # how soon an answer given in the UI is seen
+
+
+class Approval(RunInput):
+    """The Resume form of a refused run: the description above it shows the refused figures."""
+
+    approve: bool = Field(False, description="Tick to apply the plan shown above. It is planned again first and "
+                                             "applied only if it is still the same plan (same fingerprint). "
+                                             "Leave unticked to reject: the run ends Refused.")
+
+
+def can_wait() -> bool:
+    """Only a deployment run can wait: nobody stands at a command line's process for hours."""
+    return deployment.id is not None
+
+
+def await_approval(refusal: str, plan_fingerprint: str, wait_s: int) -> bool | None:
+    """Pause until an operator answers: True approved, False rejected, None no answer in `wait_s`."""
+    hours = f"{wait_s / 3600:.3g} h" if wait_s >= 3600 else f"{wait_s} s"
+    description = (f"## Approve plan `{plan_fingerprint}`?\n\n{refusal}\n\n"
+                   "The run's artifacts show this plan: the summary, and every change per list. "
+                   f"Without an answer in {hours} the run ends Refused.")
+    form = Approval.with_initial_data(description=description, approve=False)
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=wait_s, poll_interval=POLL_S)
+    except FlowPauseTimeout:
+        # Past its pause's deadline the server turns any state the run proposes into "Failed:
+        # the flow was paused and never resumed" (core_policy.py). The run takes its state back
+        # so that it ends as what it is: Refused, with its figures.
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.get_id(), Running(message="No approval in time"), force=True)
+        return None
+    return bool(answer.approve)
