@@ -9,7 +9,7 @@ VENV := .venv
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help install test unit demo down ui demo-env bench lock clean
+.PHONY: help install test unit demo down ui deploy demo-env bench lock clean
 
 help:
 	@echo "make demo    - the main job against the local sandbox (Novi sandbox + real Mailman core)"
@@ -18,6 +18,7 @@ help:
 	@echo "make install - only create .venv from uv.lock"
 	@echo "make bench   - measure calls, time and memory against the lower bound and the old bridge (README: Performance)"
 	@echo "make ui      - start (or find) the demo's Prefect server and its UI on http://127.0.0.1:4200"
+	@echo "make deploy  - the demo's deployments and a worker on that server: run, approve and read them in the UI"
 	@echo "make lock    - re-resolve uv.lock after editing pyproject.toml"
 
 # uv itself, pinned, in a folder of its own so it never touches the project environment.
@@ -46,6 +47,9 @@ down: install
 
 ui: install
 	$(VENV)/bin/python -m sandbox.demo ui
+
+deploy: install
+	$(VENV)/bin/python -m sandbox.demo deploy
 
 # About 45 minutes on 2 cores the first time (9 of them pre-filling 100,000 members), 35 after.
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"

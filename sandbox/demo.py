@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from sandbox import deploy as deployments
 from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
@@ -23,7 +24,7 @@ from sandbox.novi import DEFAULT_KEY
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".demo"
 BIN = Path(sys.executable).parent
-PREFECT_PORT, NOVI_PORT, MAILMAN_PORT = 4200, 8765, 8001
+PREFECT_PORT, NOVI_PORT, MAILMAN_PORT, WORKER_PORT = 4200, 8765, 8001, 4201
 NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
 RULES = ROOT / "sandbox" / "demo-rules.yaml"
 MEMBERS = 300
@@ -131,8 +132,28 @@ Try it yourself: source .venv/bin/activate; export $(make -s demo-env); novi-mai
 Stop everything: make down""")
 
 
+def deploy() -> None:
+    """The demo's deployments on its Prefect server, with a worker: the UI path in one command."""
+    core = up()
+    say("Save the credentials as Prefect blocks")
+    run("blocks", "--novi-url", NOVI_URL, "--mailman-url", core.rest_url, "--mailman-user", ADMIN_USER)
+    admin = MailmanAdmin(core.rest_url)
+    for list_id in ("members@example.org", "board@example.org"):
+        if not admin.has_list(list_id):
+            admin.recreate_list(list_id)
+    say("Deploy prefect.yaml's deployments with the demo's rules, and start a worker for their pool")
+    prefect_file = deployments.deployment_file(STATE / "prefect.yaml", {"rules_path": str(RULES.relative_to(ROOT))})
+    deployments.deploy(prefect_file, environment())
+    deployments.start_worker(STATE, environment(), WORKER_PORT)
+    print(f"""Deployed sync-lists/nightly-full-sync and sync-member/webhook-member-sync (pool {deployments.POOL});
+the worker runs them with the demo's ledger (.demo/ledger.sqlite) and reports (.demo/reports/).
+Prefect UI: http://127.0.0.1:{PREFECT_PORT}/deployments  (Run → Quick run, or Custom run for the form)
+Stop everything: make down""")
+
+
 def down() -> None:
     say("Stopping the demo's servers")
+    servers.stop("worker", STATE)
     MailmanCore(port=MAILMAN_PORT).stop()
     print("mailman: stopped")
     for name in ("novi-sandbox", "prefect"):
@@ -152,4 +173,4 @@ def env() -> None:
 
 
 if __name__ == "__main__":
-    {"demo": demo, "up": up, "down": down, "ui": ui, "env": env}[sys.argv[1] if len(sys.argv) > 1 else "demo"]()
+    {"demo": demo, "up": up, "down": down, "ui": ui, "env": env, "deploy": deploy}[sys.argv[1] if len(sys.argv) > 1 else "demo"]()

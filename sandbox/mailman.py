@@ -244,6 +244,9 @@ class MailmanAdmin:
             self._call("PATCH", f"lists/{list_id}/config", (204,), data=config)
         return list_id
 
+    def has_list(self, fqdn: str) -> bool:
+        return self._call("GET", f"lists/{fqdn.replace('@', '.')}", (200, 404)).status_code == 200
+
     def delete_list(self, list_id: str) -> None:
         self._call("DELETE", f"lists/{list_id}", (204, 404))
 

@@ -53,7 +53,8 @@ def start(name: str, command: list[str], ready_url: str, state: Path, env: dict[
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if answers(ready_url, **kwargs):
-            print(f"{name}: started (pid {process.pid}), log {log_path.relative_to(ROOT)}")
+            shown = log_path.relative_to(ROOT) if log_path.is_relative_to(ROOT) else log_path
+            print(f"{name}: started (pid {process.pid}), log {shown}")
             return
         if process.poll() is not None:
             pid_file.unlink()

@@ -1,0 +1,121 @@
+"""Approval in the Prefect UI, as an operator uses it: prefect.yaml deployed to a real Prefect
+server, a real process worker running it, a guard that trips, the run paused with the refused
+figures in its Resume form, and the answer given through Prefect's API as the UI sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from prefect.artifacts import Artifact
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.deployments import run_deployment
+from prefect.flow_runs import resume_flow_run
+from prefect.input.run_input import keyset_from_paused_state
+from prefect.settings import PREFECT_API_URL
+
+from sandbox import deploy as deployments
+from sandbox.mailman import free_port
+from sandbox.servers import stop
+from tasks.ledger import Ledger
+from tasks.report import PLAN_KEY, artifact_key
+from tests.integration.helpers import expected, lists_for, sync
+
+pytestmark = [pytest.mark.flow, pytest.mark.integration]
+
+
+@pytest.fixture
+def deployed(world, tmp_path, isolated_ledger):
+    """prefect.yaml's deployments under names and a pool of this test's own, and a worker for them."""
+    (members,) = lists_for(world, "approved")
+    rules = tmp_path / "rules.yaml"
+    tag = world["tag"]
+    prefect_file = deployments.deployment_file(
+        tmp_path / "prefect.yaml", {"rules_path": str(rules), "novi_block": "it-novi", "mailman_block": "it-mailman"},
+        pool=f"it-pool-{tag}", suffix=f"-{tag}", schedules=False)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "NOVI_MAILMAN_LEDGER": str(isolated_ledger),
+           "NOVI_MAILMAN_REPORTS": str(tmp_path / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    deployments.deploy(prefect_file, env, pool=f"it-pool-{tag}")
+    first, _ = sync(tmp_path, [{"list_id": members}])  # writes rules.yaml, and the list starts in step
+    assert first.is_completed(), first.message
+    deployments.start_worker(tmp_path, env, free_port(), pool=f"it-pool-{tag}")
+    try:
+        yield {"list": members, "deployment": f"sync-lists/nightly-full-sync-{tag}"}
+    finally:
+        stop("worker", tmp_path)
+
+
+def _paused(flow_run_id, seconds: float = 240):
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state.is_paused():
+                keys = keyset_from_paused_state(run.state)
+                for _ in range(50):  # the run saves its form just after it pauses
+                    try:
+                        return run, json.loads(client.read_flow_run_input(flow_run_id=flow_run_id,
+                                                                          key=keys["description"]))
+                    except (ObjectNotFound, PrefectHTTPStatusError):  # not saved yet
+                        time.sleep(0.2)
+            assert not run.state.is_final(), run.state
+            time.sleep(1)
+    raise AssertionError("the run never paused for approval")
+
+
+def _final(flow_run_id, seconds: float = 240):
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state.is_final():
+                return run
+            time.sleep(1)
+    raise AssertionError("the run never ended")
+
+
+def test_a_refused_deployment_run_waits_and_applies_the_plan_the_operator_approved(world, deployed):
+    records = world["novi"].records()
+    before = world["admin"].roster(deployed["list"])
+    for record in records[::2]:  # half the list lapses: the removal guard trips
+        world["novi"].edit(record["UniqueID"], MemberStatus="expired")
+    started = run_deployment(deployed["deployment"], timeout=0)
+
+    paused, description = _paused(started.id)
+    assert paused.state.name == "Paused" and "refused" in paused.tags
+    assert description.startswith("## Approve plan `") and "removals planned" in description
+    fingerprint = description.split("`")[1]
+    assert world["admin"].roster(deployed["list"]) == before  # nothing written while it waits
+
+    resume_flow_run(started.id, run_input={"approve": True})  # the Resume form, approve ticked
+    done = _final(started.id)
+    assert done.state.is_completed(), done.state.message
+    assert done.state.message.startswith("−") and f"on {deployed['list']}" in done.state.message
+    assert {"refused", "approved"} <= set(done.tags)
+    assert world["admin"].roster(deployed["list"]) == expected(world["novi"].records())
+
+    # the ledger holds the refusal and the approved plan applied, two attempts of one run
+    attempts = Ledger().history(next(r["Email"].lower() for r in records[::2] if r["Email"].lower() in before))
+    assert list(attempts["outcome"])[:2] == ["applied", "refused by a guard"]
+    # the list's plan table is the approved run's: removals first, applied
+    rows = json.loads(Artifact.get(artifact_key(PLAN_KEY, False, deployed["list"])).data)
+    assert rows[0]["action"] == "unsubscribe" and rows[0]["outcome"] == "applied"
+    with get_client(sync_client=True) as client:
+        assert fingerprint in client.read_flow_run_input(flow_run_id=started.id, key=keyset_from_paused_state(
+            paused.state)["description"])
+
+
+def test_a_rejected_deployment_run_ends_refused_and_writes_nothing(world, deployed):
+    for record in world["novi"].records()[::2]:
+        world["novi"].edit(record["UniqueID"], MemberStatus="expired")
+    before = world["admin"].roster(deployed["list"])
+    started = run_deployment(deployed["deployment"], timeout=0)
+    _paused(started.id)
+    resume_flow_run(started.id, run_input={"approve": False})
+    done = _final(started.id)
+    assert done.state.name == "Refused" and done.state.message.startswith("Rejected by the operator. Refused:")
+    assert world["admin"].roster(deployed["list"]) == before
