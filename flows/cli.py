@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.core.schema import ACTIONS, Outcome, RunState, Status, approved_fingerprint
+from tasks.core.schema import ACTIONS, Outcome, RunState, approved_fingerprint
 
 # The temporary Prefect server a command starts without PREFECT_API_URL writes a telemetry row
 # as it boots, and its "database is locked" traceback reached the terminal. An operator's own
@@ -282,39 +282,25 @@ def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to r
 def history(address: Annotated[str, typer.Argument(help="The email address to look up.")],
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""
+    from tasks.history import AddressHistory, run_label, standing
     from tasks.run import open_ledger
 
-    ledger = open_ledger(ledger_block, create=False)
-    changes = ledger.history(address)
-    now = ledger.memberships(address)
-    lists = [] if now.empty else json.loads(now.drop(columns=["match_key"]).to_json(orient="records",
-                                                                                      date_format="iso"))
+    history = AddressHistory.read(open_ledger(ledger_block, create=False), address)
     if as_json:
-        print(json.dumps({"address": address, "ledger": ledger.location, "lists": lists,
-                          "changes": json.loads(changes.to_json(orient="records", date_format="iso"))}))
+        print(json.dumps(history.as_json()))
         return
-    out.print(f"Ledger: {ledger.location}")
-    for item in lists:
-        since = item["first_managed_at"][:10]
-        if item["status"] == Status.MEMBER:
-            out.print(f"{item['list_id']}: managed since {since} ({item['how']}), Novi id {item['novi_id']}")
-        else:
-            off = (item["left_at"] or "")[:10]
-            out.print(f"{item['list_id']}: " + {
-                Status.REMOVED: f"removed for lapsing on {off}; their preferences are restored if they renew",
-                Status.BOUNCED: f"removed by Mailman after bounces by {off}; not re-added until the address "
-                                "changes in Novi",
-            }.get(item["status"], f"left the list themselves on {off}; not re-added"))
-    if changes.empty:
+    out.print(f"Ledger: {history.ledger}")
+    for item in history.lists:
+        out.print(standing(item))
+    if history.changes.empty:
         out.print(f"No change recorded for {address}.")
         return
     table = Table(title=f"History of {address}, newest first")
     for column in ("when", "list", "action", "outcome", "reason", "run"):
         table.add_column(column)
-    for row in changes.itertuples():
-        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome,
-                      row.reason or "", (row.run_name or row.run_id)
-                      + (f" (attempt {row.attempt})" if row.attempt > 1 else ""))
+    for row in history.changes.itertuples():
+        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome, row.reason or "",
+                      run_label(row))
     out.print(table)
 
 

@@ -26,7 +26,8 @@ def deployment_file(target: Path, parameters: dict, *, pool: str = POOL, suffix:
     project = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     for deployment in project["deployments"]:
         deployment["name"] += suffix
-        deployment["parameters"] = {**deployment.get("parameters", {}), **parameters}
+        own = deployment.get("parameters", {})  # each takes only the parameters its flow has
+        deployment["parameters"] = {**own, **{k: v for k, v in parameters.items() if k in own}}
         deployment["work_pool"]["name"] = pool
         if not schedules:
             deployment.pop("schedules", None)

@@ -76,3 +76,37 @@ def test_the_multi_association_example_deploys_each_association_on_its_own():
     for key in ("novi_block", "ledger_block", "rules_path"):  # never shared between associations
         values = [ds[0]["parameters"][key] for ds in by_association.values()]
         assert len(set(values)) == len(values), key
+
+
+def test_the_address_history_deployment_points_at_its_flow():
+    from flows.history import address_history
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["name"] == "address-history"]
+    path, name = deployment["entrypoint"].split(":")
+    assert (ROOT / path).exists() and name == address_history.fn.__name__
+    assert "schedules" not in deployment and deployment["work_pool"]["name"] == "novi-mailman"
+
+
+def test_every_flow_parameter_has_a_description_the_ui_form_shows():
+    from flows.history import address_history
+    from flows.member import sync_member
+
+    for flow in (sync_lists, sync_member, address_history):
+        properties = flow.parameters.model_dump()["properties"]
+        assert properties and all(p.get("description") for p in properties.values()), flow.name
+    sync = sync_lists.parameters.model_dump()["properties"]
+    assert (sync["batch_size"]["minimum"], sync["batch_size"]["maximum"]) == (1, 500)
+    assert (sync["workers"]["minimum"], sync["workers"]["maximum"]) == (1, 8)
+
+
+def test_a_demo_deployment_file_sets_only_the_parameters_each_flow_takes(tmp_path):
+    from sandbox.deploy import deployment_file
+
+    written = yaml.safe_load(deployment_file(tmp_path / "p.yaml", {"rules_path": "x.yaml"}, pool="p", suffix="-t",
+                                             schedules=False).read_text())
+    by_name = {d["name"]: d for d in written["deployments"]}
+    assert by_name["nightly-full-sync-t"]["parameters"]["rules_path"] == "x.yaml"
+    assert by_name["webhook-member-sync-t"]["parameters"]["rules_path"] == "x.yaml"
+    assert "parameters" not in by_name["address-history-t"] or not by_name["address-history-t"]["parameters"]
+    assert all(d["work_pool"]["name"] == "p" and "schedules" not in d for d in written["deployments"])

@@ -657,3 +657,21 @@ def test_a_rejected_or_unanswered_approval_ends_refused(blocks, tmp_path, monkey
     unanswered, calls = paused_run(monkeypatch, novi, mailman, tmp_path, Operator([None]), approval_wait_s=3)
     assert unanswered.name == "Refused" and unanswered.message.startswith("No approval within 3 s. Refused:")
     assert writes(calls) == [] and len(mailman.names(LIST)) == 30
+
+
+def test_address_history_answers_why_someone_was_removed_in_the_ui(blocks, tmp_path):
+    from flows.history import address_history
+    from tasks.history import HISTORY_KEY
+
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    assert run(novi, mailman, tmp_path)[0].is_completed()
+    state = address_history(address="EXP0@example.org", return_state=True)
+    assert state.is_completed() and state.message == "1 changes recorded for EXP0@example.org on 1 lists"
+    markdown = Artifact.get(HISTORY_KEY).data
+    assert "| unsubscribe | applied | status expired |" in markdown.replace(f"| {LIST} ", "")
+    assert "address-history" in Artifact.get(SUMMARY_KEY).data  # the summary says how to ask
+    nobody = address_history(address="nobody@example.org", return_state=True)
+    assert nobody.is_completed() and nobody.message == "Nothing recorded for nobody@example.org"
+    bad = address_history(address="not an address", return_state=True)
+    assert bad.is_failed() and bad.message == "address must be one email address"
