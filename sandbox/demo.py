@@ -121,9 +121,10 @@ def demo() -> None:
         run("history", moved["old"])
 
     say("Where to look next")
-    print(f"""Prefect UI:     http://127.0.0.1:{PREFECT_PORT}  (Runs → a sync-lists run → Artifacts: the summary,
-                the table of changes and the link to the full plan; or the Artifacts page, keys
-                novi-mailman-summary / novi-mailman-changes / novi-mailman-plan)
+    print(f"""Prefect UI:     http://127.0.0.1:{PREFECT_PORT}  (Runs → a sync-lists run → Artifacts: the summary and one plan
+                table per list, failures and removals first; or the Artifacts page, keys
+                novi-mailman-summary / novi-mailman-plan-members-example-org)
+Deployments:    make deploy  (prefect.yaml's deployments and a worker: run, approve and read them in the UI)
 Plan CSVs:      .demo/reports/
 Ledger:         .demo/ledger.sqlite   (novi-mailman history ADDRESS)
 Novi sandbox:   {NOVI_URL}  (key {DEFAULT_KEY})
