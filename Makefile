@@ -9,7 +9,7 @@ VENV := .venv
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: help install test unit demo down ui deploy demo-env bench lock clean
+.PHONY: help install test unit demo down ui deploy screenshots demo-env bench lock clean
 
 help:
 	@echo "make demo    - the main job against the local sandbox (Novi sandbox + real Mailman core)"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench   - measure calls, time and memory against the lower bound and the old bridge (README: Performance)"
 	@echo "make ui      - start (or find) the demo's Prefect server and its UI on http://127.0.0.1:4200"
 	@echo "make deploy  - the demo's deployments and a worker on that server: run, approve and read them in the UI"
+	@echo "make screenshots - the demo, deployed, driven in headless Chromium: docs/screenshots/*.png"
 	@echo "make lock    - re-resolve uv.lock after editing pyproject.toml"
 
 # uv itself, pinned, in a folder of its own so it never touches the project environment.
@@ -50,6 +51,10 @@ ui: install
 
 deploy: install
 	$(VENV)/bin/python -m sandbox.demo deploy
+
+# The README's screens, in Debian's headless Chromium (apt-installed when missing); not part of make test.
+screenshots: install
+	$(VENV)/bin/python -m sandbox.screenshots
 
 # About 45 minutes on 2 cores the first time (9 of them pre-filling 100,000 members), 35 after.
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"

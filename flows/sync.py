@@ -102,7 +102,7 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
                                           reports_dir, table_rows)
         if not (run.refusal and waits):
             break
-        answer = approval.await_approval(run.refusal, run.fingerprint, approval_wait_s)
+        answer = approval.await_approval(run.tripped, run.fingerprint, approval_wait_s, command, approve)
         if not answer:
             summary["message"] = ("Rejected by the operator. " if answer is False
                                   else f"No approval within {approval_wait_s:,} s. ") + summary["message"]

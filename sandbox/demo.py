@@ -146,7 +146,8 @@ def deploy() -> None:
     prefect_file = deployments.deployment_file(STATE / "prefect.yaml", {"rules_path": str(RULES.relative_to(ROOT))})
     deployments.deploy(prefect_file, environment())
     deployments.start_worker(STATE, environment(), WORKER_PORT)
-    print(f"""Deployed sync-lists/nightly-full-sync and sync-member/webhook-member-sync (pool {deployments.POOL});
+    print(f"""Deployed sync-lists/nightly-full-sync, sync-member/webhook-member-sync and address-history/address-history
+(pool {deployments.POOL});
 the worker runs them with the demo's ledger (.demo/ledger.sqlite) and reports (.demo/reports/).
 Prefect UI: http://127.0.0.1:{PREFECT_PORT}/deployments  (Run → Quick run, or Custom run for the form)
 Stop everything: make down""")

@@ -34,12 +34,19 @@ def can_wait() -> bool:
     return deployment.id is not None
 
 
-def await_approval(refusal: str, plan_fingerprint: str, wait_s: int) -> bool | None:
-    """Pause until an operator answers: True approved, False rejected, None no answer in `wait_s`."""
+def await_approval(tripped: list[str], plan_fingerprint: str, wait_s: int, command: str,
+                   approved: str | None = None) -> bool | None:
+    """Pause until an operator answers: True approved, False rejected, None no answer in `wait_s`.
+    The form shows the guards that tripped, with their figures (`tripped`), the plan's fingerprint,
+    and, when an approved plan moved before it could be applied, that this one is another plan."""
     hours = f"{wait_s / 3600:.3g} h" if wait_s >= 3600 else f"{wait_s} s"
-    description = (f"## Approve plan `{plan_fingerprint}`?\n\n{refusal}\n\n"
-                   "The run's artifacts show this plan: the summary, and every change per list. "
-                   f"Without an answer in {hours} the run ends Refused.")
+    found = "\n".join(f"- {sentence}" for sentence in tripped)
+    moved = (f"**The plan changed since plan `{approved}` was approved (the data moved): this is another plan.**"
+             "\n\n" if approved and approved != plan_fingerprint else "")
+    description = (f"## Approve plan `{plan_fingerprint}`?\n\n{moved}A safety guard refused it; nothing was written "
+                   f"to any list.\n\n{found}\n\nThe run's artifacts show this plan: the summary, and every change "
+                   f"per list. Without an answer in {hours} the run ends Refused. The same from a shell: "
+                   f"`{command} --approve {plan_fingerprint}`")
     form = Approval.with_initial_data(description=description, approve=False)
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=wait_s, poll_interval=POLL_S)

@@ -37,7 +37,9 @@ class AddressHistory:
         """One line: a run's state message."""
         if self.changes.empty and not self.lists:
             return f"Nothing recorded for {self.address}"
-        return f"{len(self.changes):,} changes recorded for {self.address} on {self.changes['list_id'].nunique():,} lists"
+        changes, lists = len(self.changes), self.changes["list_id"].nunique()
+        return (f"{changes:,} change{'s' * (changes != 1)} recorded for {self.address} on {lists:,} "
+                f"list{'s' * (lists != 1)}")
 
 
 def standing(item: dict) -> str:

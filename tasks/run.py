@@ -51,11 +51,13 @@ def label(*tags: str) -> None:
 
 
 def run_name() -> str:
-    """A flow run's name: a dry run says so in the runs list."""
+    """A flow run's name: the one Prefect gave it (a worker's logs use it), said to be a dry run
+    when it is one, so the runs list tells the two apart."""
     from prefect.utilities.names import generate_slug
 
+    name = flow_run.get_name() or generate_slug(2)
     dry = bool((flow_run.get_parameters() or {}).get("dry_run"))
-    return ("dry-run-" if dry else "") + generate_slug(2)
+    return f"dry-run-{name}" if dry and not name.startswith("dry-run-") else name
 
 
 def failed(error: SyncError) -> State:

@@ -667,7 +667,7 @@ def test_address_history_answers_why_someone_was_removed_in_the_ui(blocks, tmp_p
     novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
     assert run(novi, mailman, tmp_path)[0].is_completed()
     state = address_history(address="EXP0@example.org", return_state=True)
-    assert state.is_completed() and state.message == "1 changes recorded for EXP0@example.org on 1 lists"
+    assert state.is_completed() and state.message == "1 change recorded for EXP0@example.org on 1 list"
     markdown = Artifact.get(HISTORY_KEY).data
     assert "| unsubscribe | applied | status expired |" in markdown.replace(f"| {LIST} ", "")
     assert "address-history" in Artifact.get(SUMMARY_KEY).data  # the summary says how to ask
