@@ -138,14 +138,14 @@ def blocks(
 def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman",
           rules: RulesOpt = None) -> None:
     """Test both connections: Novi's member total, Mailman's version and lists."""
-    from tasks.blocks import MailmanCredentials, NoviCredentials
+    from tasks.blocks import MailmanCredentials, NoviCredentials, saved
     from tasks.errors import SyncError
     from tasks.core.rules import load_rules
     from tasks.mailman import OLDEST_TESTED, untested
 
-    total = NoviCredentials.load(novi_block).get_client().member_total()
+    total = saved(NoviCredentials, novi_block).get_client().member_total()
     out.print(f"Novi: connected, {total:,} member records")
-    mailman = MailmanCredentials.load(mailman_block).get_client()
+    mailman = saved(MailmanCredentials, mailman_block).get_client()
     version = mailman.supported_version()
     lists = mailman.list_ids()
     out.print(f"Mailman {version}: connected, {len(lists)} lists: {', '.join(lists) or '(none)'}")

@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks import report
-from tasks.blocks import MailmanCredentials, NoviCredentials
+from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_fingerprint
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
@@ -95,8 +95,8 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
     run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
     run.how_to_approve = ("in the Prefect UI, a custom run of this member run with approve = {plan} "
                           "(or let the full sync make the changes).")
-    novi = NoviCredentials.load(novi_block).get_client()
-    mailman = MailmanCredentials.load(mailman_block).get_client()
+    novi = saved(NoviCredentials, novi_block).get_client()
+    mailman = saved(MailmanCredentials, mailman_block).get_client()
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         mailman.supported_version()
         found, missing = _records_for(novi, ids)

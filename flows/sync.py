@@ -15,7 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks import approval, report
-from tasks.blocks import MailmanCredentials, NoviCredentials
+from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import extract_bans, extract_requests, extract_roster
@@ -94,8 +94,8 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
     run.how_to_approve = (("in the Prefect UI, Resume this run and tick approve; or " if waits else "")
                           + f"`{command} --approve {{plan}}`"
                           + ("" if waits else ", or in the Prefect UI a custom run with approve = {plan}") + ".")
-    novi = NoviCredentials.load(novi_block).get_client()
-    mailman = MailmanCredentials.load(mailman_block).get_client()
+    novi = saved(NoviCredentials, novi_block).get_client()
+    mailman = saved(MailmanCredentials, mailman_block).get_client()
     while True:
         with run.hold():
             summary, outcomes = reconcile(run, novi, mailman, override_guards, approve, batch_size, workers,

@@ -4,12 +4,35 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from typing import TypeVar
+
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from tasks.errors import BlockNotFound
 from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
 from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, READ_RETRIES, NoviClient, api_base
+
+
+SavedBlock = TypeVar("SavedBlock", bound=Block)
+
+
+def saved(block_type: type[SavedBlock], name: str) -> SavedBlock:
+    """The block saved under `name`; one that is not on the Prefect server is one clear error
+    saying which server was asked and how to save it."""
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        from prefect.settings import PREFECT_API_URL
+
+        server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
+        how = ("`novi-mailman blocks --novi-url … --mailman-url …`" if block_type is not LedgerDatabase
+               else "LedgerDatabase(url=…).save(name) (README: the ledger)")
+        raise BlockNotFound(f"no {block_type.__name__} block named {name!r} on the Prefect server at {server}: "
+                            f"blocks live on a Prefect server; save it there with {how}") from None
 
 
 def _no_credentials(url: str) -> str:

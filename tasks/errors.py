@@ -34,6 +34,10 @@ class CredentialsRefused(PermanentHTTPError):
     """401/403: the API key or password was refused."""
 
 
+class BlockNotFound(SyncError):
+    """A block named in a run's parameters is not saved on the Prefect server the run talks to."""
+
+
 class ListNotFound(SyncError):
     """A list named in the rules does not exist on the Mailman server."""
 

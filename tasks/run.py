@@ -24,7 +24,7 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from tasks.blocks import LedgerDatabase
+from tasks.blocks import LedgerDatabase, saved
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, load_rules, single_list_rules
@@ -89,7 +89,7 @@ def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
 
 def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
     """The ledger a block names, else the default location (see tasks.ledger.default_url)."""
-    return LedgerDatabase.load(ledger_block).get_ledger(create=create) if ledger_block else Ledger(create=create)
+    return saved(LedgerDatabase, ledger_block).get_ledger(create=create) if ledger_block else Ledger(create=create)
 
 
 def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int) -> list:

@@ -675,3 +675,10 @@ def test_address_history_answers_why_someone_was_removed_in_the_ui(blocks, tmp_p
     assert nobody.is_completed() and nobody.message == "Nothing recorded for nobody@example.org"
     bad = address_history(address="not an address", return_state=True)
     assert bad.is_failed() and bad.message == "address must be one email address"
+
+
+def test_a_block_that_is_not_saved_is_one_line_saying_where_and_how(blocks, tmp_path, caplog):
+    state = sync_lists(list_id=LIST, novi_block="nowhere", mailman_block="test-mailman", return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("no NoviCredentials block named 'nowhere' on the Prefect server at http")
+    assert "novi-mailman blocks" in state.message and "Traceback" not in caplog.text
