@@ -9,6 +9,7 @@ other state. The worker gives each flow run its own environment (the ledger and 
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -52,3 +53,17 @@ def start_worker(state: Path, env: dict[str, str], port: int, *, pool: str = POO
            "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5")}
     servers.start(name, [str(servers.BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
                          "--with-healthcheck"], f"http://127.0.0.1:{port}/health", state, env, timeout=120)
+
+
+def wait_for_run(flow_run_id, done, seconds: float = 300):
+    """The flow run once `done(its state)` holds; an error after `seconds`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if done(run.state):
+                return run
+            time.sleep(1)
+    raise TimeoutError(f"flow run {flow_run_id} did not reach the state awaited in {seconds:.0f} s")

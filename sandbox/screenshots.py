@@ -24,6 +24,7 @@ from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from sandbox import demo
+from sandbox import deploy as deployments
 from sandbox.browser import Browser
 from sandbox.novi import DEFAULT_KEY
 
@@ -32,17 +33,6 @@ SHOTS = ROOT / "docs" / "screenshots"
 UI = f"http://127.0.0.1:{demo.PREFECT_PORT}"
 DEBUG_PORT = 9339
 NOVI = {"Authorization": f"Basic {DEFAULT_KEY}"}
-
-
-def wait_state(flow_run_id, done, seconds: float = 300):
-    with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(flow_run_id)
-            if done(run.state):
-                return run
-            time.sleep(1)
-    raise SystemExit(f"flow run {flow_run_id} never reached the state wanted")
 
 
 def artifact_id(flow_run_id, key: str):
@@ -82,14 +72,14 @@ def screenshots() -> None:
 
         lapse(3)  # a third of the members lapse at once: the removal guards trip
         waiting = run_deployment("sync-lists/nightly-full-sync", timeout=0)
-        wait_state(waiting.id, lambda s: s.is_paused())
+        deployments.wait_for_run(waiting.id, lambda s: s.is_paused())
         browser.open(f"{UI}/runs/flow-run/{waiting.id}", "Resume")
         shot(browser, "4-refused-waiting.png")
         browser.click("Resume")
         browser.wait_for("Approve plan")
         shot(browser, "5-approval-form.png")
         resume_flow_run(waiting.id, run_input={"approve": False})
-        wait_state(waiting.id, lambda s: s.is_final())
+        deployments.wait_for_run(waiting.id, lambda s: s.is_final())
         browser.open(f"{UI}/runs/flow-run/{waiting.id}", "Rejected by the operator")
         shot(browser, "6-refused-run.png")
 

@@ -49,33 +49,22 @@ def deployed(world, tmp_path, isolated_ledger):
         stop("worker", tmp_path)
 
 
-def _paused(flow_run_id, seconds: float = 240):
+def _paused(flow_run_id):
+    """The run once it waits for approval, and the description its Resume form shows."""
+    run = deployments.wait_for_run(flow_run_id, lambda state: state.is_paused() or state.is_final(), 240)
+    assert run.state.is_paused(), run.state
+    keys = keyset_from_paused_state(run.state)
     with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(flow_run_id)
-            if run.state.is_paused():
-                keys = keyset_from_paused_state(run.state)
-                for _ in range(50):  # the run saves its form just after it pauses
-                    try:
-                        return run, json.loads(client.read_flow_run_input(flow_run_id=flow_run_id,
-                                                                          key=keys["description"]))
-                    except (ObjectNotFound, PrefectHTTPStatusError):  # not saved yet
-                        time.sleep(0.2)
-            assert not run.state.is_final(), run.state
-            time.sleep(1)
-    raise AssertionError("the run never paused for approval")
+        for _ in range(50):  # the run saves its form just after it pauses
+            try:
+                return run, json.loads(client.read_flow_run_input(flow_run_id=flow_run_id, key=keys["description"]))
+            except (ObjectNotFound, PrefectHTTPStatusError):  # not saved yet
+                time.sleep(0.2)
+    raise AssertionError("the paused run has no Resume form")
 
 
-def _final(flow_run_id, seconds: float = 240):
-    with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(flow_run_id)
-            if run.state.is_final():
-                return run
-            time.sleep(1)
-    raise AssertionError("the run never ended")
+def _final(flow_run_id):
+    return deployments.wait_for_run(flow_run_id, lambda state: state.is_final(), 240)
 
 
 def test_a_refused_deployment_run_waits_and_applies_the_plan_the_operator_approved(world, deployed):
