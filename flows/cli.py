@@ -23,8 +23,12 @@ app = typer.Typer(help="Keep Mailman 3 lists in step with Novi AMS membership.",
                   add_completion=False, pretty_exceptions_enable=False)
 # Peer and user text (a Novi error body, a reason stored in the ledger, an argument) is printed
 # literally: markup off everywhere, so `[/]` or `[bold]` in data is text, never a crash or a style.
-err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
-out = Console(markup=False, highlight=False, soft_wrap=True)
+# Output for a pipe (cron mail, CI logs, `| tee`) is never cut to 80 columns: a table is as wide
+# as its cells. A terminal keeps its own width.
+PIPE_WIDTH = 10_000
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True,
+              width=None if sys.stderr.isatty() else PIPE_WIDTH)
+out = Console(markup=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 EXIT_FAILED, EXIT_REFUSED = 1, 3
 DEBUG = {"on": False}  # --debug: tracebacks for expected failures too
@@ -137,26 +141,44 @@ def blocks(
 @one_line
 def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman",
           rules: RulesOpt = None) -> None:
-    """Test both connections: Novi's member total, Mailman's version and lists."""
+    """Test both connections: Novi's member total, Mailman's version and lists (each side said
+    on its own line; a side that refuses connections fails after one short retry)."""
     from tasks.blocks import MailmanCredentials, NoviCredentials, saved
-    from tasks.errors import SyncError
     from tasks.core.rules import load_rules
+    from tasks.errors import SyncError
     from tasks.mailman import OLDEST_TESTED, untested
 
-    total = saved(NoviCredentials, novi_block).get_client().member_total()
-    out.print(f"Novi: connected, {total:,} member records")
-    mailman = saved(MailmanCredentials, mailman_block).get_client()
-    version = mailman.supported_version()
-    lists = mailman.list_ids()
-    out.print(f"Mailman {version}: connected, {len(lists)} lists: {', '.join(lists) or '(none)'}")
-    if untested(version):
-        err.print(f"Mailman {version} is supported but older than {'.'.join(map(str, OLDEST_TESTED))}, "
-                  "the oldest the tests run against")
-    if rules:
-        missing = [r.list_id for r in load_rules(rules).lists if r.list_id not in lists]
-        if missing:
-            raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
-        out.print(f"Rules {rules}: every list exists")
+    def novi_side() -> None:
+        client = saved(NoviCredentials, novi_block).get_client()
+        client.http.interactive()
+        out.print(f"Novi: connected, {client.member_total():,} member records")
+
+    def mailman_side() -> None:
+        client = saved(MailmanCredentials, mailman_block).get_client()
+        client.http.interactive()
+        version = client.supported_version()
+        lists = client.list_ids()
+        out.print(f"Mailman {version}: connected, {len(lists)} lists: {', '.join(lists) or '(none)'}")
+        if untested(version):
+            err.print(f"Mailman {version} is supported but older than {'.'.join(map(str, OLDEST_TESTED))}, "
+                      "the oldest the tests run against")
+        if rules:
+            missing = [r.list_id for r in load_rules(rules).lists if r.list_id not in lists]
+            if missing:
+                raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
+            out.print(f"Rules {rules}: every list exists")
+
+    failed = []
+    for side, test in (("Novi", novi_side), ("Mailman", mailman_side)):
+        try:
+            test()
+        except SyncError as exc:
+            if DEBUG["on"]:
+                raise
+            err.print(f"{side}: {exc}", style="red")
+            failed.append(side)
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,

@@ -128,6 +128,9 @@ class Throttle:
 _JITTER = random.Random()
 
 
+INTERACTIVE_CONNECT_S = 3.0
+
+
 def backoff(attempt: int, rng: random.Random = _JITTER) -> float:
     """Seconds before retry number `attempt` (0-based): 1, 2, 4 … capped at 30, with ±50% jitter."""
     return min(2.0 ** attempt, 30.0) * rng.uniform(0.5, 1.5)
@@ -162,6 +165,12 @@ class ApiSession:
             self.session.auth = auth
         # What a peer might echo back in an error body: never let it into a message.
         self._secrets = secret_forms(headers, auth)
+
+    def interactive(self) -> None:
+        """A person waits on this session (`check`): one short retry and a short connect timeout,
+        not a nightly run's patience."""
+        self.read_retries = min(self.read_retries, 1)
+        self.timeout = (min(self.timeout[0], INTERACTIVE_CONNECT_S), self.timeout[1])
 
     def reason(self, response: requests.Response) -> str:
         """A peer's own words about an answer, fit for a message: secrets and addresses masked, then cut."""

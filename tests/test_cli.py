@@ -220,3 +220,43 @@ def test_a_prefect_api_that_does_not_answer_is_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_FAILED and "Traceback" not in result.stderr, result.stderr
     assert "the run could not start: Failed to reach API" in result.stderr
+
+
+def test_check_reports_each_side_and_gives_up_on_a_refused_connection_after_one_short_retry(cli_blocks):
+    import requests
+
+    down = "http://mailman-down.example.org:8001"
+    MailmanCredentials(rest_url=down, password=MAILMAN_PASSWORD).save("cli-mailman-down", overwrite=True)
+    novi = FakeNovi([novi_record("a", "a@example.org")])
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mock.add("GET", f"{down}/3.1/system/versions", body=requests.ConnectionError("refused"))
+        result = cli_blocks.invoke(app, ["check", "--novi-block", "cli-novi", "--mailman-block", "cli-mailman-down"])
+        tries = [c for c in mock.calls if c.request.url.startswith(down)]
+    assert result.exit_code == EXIT_FAILED
+    assert "Novi: connected, 1 member records" in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Mailman:")]
+    assert "could not connect" in line and "Traceback" not in result.output
+    assert len(tries) == 2  # the first try and one retry: a person is waiting
+
+
+def test_a_table_printed_to_a_pipe_is_never_cut(tmp_path):
+    """Cron mail, CI logs and `| tee` once got "ban.…", "elig…": a pipe gets every cell whole."""
+    import os
+    import subprocess
+    import sys
+
+    from tasks.ledger import Ledger
+    from tests.test_ledger import planned_run
+
+    ledger_path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{ledger_path}")
+    list_id = "a-rather-long-list-name-for-the-committee-of-regional-chapters.example.org"
+    p, outcomes, run = planned_run(list_id, 2)
+    ledger.record(run, [list_id], None, outcomes, p.figures)
+    env = {**os.environ, "NOVI_MAILMAN_LEDGER": str(ledger_path), "COLUMNS": ""}
+    env.pop("COLUMNS")
+    shown = subprocess.run([sys.executable, "-m", "flows.cli", "history", "m0@example.org"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert list_id in shown.stdout and "eligible, not on the list" in shown.stdout and "…" not in shown.stdout
