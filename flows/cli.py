@@ -41,6 +41,14 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (t
     DEBUG["on"] = debug
 
 
+def _prefect() -> None:
+    """Before Prefect is imported: the Prefect server to talk to (PREFECT_API_URL, else the local
+    one, started in the background on first use)."""
+    from tasks import local_server
+
+    local_server.ensure(lambda line: err.print(line))
+
+
 def one_line(command):
     """Expected failures (a peer, the ledger, a rules file, a value given) as one clear line
     and exit 1; the traceback only with --debug. Anything else is a bug and shows as one."""
@@ -117,6 +125,7 @@ def blocks(
     mailman_block: MailmanBlock = "mailman",
 ) -> None:
     """Save both credentials as Prefect blocks (secrets from NOVI_API_KEY / MAILMAN_PASSWORD or a prompt)."""
+    _prefect()
     from tasks.blocks import MailmanCredentials, NoviCredentials
 
     from pydantic import ValidationError
@@ -141,8 +150,10 @@ def blocks(
 @one_line
 def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman",
           rules: RulesOpt = None) -> None:
-    """Test both connections: Novi's member total, Mailman's version and lists (each side said
-    on its own line; a side that refuses connections fails after one short retry)."""
+    """Test both connections, each on its own line: Novi's member total, Mailman's version and lists.
+
+    A side that refuses connections fails after one short retry: a person is waiting."""
+    _prefect()
     from tasks.blocks import MailmanCredentials, NoviCredentials, saved
     from tasks.core.rules import load_rules
     from tasks.errors import SyncError
@@ -184,6 +195,7 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
          override_guards: bool = False, approve: str | None = None) -> None:
+    _prefect()
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 
@@ -272,6 +284,7 @@ def relay(
     max_batch: Annotated[int, typer.Option(help="Members per member-sync run at most.")] = 200,
 ) -> None:
     """Receive Novi webhooks (POST /novi/TOKEN) and start debounced runs; token from NOVI_MAILMAN_RELAY_TOKEN."""
+    _prefect()
     from tasks import relay as the_relay
 
     try:
@@ -324,6 +337,45 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
         table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome, row.reason or "",
                       run_label(row))
     out.print(table)
+
+
+server = typer.Typer(help="The local Prefect server the commands use when PREFECT_API_URL is not set.",
+                     no_args_is_help=True)
+app.add_typer(server, name="server")
+
+
+@server.command("start")
+@one_line
+def server_start() -> None:
+    """Start it in the background (the first command that needs it does this by itself)."""
+    from tasks import local_server
+
+    if local_server.configured():
+        err.print("PREFECT_API_URL is set: the commands use that server, not a local one.")
+    url = local_server.start(lambda line: err.print(line))
+    out.print(f"Prefect server: {url.removesuffix('/api')} (running)")
+
+
+@server.command("stop")
+@one_line
+def server_stop() -> None:
+    """Stop it (flow runs, blocks and artifacts stay in its database for the next start)."""
+    from tasks import local_server
+
+    out.print("Prefect server: stopped" if local_server.stop() else "Prefect server: was not running")
+
+
+@server.command("status")
+def server_status() -> None:
+    """Whether it runs, where, and which server the commands use."""
+    from tasks import local_server
+
+    running = local_server.status()
+    out.print(f"Local Prefect server: {running['url'].removesuffix('/api')} (pid {running['pid']})" if running
+              else f"Local Prefect server: not running (home {local_server.home()})")
+    if os.environ.get("PREFECT_API_URL"):
+        out.print(f"The commands use PREFECT_API_URL: {os.environ['PREFECT_API_URL']}")
+    raise typer.Exit(0 if running else 1)
 
 
 if __name__ == "__main__":
