@@ -43,10 +43,18 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks (t
 
 def _prefect() -> None:
     """Before Prefect is imported: the Prefect server to talk to (PREFECT_API_URL, else the local
-    one, started in the background on first use)."""
+    one, started in the background on first use); then Prefect's own chatter kept off the
+    terminal at the default level (`--debug` shows all of it)."""
     from tasks import local_server
 
     local_server.ensure(lambda line: err.print(line))
+    if not DEBUG["on"]:
+        _quiet_prefect()
+
+
+# Prefect's background services log their shutdown ("Still processing items: 2 items
+# remaining…") as warnings on loggers named after their class: not the user's business.
+PREFECT_SERVICE_LOGGERS = ("EventsWorker", "APILogWorker")
 
 
 def one_line(command):
@@ -66,11 +74,17 @@ def one_line(command):
     return wrapper
 
 
-def _quiet_prefect_tracebacks() -> None:
+def _quiet_prefect() -> None:
     """Prefect's console handler prints a 25-40 line traceback for every failed run, before our
     own clear line. On the terminal keep its one-line message; the traceback still goes to the
-    Prefect API's logs (the same record, formatted by another handler)."""
+    Prefect API's logs (the same record, formatted by another handler). Its services' shutdown
+    chatter is not shown."""
     import logging
+
+    import prefect  # noqa: F401 - its logging is set up on import; ours goes on top
+
+    for name in PREFECT_SERVICE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     class OneLine(logging.Formatter):
         def __init__(self, inner: logging.Formatter | None) -> None:
@@ -203,8 +217,6 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
         import logging
 
         logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG)
-    else:
-        _quiet_prefect_tracebacks()
     try:
         state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
                            ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
