@@ -7,8 +7,8 @@ resolves as in the full sync), the addresses the ledger ties to them (an old add
 change), and those addresses' membership on each list. Nothing else is read or touched.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect builds each run's parameter model from these
+# annotations, and a runner serving the flow could not resolve `Annotated` from a string.
 from datetime import timedelta
 from typing import Annotated
 

@@ -1,7 +1,7 @@
 """The full sync: Novi members → plan → Mailman, for every list in the rules."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Prefect builds each run's parameter model from these
+# annotations, and a runner serving the flow could not resolve `Annotated` from a string.
 import os
 from pathlib import Path
 from typing import Annotated

@@ -94,7 +94,7 @@ def test_a_failed_run_retried_from_the_ui_is_recorded_and_remembered(world, serv
     world["novi"].call("POST", "/_sandbox/faults", json={"fail_offsets": [0]})
     failed = run_deployment(served["deployment"], timeout=180)
     assert failed.state.is_failed(), failed.state
-    assert [a["state"] for a in _attempts(failed.id)] == ["failed"]
+    assert [a["state"] for a in _attempts(failed.id)] == ["failed"], failed.state.message
 
     world["novi"].call("DELETE", "/_sandbox/faults")
     retried = _retry(failed.id)
