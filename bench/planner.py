@@ -23,7 +23,7 @@ def measure(n: int, repeat: int) -> dict:
     import pandas as pd
 
     from tasks.core import addresses
-    from tasks.core.schema import MEMBER_COLUMNS
+    from tasks.core.schema import MEMBER_COLUMNS, REGULAR, ROSTER_COLUMNS, Delivery
     from tasks.core.planner import plan
     from tasks.core.rules import parse_rules
 
@@ -46,7 +46,11 @@ def measure(n: int, repeat: int) -> dict:
     roster = pd.DataFrame({
         "list_id": "list.example.org", "email": roster_email, "match_key": addresses.match_key(roster_email),
         "display_name": pd.Series([f"Member {i}" for i in range(shift, n)] + ["X"] * shift, dtype="string"),
-        "member_id": pd.Series([str(i) for i in range(n)], dtype="string"), "held": False})
+        "member_id": pd.Series([str(i) for i in range(n)], dtype="string"),
+        # as the roster read brings them: regular delivery, the list's moderation, delivery on
+        "delivery_mode": pd.Series(REGULAR, index=range(n), dtype="string"),
+        "moderation_action": pd.Series("", index=range(n), dtype="string"),
+        "delivery_status": pd.Series(Delivery.ENABLED, index=range(n), dtype="string")})[ROSTER_COLUMNS]
     rules = parse_rules({"lists": [{"list_id": "list.example.org"}]})
     seconds, changes = [], 0
     for _ in range(repeat):
