@@ -56,7 +56,8 @@ deploy: install
 screenshots: install
 	$(VENV)/bin/python -m sandbox.screenshots
 
-# About 45 minutes on 2 cores the first time (9 of them pre-filling 100,000 members), 35 after.
+# About 45 minutes on 2 idle cores the first time (9 of them pre-filling 100,000 members), 35 after;
+# 113 minutes on 2026-12-02 with other work on the machine (the old bridge's 100,000-member days most of it).
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"
 bench: install
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
