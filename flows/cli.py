@@ -279,6 +279,8 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
     approve = approved_fingerprint(approve)
+    if approve and override_guards:
+        raise typer.BadParameter("give --approve or --override-guards, not both")
     _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json,
          override_guards, approve)
 

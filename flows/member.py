@@ -92,6 +92,9 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
     if bad or not ids or len(ids) > MAX_MEMBERS_PER_RUN:
         raise BadParameter(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
     approve = approved_fingerprint(approve)
+    if approve and override_guards:
+        raise BadParameter("give approve or override_guards, not both: approve applies one plan, "
+                           "override_guards any plan")
     run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
     run.how_to_approve = ("in the Prefect UI, a custom run of this member run with approve = {plan} "
                           "(or let the full sync make the changes).")
@@ -119,7 +122,8 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
 
     summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
                                novi_members=len(found), duration_s=run.elapsed(), plan_csv=None,
-                               ledger=run.ledger.location, guards=run.tripped, guards_overridden=run.overridden)
+                               ledger=run.ledger.location, guards=run.tripped, guards_overridden=run.overridden,
+                               approved=run.fingerprint if run.approved else None)
     summary.update(members=ids, not_found=missing,
                    phases_s={name: round(seconds, 3) for name, seconds in run.phases.items()},
                    http_calls=dict(sorted({**novi.http.calls, **mailman.http.calls}.items())))

@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: Prefect builds each run's parameter model from these
 # annotations, and a runner serving the flow could not resolve `Annotated` from a string.
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from tasks.run import MAX_WORKERS, Run, bounded, failed, plan_lists, read_ledger
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
+APPROVED_LOCK_WAIT = timedelta(minutes=15)
 
 
 @flow(name="sync-lists", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=run_name)
@@ -88,16 +90,23 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
     if not 1 <= workers <= MAX_WORKERS:
         raise BadParameter(f"workers must be between 1 and {MAX_WORKERS}")
     approve = approved_fingerprint(approve)
+    if approve and override_guards:
+        raise BadParameter("give approve or override_guards, not both: approve applies one plan, "
+                           "override_guards any plan")
     run = Run.begin(RunKind.FULL, rules_path, list_id, ledger_block, dry_run)
     waits = approval.can_wait() and approval_wait_s > 0 and not dry_run
     command = sync_command(rules_path, list_id, novi_block, mailman_block, ledger_block)
-    run.how_to_approve = (("in the Prefect UI, Resume this run and tick approve; or " if waits else "")
-                          + f"`{command} --approve {{plan}}`"
-                          + ("" if waits else ", or in the Prefect UI a custom run with approve = {plan}") + ".")
+    # A deployment run's default ledger is the worker's file: the same command elsewhere would
+    # plan against another ledger.
+    where = " on the worker's machine" if approval.can_wait() and not ledger_block else ""
+    run.how_to_approve = (("in the Prefect UI, Resume this run and tick approve; or" if waits else "")
+                          + f"{where} `{command} --approve {{plan}}`"
+                          + ("" if waits else ", or in the Prefect UI a custom run with approve = {plan}") + ".").strip()
     novi = saved(NoviCredentials, novi_block).get_client()
     mailman = saved(MailmanCredentials, mailman_block).get_client()
+    wait_for_lock = timedelta(0)
     while True:
-        with run.hold():
+        with run.hold(wait=wait_for_lock):
             summary, outcomes = reconcile(run, novi, mailman, override_guards, approve, batch_size, workers,
                                           reports_dir, table_rows)
         if not (run.refusal and waits):
@@ -109,6 +118,9 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
             break
         approve = run.fingerprint
         run.again()
+        # An operator's approval comes in working hours, when member runs hold the lists for
+        # seconds at a time: wait for them rather than lose the approval.
+        wait_for_lock = APPROVED_LOCK_WAIT
     # How the time went and which calls were made: what an operator tunes, and what the
     # benchmark compares with the lower bound.
     summary["phases_s"] = {name: round(seconds, 3) for name, seconds in run.phases.items()}
@@ -179,7 +191,8 @@ def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, messa
     summary = report.summarise(the_plan, outcomes, dry_run=run.dry_run, state=state, message=message,
                                novi_members=novi_members, duration_s=run.elapsed(),
                                plan_csv=str(csv_path) if csv_path else None, ledger=run.ledger.location,
-                               guards=run.tripped, guards_overridden=run.overridden)
+                               guards=run.tripped, guards_overridden=run.overridden,
+                               approved=run.fingerprint if run.approved else None)
     try:
         report.publish(summary, rows, table_rows, the_plan.quarantined, the_plan.bouncing)
     except (httpx.HTTPError, ValueError) as exc:  # the Prefect API refused an artifact: said, not fatal

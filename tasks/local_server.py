@@ -76,13 +76,26 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _ours(pid: int, url: str) -> bool:
+    """Whether `pid` is the Prefect server this home started, not a process that reused its PID
+    after a reboot (whose whole group `stop` would otherwise signal)."""
+    if not process_alive(pid):
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (not Linux): the PID and the health check are all there is
+    port = url.rsplit(":", 1)[-1].removesuffix("/api").encode()
+    return b"server" in command and b"start" in command and port in command
+
+
 def status() -> dict | None:
     """The running local server ({"pid", "url"}), or None."""
     try:
         state = json.loads(_state_file().read_text())
     except (OSError, ValueError):
         return None
-    if process_alive(int(state.get("pid", 0))) and _healthy(state["url"]):
+    if _ours(int(state.get("pid", 0)), state.get("url", "")) and _healthy(state["url"]):
         return state
     return None
 
@@ -133,11 +146,12 @@ def start(say: Callable[[str], None]) -> str:
 def stop() -> bool:
     """Stop the local server; whether one was running."""
     try:
-        pid = int(json.loads(_state_file().read_text())["pid"])
+        state = json.loads(_state_file().read_text())
+        pid, url = int(state["pid"]), str(state["url"])
     except (OSError, ValueError, KeyError):
         return False
     _state_file().unlink(missing_ok=True)
-    if not process_alive(pid):
+    if not _ours(pid, url):
         return False
     os.killpg(pid, signal.SIGTERM)
     wait_gone(pid, 30)

@@ -67,7 +67,8 @@ def _counts(series: pd.Series) -> dict[str, int]:
 
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
               novi_members: int, duration_s: float, plan_csv: str | None, ledger: str,
-              guards: list[str] | None = None, guards_overridden: bool = False) -> dict:
+              guards: list[str] | None = None, guards_overridden: bool = False,
+              approved: str | None = None) -> dict:
     """The run as one plain dict: what the flow returns and `--json` prints."""
     lists = []
     for figure in plan.figures.to_dict("records"):
@@ -104,6 +105,7 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
         "ledger": ledger,
         "guards": guards or [],
         "guards_overridden": guards_overridden,
+        "approved_plan": approved,   # the fingerprint an operator approved, when guards had refused it
     }
 
 
@@ -117,6 +119,9 @@ def summary_markdown(summary: dict) -> str:
         mode = "Changes were applied to Mailman."
     if summary.get("guards_overridden"):
         mode += " **Guards were lifted for this run by the operator:** " + " ".join(summary["guards"])
+    if summary.get("approved_plan"):
+        mode += (f" **Plan {summary['approved_plan']} was applied as approved by the operator**, over these "
+                 "guards: " + " ".join(summary["guards"]))
     title = "Dry run of the Novi → Mailman sync (nothing written)" if summary["dry_run"] else "Novi → Mailman sync"
     lines = [f"# {title}: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
@@ -199,7 +204,10 @@ def plan_table(rows: pd.DataFrame) -> pd.DataFrame:
                       & rows["novi_id"].notna()]
     new = rows.loc[(rows["action"] == Action.SUBSCRIBE) & rows["novi_id"].notna()].drop_duplicates("novi_id")
     new_at = pd.Series(new.index, index=new["novi_id"])
-    pairs = [(old, new_at[rows.at[old, "novi_id"]]) for old in gone if rows.at[old, "novi_id"] in new_at.index]
+    # One old address per new one: a second old address of the same person (an earlier removal
+    # that failed) stays a row of its own, never hidden under the first.
+    first_gone = rows.loc[gone].drop_duplicates("novi_id").index
+    pairs = [(old, new_at[rows.at[old, "novi_id"]]) for old in first_gone if rows.at[old, "novi_id"] in new_at.index]
     table = pd.DataFrame({
         "action": rows["action"], "email": rows["email"], "outcome": rows["outcome"].fillna(""),
         "reason": rows["reason"], "change": "", "name": rows["display_name"], "novi_id": rows["novi_id"],
@@ -215,7 +223,7 @@ def plan_table(rows: pd.DataFrame) -> pd.DataFrame:
     table = table.drop(index=[old for old, _ in pairs])
     rank = pd.Series(3, index=table.index)
     rank[~table["action"].isin([*ACTIONS, ADDRESS_CHANGE])] = 4  # rows left alone, bouncing memberships
-    rank[table["action"].isin(REMOVING)] = 1
+    rank[table["action"].isin([*REMOVING, ADDRESS_CHANGE])] = 1  # an address change removes the old address
     rank[table["outcome"] == Outcome.FAILED] = 0
     return table.assign(_rank=rank).sort_values(["_rank", "action", "email"], kind="stable") \
         .drop(columns="_rank").reset_index(drop=True)
@@ -223,13 +231,14 @@ def plan_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def capped(table: pd.DataFrame, table_rows: int) -> tuple[pd.DataFrame, str]:
     """A list's plan table cut for the browser at `table_rows` rows, and what it holds. The cut
-    never takes a failure, a removal or a hold: those are always all there, then the other
-    changes, then the rows left alone, as many as fit."""
-    vital = (table["outcome"] == Outcome.FAILED) | table["action"].isin(REMOVING)
+    never takes a failure, a removal, a hold or an address change (it removes the old address):
+    those are always all there, then the other changes, then the rows left alone, as many as fit."""
+    vital = (table["outcome"] == Outcome.FAILED) | table["action"].isin([*REMOVING, ADDRESS_CHANGE])
     changes = table["action"].isin([*ACTIONS, ADDRESS_CHANGE])
     kept = table.loc[vital | (~vital).cumsum().le(max(table_rows - int(vital.sum()), 0))]
     shown = changes.loc[kept.index]
-    note = (f"{int(shown.sum()):,} of {int(changes.sum()):,} changes (every failure, removal and hold), "
+    note = (f"{int(shown.sum()):,} of {int(changes.sum()):,} changes (every failure, removal, hold and address "
+            "change), "
             f"{int((~shown).sum()):,} of {int((~changes).sum()):,} other rows (left alone, bouncing)")
     return kept, note + ("" if len(kept) == len(table) else
                          f"; cut at {table_rows:,} rows for the browser, which draws every row at once "

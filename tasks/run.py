@@ -271,7 +271,7 @@ class Run:
         """Ask the guards about the plan; a refusal stops every write, unless the operator
         approved this very plan (`approve`, its fingerprint) or lifted the guards for this run."""
         self.tripped = guards.refusals(the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
-        self.fingerprint = guards.fingerprint(the_plan.changes)
+        self.fingerprint = guards.fingerprint(the_plan, self.rules)
         self.overridden = bool(self.tripped and override_guards)
         self.approved = bool(self.tripped and not override_guards and approve == self.fingerprint)
         log = get_run_logger()
@@ -301,6 +301,8 @@ class Run:
             return RunState.REFUSED, self.refusal
         if failed:
             return RunState.FAILED, failed_message(failed, len(outcomes))
+        if self.approved:  # the history says why a refused plan was applied
+            done += f"; plan {self.fingerprint} applied as approved by the operator"
         return RunState.COMPLETED, done
 
     def record(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,

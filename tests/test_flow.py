@@ -539,7 +539,9 @@ def test_an_approved_plan_is_applied_only_while_it_is_the_same_plan(blocks, tmp_
 
     approved, calls = run(novi, mailman, tmp_path, approve=now.upper())  # as typed: case does not matter
     assert approved.is_completed() and approved.name == "Completed", approved.message
-    assert approved.message == f"−16 on {LIST} (16 changes applied)"
+    assert approved.message == f"−16 on {LIST} (16 changes applied); plan {now} applied as approved by the operator"
+    assert approved.result()["approved_plan"] == now
+    assert f"Plan {now} was applied as approved" in Artifact.get(SUMMARY_KEY).data
     assert len(mailman.names(LIST)) == 14 and "approved" in tags_of(approved)
     assert approved.result()["guards"] and approved.result()["plan_fingerprint"] == now
 
@@ -557,6 +559,8 @@ def test_an_approval_that_is_no_fingerprint_is_refused_before_anything_is_read(b
     novi, mailman = FakeNovi([novi_record("a", "a@example.org")]), FakeMailman({LIST: {}})
     state, calls = run(novi, mailman, tmp_path, approve="yes please")
     assert state.is_failed() and "12 hex digits" in state.message and calls == []
+    both, calls = run(novi, mailman, tmp_path, approve="0123456789ab", override_guards=True)
+    assert both.is_failed() and "not both" in both.message and calls == []
 
 
 class Operator:
@@ -626,7 +630,8 @@ def test_a_deployment_run_waits_for_approval_and_applies_the_plan_reviewed(block
     operator = Operator([True])
     state, calls = paused_run(monkeypatch, novi, mailman, tmp_path, operator)
     assert state.is_completed(), state.message
-    assert len(mailman.names(LIST)) == 15 and state.message == f"−15 on {LIST} (15 changes applied)"
+    assert len(mailman.names(LIST)) == 15
+    assert state.message.startswith(f"−15 on {LIST} (15 changes applied); plan ")
     (description,) = operator.descriptions
     fingerprint = state.result()["plan_fingerprint"]
     assert f"Approve plan `{fingerprint}`?" in description and "15 removals planned, 50% of its 30" in description

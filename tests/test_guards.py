@@ -79,18 +79,33 @@ def test_message_says_when_the_plan_moved_since_it_was_approved():
     assert "The plan changed since plan ffffffffffff was approved (the data moved); this is plan 0123456789ab" in message
 
 
-def test_a_plans_fingerprint_is_its_changes_in_any_order():
-    p, _ = planned(50, 10)
-    changes = p.changes
-    assert len(changes) == 10
-    same = fingerprint(changes)
-    assert len(same) == 12 and fingerprint(changes.iloc[::-1]) == same
-    assert fingerprint(changes.assign(reason="another wording")) == same      # reasons are not the plan
-    assert fingerprint(changes.iloc[1:]) != same                              # one change fewer
-    renamed = changes.assign(display_name=changes["display_name"].where(changes.index != changes.index[0], "X"))
-    assert fingerprint(renamed) != same                                       # another new name
-    assert fingerprint(changes.assign(action="hold")) != same
-    assert fingerprint(changes.iloc[0:0]) == fingerprint(changes.iloc[0:0])
+def test_a_plans_fingerprint_is_what_applying_it_would_do_in_any_order():
+    from dataclasses import replace
+
+    p, rules = planned(50, 10)
+    same = fingerprint(p, rules)
+    assert len(p.changes) == 10 and len(same) == 12
+    shuffled = replace(p, changes=p.changes.iloc[::-1], memory=p.memory.iloc[::-1])
+    assert fingerprint(shuffled, rules) == same
+    assert fingerprint(replace(p, changes=p.changes.assign(reason="another wording")), rules) == same
+    assert fingerprint(replace(p, changes=p.changes.iloc[1:]), rules) != same           # one change fewer
+    renamed = p.changes.assign(display_name=p.changes["display_name"].where(p.changes.index != p.changes.index[0], "X"))
+    assert fingerprint(replace(p, changes=renamed), rules) != same                      # another new name
+    assert fingerprint(replace(p, changes=p.changes.assign(delivery_mode="mime_digests")), rules) != same
+    # the next ledger is the plan too: a roster that lost members makes no change row, but the
+    # ledger would remember them as having left
+    left = p.memory.assign(status=p.memory["status"].where(p.memory.index != p.memory.index[0], "left"))
+    assert fingerprint(replace(p, memory=left), rules) != same
+    assert fingerprint(replace(p, figures=p.figures.assign(vanished=7)), rules) != same  # the guards' figures
+    _, goodbyes = planned(50, 10, send_goodbye=True)
+    assert fingerprint(p, goodbyes) != same                                              # the rules: mail
+
+
+def test_plans_without_changes_do_not_share_a_fingerprint():
+    quiet, rules = planned(50, 0)
+    other, other_rules = planned(40, 0)
+    assert quiet.changes.empty and other.changes.empty
+    assert fingerprint(quiet, rules) != fingerprint(other, other_rules)
 
 
 @pytest.mark.parametrize("given, expected", [(None, None), ("  ", None), ("0123456789AB", "0123456789ab"),

@@ -202,7 +202,8 @@ def test_a_member_sync_over_max_removals_is_refused_and_approving_or_lifting_the
 
     approved, _ = one(novi, mailman, [guid(5), guid(6)], rules, approve=fingerprint)
     assert approved.is_completed(), approved.message
-    assert approved.message == f"2 members: −2 on {LIST} (2 changes applied)"
+    assert approved.message == (f"2 members: −2 on {LIST} (2 changes applied); plan {fingerprint} applied as "
+                                "approved by the operator")
     assert not {"m5@example.org", "m6@example.org"} & set(mailman.names(LIST))
 
     lapse(novi.records[7])

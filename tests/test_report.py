@@ -79,3 +79,22 @@ def test_a_dry_runs_artifacts_have_keys_of_their_own():
     assert artifact_key("novi-mailman-summary", dry_run=False) == "novi-mailman-summary"
     assert artifact_key("novi-mailman-summary", dry_run=True) == "novi-mailman-dry-run-summary"
     assert artifact_key("novi-mailman-plan", True, "Members@Example.org") == "novi-mailman-dry-run-plan-members-example-org"
+
+
+def test_a_second_old_address_of_one_person_stays_a_row_of_its_own():
+    """Two old addresses of one Novi id on a list (an earlier removal failed): each stays visible."""
+    table = plan_table(rows(
+        row("unsubscribe", "old1@x.org", reason="address changed in Novi", novi_id="n1", outcome="failed"),
+        row("unsubscribe", "old2@x.org", reason="address changed in Novi", novi_id="n1"),
+        row("subscribe", "new@x.org", reason="eligible, not on the list", novi_id="n1")))
+    assert sorted(table["email"]) == ["new@x.org", "old2@x.org"]  # old1 is the address change's "old"
+    moved = table.loc[table["action"] == ADDRESS_CHANGE].iloc[0]
+    assert moved["change"] == "old1@x.org → new@x.org" and moved["outcome"] == "failed"
+
+
+def test_address_changes_are_never_cut():
+    items = [row("unsubscribe", f"o{i}@x.org", reason="address changed in Novi", novi_id=f"n{i}") for i in range(5)]
+    items += [row("subscribe", f"n{i}@x.org", novi_id=f"n{i}") for i in range(5)]
+    items += [row("subscribe", f"s{i}@x.org", novi_id=f"s{i}") for i in range(5)]
+    kept, note = capped(plan_table(rows(*items)), 2)
+    assert (kept["action"] == ADDRESS_CHANGE).sum() == 5 and "cut at 2" in note

@@ -14,11 +14,16 @@ import pandas as pd
 
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules
-from tasks.core.schema import FINGERPRINT_LENGTH, REMOVING
+from tasks.core.schema import FINGERPRINT_LENGTH, PREFERENCE_COLUMNS, REMOVING
 
-# What makes two plans the same plan: the same changes, to the same addresses, for the same
-# people, with the same new names. Reasons and row order are not the plan.
-FINGERPRINT_COLUMNS = ["list_id", "action", "match_key", "novi_id", "display_name"]
+# What makes two plans the same plan: the same changes (to the same addresses, for the same
+# people, with the same new names, preferences and requests), the same next ledger (who it will
+# remember as a member, as having left, as removed: a roster collapse changes that and no
+# change row), the same figures the guards judge, and the same rules (welcome and goodbye mail
+# among them). Reasons, timestamps and row order are not the plan.
+FINGERPRINT_COLUMNS = ["list_id", "action", "match_key", "novi_id", "display_name", "request",
+                       *PREFERENCE_COLUMNS]
+MEMORY_PRINT_COLUMNS = ["list_id", "match_key", "novi_id", "status"]
 
 
 def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None, *, few: bool = False) -> list[str]:
@@ -80,11 +85,18 @@ def roster_collapse(plan: Plan, rules: Rules, only: str | None = None) -> list[s
     return found
 
 
-def fingerprint(changes: pd.DataFrame) -> str:
-    """A short hash of a plan's changes, the same for the same changes in any order."""
-    rows = changes.reindex(columns=FINGERPRINT_COLUMNS).astype("string").fillna("")
-    lines = sorted("\x1f".join(row) for row in rows.itertuples(index=False, name=None))
-    return hashlib.sha256("\x1e".join(lines).encode()).hexdigest()[:FINGERPRINT_LENGTH]
+def _lines(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    rows = frame.reindex(columns=columns).astype("string").fillna("")
+    return sorted("\x1f".join(row) for row in rows.itertuples(index=False, name=None))
+
+
+def fingerprint(plan: Plan, rules: Rules) -> str:
+    """A short hash of what applying the plan would do: the same for the same plan, in any order."""
+    figures = plan.figures.sort_values("list_id").astype("string").fillna("")
+    parts = [*_lines(plan.changes, FINGERPRINT_COLUMNS), "\x1d", *_lines(plan.memory, MEMORY_PRINT_COLUMNS), "\x1d",
+             *("\x1f".join(row) for row in figures.itertuples(index=False, name=None)), "\x1d",
+             rules.model_dump_json()]
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()[:FINGERPRINT_LENGTH]
 
 
 def refusal_message(found: list[str], plan_fingerprint: str, proceed: str, *, approved: str | None = None) -> str:
