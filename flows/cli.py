@@ -278,9 +278,7 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
              "--override-guards", help="Lift the safety guards for this run only, whatever the plan.")] = False,
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
-    approve = approved_fingerprint(approve)
-    if approve and override_guards:
-        raise typer.BadParameter("give --approve or --override-guards, not both")
+    approve = approved_fingerprint(approve, override_guards=override_guards)
     _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json,
          override_guards, approve)
 

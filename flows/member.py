@@ -91,10 +91,7 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
     bad = [m for m in ids if not GUID.fullmatch(m)]
     if bad or not ids or len(ids) > MAX_MEMBERS_PER_RUN:
         raise BadParameter(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
-    approve = approved_fingerprint(approve)
-    if approve and override_guards:
-        raise BadParameter("give approve or override_guards, not both: approve applies one plan, "
-                           "override_guards any plan")
+    approve = approved_fingerprint(approve, override_guards=override_guards)
     run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
     run.how_to_approve = ("in the Prefect UI, a custom run of this member run with approve = {plan} "
                           "(or let the full sync make the changes).")

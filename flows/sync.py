@@ -89,10 +89,7 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
         raise BadParameter("batch_size must be between 1 and 500")
     if not 1 <= workers <= MAX_WORKERS:
         raise BadParameter(f"workers must be between 1 and {MAX_WORKERS}")
-    approve = approved_fingerprint(approve)
-    if approve and override_guards:
-        raise BadParameter("give approve or override_guards, not both: approve applies one plan, "
-                           "override_guards any plan")
+    approve = approved_fingerprint(approve, override_guards=override_guards)
     run = Run.begin(RunKind.FULL, rules_path, list_id, ledger_block, dry_run)
     waits = approval.can_wait() and approval_wait_s > 0 and not dry_run
     command = sync_command(rules_path, list_id, novi_block, mailman_block, ledger_block)

@@ -188,10 +188,16 @@ def empty_ledger():
     return frame
 
 
-def approved_fingerprint(value: str | None) -> str | None:
-    """An operator's `approve` value as a fingerprint, or None; anything else is refused."""
+def approved_fingerprint(value: str | None, *, override_guards: bool = False) -> str | None:
+    """An operator's `approve` value as a fingerprint, or None; anything else is refused, and so
+    is an approval given with `override_guards` (one plan, or any plan: not both)."""
     if value is None or not value.strip():
         return None
+    if override_guards:
+        from tasks.errors import BadParameter
+
+        raise BadParameter("give approve or override_guards, not both: approve applies one plan, "
+                           "override_guards any plan")
     text = value.strip().lower()
     if len(text) != FINGERPRINT_LENGTH or any(c not in "0123456789abcdef" for c in text):
         from tasks.errors import BadParameter
