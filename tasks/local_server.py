@@ -12,6 +12,7 @@ to talk to (Prefect reads its settings once, when it is imported).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -50,20 +51,44 @@ def _log_file() -> Path:
 
 
 def configured() -> bool:
-    """Whether Prefect is already told which API to use: the environment, settings already
-    loaded in this process (a test harness), or the active Prefect profile."""
+    """Whether Prefect is already told which API to use, wherever Prefect itself would read it:
+    the environment, settings already loaded in this process (a test harness), the working
+    directory's `.env`, `prefect.toml` or `pyproject.toml` ([tool.prefect]), or the active
+    Prefect profile."""
     if os.environ.get("PREFECT_API_URL"):
         return True
     if "prefect.settings" in sys.modules:
         from prefect.settings import PREFECT_API_URL
 
         return bool(PREFECT_API_URL.value())
+    return _in_working_directory() or _in_profile()
+
+
+def _toml(path: str) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def _in_working_directory() -> bool:
+    """Prefect's own sources besides the environment and the profile (prefect/settings/sources.py)."""
+    try:
+        from dotenv import dotenv_values  # Prefect's dependency, and cheap: not Prefect itself
+
+        if dotenv_values(".env").get("PREFECT_API_URL"):
+            return True
+    except OSError:
+        pass
+    prefect_toml = _toml("prefect.toml")
+    pyproject = _toml("pyproject.toml").get("tool", {}).get("prefect", {})
+    return any(table.get("api", {}).get("url") or table.get("PREFECT_API_URL") for table in (prefect_toml, pyproject))
+
+
+def _in_profile() -> bool:
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", Path(os.environ.get("PREFECT_HOME", "~/.prefect"))
                                    .expanduser() / "profiles.toml")).expanduser()
-    try:
-        data = tomllib.loads(profiles.read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return False
+    data = _toml(str(profiles))
     active = os.environ.get("PREFECT_PROFILE") or data.get("active", "")
     return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
@@ -112,11 +137,21 @@ def _free_port() -> int:
 
 
 def start(say: Callable[[str], None]) -> str:
-    """The local server's API URL, started in the background if it is not running."""
+    """The local server's API URL, started in the background if it is not running.
+
+    Two commands at the same instant (a cron job and a person) start one server: the second
+    waits on the first's lock, then finds it running."""
     running = status()
     if running:
         return running["url"]
     home().mkdir(parents=True, exist_ok=True)
+    with open(home() / "prefect-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        running = status()
+        return running["url"] if running else _start(say)
+
+
+def _start(say: Callable[[str], None]) -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"
