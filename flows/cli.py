@@ -167,9 +167,11 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
     """Test both connections, each on its own line: Novi's member total, Mailman's version and lists.
 
     A side that refuses connections fails after one short retry: a person is waiting."""
+    from tasks.core.rules import load_rules
+
+    wanted = load_rules(rules) if rules else None
     _prefect()
     from tasks.blocks import MailmanCredentials, NoviCredentials, saved
-    from tasks.core.rules import load_rules
     from tasks.errors import SyncError
     from tasks.mailman import OLDEST_TESTED, untested
 
@@ -187,8 +189,8 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
         if untested(version):
             err.print(f"Mailman {version} is supported but older than {'.'.join(map(str, OLDEST_TESTED))}, "
                       "the oldest the tests run against")
-        if rules:
-            missing = [r.list_id for r in load_rules(rules).lists if r.list_id not in lists]
+        if wanted:
+            missing = [r.list_id for r in wanted.lists if r.list_id not in lists]
             if missing:
                 raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
             out.print(f"Rules {rules}: every list exists")
@@ -209,6 +211,9 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
 def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
          override_guards: bool = False, approve: str | None = None) -> None:
+    from tasks.core.rules import resolve_rules
+
+    resolve_rules(rules, list_id)  # a mistyped path is one line before Prefect starts, not a failed run
     _prefect()
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
@@ -390,5 +395,26 @@ def server_status() -> None:
     raise typer.Exit(0 if running else 1)
 
 
+def command_line() -> None:
+    """The installed `novi-mailman`: typer's app, with a mistake in the command itself (an
+    unknown option, a value out of range) said in one line, as every expected failure is, rather
+    than typer's framed panel. Nothing is imported or started before it is checked."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer carries its own click
+
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `novi-mailman` alone, or a group without its command: the help
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "novi-mailman"
+        err.print(f"{where}: {exc.format_message()} (see {where} --help)", style="red")
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt
+        err.print("Aborted.", style="red")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    command_line()

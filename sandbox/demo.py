@@ -1,7 +1,9 @@
 """`make demo`, `make ui` and `make down`: the main job against the local sandbox.
 
 Starts (or reuses) a Prefect server, the Novi sandbox and a real Mailman core, all on
-127.0.0.1 with their PIDs and logs in .demo/; then runs the command line a user would:
+127.0.0.1 with their PIDs and logs in .demo/; the Prefect server is the command line's own
+local server (tasks/local_server.py) with .demo/ as its home, so `make demo`, `make ui` and a
+user's own commands with NOVI_MAILMAN_HOME=.demo meet on one server; then runs the command line a user would:
 save the blocks, check, plan (dry run), sync, make churn in the sandbox, sync again, and look
 up one address's history. A second `make demo` starts again from the same data.
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 import requests
 
 from sandbox import deploy as deployments
+from tasks import local_server
 from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
@@ -24,16 +27,30 @@ from sandbox.novi import DEFAULT_KEY
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".demo"
 BIN = Path(sys.executable).parent
-PREFECT_PORT, NOVI_PORT, MAILMAN_PORT, WORKER_PORT = 4200, 8765, 8001, 4201
+NOVI_PORT, MAILMAN_PORT, WORKER_PORT = 8765, 8001, 4201
 NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
 RULES = ROOT / "sandbox" / "demo-rules.yaml"
 MEMBERS = 300
 HAND_ADDED = {"office@example.org": "Association Office", "partner@example.net": "Partner Contact"}
 
 
+def prefect_ui(start: bool = True) -> str | None:
+    """The demo's Prefect server (the command line's local server, its home .demo/): its UI's
+    URL, started in the background if `start` and it is not running."""
+    os.environ[local_server.HOME_ENV] = str(STATE)
+    if start:
+        STATE.mkdir(exist_ok=True)
+        return local_server.start(print).removesuffix("/api")
+    running = local_server.status()
+    return running["url"].removesuffix("/api") if running else None
+
+
 def environment() -> dict[str, str]:
-    """What every demo command runs with: its own Prefect home, ledger and reports."""
-    return {**os.environ, **servers.prefect_environment(STATE, PREFECT_PORT),
+    """What every demo command runs with: the demo's Prefect server and home, ledger and reports."""
+    ui = prefect_ui(start=False)
+    return {**os.environ, local_server.HOME_ENV: str(STATE), "PREFECT_HOME": str(STATE / "prefect"),
+            **({"PREFECT_API_URL": f"{ui}/api"} if ui else {}),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
             "NOVI_MAILMAN_LEDGER": str(STATE / "ledger.sqlite"),
             "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
             "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS,
@@ -63,7 +80,7 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def up() -> MailmanCore:
     STATE.mkdir(exist_ok=True)
     say("Starting a Prefect server, the Novi sandbox and a real Mailman core on 127.0.0.1")
-    servers.start_prefect(PREFECT_PORT, STATE, environment())
+    prefect_ui()
     servers.start("novi-sandbox", [sys.executable, "-m", "sandbox.novi", "--port", str(NOVI_PORT), "--size", str(MEMBERS)],
                   f"{NOVI_URL}/_sandbox/state", STATE, environment(),
                   headers={"Authorization": f"Basic {DEFAULT_KEY}"})
@@ -121,7 +138,7 @@ def demo() -> None:
         run("history", moved["old"])
 
     say("Where to look next")
-    print(f"""Prefect UI:     http://127.0.0.1:{PREFECT_PORT}  (Runs → a sync-lists run → Artifacts: the summary and one plan
+    print(f"""Prefect UI:     {prefect_ui(start=False)}  (Runs → a sync-lists run → Artifacts: the summary and one plan
                 table per list, failures and removals first; or the Artifacts page, keys
                 novi-mailman-summary / novi-mailman-plan-members-example-org)
 Deployments:    make deploy  (prefect.yaml's deployments and a worker: run, approve and read them in the UI)
@@ -149,7 +166,7 @@ def deploy() -> None:
     print(f"""Deployed sync-lists/nightly-full-sync, sync-member/webhook-member-sync and address-history/address-history
 (pool {deployments.POOL});
 the worker runs them with the demo's ledger (.demo/ledger.sqlite) and reports (.demo/reports/).
-Prefect UI: http://127.0.0.1:{PREFECT_PORT}/deployments  (Run → Quick run, or Custom run for the form)
+Prefect UI: {prefect_ui(start=False)}/deployments  (Run → Quick run, or Custom run for the form)
 Stop everything: make down""")
 
 
@@ -158,20 +175,21 @@ def down() -> None:
     servers.stop("worker", STATE)
     MailmanCore(port=MAILMAN_PORT).stop()
     print("mailman: stopped")
-    for name in ("novi-sandbox", "prefect"):
-        servers.stop(name, STATE)
+    servers.stop("novi-sandbox", STATE)
+    prefect_ui(start=False)  # the demo's home
+    print("prefect: stopped" if local_server.stop() else "prefect: was not running")
 
 
 def ui() -> None:
-    STATE.mkdir(exist_ok=True)
-    servers.start_prefect(PREFECT_PORT, STATE, environment())
-    print(f"Prefect UI: http://127.0.0.1:{PREFECT_PORT}  (make down stops it)")
+    print(f"Prefect UI: {prefect_ui()}  (make down stops it)")
 
 
 def env() -> None:
     """Print the demo's environment as KEY=value lines, for `export $(make -s demo-env)`."""
-    for key in ("PREFECT_HOME", "PREFECT_API_URL", "NOVI_MAILMAN_LEDGER", "NOVI_MAILMAN_REPORTS"):
-        print(f"{key}={environment()[key]}")
+    shown = environment()
+    for key in (local_server.HOME_ENV, "PREFECT_HOME", "PREFECT_API_URL", "NOVI_MAILMAN_LEDGER", "NOVI_MAILMAN_REPORTS"):
+        if key in shown:
+            print(f"{key}={shown[key]}")
 
 
 if __name__ == "__main__":

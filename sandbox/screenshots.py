@@ -30,7 +30,6 @@ from sandbox.novi import DEFAULT_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
-UI = f"http://127.0.0.1:{demo.PREFECT_PORT}"
 DEBUG_PORT = 9339
 NOVI = {"Authorization": f"Basic {DEFAULT_KEY}"}
 
@@ -54,33 +53,34 @@ def lapse(share: int) -> None:
 def screenshots() -> None:
     demo.demo()
     demo.deploy()
+    ui = demo.prefect_ui(start=False)
     SHOTS.mkdir(parents=True, exist_ok=True)
     demo.say("Screens of the operator's loop, in headless Chromium")
-    with temporary_settings({PREFECT_API_URL: f"{UI}/api"}), Browser(DEBUG_PORT) as browser:
+    with temporary_settings({PREFECT_API_URL: f"{ui}/api"}), Browser(DEBUG_PORT) as browser:
         requests.post(f"{demo.NOVI_URL}/_sandbox/churn", json={"lapse": 4, "renew": 2, "rename": 3,
                                                                "change_address": 2, "add": 3}, headers=NOVI,
                       timeout=10).raise_for_status()
         done = run_deployment("sync-lists/nightly-full-sync", timeout=300)
         assert done.state.is_completed(), done.state
-        browser.open(f"{UI}/runs/flow-run/{done.id}", "changes applied")
+        browser.open(f"{ui}/runs/flow-run/{done.id}", "changes applied")
         shot(browser, "1-completed-run.png")
-        browser.open(f"{UI}/artifacts/artifact/{artifact_id(done.id, 'novi-mailman-summary')}", "in step")
+        browser.open(f"{ui}/artifacts/artifact/{artifact_id(done.id, 'novi-mailman-summary')}", "in step")
         shot(browser, "2-summary.png")
-        browser.open(f"{UI}/artifacts/artifact/{artifact_id(done.id, 'novi-mailman-plan-members-example-org')}",
+        browser.open(f"{ui}/artifacts/artifact/{artifact_id(done.id, 'novi-mailman-plan-members-example-org')}",
                      "address change")
         shot(browser, "3-plan-table.png")
 
         lapse(3)  # a third of the members lapse at once: the removal guards trip
         waiting = run_deployment("sync-lists/nightly-full-sync", timeout=0)
         deployments.wait_for_run(waiting.id, lambda s: s.is_paused())
-        browser.open(f"{UI}/runs/flow-run/{waiting.id}", "Resume")
+        browser.open(f"{ui}/runs/flow-run/{waiting.id}", "Resume")
         shot(browser, "4-refused-waiting.png")
         browser.click("Resume")
         browser.wait_for("Approve plan")
         shot(browser, "5-approval-form.png")
         resume_flow_run(waiting.id, run_input={"approve": False})
         deployments.wait_for_run(waiting.id, lambda s: s.is_final())
-        browser.open(f"{UI}/runs/flow-run/{waiting.id}", "Rejected by the operator")
+        browser.open(f"{ui}/runs/flow-run/{waiting.id}", "Rejected by the operator")
         shot(browser, "6-refused-run.png")
 
         with get_client(sync_client=True) as client:  # someone the completed run removed
@@ -89,7 +89,7 @@ def screenshots() -> None:
                 key=ArtifactFilterKey(any_=["novi-mailman-plan-members-example-org"])))[0]
         address = next(row["email"] for row in json.loads(plan.data) if row["action"] == "unsubscribe")
         asked = run_deployment("address-history/address-history", parameters={"address": address}, timeout=300)
-        browser.open(f"{UI}/artifacts/artifact/{artifact_id(asked.id, 'novi-mailman-address-history')}",
+        browser.open(f"{ui}/artifacts/artifact/{artifact_id(asked.id, 'novi-mailman-address-history')}",
                      "History of")
         shot(browser, "7-address-history.png")
     print(f"Screenshots in {SHOTS.relative_to(ROOT)}/")
@@ -104,8 +104,8 @@ def measure_tables(sizes=(100, 500, 1000, 2000, 5000)) -> None:
     """Seconds from opening a table artifact of each size until its rows are on the page."""
     from prefect.artifacts import create_table_artifact
 
-    demo.ui()
-    with temporary_settings({PREFECT_API_URL: f"{UI}/api"}), Browser(DEBUG_PORT) as browser:
+    ui = demo.prefect_ui()
+    with temporary_settings({PREFECT_API_URL: f"{ui}/api"}), Browser(DEBUG_PORT) as browser:
         for size in sizes:
             rows = [{"action": "left alone", "email": f"member{i}@example.org", "change": "", "name": f"Member {i}",
                      "novi_id": f"5a1d0000-0000-4000-8000-{i:012d}", "reason": "unmanaged: not in Novi",
@@ -116,7 +116,7 @@ def measure_tables(sizes=(100, 500, 1000, 2000, 5000)) -> None:
                 (found,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                                  limit=1)
             started = time.monotonic()
-            browser.open(f"{UI}/artifacts/artifact/{found.id}", f"member{size - 1}@example.org", seconds=300)
+            browser.open(f"{ui}/artifacts/artifact/{found.id}", f"member{size - 1}@example.org", seconds=300)
             print(f"{size:>6} rows: shown after {time.monotonic() - started:.1f} s, {browser.rows():,} table rows "
                   "in the page")
 

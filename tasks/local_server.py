@@ -32,6 +32,7 @@ from tasks.host import process_alive, wait_gone
 HOME_ENV = "NOVI_MAILMAN_HOME"
 PREFERRED_PORT = 4200      # Prefect's own default, where people look for the UI
 START_TIMEOUT_S = 240      # a fresh database on a loaded 2-core machine took 35-45 s; never time out early
+PROGRESS_EVERY_S = 15
 
 
 class ServerError(SyncError):
@@ -165,7 +166,11 @@ def _start(say: Callable[[str], None]) -> str:
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                    start_new_session=True)
     _state_file().write_text(json.dumps({"pid": process.pid, "url": url}))
+    said = started
     while time.monotonic() - started < START_TIMEOUT_S:
+        if time.monotonic() - said >= PROGRESS_EVERY_S:  # a loaded machine: show it is not stuck
+            said = time.monotonic()
+            say(f"… still starting ({said - started:.0f} s; its log: {_log_file()})")
         if _healthy(url):
             say(f"Prefect server ready in {time.monotonic() - started:.0f} s (UI: http://127.0.0.1:{port}; "
                 "`novi-mailman server stop` stops it).")

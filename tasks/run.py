@@ -27,9 +27,9 @@ from prefect.states import Completed, Failed, State
 from tasks.blocks import LedgerDatabase, saved
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
-from tasks.core.rules import Rules, load_rules, single_list_rules
+from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag
-from tasks.errors import ChangesFailed, GuardRefused, RulesError, SyncError
+from tasks.errors import ChangesFailed, GuardRefused, SyncError
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches, read_preferences, with_preferences
 
@@ -78,13 +78,6 @@ def sync_command(rules_path: str | None, list_id: str | None, novi_block: str, m
     words += ["--mailman-block", mailman_block] if mailman_block != "mailman" else []
     words += ["--ledger-block", ledger_block] if ledger_block else []
     return shlex.join(words)
-
-
-def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
-    """The rules file, or the one-list shortcut; exactly one of the two."""
-    if bool(rules_path) == bool(list_id):
-        raise RulesError("give either a rules file or a single list id, not both and not neither")
-    return load_rules(rules_path) if rules_path else single_list_rules(list_id)
 
 
 def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:

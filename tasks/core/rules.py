@@ -168,3 +168,10 @@ def load_rules(path: str | Path) -> Rules:
 def single_list_rules(list_id: str) -> Rules:
     """The shortcut for the simple case: one list, every default."""
     return parse_rules({"lists": [{"list_id": list_id}]}, f"--list {list_id}")
+
+
+def resolve_rules(rules_path: str | None, list_id: str | None) -> Rules:
+    """The rules file, or the one-list shortcut; exactly one of the two."""
+    if bool(rules_path) == bool(list_id):
+        raise RulesError("give either a rules file or a single list id, not both and not neither")
+    return load_rules(rules_path) if rules_path else single_list_rules(list_id)
