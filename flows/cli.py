@@ -14,10 +14,11 @@ from rich.table import Table
 
 from tasks.core.schema import ACTIONS, Outcome, RunState, approved_fingerprint
 
-# The temporary Prefect server a command starts without PREFECT_API_URL writes a telemetry row
-# as it boots, and its "database is locked" traceback reached the terminal. An operator's own
-# setting wins; the rest of the server is Prefect's defaults.
+# Prefect's telemetry is off unless the operator turns it on (DO_NOT_TRACK=0,
+# PREFECT_SERVER_ANALYTICS_ENABLED=true): a server's telemetry row once reached the terminal as a
+# "database is locked" traceback, and the client's usage events go to a third party unasked.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # Prefect's client-side usage events (prefect/_internal/analytics)
 
 app = typer.Typer(help="Keep Mailman 3 lists in step with Novi AMS membership.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -212,9 +213,23 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
          override_guards: bool = False, approve: str | None = None) -> None:
     from tasks.core.rules import resolve_rules
+    from tasks.errors import SyncError
 
-    resolve_rules(rules, list_id)  # a mistyped path is one line before Prefect starts, not a failed run
-    _prefect()
+    try:
+        resolve_rules(rules, list_id)  # a mistyped path is one line before Prefect starts, not a failed run
+        _prefect()
+        from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials, saved
+
+        # A missing block, or a Prefect server that does not answer, is one line before a run starts.
+        for block_type, name in ((NoviCredentials, novi_block), (MailmanCredentials, mailman_block),
+                                 (LedgerDatabase, ledger_block)):
+            if name:
+                saved(block_type, name)
+    except SyncError as exc:
+        if not as_json or DEBUG["on"]:
+            raise
+        print(json.dumps({"state": RunState.FAILED, "message": str(exc)}, sort_keys=True))  # --json: one object
+        raise typer.Exit(EXIT_FAILED) from None
     from flows.sync import sync_lists
     from tasks.errors import GuardRefused
 

@@ -6,10 +6,11 @@ from urllib.parse import urlsplit
 
 from typing import TypeVar
 
+import httpx
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from tasks.errors import BlockNotFound
+from tasks.errors import BlockNotFound, PrefectUnreachable
 from tasks.ledger import Ledger
 from tasks.mailman import MailmanClient, rest_base
 from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, READ_RETRIES, NoviClient, api_base
@@ -21,14 +22,18 @@ SavedBlock = TypeVar("SavedBlock", bound=Block)
 def saved(block_type: type[SavedBlock], name: str) -> SavedBlock:
     """The block saved under `name`; one that is not on the Prefect server is one clear error
     saying which server was asked and how to save it."""
+    from prefect.settings import PREFECT_API_URL
+
+    server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
     try:
         return block_type.load(name)
+    except httpx.TransportError as exc:  # refused, timed out: no answer at all
+        raise PrefectUnreachable(f"the Prefect server at {server} does not answer ({exc or type(exc).__name__}): "
+                                 "start it (`novi-mailman server start`) or set PREFECT_API_URL to one that "
+                                 "runs") from None
     except ValueError as exc:
         if "Unable to find block document" not in str(exc):
             raise
-        from prefect.settings import PREFECT_API_URL
-
-        server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
         how = ("`novi-mailman blocks --novi-url … --mailman-url …`" if block_type is not LedgerDatabase
                else "LedgerDatabase(url=…).save(name) (README: the ledger)")
         raise BlockNotFound(f"no {block_type.__name__} block named {name!r} on the Prefect server at {server}: "

@@ -38,6 +38,10 @@ class BlockNotFound(SyncError):
     """A block named in a run's parameters is not saved on the Prefect server the run talks to."""
 
 
+class PrefectUnreachable(SyncError):
+    """The Prefect server the blocks live on does not answer."""
+
+
 class ListNotFound(SyncError):
     """A list named in the rules does not exist on the Mailman server."""
 

@@ -208,20 +208,6 @@ def test_a_refused_sweep_on_the_command_line_prints_no_prefect_traceback(prefect
     assert loud.returncode == EXIT_FAILED and "Traceback" in loud.stderr
 
 
-def test_a_prefect_api_that_does_not_answer_is_one_line(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from sandbox.mailman import free_port
-
-    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api"}
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "plan", "--list", "a.example.org"], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == EXIT_FAILED and "Traceback" not in result.stderr, result.stderr
-    assert "the run could not start: Failed to reach API" in result.stderr
-
-
 def test_check_reports_each_side_and_gives_up_on_a_refused_connection_after_one_short_retry(cli_blocks):
     import requests
 
