@@ -94,6 +94,12 @@ changes_table = Table(
     Column("outcome", String(32), nullable=False),
     Column("reason", Text),
     Column("detail", Text),
+    # What an undo of the run needs: the name it set and the one it replaced, and the
+    # preferences the address had on the list (the roster's, or those it was subscribed with).
+    Column("display_name", Text),
+    Column("previous", Text),
+    Column("delivery_mode", String(32)),
+    Column("moderation_action", String(16)),
     Index("ix_changes_match_key", "match_key", "at"),
 )
 
@@ -297,8 +303,7 @@ class Ledger:
                 conn.execute(delete(addresses_table).where(scope))
                 if not memory.empty:
                     conn.execute(addresses_table.insert(), _records(memory[LEDGER_COLUMNS].assign(run_id=key)))
-            change_rows = changes.assign(run_id=key, at=at)[["run_id", "at", "list_id", "match_key", "email", "novi_id", "action",
-                                       "outcome", "reason", "detail"]]
+            change_rows = changes.assign(run_id=key, at=at)[[c.name for c in changes_table.columns if c.name != "id"]]
             if not change_rows.empty:
                 conn.execute(changes_table.insert(), _records(change_rows))
             if per_list:
@@ -532,6 +537,8 @@ _ADDED_COLUMNS = {
     runs_table.name: {"kind": "VARCHAR(16) NOT NULL DEFAULT 'full'", "flow_run_id": "VARCHAR(64)",
                       "attempt": "INTEGER"},
     locks_table.name: {"lease": "VARCHAR(32)"},
+    changes_table.name: {"display_name": "TEXT", "previous": "TEXT", "delivery_mode": "VARCHAR(32)",
+                         "moderation_action": "VARCHAR(16)"},
     addresses_table.name: {"delivery_mode": "VARCHAR(32)", "moderation_action": "VARCHAR(16)",
                            "delivery_status": "VARCHAR(16)"},
 }

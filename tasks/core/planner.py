@@ -386,9 +386,11 @@ def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFra
                 CHANGE_COLUMNS, list_id=rule.list_id, action=action, email=rows[email_column],
                 match_key=rows["match_key"], reason=_pick(reason, mask), novi_id=where.owner.loc[mask],
                 display_name=rows["display_name"], member_id=rows["member_id"], request=where.request.loc[mask],
-                previous=rows["display_name_roster"] if action == Action.RENAME else pd.Series(dtype="string"),
-                **({c: where.preferences.loc[mask, c] for c in PREFERENCE_COLUMNS} if action == Action.SUBSCRIBE
-                   else {})))
+                previous=rows["display_name_roster"] if action != Action.SUBSCRIBE else pd.Series(dtype="string"),
+                # A subscribe carries the preferences to subscribe with; a removal or hold those the
+                # roster had, which an undo of the run restores (tasks.core.undo).
+                **{c: where.preferences.loc[mask, c] if action == Action.SUBSCRIBE else rows[c]
+                   for c in PREFERENCE_COLUMNS}))
     return _concat(parts, CHANGE_COLUMNS)
 
 

@@ -117,8 +117,9 @@ MEMBER_COLUMNS = [
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
 # token of a subscription request a subscribe resolves (one waiting for the moderator).
-# A subscribe carries the preferences to subscribe with (the member's earlier ones, or Mailman's defaults).
-# `previous` is what a rename replaces (the roster's name), for the people reading the plan.
+# A subscribe carries the preferences to subscribe with (the member's earlier ones, or Mailman's defaults);
+# a change to a roster row (unsubscribe, hold, release, rename) the preferences and the name
+# (`previous`) the roster had: what a rename replaces, and what an undo of the run restores.
 CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id",
                   "request", "previous", *PREFERENCE_COLUMNS]
 # A list's pending subscription requests (tasks.mailman): `owner` is who must act on it.
