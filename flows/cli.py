@@ -371,6 +371,75 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
     out.print(table)
 
 
+@app.command()
+@one_line
+def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as `history` and the Prefect UI "
+                                                 "show it) or its id.")],
+         apply: Annotated[bool, typer.Option("--apply", help="Apply the undo (without it: a dry run, "
+                                                               "nothing written).")] = False,
+         rules: RulesOpt = None, mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
+         approve: Annotated[Optional[str], typer.Option(
+             "--approve", metavar="FINGERPRINT",
+             help="Apply an undo the guards refused, if it is still that plan.")] = None,
+         override_guards: Annotated[bool, typer.Option(
+             "--override-guards", help="Lift the removal guards for this undo only.")] = False,
+         batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False) -> None:
+    """Undo what one run applied (a dry run unless --apply): re-subscribe whom it removed, with
+    their names and preferences and no mail; remove whom it subscribed; release its holds; restore
+    the names it changed. What changed since is skipped and said."""
+    from tasks.errors import SyncError
+
+    approve = approved_fingerprint(approve, override_guards=override_guards)
+    try:
+        if rules:
+            from tasks.core.rules import load_rules
+
+            load_rules(rules)
+        _prefect()
+        from flows.undo import run_to_undo
+        from tasks.blocks import MailmanCredentials, saved
+        from tasks.run import open_ledger
+
+        saved(MailmanCredentials, mailman_block)
+        run_to_undo(open_ledger(ledger_block, create=False), run)  # a wrong name is one line, before a run
+    except SyncError as exc:
+        if not as_json or DEBUG["on"]:
+            raise
+        print(json.dumps({"state": RunState.FAILED, "message": str(exc)}, sort_keys=True))
+        raise typer.Exit(EXIT_FAILED) from None
+    from flows.undo import undo_run
+    from tasks.errors import GuardRefused
+
+    state = undo_run(run=run, dry_run=not apply, rules_path=rules, mailman_block=mailman_block,
+                     ledger_block=ledger_block, override_guards=override_guards, approve=approve,
+                     batch_size=batch_size, workers=workers, return_state=True)
+    if state.is_completed():
+        summary, code = state.result(), 0
+    else:
+        exc = state.result(raise_on_failure=False)
+        summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
+        code = EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        raise typer.Exit(code)
+    if summary.get("changes"):
+        table = Table(title=f"{'Dry run: u' if summary.get('dry_run') else 'U'}ndo of {summary.get('undoes')}")
+        for column in ("list", "action", "email", "name", "outcome", "reason"):
+            table.add_column(column)
+        for change in summary["changes"]:
+            table.add_row(change["list_id"], change["action"], change["email"], change.get("display_name") or "",
+                          change.get("outcome") or "", change.get("reason") or "")
+        out.print(table)
+    for skipped in summary.get("skipped", []):
+        out.print(f"Left as it is: {skipped['email']} on {skipped['list_id']}: {skipped['reason']}")
+    colour = {RunState.COMPLETED: "green", RunState.REFUSED: "yellow"}.get(summary.get("state"), "red")
+    out.print(str(summary.get("message")), style=colour)
+    if code == 0 and not apply and summary.get("changes"):
+        out.print(f"To apply it: novi-mailman undo {run} --apply"
+                  + (f" --ledger-block {ledger_block}" if ledger_block else ""))
+    raise typer.Exit(code)
+
+
 server = typer.Typer(help="The local Prefect server the commands use when PREFECT_API_URL is not set.",
                      no_args_is_help=True)
 app.add_typer(server, name="server")

@@ -100,6 +100,7 @@ changes_table = Table(
     Column("previous", Text),
     Column("delivery_mode", String(32)),
     Column("moderation_action", String(16)),
+    Column("delivery_status", String(16)),
     Index("ix_changes_match_key", "match_key", "at"),
 )
 
@@ -334,6 +335,40 @@ class Ledger:
         frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
         return frame
 
+    def find_run(self, ref: str) -> dict | None:
+        """A run by its ledger key, its flow run id or its name (the newest attempt that wrote
+        something, else the newest attempt)."""
+        if not self.exists:
+            return None
+        ref = ref.strip()
+        query = (select(runs_table)
+                 .where((runs_table.c.run_id == ref) | (runs_table.c.flow_run_id == ref) | (runs_table.c.run_name == ref))
+                 .order_by((runs_table.c.changes > runs_table.c.failed).desc(), runs_table.c.ended_at.desc()))
+        with self._connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return dict(row) if row else None
+
+    def applied_changes(self, run_key: str) -> pd.DataFrame:
+        """The changes a run (one attempt, by its ledger key) applied, with the name and
+        preferences each address had: what an undo of it starts from."""
+        columns = [c.name for c in changes_table.columns]
+        query = (select(changes_table).where((changes_table.c.run_id == run_key)
+                                             & (changes_table.c.outcome == Outcome.APPLIED))
+                 .order_by(changes_table.c.id))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(rows, columns=columns).astype({c: "string" for c in columns if c not in ("id", "at")})
+
+    def applied_since(self, at: datetime, list_ids: Sequence[str]) -> pd.DataFrame:
+        """Changes applied to these lists after `at`, with their run's name (list_id, match_key, run_name)."""
+        query = (select(changes_table.c.list_id, changes_table.c.match_key, runs_table.c.run_name)
+                 .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
+                 .where((changes_table.c.at > at) & (changes_table.c.outcome == Outcome.APPLIED)
+                        & changes_table.c.list_id.in_(list(list_ids))))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        return pd.DataFrame(rows, columns=["list_id", "match_key", "run_name"])
+
     def memberships(self, address: str) -> pd.DataFrame:
         """What the ledger holds for an address now, one row per list."""
         if not self.exists:
@@ -538,7 +573,7 @@ _ADDED_COLUMNS = {
                       "attempt": "INTEGER"},
     locks_table.name: {"lease": "VARCHAR(32)"},
     changes_table.name: {"display_name": "TEXT", "previous": "TEXT", "delivery_mode": "VARCHAR(32)",
-                         "moderation_action": "VARCHAR(16)"},
+                         "moderation_action": "VARCHAR(16)", "delivery_status": "VARCHAR(16)"},
     addresses_table.name: {"delivery_mode": "VARCHAR(32)", "moderation_action": "VARCHAR(16)",
                            "delivery_status": "VARCHAR(16)"},
 }

@@ -157,10 +157,13 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     """Store the lists' next state (as the changes actually turned out), the changes and the run.
 
     A refused run stores its row and the refused changes, but leaves what the ledger remembers
-    of the lists as it was: the plan was judged untrustworthy, so is what it would remember."""
+    of the lists as it was: the plan was judged untrustworthy, so is what it would remember.
+    An undo leaves it too: it read no Novi, so it knows no next state; the next sync reads both
+    sides and the roster the undo left."""
     if lease is not None:
         lease.check()
-    memory = None if record.state == RunState.REFUSED else settle(the_plan.memory, outcomes)
+    memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
+              else settle(the_plan.memory, outcomes))
     ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
 
 
@@ -260,10 +263,12 @@ class Run:
             self.ledger.record_failure(self.record_of(RunState.FAILED, str(error), None))
 
     def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool,
-              approve: str | None = None) -> None:
-        """Ask the guards about the plan; a refusal stops every write, unless the operator
-        approved this very plan (`approve`, its fingerprint) or lifted the guards for this run."""
-        self.tripped = guards.refusals(the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
+              approve: str | None = None, tripped: list[str] | None = None) -> None:
+        """Ask the guards about the plan (or take their verdict, `tripped`, from an undo's own);
+        a refusal stops every write, unless the operator approved this very plan (`approve`,
+        its fingerprint) or lifted the guards for this run."""
+        self.tripped = tripped if tripped is not None else guards.refusals(
+            the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
         self.fingerprint = guards.fingerprint(the_plan, self.rules)
         self.overridden = bool(self.tripped and override_guards)
         self.approved = bool(self.tripped and not override_guards and approve == self.fingerprint)

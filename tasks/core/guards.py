@@ -48,18 +48,36 @@ def refusals(plan: Plan, rules: Rules, previous: dict[str, dict] | None, *, few:
                          "as an instruction to empty the list (set `allow_empty: true` if the list really should "
                          "be empty).")
             continue
-        if removals > rule.max_removals:
-            found.append(f"{list_id}: {removals:,} removals planned, more than max_removals = {rule.max_removals:,}.")
-        elif managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share \
-                and not few:
-            found.append(f"{list_id}: {removals:,} removals planned, {removals / managed:.0%} of its {managed:,} "
-                         f"managed members, more than max_removal_share = {rule.max_removal_share:.0%}.")
+        found += too_many_removals(rule, removals, managed, few=few)
         found += roster_collapse(plan, rules, only=list_id)
         before = previous.get(list_id, {}).get("eligible")
         if before and eligible < before * (1 - rule.max_eligible_drop) and not few:
             found.append(f"{list_id}: {eligible:,} members are eligible, down from {before:,} at the last completed "
                          f"run ({1 - eligible / before:.0%} fewer; max_eligible_drop = {rule.max_eligible_drop:.0%}). "
                          "A Novi key scoped to fewer records, or a failed filter, looks like this.")
+    return found
+
+
+def too_many_removals(rule, removals: int, managed: int, *, few: bool = False, what: str = "managed members") -> list[str]:
+    """The removal guards for one list: a count, and a share of its members."""
+    list_id = rule.list_id
+    if removals > rule.max_removals:
+        return [f"{list_id}: {removals:,} removals planned, more than max_removals = {rule.max_removals:,}."]
+    if managed and removals > rule.removal_share_from and removals / managed > rule.max_removal_share and not few:
+        return [f"{list_id}: {removals:,} removals planned, {removals / managed:.0%} of its {managed:,} "
+                f"{what}, more than max_removal_share = {rule.max_removal_share:.0%}."]
+    return []
+
+
+def undo_refusals(changes: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules) -> list[str]:
+    """An undo's guards: the removal guards, against each list's roster as it is now. An undo
+    reads no Novi, so the guards about Novi's side (an empty source, a fall in eligible
+    members) have nothing to judge; nor has the roster collapse (the undo reads no ledger memory)."""
+    found: list[str] = []
+    for rule in rules.lists:
+        mine = changes.loc[changes["list_id"] == rule.list_id]
+        found += too_many_removals(rule, int(mine["action"].isin(REMOVING).sum()), len(rosters[rule.list_id]),
+                                   what="members on the list")
     return found
 
 

@@ -61,6 +61,7 @@ class Tag:
 class RunKind:
     FULL = "full"        # every member, every roster
     MEMBER = "member"    # a few members (a webhook's batch)
+    UNDO = "undo"        # the inverse of an earlier run (tasks.core.undo)
 
 
 class Status:

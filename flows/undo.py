@@ -1,0 +1,165 @@
+"""Undo a run: the inverse of what it applied, from the ledger (tasks.core.undo).
+
+The same machinery as a sync from the plan on: the lists' lock, the removal guards with
+approval by fingerprint, the retried batch tasks, the ledger (the undo is a run of its own,
+kind `undo`, whose changes say which run they undo), and a dry run first.
+"""
+
+# No `from __future__ import annotations`: Prefect builds each run's parameter model from these
+# annotations, and a runner serving the flow could not resolve `Annotated` from a string.
+import json
+from typing import Annotated
+
+import pandas as pd
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from tasks import report
+from tasks.blocks import MailmanCredentials, saved
+from tasks.core import guards
+from tasks.core.planner import Plan
+from tasks.core.rules import Rules, load_rules, parse_rules
+from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag,
+                               approved_fingerprint)
+from tasks.core.undo import plan_undo
+from tasks.errors import BadParameter, SyncError
+from tasks.mailman import extract_roster
+from tasks.run import MAX_WORKERS, Run, bounded, failed, label, open_ledger, run_name
+
+UNDO_KEY = "novi-mailman-undo"
+
+
+@flow(name="undo-run", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=run_name)
+def undo_run(
+    run: str,
+    dry_run: bool = True,
+    rules_path: str | None = None,
+    mailman_block: str = "mailman",
+    ledger_block: str | None = None,
+    override_guards: bool = False,
+    approve: str | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=500)] = 100,
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 2,
+) -> State:
+    """Undo what one run applied: re-subscribe the addresses it removed (silently, with the
+    names and preferences they had), remove those it subscribed, release its holds, restore
+    the names it changed. What changed since (by a later run, or by hand) is skipped and said.
+
+    A dry run by default: read what it would do, then run it again with dry_run off. The next
+    sync still plans from Novi: fix what caused the run first (Novi's data, or the rules), or
+    the next sync makes the same changes again.
+
+    Args:
+        run: The run to undo: its name (as `novi-mailman history` and the Prefect UI show it) or its id.
+        dry_run: Plan and report only; nothing is written anywhere (the default: look first).
+        rules_path: A rules file whose guard settings apply (max_removals, max_removal_share); empty:
+            the defaults. Lists the file does not name get the defaults.
+        mailman_block: Name of the saved MailmanCredentials block.
+        ledger_block: Name of a saved LedgerDatabase block; empty: the default SQLite ledger on the worker.
+        override_guards: Lift the removal guards for this undo only. Prefer approve.
+        approve: Apply an undo the guards refused, if it is still that plan: its 12-digit fingerprint.
+        batch_size: Changes per batch task (1-500).
+        workers: Tasks in flight at once (1-8).
+    """
+    try:
+        return _undo_run(run, dry_run, rules_path, mailman_block, ledger_block, override_guards, approve,
+                         batch_size, workers)
+    except SyncError as exc:
+        return failed(exc)
+
+
+def run_to_undo(ledger, ref: str) -> dict:
+    """The ledger's row of the run to undo; one that is not there, or is an undo, is refused."""
+    target = ledger.find_run(ref)
+    if target is None:
+        raise BadParameter(f"no run {ref!r} in the ledger at {ledger.location}: give a run's name or id as "
+                           "`novi-mailman history ADDRESS` or the Prefect UI shows it")
+    if target["kind"] == RunKind.UNDO:
+        raise BadParameter(f"run {target['run_name']} is itself an undo: undoing an undo is refused (a sync "
+                           "brings the lists back in step with Novi)")
+    return target
+
+
+def _rules_for(list_ids: list[str], rules_path: str | None) -> Rules:
+    """The guard settings per list: from the rules file where it names the list, else the
+    defaults. Never a welcome or goodbye mail: an undo puts people back as they were, unasked."""
+    named = {rule.list_id: rule for rule in load_rules(rules_path).lists} if rules_path else {}
+    defaults = parse_rules({"lists": [{"list_id": lid} for lid in list_ids]}, "the undo's lists")
+    silent = [named.get(rule.list_id, rule).model_copy(update={"send_welcome": False, "send_goodbye": False})
+              for rule in defaults.lists]
+    return defaults.model_copy(update={"lists": silent})
+
+
+def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: str, ledger_block: str | None,
+              override_guards: bool, approve: str | None, batch_size: int, workers: int) -> State:
+    approve = approved_fingerprint(approve, override_guards=override_guards)
+    ledger = open_ledger(ledger_block, create=False)
+    target = run_to_undo(ledger, ref)
+    name = target["run_name"]
+    applied = ledger.applied_changes(target["run_id"])
+    if dry_run:
+        label(Tag.DRY_RUN)
+    if applied.empty:
+        message = f"Run {name} applied no change: nothing to undo"
+        return Completed(name="Skipped", message=message,
+                         data={"state": RunState.COMPLETED, "message": message, "dry_run": dry_run, "undoes": name,
+                               "changes": [], "skipped": []})
+    list_ids = sorted(set(applied["list_id"]))
+    run = Run(kind=RunKind.UNDO, rules=_rules_for(list_ids, rules_path), ledger=ledger, dry_run=dry_run)
+    run.how_to_approve = (f"`novi-mailman undo {name} --apply --approve {{plan}}`"
+                          f"{' --ledger-block ' + ledger_block if ledger_block else ''}, or in the Prefect UI a "
+                          "custom run of undo-run with approve = {plan} and dry_run off.")
+    mailman = saved(MailmanCredentials, mailman_block).get_client()
+    with run.hold():
+        mailman.supported_version()
+        with run.phase("extract_rosters"):
+            futures = bounded(lambda lid: extract_roster.submit(mailman, lid, True), list_ids, workers)
+            rosters = {lid: future.result() for lid, future in zip(list_ids, futures)}
+        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name)
+        the_plan = _as_plan(undo.changes)
+        run.judge(the_plan, None, override_guards, approve,
+                  tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
+        outcomes = run.apply(mailman, the_plan, batch_size, workers)
+        skipped = f"; {len(undo.skipped):,} changed since, left as they are" if len(undo.skipped) else ""
+        done = report.done_message(outcomes, dry_run) if len(outcomes) else "nothing left to undo"
+        state, message = run.verdict(outcomes, f"Undo of {name}: {done}{skipped}")
+        state, message = run.record(the_plan, outcomes, state, message, None)
+    summary = {"state": state, "message": message, "dry_run": dry_run, "undoes": name,
+               "changes": _records(outcomes), "skipped": _records(undo.skipped), "guards": run.tripped,
+               "ledger": ledger.location}
+    _publish(summary, dry_run)
+    return run.finish(summary, outcomes)
+
+
+def _as_plan(changes: pd.DataFrame) -> Plan:
+    """The undo as a plan, for the run's guards, fingerprint, apply and ledger: only changes."""
+    empty = pd.DataFrame()
+    return Plan(changes=changes, left_alone=pd.DataFrame(columns=LEFT_ALONE_COLUMNS),
+                figures=pd.DataFrame(columns=FIGURE_COLUMNS), quarantined=empty,
+                memory=pd.DataFrame(columns=MEMORY_COLUMNS), bouncing=empty, wanting=empty)
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records")) if not frame.empty else []
+
+
+UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "reason"]
+
+
+def _publish(summary: dict, dry_run: bool) -> None:
+    """The undo's summary and its changes and skipped rows, as keyed artifacts."""
+    lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {summary['undoes']}", "", f"**{summary['message']}**", ""]
+    if summary["guards"]:
+        lines += ["Guards: " + " ".join(summary["guards"]), ""]
+    if summary["skipped"]:
+        lines += ["## Changed since, left as they are", "", "| list | email | would | why |", "|---|---|---|---|"]
+        lines += [f"| {s['list_id']} | {s['email']} | {s['action']} | {s['reason']} |" for s in summary["skipped"]]
+    create_markdown_artifact("\n".join(lines) + "\n", key=report.artifact_key(UNDO_KEY, dry_run),
+                             description=summary["message"][:500])
+    rows = [{c: change.get(c) or "" for c in UNDO_TABLE_COLUMNS} for change in summary["changes"]]
+    create_table_artifact(rows or [dict.fromkeys(UNDO_TABLE_COLUMNS, "")],
+                          key=report.artifact_key(UNDO_KEY + "-changes", dry_run),
+                          description=f"Undo of {summary['undoes']}: every change, with its outcome")

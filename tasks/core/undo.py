@@ -1,0 +1,95 @@
+"""The inverse of a run, from what the ledger says it applied: pure pandas, no I/O.
+
+An undo puts back, address by address, what that run changed on Mailman: it re-subscribes the
+addresses it removed (silently, with the name and preferences they had), removes the ones it
+subscribed, releases the holds it made (and holds again what it released), and restores the
+names it changed. What has changed since, by a later run of this tool or by someone by hand,
+is not the run's to take back: it is skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pandas as pd
+
+from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, Action, Delivery
+
+# Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
+# is undone on its own, so the old address comes back and the new one goes.
+INVERSE = {Action.SUBSCRIBE: Action.UNSUBSCRIBE, Action.UNSUBSCRIBE: Action.SUBSCRIBE,
+           Action.HOLD: Action.RELEASE, Action.RELEASE: Action.HOLD, Action.RENAME: Action.RENAME}
+SKIPPED_COLUMNS = ["list_id", "email", "novi_id", "action", "reason"]
+
+
+class Undo(NamedTuple):
+    changes: pd.DataFrame   # CHANGE_COLUMNS: what the undo would apply
+    skipped: pd.DataFrame   # SKIPPED_COLUMNS: the run's changes it leaves, and why
+
+
+def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd.DataFrame,
+              run_name: str) -> Undo:
+    """The undo of one run.
+
+    `applied`: the run's changes whose outcome was applied (the ledger's change rows, with
+    the name and preferences each address had). `rosters`: each of those lists as Mailman
+    holds it now (ROSTER_COLUMNS). `later`: changes this tool applied to the same lists
+    after the run (list_id, match_key, run_name): an address a later run changed again is left
+    to that run."""
+    changes, skipped = [], []
+    applied = _plain(applied)
+    touched_later = dict(zip(zip(later["list_id"], later["match_key"]), later["run_name"]))
+    for row in applied.itertuples(index=False):
+        roster = rosters[row.list_id]
+        on = _plain(roster.loc[roster["match_key"] == row.match_key])
+        now = on.iloc[0] if len(on) else None
+        why_not = _changed_since(row, now, touched_later.get((row.list_id, row.match_key)))
+        inverse = INVERSE[row.action]
+        if why_not:
+            skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id,
+                            "action": inverse, "reason": why_not})
+            continue
+        change = {c: None for c in CHANGE_COLUMNS}
+        change.update(list_id=row.list_id, action=inverse, email=row.email, match_key=row.match_key,
+                      novi_id=row.novi_id, reason=f"undo of {run_name}: {_what(row)}")
+        if now is not None:
+            change.update(member_id=now["member_id"], previous=now["display_name"])
+        if inverse == Action.SUBSCRIBE:  # as they were: their name, digest and moderation, no welcome
+            change.update(display_name=row.previous,
+                          **{c: getattr(row, c) for c in PREFERENCE_COLUMNS})
+        elif inverse == Action.RENAME:
+            change.update(display_name=row.previous)
+        else:
+            change.update(display_name=now["display_name"] if now is not None else None)
+        changes.append(change)
+    frame = pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype("string") if changes else \
+        pd.DataFrame({c: pd.Series(dtype="string") for c in CHANGE_COLUMNS})
+    return Undo(frame, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype("string"))
+
+
+def _plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as None, so a name or preference that is not known reads as falsy."""
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _what(row) -> str:
+    return {Action.SUBSCRIBE: "it subscribed the address", Action.UNSUBSCRIBE: f"it removed the address ({row.reason})",
+            Action.HOLD: "it held the address", Action.RELEASE: "it released the address",
+            Action.RENAME: f"it renamed {row.previous or '(no name)'!r} to {row.display_name or '(no name)'!r}"}[row.action]
+
+
+def _changed_since(row, now: pd.Series | None, later_run: str | None) -> str | None:
+    """Why a change is no longer the run's to undo, or None."""
+    if later_run:
+        return f"changed again since, by run {later_run}"
+    if row.action == Action.UNSUBSCRIBE and now is not None:
+        return "on the list again since (re-added by someone)"
+    if row.action != Action.UNSUBSCRIBE and now is None:
+        return "no longer on the list (removed since)"
+    if row.action == Action.HOLD and now["delivery_status"] != Delivery.BY_MODERATOR:
+        return "no longer held (released since)"
+    if row.action == Action.RELEASE and now["delivery_status"] == Delivery.BY_MODERATOR:
+        return "held again since"
+    if row.action == Action.RENAME and (now["display_name"] or "") != (row.display_name or ""):
+        return f"renamed since, to {now['display_name'] or '(no name)'!r}"
+    return None
