@@ -1,0 +1,111 @@
+"""The undo of a run, planned from the ledger's record of it and the rosters as they are now."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.core import addresses, guards
+from tasks.core.rules import parse_rules
+from tasks.core.schema import Action, Delivery, Outcome
+from tasks.core.undo import plan_undo
+from tests.conftest import roster_frame
+
+LIST = "members.example.org"
+
+
+def applied(*rows: tuple) -> pd.DataFrame:
+    """The ledger's applied changes of a run: (action, email, display_name, previous[, delivery_mode[,
+    moderation_action[, delivery_status]]]), as Ledger.applied_changes returns them."""
+    email = pd.Series([r[1].lower() for r in rows], dtype="string")
+    return pd.DataFrame({
+        "list_id": pd.Series([LIST] * len(rows), dtype="string"), "match_key": addresses.match_key(email),
+        "email": email, "novi_id": pd.Series([f"n-{r[1]}" for r in rows], dtype="string"),
+        "action": pd.Series([r[0] for r in rows], dtype="string"),
+        "outcome": pd.Series([Outcome.APPLIED] * len(rows), dtype="string"),
+        "reason": pd.Series(["status expired"] * len(rows), dtype="string"),
+        "display_name": pd.Series([r[2] for r in rows], dtype="string"),
+        "previous": pd.Series([r[3] for r in rows], dtype="string"),
+        "delivery_mode": pd.Series([r[4] if len(r) > 4 else None for r in rows], dtype="string"),
+        "moderation_action": pd.Series([r[5] if len(r) > 5 else None for r in rows], dtype="string"),
+        "delivery_status": pd.Series([r[6] if len(r) > 6 else None for r in rows], dtype="string"),
+    })
+
+
+NONE_LATER = pd.DataFrame(columns=["list_id", "match_key", "run_name"])
+
+
+def undo_of(changes: pd.DataFrame, roster: list[tuple], later: pd.DataFrame = NONE_LATER):
+    return plan_undo(changes, {LIST: roster_frame(LIST, roster)}, later, "brave-otter")
+
+
+def by_email(frame: pd.DataFrame) -> dict[str, dict]:
+    return {row["email"]: row for row in frame.astype(object).where(frame.notna(), None).to_dict("records")}
+
+
+def test_each_applied_change_is_undone_by_its_inverse_with_the_name_and_preferences_it_had():
+    run = applied((Action.UNSUBSCRIBE, "gone@example.org", "Novi Name", "Ann Gone", "digests", "hold", "by_user"),
+                  (Action.SUBSCRIBE, "new@example.org", "Bo New", None),
+                  (Action.HOLD, "held@example.org", "Cy Held", "Cy Held"),
+                  (Action.RELEASE, "freed@example.org", "Di Freed", "Di Freed"),
+                  (Action.RENAME, "named@example.org", "Ed New-Name", "Ed Old"))
+    undo = undo_of(run, [("new@example.org", "Bo New"), ("held@example.org", "Cy Held", True),
+                         ("freed@example.org", "Di Freed"), ("named@example.org", "Ed New-Name")])
+    got = by_email(undo.changes)
+    assert {email: change["action"] for email, change in got.items()} == {
+        "gone@example.org": Action.SUBSCRIBE, "new@example.org": Action.UNSUBSCRIBE,
+        "held@example.org": Action.RELEASE, "freed@example.org": Action.HOLD, "named@example.org": Action.RENAME}
+    back = got["gone@example.org"]  # the name the roster had, not Novi's; their digest, moderation, own pause
+    assert (back["display_name"], back["delivery_mode"], back["moderation_action"], back["delivery_status"]) == (
+        "Ann Gone", "digests", "hold", Delivery.BY_USER)
+    assert got["named@example.org"]["display_name"] == "Ed Old"
+    assert got["held@example.org"]["member_id"] == "mid-held@example.org"  # a release writes to the member
+    assert all(change["reason"].startswith("undo of brave-otter: ") for change in got.values())
+    assert "status expired" in back["reason"] and undo.skipped.empty
+
+
+@pytest.mark.parametrize(("change", "roster", "says"), [
+    ((Action.UNSUBSCRIBE, "a@example.org", "A", "A"), [("a@example.org", "A")], "on the list again since"),
+    ((Action.SUBSCRIBE, "a@example.org", "A", None), [], "no longer on the list"),
+    ((Action.HOLD, "a@example.org", "A", "A"), [("a@example.org", "A", False)], "no longer held"),
+    ((Action.RELEASE, "a@example.org", "A", "A"), [("a@example.org", "A", True)], "held again since"),
+    ((Action.RENAME, "a@example.org", "A New", "A Old"), [("a@example.org", "A Other")], "renamed since, to 'A Other'"),
+], ids=["re-added-by-hand", "removed-since", "released-since", "held-since", "renamed-since"])
+def test_what_changed_since_is_left_as_it_is_and_said(change, roster, says):
+    undo = undo_of(applied(change), roster)
+    assert undo.changes.empty
+    (skipped,) = undo.skipped.to_dict("records")
+    assert skipped["email"] == "a@example.org" and says in skipped["reason"]
+
+
+def test_an_address_a_later_run_changed_again_is_left_to_that_run():
+    run = applied((Action.UNSUBSCRIBE, "a@example.org", "A", "A"), (Action.UNSUBSCRIBE, "b@example.org", "B", "B"))
+    later = pd.DataFrame({"list_id": [LIST], "match_key": ["a@example.org"], "run_name": ["calm-heron"]})
+    undo = undo_of(run, [], later)
+    assert list(undo.changes["email"]) == ["b@example.org"]
+    assert list(undo.skipped["reason"]) == ["changed again since, by run calm-heron"]
+
+
+def test_an_address_change_is_undone_both_halves():
+    run = applied((Action.UNSUBSCRIBE, "old@example.org", "Pat", "Pat Old"), (Action.SUBSCRIBE, "new@example.org", "Pat", None))
+    undo = undo_of(run, [("new@example.org", "Pat")])
+    assert {(c["email"], c["action"]) for c in by_email(undo.changes).values()} == {
+        ("old@example.org", Action.SUBSCRIBE), ("new@example.org", Action.UNSUBSCRIBE)}
+
+
+def test_a_change_recorded_before_names_were_kept_is_undone_without_a_name():
+    """Ledgers from before the undo kept no name or preferences: Mailman's defaults, no crash."""
+    undo = undo_of(applied((Action.UNSUBSCRIBE, "a@example.org", None, None)), [])
+    (change,) = by_email(undo.changes).values()
+    assert change["action"] == Action.SUBSCRIBE and change["display_name"] is None and change["delivery_mode"] is None
+
+
+def test_an_undo_that_removes_too_many_is_refused_by_the_removal_guards():
+    rules = parse_rules({"lists": [{"list_id": LIST}]}, "test")
+    roster = [(f"m{i}@example.org", f"M{i}") for i in range(100)]
+    run = applied(*[(Action.SUBSCRIBE, f"m{i}@example.org", f"M{i}", None) for i in range(60)])
+    undo = plan_undo(run, {LIST: roster_frame(LIST, roster)}, NONE_LATER, "brave-otter")
+    (refusal,) = guards.undo_refusals(undo.changes, {LIST: roster_frame(LIST, roster)}, rules)
+    assert "60 removals planned, 60% of its 100 members on the list" in refusal
+    few = plan_undo(run.head(5), {LIST: roster_frame(LIST, roster)}, NONE_LATER, "brave-otter")
+    assert guards.undo_refusals(few.changes, {LIST: roster_frame(LIST, roster)}, rules) == []
