@@ -88,11 +88,23 @@ def test_the_address_history_deployment_points_at_its_flow():
     assert "schedules" not in deployment and deployment["work_pool"]["name"] == "novi-mailman"
 
 
+def test_the_undo_deployment_points_at_its_flow_and_looks_first():
+    from flows.undo import undo_run
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["name"] == "undo-run"]
+    path, name = deployment["entrypoint"].split(":")
+    assert (ROOT / path).exists() and name == undo_run.fn.__name__
+    undo_run.validate_parameters({"run": "some-run", **deployment["parameters"]})
+    assert deployment["parameters"]["dry_run"] is True and "schedules" not in deployment
+
+
 def test_every_flow_parameter_has_a_description_the_ui_form_shows():
     from flows.history import address_history
     from flows.member import sync_member
+    from flows.undo import undo_run
 
-    for flow in (sync_lists, sync_member, address_history):
+    for flow in (sync_lists, sync_member, address_history, undo_run):
         properties = flow.parameters.model_dump()["properties"]
         assert properties and all(p.get("description") for p in properties.values()), flow.name
     sync = sync_lists.parameters.model_dump()["properties"]
