@@ -24,7 +24,7 @@ from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_finge
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
 from tasks.errors import BadParameter, SyncError
-from tasks.run import Run, failed, plan_lists
+from tasks.run import Run, failed, plan_lists, tell_staff
 
 
 def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str]]:
@@ -116,6 +116,7 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
                 + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         state, message = run.verdict(outcomes, done)
         state, message = run.record(the_plan, outcomes, state, message, len(found), only_keys=keys)
+        message = tell_staff(run, the_plan, outcomes, mailman, message)
 
     summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
                                novi_members=len(found), duration_s=run.elapsed(), plan_csv=None,

@@ -22,7 +22,7 @@ from tasks.errors import BadParameter, SyncError
 from tasks.mailman import extract_bans, extract_requests, extract_roster
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import MAX_WORKERS, Run, bounded, failed, plan_lists, read_ledger, run_name, sync_command
+from tasks.run import MAX_WORKERS, Run, bounded, failed, plan_lists, read_ledger, run_name, sync_command, tell_staff
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -152,6 +152,7 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     outcomes = run.apply(mailman, the_plan, batch_size, workers)
     state, message = run.verdict(outcomes, report.done_message(outcomes, run.dry_run))
     state, message = run.record(the_plan, outcomes, state, message, len(members))
+    message = tell_staff(run, the_plan, outcomes, mailman, message)
     # Published before the lock is released: a release that fails (the ledger down) must
     # not lose the report, which is then the only record of what was applied.
     with run.phase("report"):

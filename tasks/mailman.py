@@ -142,6 +142,14 @@ class MailmanClient:
             return _page(self.http.request("GET", "lists", bucket="mailman_read", params=params), "list of lists")
         return [e["list_id"] for _, entries in sweep(fetch, Numbers(100), "Mailman list of lists") for e in entries]
 
+    def owners(self, list_id: str) -> list[str]:
+        """The list's owners' addresses (who a change digest goes to by default)."""
+        def fetch(params: dict) -> Page:
+            return _page(self.http.request("GET", f"lists/{list_id}/roster/owner", bucket="mailman_read",
+                                           params=params), f"{list_id}'s owners")
+        return sorted({e["email"].lower() for _, entries in sweep(fetch, Numbers(100), f"{list_id}'s owners")
+                       for e in entries})
+
     def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE, *, with_held: bool = True) -> pd.DataFrame:
         """The list's members (role=member) as a roster frame, with their preferences.
 

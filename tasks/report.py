@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.core.digest import changes_line
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
 from tasks.core.schema import (ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
                                 Outcome, RunState)
@@ -35,21 +36,6 @@ def artifact_key(key: str, dry_run: bool, list_id: str | None = None) -> str:
     if dry_run:
         key = DRY_RUN_PREFIX + key.removeprefix("novi-mailman-")
     return key if list_id is None else f"{key}-{re.sub(r'[^a-z0-9]+', '-', list_id.lower()).strip('-')}"
-
-
-# How a state message counts each action: "+9 −11 held 1 renamed 3 on members.example.org".
-COUNT_WORDS = {Action.SUBSCRIBE: "+", Action.UNSUBSCRIBE: "−", Action.HOLD: "held ", Action.RELEASE: "released ",
-               Action.RENAME: "renamed "}
-
-
-def changes_line(changes: pd.DataFrame) -> str:
-    """The changes counted by action, per list: what a runs list shows of a run at a glance."""
-    parts = []
-    for list_id, mine in changes.groupby("list_id", sort=True):
-        counts = mine["action"].value_counts()
-        parts.append(" ".join(f"{COUNT_WORDS[a]}{int(counts[a]):,}" for a in ACTIONS if counts.get(a, 0))
-                     + f" on {list_id}")
-    return "; ".join(parts)
 
 
 def done_message(outcomes: pd.DataFrame, dry_run: bool) -> str:

@@ -167,6 +167,19 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
 
 
+def tell_staff(run: "Run", the_plan: Plan, outcomes: pd.DataFrame, mailman: MailmanClient, message: str) -> str:
+    """A real run's change digest to the people its rules name (tasks.digest); the run's
+    message, with what could not be sent."""
+    if run.dry_run or not any(rule.digest for rule in run.rules.lists):
+        return message
+    from tasks.digest import send_digests  # prefect-email only where a digest is asked for
+
+    with run.phase("digest"):
+        problems = send_digests(run.rules, outcomes, the_plan.left_alone, the_plan.bouncing, the_plan.quarantined,
+                                mailman, flow_run.get_name() or "local")
+    return message + "".join(f" ({problem})" for problem in problems)
+
+
 def flow_run_id() -> str:
     """This flow run's id (a retry keeps it), or one per process outside Prefect."""
     return str(flow_run.get_id() or uuid.uuid5(uuid.NAMESPACE_OID, str(os.getpid())))

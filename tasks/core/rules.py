@@ -35,6 +35,24 @@ class NoviSettings(_Strict):
     page_size: int = Field(default=NOVI_PAGE_SIZE, ge=1, le=1000)
 
 
+class DigestSettings(_Strict):
+    """Who hears of a run's changes to a list: after each real run that changed it, one short
+    message (tasks.core.digest) by e-mail or through any saved Prefect notification block."""
+
+    to: list[str] | Literal["owners"] = "owners"  # addresses, or the list's owners in Mailman (e-mail)
+    email_block: str | None = None    # a saved prefect-email EmailServerCredentials block
+    notify_block: str | None = None   # or a saved Prefect notification block (Slack, Teams, a webhook…)
+    from_address: str | None = None   # the e-mail's sender; default: the email block's username
+
+    @model_validator(mode="after")
+    def _one_way(self) -> DigestSettings:
+        if bool(self.email_block) == bool(self.notify_block):
+            raise ValueError("digest needs exactly one of email_block (e-mail) or notify_block")
+        if isinstance(self.to, list) and (not self.to or any(v.count("@") != 1 for v in self.to)):
+            raise ValueError("digest.to must be `owners` or a list of e-mail addresses")
+        return self
+
+
 class ListRule(_Strict):
     """Who belongs on one list, and what happens to those who no longer do."""
 
@@ -52,6 +70,7 @@ class ListRule(_Strict):
     send_welcome: bool = False
     send_goodbye: bool = False
     allow_empty: bool = False        # an empty eligible set is an error unless this is true
+    digest: DigestSettings | None = None  # tell the list's people what each run changed
     # A member who left the list by themselves is not re-added: `respect` (always),
     # `until_renewal` (until their membership expiry moves on), `override` (compulsory lists).
     self_unsubscribe: SelfUnsubscribe = SELF_RESPECT

@@ -1,0 +1,69 @@
+"""Send the change digest (tasks.core.digest) after a real run: by e-mail through a saved
+prefect-email `EmailServerCredentials` block, or through any saved Prefect notification block.
+
+A digest that cannot be sent never fails the run (Mailman already holds its changes): the run's
+message says so, and the log has why.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+
+import httpx
+import pandas as pd
+from prefect import get_run_logger
+from prefect.blocks.core import Block
+from prefect.runtime import flow_run
+from prefect_email import EmailServerCredentials
+
+from tasks.blocks import saved
+from tasks.core.digest import Digest, compose
+from tasks.core.rules import DigestSettings, Rules
+from tasks.errors import SyncError
+
+
+def run_url() -> str | None:
+    """This flow run's page in the Prefect UI, when there is a UI to point at."""
+    from prefect.settings import PREFECT_UI_URL
+
+    ui, run_id = PREFECT_UI_URL.value(), flow_run.get_id()
+    return f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if ui and run_id else None
+
+
+def send_digests(rules: Rules, outcomes: pd.DataFrame, left_alone: pd.DataFrame, bouncing: pd.DataFrame,
+                 quarantined: pd.DataFrame, mailman, run_name: str) -> list[str]:
+    """One message per destination for the lists whose rule asks for a digest and that this run
+    changed; what could not be sent, one line each."""
+    groups: dict[str, tuple[DigestSettings, list[str]]] = {}
+    for rule in rules.lists:
+        if rule.digest is not None:
+            groups.setdefault(rule.digest.model_dump_json(), (rule.digest, []))[1].append(rule.list_id)
+    problems: list[str] = []
+    for settings, list_ids in groups.values():
+        digest = compose(list_ids, outcomes, left_alone, bouncing, quarantined, run_name, run_url())
+        if digest is None:
+            continue
+        try:
+            if settings.email_block:
+                _email(settings, digest, list_ids, mailman)
+            else:
+                Block.load(settings.notify_block).notify(digest.body, subject=digest.subject)
+        except (SyncError, OSError, smtplib.SMTPException, httpx.HTTPError, ValueError) as exc:
+            problem = f"the change digest for {', '.join(list_ids)} was not sent ({type(exc).__name__}: {exc})"
+            get_run_logger().warning("%s", problem)
+            problems.append(problem)
+    return problems
+
+
+def _email(settings: DigestSettings, digest: Digest, list_ids: list[str], mailman) -> None:
+    credentials = saved(EmailServerCredentials, settings.email_block)
+    to = settings.to if isinstance(settings.to, list) else sorted({a for lid in list_ids for a in mailman.owners(lid)})
+    if not to:
+        raise ValueError(f"no owner on {', '.join(list_ids)} to send it to (set digest.to)")
+    message = EmailMessage()
+    message["Subject"], message["To"] = digest.subject, ", ".join(to)
+    message["From"] = settings.from_address or credentials.username or "novi-mailman@localhost"
+    message.set_content(digest.body)
+    with credentials.get_server() as server:
+        server.send_message(message)

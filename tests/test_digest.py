@@ -1,0 +1,80 @@
+"""The change digest's text: what a run did to a list, for the people who look after its members."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tasks.core.digest import compose
+from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED
+from tasks.core.rules import parse_rules
+from tasks.core.schema import (BOUNCING_COLUMNS, LEFT_ALONE_COLUMNS, OUTCOME_COLUMNS, Action, Outcome)
+
+LIST, OTHER = "members.example.org", "board.example.org"
+
+
+def outcomes(*rows: tuple) -> pd.DataFrame:
+    """(list, action, email, novi_id, display_name, previous, reason, outcome) rows."""
+    keys = ["list_id", "action", "email", "novi_id", "display_name", "previous", "reason", "outcome"]
+    frame = pd.DataFrame([dict(zip(keys, row)) for row in rows], columns=OUTCOME_COLUMNS)
+    return frame.assign(detail=frame["outcome"].map({Outcome.FAILED: "Mailman said no"}).fillna(""))
+
+
+NOTHING_LEFT = pd.DataFrame(columns=LEFT_ALONE_COLUMNS)
+NO_BOUNCES = pd.DataFrame(columns=BOUNCING_COLUMNS)
+NONE_QUARANTINED = pd.DataFrame(columns=["novi_id", "email", "quarantine"])
+
+DAY = outcomes(
+    (LIST, Action.SUBSCRIBE, "ada@example.org", "n-ada", "Ada Lovelace", None, "eligible, not on the list", Outcome.APPLIED),
+    (LIST, Action.UNSUBSCRIBE, "bo@example.org", "n-bo", "Bo Novi", "Bo Roster", "status expired", Outcome.APPLIED),
+    (LIST, Action.UNSUBSCRIBE, "cy.old@example.org", "n-cy", "Cy Moved", "Cy Moved", REASON_ADDRESS_CHANGED, Outcome.APPLIED),
+    (LIST, Action.SUBSCRIBE, "cy.new@example.org", "n-cy", "Cy Moved", None, "eligible, not on the list", Outcome.APPLIED),
+    (LIST, Action.RENAME, "di@example.org", "n-di", "Di New", "Di Old", "name changed in Novi", Outcome.APPLIED),
+    (LIST, Action.HOLD, "ed@example.org", "n-ed", "Ed Held", "Ed Held", "status expired", Outcome.APPLIED),
+    (LIST, Action.SUBSCRIBE, "fay@example.org", "n-fay", "Fay Failed", None, "eligible, not on the list", Outcome.FAILED),
+    (OTHER, Action.SUBSCRIBE, "gus@example.org", "n-gus", "Gus Board", None, "eligible, not on the list", Outcome.APPLIED),
+)
+
+
+def test_a_lists_digest_names_each_person_with_their_novi_id_under_what_happened_to_them():
+    banned = pd.DataFrame([{"list_id": LIST, "email": "hal@example.org", "novi_id": "n-hal", "reason": REASON_BANNED}])
+    bouncing = pd.DataFrame([{"list_id": LIST, "email": "ivy@example.org", "novi_id": "n-ivy", "display_name": "Ivy",
+                              "state": "delivery disabled by bounces"}])
+    quarantined = pd.DataFrame([{"novi_id": "n-jo", "email": "jo@example", "quarantine": "invalid address"}])
+    digest = compose([LIST], DAY, banned, bouncing, quarantined, "calm-heron", "http://ui/runs/flow-run/1")
+    body = digest.body
+    assert digest.subject == f"[novi-mailman] +2 −2 held 1 renamed 1 on {LIST} (run calm-heron)"
+    for line in ("Joined (1):\n  Ada Lovelace <ada@example.org> (Novi n-ada)",
+                 "Left (1):\n  Bo Novi <bo@example.org> (Novi n-bo): status expired",
+                 "Moved to a new address (1):\n  Cy Moved <cy.old@example.org> → <cy.new@example.org> (Novi n-cy)",
+                 "Renamed (1):\n  Di Old → Di New <di@example.org> (Novi n-di)",
+                 "Held (delivery stopped) (1):\n  Ed Held <ed@example.org> (Novi n-ed): status expired",
+                 "Not done (failed) (1):\n  subscribe Fay Failed <fay@example.org> (Novi n-fay): Mailman said no",
+                 "Banned in Mailman, left off (1):\n  <hal@example.org> (Novi n-hal)",
+                 "Address bouncing (1):\n  Ivy <ivy@example.org> (Novi n-ivy): delivery disabled by bounces",
+                 "Novi records not synced until fixed in Novi (1):\n  Novi n-jo <jo@example>: invalid address",
+                 "The run, with every change and its reason: http://ui/runs/flow-run/1"):
+        assert line in body, line
+    assert "gus@example.org" not in body  # another list's change is not this digest's
+
+
+def test_lists_sharing_a_destination_share_one_message():
+    digest = compose([LIST, OTHER], DAY, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, "calm-heron", None)
+    assert f"== {LIST} ==" in digest.body and f"== {OTHER} ==" in digest.body
+    assert digest.subject == f"[novi-mailman] +1 on {OTHER}; +2 −2 held 1 renamed 1 on {LIST} (run calm-heron)"
+
+
+@pytest.mark.parametrize("outcome", [Outcome.PLANNED, Outcome.REFUSED, Outcome.FAILED])
+def test_a_run_that_applied_nothing_sends_nothing(outcome):
+    """A dry run's changes are planned, a refused run's refused: no digest for either."""
+    nothing = DAY.assign(outcome=outcome)
+    assert compose([LIST], nothing, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, "calm-heron", None) is None
+
+
+def test_a_digest_setting_needs_one_way_to_send_and_addresses_or_owners():
+    good = parse_rules({"lists": [{"list_id": LIST, "digest": {"email_block": "smtp"}}]}, "t")
+    assert good.lists[0].digest.to == "owners"
+    for bad in ({"to": ["staff@example.org"]}, {"email_block": "smtp", "notify_block": "slack-webhook/x"},
+                {"email_block": "smtp", "to": ["not an address"]}, {"email_block": "smtp", "to": []}):
+        with pytest.raises(Exception, match="digest"):
+            parse_rules({"lists": [{"list_id": LIST, "digest": bad}]}, "t")
