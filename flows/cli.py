@@ -440,6 +440,64 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
     raise typer.Exit(code)
 
 
+alerts = typer.Typer(help="Prefect automations that tell operators about the runs, through a notification block.",
+                     no_args_is_help=True)
+app.add_typer(alerts, name="alerts")
+
+
+@alerts.command("install")
+@one_line
+def alerts_install(
+    notify: Annotated[str, typer.Option(help="A saved Prefect notification block, TYPE/NAME: slack-webhook/ops, "
+                                             "custom-webhook/ops, ms-teams-webhook/ops, email/ops…")],
+    deployment: Annotated[Optional[list[str]], typer.Option(
+        help="A deployment to watch, FLOW/DEPLOYMENT (repeat it); default: the nightly full sync and the "
+             "webhook member sync.")] = None,
+    grace_hours: Annotated[float, typer.Option(min=0, max=168, help="How late a scheduled full sync may be "
+                                                                     "before 'no completed sync' is sent.")] = 2.0,
+) -> None:
+    """Create or update the alerts (idempotent): a run failed or crashed; a run refused or waiting
+    for approval; a run recovered; no completed full sync within its schedule's interval + grace."""
+    from datetime import timedelta
+
+    _prefect()
+    from tasks import alerts as the_alerts
+
+    block_id = the_alerts.notification_block(notify)
+    watched = the_alerts.targets(deployment or list(the_alerts.DEFAULT_DEPLOYMENTS))
+    for name, what in the_alerts.install(watched, block_id, timedelta(hours=grace_hours)):
+        out.print(f"{what}: {name}")
+    unscheduled = [t.name for t in watched if t.interval is None and t.name.startswith("sync-lists/")]
+    if unscheduled:
+        err.print(f"No schedule on {', '.join(unscheduled)}: no 'no completed sync' alert for it.")
+
+
+@alerts.command("list")
+@one_line
+def alerts_list() -> None:
+    """The alerts installed, with what each watches."""
+    _prefect()
+    from tasks import alerts as the_alerts
+
+    found = the_alerts.installed()
+    for automation in found:
+        out.print(f"{automation.name} ({'on' if automation.enabled else 'off'}): "
+                  f"{automation.trigger.describe_for_cli().strip()}")
+    if not found:
+        out.print("No novi-mailman alerts on this Prefect server (novi-mailman alerts install --notify TYPE/NAME).")
+
+
+@alerts.command("remove")
+@one_line
+def alerts_remove() -> None:
+    """Remove every alert `alerts install` made (nothing else)."""
+    _prefect()
+    from tasks import alerts as the_alerts
+
+    removed = the_alerts.remove()
+    out.print("\n".join(f"removed: {name}" for name in removed) or "No novi-mailman alerts to remove.")
+
+
 server = typer.Typer(help="The local Prefect server the commands use when PREFECT_API_URL is not set.",
                      no_args_is_help=True)
 app.add_typer(server, name="server")

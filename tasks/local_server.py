@@ -157,7 +157,9 @@ def _start(say: Callable[[str], None]) -> str:
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home() / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    # PREFECT_UI_URL: the links in alerts (`{{ flow_run|ui_url }}`) are made by the server.
+    env.update(PREFECT_HOME=str(home() / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_UI_URL=f"http://127.0.0.1:{port}")
     say(f"Starting a local Prefect server at http://127.0.0.1:{port} for novi-mailman ({home()}); the first start "
         "takes up to a minute, later commands find it running.")
     started = time.monotonic()
