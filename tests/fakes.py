@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections import Counter
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -233,3 +235,31 @@ class FakeMailman:
                     m.update(form)
                     return 204, {}, ""
         return self._json(404, {"title": "404 Not Found"})
+
+
+class WebhookReceiver(ThreadingHTTPServer):
+    """A webhook endpoint on 127.0.0.1 that keeps every JSON body it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def wait_for(self, words: str, seconds: float = 90) -> dict:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for body in self.bodies:
+                if words in body["subject"] + body["body"]:
+                    return body
+            time.sleep(0.5)
+        raise AssertionError(f"no notification with {words!r}; got {[b['subject'] for b in self.bodies]}")

@@ -687,3 +687,50 @@ def test_a_block_that_is_not_saved_is_one_line_saying_where_and_how(blocks, tmp_
     assert state.is_failed()
     assert state.message.startswith("no NoviCredentials block named 'nowhere' on the Prefect server at http")
     assert "novi-mailman blocks" in state.message and "Traceback" not in caplog.text
+
+
+def test_a_digest_goes_through_a_notification_block_and_one_not_sent_never_fails_the_run(blocks, tmp_path):
+    """The change digest by any Prefect notification block (here a webhook): one message for the
+    run; a block that cannot deliver is said in the run's message, and the run completes."""
+    import threading
+
+    import yaml
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from sandbox.mailman import free_port
+    from tests.fakes import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    as_json = {"subject": "{{subject}}", "body": "{{body}}"}
+    CustomWebhookNotificationBlock(name="hook", url=f"http://127.0.0.1:{receiver.server_port}/hook",
+                                   json_data=as_json).save("test-digest-hook", overwrite=True)
+    CustomWebhookNotificationBlock(name="dead", url=f"http://127.0.0.1:{free_port()}/hook",
+                                   json_data=as_json).save("test-digest-dead", overwrite=True)
+
+    def sync_with(block: str, novi, mailman):
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, "digest": {"notify_block": block}}]}))
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+            novi.install(mock)
+            mailman.install(mock)
+            return sync_lists(rules_path=str(rules), novi_block="test-novi", mailman_block="test-mailman",
+                              reports_dir=str(tmp_path), return_state=True)
+
+    try:
+        records, roster = population()
+        novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+        state = sync_with("custom-webhook/test-digest-hook", novi, mailman)
+        assert state.is_completed(), state.message
+        (sent,) = receiver.bodies
+        assert sent["subject"].startswith(f"[novi-mailman] +3 −3 renamed 1 on {LIST} (run ")
+        assert "Joined (3):" in sent["body"] and "(Novi cur-2)" in sent["body"]
+        assert NOVI_KEY not in json.dumps(sent) and MAILMAN_PASSWORD not in json.dumps(sent)
+
+        records.append(novi_record("cur-9", "cur9@example.org"))
+        late = sync_with("custom-webhook/test-digest-dead", FakeNovi(records), mailman)
+        assert late.is_completed() and late.name == "Completed"
+        assert f"(the change digest for {LIST} was not sent (" in late.message
+        assert len(receiver.bodies) == 1
+    finally:
+        receiver.shutdown()

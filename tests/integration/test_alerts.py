@@ -10,45 +10,17 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.fakes import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
 COMMAND = str(Path(sys.executable).parent / "novi-mailman")
 SECRET = "webhook-token-QWERTY-123"  # the receiver's token: must never appear in a message
-
-
-class Receiver(ThreadingHTTPServer):
-    """A webhook endpoint on 127.0.0.1 that keeps every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    def wait_for(self, words: str, seconds: float = 90) -> dict:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for body in self.bodies:
-                if words in body["subject"] + body["body"]:
-                    return body
-            time.sleep(0.5)
-        raise AssertionError(f"no notification with {words!r}; got {[b['subject'] for b in self.bodies]}")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +51,7 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
     from prefect.states import Completed, Failed
 
     url, home = real_server
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_API_URL": url,
            "NOVI_MAILMAN_HOME": str(home)}
