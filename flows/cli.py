@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -213,9 +214,8 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
          override_guards: bool = False, approve: str | None = None) -> None:
     from tasks.core.rules import resolve_rules
-    from tasks.errors import SyncError
 
-    try:
+    with _before_the_run(as_json):
         resolve_rules(rules, list_id)  # a mistyped path is one line before Prefect starts, not a failed run
         _prefect()
         from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials, saved
@@ -225,13 +225,7 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
                                  (LedgerDatabase, ledger_block)):
             if name:
                 saved(block_type, name)
-    except SyncError as exc:
-        if not as_json or DEBUG["on"]:
-            raise
-        print(json.dumps({"state": RunState.FAILED, "message": str(exc)}, sort_keys=True))  # --json: one object
-        raise typer.Exit(EXIT_FAILED) from None
     from flows.sync import sync_lists
-    from tasks.errors import GuardRefused
 
     if DEBUG["on"]:  # an expected failure's traceback is logged at debug level by the flow
         import logging
@@ -246,17 +240,38 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
             raise
         err.print(f"the run could not start: {exc}", style="red")
         raise typer.Exit(EXIT_FAILED) from None
-    if state.is_completed():
-        summary, code = state.result(), 0
-    else:
-        exc = state.result(raise_on_failure=False)
-        summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
-        code = EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
+    summary, code = _summary_of(state)
     if as_json:
         print(json.dumps(summary, sort_keys=True))
     else:
         _show(summary)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _before_the_run(as_json: bool):
+    """What is checked before a run starts: an expected failure is one line (with --json, one
+    object on stdout, as a run's summary would be)."""
+    from tasks.errors import SyncError
+
+    try:
+        yield
+    except SyncError as exc:
+        if not as_json or DEBUG["on"]:
+            raise
+        print(json.dumps({"state": RunState.FAILED, "message": str(exc)}, sort_keys=True))
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _summary_of(state) -> tuple[dict, int]:
+    """A finished run's summary and exit status: 0, 1 (failed) or 3 (refused)."""
+    from tasks.errors import GuardRefused
+
+    if state.is_completed():
+        return state.result(), 0
+    exc = state.result(raise_on_failure=False)
+    summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
+    return summary, EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
 
 
 def _show(summary: dict) -> None:
@@ -387,10 +402,8 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
     """Undo what one run applied (a dry run unless --apply): re-subscribe whom it removed, with
     their names and preferences and no mail; remove whom it subscribed; release its holds; restore
     the names it changed. What changed since is skipped and said."""
-    from tasks.errors import SyncError
-
     approve = approved_fingerprint(approve, override_guards=override_guards)
-    try:
+    with _before_the_run(as_json):
         if rules:
             from tasks.core.rules import load_rules
 
@@ -402,23 +415,12 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
 
         saved(MailmanCredentials, mailman_block)
         run_to_undo(open_ledger(ledger_block, create=False), run)  # a wrong name is one line, before a run
-    except SyncError as exc:
-        if not as_json or DEBUG["on"]:
-            raise
-        print(json.dumps({"state": RunState.FAILED, "message": str(exc)}, sort_keys=True))
-        raise typer.Exit(EXIT_FAILED) from None
     from flows.undo import undo_run
-    from tasks.errors import GuardRefused
 
     state = undo_run(run=run, dry_run=not apply, rules_path=rules, mailman_block=mailman_block,
                      ledger_block=ledger_block, override_guards=override_guards, approve=approve,
                      batch_size=batch_size, workers=workers, return_state=True)
-    if state.is_completed():
-        summary, code = state.result(), 0
-    else:
-        exc = state.result(raise_on_failure=False)
-        summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
-        code = EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
+    summary, code = _summary_of(state)
     if as_json:
         print(json.dumps(summary, sort_keys=True))
         raise typer.Exit(code)
