@@ -38,6 +38,7 @@ def measure(n: int, repeat: int) -> dict:
         "active": np.ones(n, dtype=bool), "customer_type": "Person", "is_person": True,
         "member_type": "Regular", "member_type_id": "t1", "group_ids": [[] for _ in range(n)],
         "group_names": [[] for _ in range(n)], "opted_out": np.zeros(n, dtype=bool), "expires": pd.NaT,
+        "seats": [[] for _ in range(n)], "custom_fields": [{} for _ in range(n)],
         "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"),
     })[MEMBER_COLUMNS]
     shift = n // 100  # 1% of the roster is not in Novi, 1% of Novi not on the roster

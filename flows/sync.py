@@ -17,6 +17,7 @@ from pydantic import Field
 
 from tasks import approval, report
 from tasks.blocks import MailmanCredentials, NoviCredentials, saved
+from tasks.core.planner import unknown_custom_fields
 from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import extract_bans, extract_requests, extract_roster
@@ -143,6 +144,8 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
         run.record_failure(exc)
         raise
     log.info("Read %d Novi members (%d quarantined)", len(members), int(members["quarantine"].notna().sum()))
+    for problem in unknown_custom_fields(members, run.rules):  # a typo, said rather than an empty list
+        log.warning("Rules: %s", problem)
 
     with run.phase("plan"):
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at),

@@ -31,6 +31,13 @@ GROUPS = [
     {"UniqueID": "9a0b0000-0000-4000-8000-000000000002", "Name": "Conference Committee", "share": 0.08},
     {"UniqueID": "9a0b0000-0000-4000-8000-000000000003", "Name": "Volunteers", "share": 0.15},
 ]
+# Committees, as Novi's `Committees` entries carry them (a guess at the shape's details, modelled
+# on public integrations: README "Routing"). Seats have terms; some ended, one or two not begun.
+COMMITTEES = [
+    {"UniqueID": "c0a10000-0000-4000-8000-000000000001", "Name": "Finance Committee", "share": 0.04},
+    {"UniqueID": "c0a10000-0000-4000-8000-000000000002", "Name": "Events Committee", "share": 0.05},
+]
+CHAPTERS = ["North", "South", "East", "West"]
 STATUSES = [("current", 0.70), ("grace_period", 0.06), ("expired", 0.14), ("non_member", 0.05), ("prospect", 0.05)]
 REFUSED_FORMS = ["{local}@localhost", "{local}@exa mple.org", "{local}ü@example.org", "{local}@example.org."]
 
@@ -138,11 +145,38 @@ def make_member(seed: int, index: int, mix: Mix = REALISTIC, domains: Sequence[s
         "ParentCustomerUniqueID": None,
         "Groups": groups or None,
         "UnsubscribeFromEmails": rng.random() < mix.opted_out,
-        "CustomFields": {"Chapter": {"Name": "Chapter", "Value": rng.choice(["North", "South", "East", "West"])}},
+        "CustomFields": {"Chapter": {"Name": "Chapter", "Value": rng.choice(CHAPTERS)}},
+        "Committees": None if company else _committees(seed, index),
         "Image": "",
         "CreatedDate": "2019-04-02T10:11:12.1234567-04:00",
         "LastUpdatedDate": "2026-10-28T13:31:52.4566667-04:00",
     }
+
+
+def seat(committee: dict, position: str, start: str, end: str | None, index: int) -> dict:
+    return {"CommitteeMemberUniqueID": f"c5ea0000-0000-4000-8000-{index:012d}", "CommitteeUniqueID": committee["UniqueID"],
+            "CommitteeName": committee["Name"], "PositionName": position, "StartDate": start, "EndDate": end}
+
+
+def _committees(seed: int, index: int) -> list[dict] | None:
+    """A person's committee seats, drawn apart from the rest of the record (the same sites as before)."""
+    rng = random.Random(seed * 104_729 + index)
+    seats = []
+    for committee in COMMITTEES:
+        if rng.random() >= committee["share"]:
+            continue
+        position = "Chair" if rng.random() < 0.15 else "Member"
+        term = rng.random()
+        if term < 0.15:    # a term that ended in the spring
+            start, end = "2024-07-01T00:00:00-04:00", "2026-06-30T23:59:59-04:00"
+        elif term < 0.2:   # a term that begins next year
+            start, end = "2027-01-01T00:00:00-05:00", "2028-12-31T23:59:59-05:00"
+        elif term < 0.6:   # open-ended
+            start, end = "2025-01-01T00:00:00-05:00", None
+        else:
+            start, end = "2025-07-01T00:00:00-04:00", "2027-06-30T23:59:59-04:00"
+        seats.append(seat(committee, position, start, end, index))
+    return seats or None
 
 
 def member_types_body() -> dict:

@@ -31,6 +31,7 @@ NOVI_PORT, MAILMAN_PORT, WORKER_PORT = 8765, 8001, 4201
 NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
 RULES = ROOT / "sandbox" / "demo-rules.yaml"
 MEMBERS = 300
+LISTS = ["members@example.org", "board@example.org", "finance@example.org", "north@example.org"]  # demo-rules.yaml's
 HAND_ADDED = {"office@example.org": "Association Office", "partner@example.net": "Partner Contact"}
 
 
@@ -97,11 +98,10 @@ def demo() -> None:
     requests.post(f"{NOVI_URL}/_sandbox/reset", json={"size": MEMBERS, "seed": 1},
                   headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10).raise_for_status()
     admin = MailmanAdmin(core.rest_url)
-    members_list = admin.recreate_list("members@example.org")
-    admin.recreate_list("board@example.org")
+    members_list, *_ = [admin.recreate_list(address) for address in LISTS]
     for email, name in HAND_ADDED.items():  # people added by hand, unknown to Novi: they stay
         admin.add_member(members_list, email, name)
-    print(f"members@example.org has {len(HAND_ADDED)} addresses added by hand; board@example.org is empty")
+    print(f"members@example.org has {len(HAND_ADDED)} addresses added by hand; {', '.join(LISTS[1:])} are empty")
     (STATE / "ledger.sqlite").unlink(missing_ok=True)
     shutil.rmtree(STATE / "reports", ignore_errors=True)
 
@@ -114,10 +114,11 @@ def demo() -> None:
     say("Sync for real")
     run("sync", "--rules", str(RULES.relative_to(ROOT)))
 
-    say("Churn in Novi: lapses, renewals, renames, address changes, an opt-out, joins and removals")
+    say("Churn in Novi: lapses, renewals, renames, address changes, opt-outs, joins, a removal, a committee "
+        "term that ends and members who move to another chapter")
     churn = requests.post(f"{NOVI_URL}/_sandbox/churn", json={"lapse": 6, "renew": 4, "rename": 3,
                                                               "change_address": 2, "opt_out": 2, "add": 3,
-                                                              "remove": 1},
+                                                              "remove": 1, "change_chapter": 2},
                           headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10)
     churn.raise_for_status()
     changed = churn.json()
@@ -125,8 +126,16 @@ def demo() -> None:
                  and any(g["GroupName"] == "Board of Directors" for g in r["Groups"]))
     requests.patch(f"{NOVI_URL}/_sandbox/members/{board['UniqueID']}", json={"MemberStatus": "expired"},
                    headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10).raise_for_status()
-    print(", ".join(f"{kind.replace('_', ' ')}: {len(ids)}" for kind, ids in changed.items())
-          + f"; and board member {board['Name']} lapsed (the board list holds them)")
+    # A Finance Committee seat whose term ended yesterday: the committee list lets them go.
+    seated = next(r for r in _records() if r["Active"] and any(
+        s["CommitteeName"] == "Finance Committee" and not s["EndDate"] for s in r["Committees"] or []))
+    seats = [{**s, "EndDate": "2026-12-01T23:59:59-05:00"} if s["CommitteeName"] == "Finance Committee" else s
+             for s in seated["Committees"]]
+    requests.patch(f"{NOVI_URL}/_sandbox/members/{seated['UniqueID']}", json={"Committees": seats},
+                   headers={"Authorization": f"Basic {DEFAULT_KEY}"}, timeout=10).raise_for_status()
+    print(", ".join(f"{kind.replace('_', ' ')}: {len(ids)}" for kind, ids in changed.items() if ids)
+          + f"; board member {board['Name']} lapsed (the board list holds them); "
+          f"{seated['Name']}'s Finance Committee term ended")
     say("Sync again: exactly the churn is applied")
     run("sync", "--rules", str(RULES.relative_to(ROOT)))
     say("Sync once more: nothing left to do, nothing written")
@@ -156,7 +165,7 @@ def deploy() -> None:
     say("Save the credentials as Prefect blocks")
     run("blocks", "--novi-url", NOVI_URL, "--mailman-url", core.rest_url, "--mailman-user", ADMIN_USER)
     admin = MailmanAdmin(core.rest_url)
-    for list_id in ("members@example.org", "board@example.org"):
+    for list_id in LISTS:
         if not admin.has_list(list_id):
             admin.recreate_list(list_id)
     say("Deploy prefect.yaml's deployments with the demo's rules, and start a worker for their pool")

@@ -8,6 +8,7 @@ Endpoints (all need `Authorization: Basic <key>`, the key as is; anything else i
   GET /api/member-types, /api/groups
 Control (same key), for demos and tests:
   POST /_sandbox/churn {"lapse": n, "renew": n, "rename": n, "change_address": n, "opt_out": n,
+                        "end_term": n, "change_chapter": n,
                         "add": n, "remove": n}                       → what changed, by id
   PATCH /_sandbox/members/{id} {field: value, ...}                   → change one record
   POST /_sandbox/faults {...} / DELETE /_sandbox/faults               → switch faults on / off
@@ -25,6 +26,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import uvicorn
@@ -62,6 +64,8 @@ class Churn(BaseModel):
     opt_out: int = 0
     add: int = 0
     remove: int = 0
+    end_term: int = 0        # a committee seat's term ends today
+    change_chapter: int = 0  # a member moves to another chapter (the Chapter custom field)
     seed: int | None = None
 
 
@@ -140,7 +144,7 @@ class Site:
         self.churns += 1
         rng = random.Random(request.seed if request.seed is not None else self.seed * 31 + self.churns)
         done: dict[str, list[dict]] = {k: [] for k in ("lapse", "renew", "rename", "change_address", "opt_out",
-                                                       "add", "remove")}
+                                                       "add", "remove", "end_term", "change_chapter")}
         touched: set[str] = set()
 
         def pick(n: int, test) -> list[str]:
@@ -167,6 +171,22 @@ class Site:
         for uid in pick(request.opt_out, current):
             self.edit(uid, {"UnsubscribeFromEmails": True})
             done["opt_out"].append({"id": uid})
+        today = datetime.now(timezone.utc).replace(microsecond=0)
+        seated = lambda r: any(s["EndDate"] is None or s["EndDate"] > today.isoformat()  # noqa: E731
+                               for s in r.get("Committees") or [])
+        for uid in pick(request.end_term, seated):
+            seats = [dict(s) for s in self.record(uid)["Committees"]]
+            ended = next(s for s in seats if s["EndDate"] is None or s["EndDate"] > today.isoformat())
+            ended["EndDate"] = (today - timedelta(seconds=1)).isoformat()
+            self.edit(uid, {"Committees": seats})
+            done["end_term"].append({"id": uid, "committee": ended["CommitteeName"]})
+        for uid in pick(request.change_chapter, current):
+            fields = dict(self.record(uid).get("CustomFields") or {})
+            old_chapter = (fields.get("Chapter") or {}).get("Value")
+            new_chapter = rng.choice([c for c in data.CHAPTERS if c != old_chapter])
+            fields["Chapter"] = {"Name": "Chapter", "Value": new_chapter}
+            self.edit(uid, {"CustomFields": fields})
+            done["change_chapter"].append({"id": uid, "old": old_chapter, "new": new_chapter})
         for _ in range(request.add):
             index = self.next_index
             self.next_index += 1
@@ -279,7 +299,8 @@ def create_app(sandbox: Sandbox) -> FastAPI:
     async def churn(request: Churn):
         done = sandbox.site.churn(request)
         if sandbox.webhook_url:  # Novi fires no event for a lapse (status is derived from dates)
-            events = [("customer.updated", c["id"]) for kind in ("renew", "rename", "change_address", "opt_out")
+            events = [("customer.updated", c["id"]) for kind in ("renew", "rename", "change_address", "opt_out",
+                                                                   "end_term", "change_chapter")
                       for c in done[kind]]
             events += [("customer.created", c["id"]) for c in done["add"]]
             events += [("customer.removed", c["id"]) for c in done["remove"]]

@@ -151,6 +151,41 @@ def _text(value: object) -> str | None:
     return None
 
 
+def _when(value: object) -> pd.Timestamp | None:
+    """A Novi date (offsets and up to 7 fraction digits included) in UTC; None when absent or unreadable."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        stamp = pd.Timestamp(value.strip())
+    except (ValueError, OverflowError):
+        return None
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _seats(committees: object) -> list[tuple]:
+    """A record's committee seats (`Committees`: a list, or null), as SEAT_FIELDS tuples."""
+    if not isinstance(committees, list):
+        return []
+    return [(str(c.get("CommitteeUniqueID") or "").strip().lower(), (_text(c.get("CommitteeName")) or "").casefold(),
+             (_text(c.get("PositionName")) or "").casefold(), _when(c.get("StartDate")), _when(c.get("EndDate")))
+            for c in committees if isinstance(c, dict)]
+
+
+def _custom_fields(fields: object) -> dict[str, str]:
+    """A record's custom fields with a value: name (as Novi shows it) → value. Keyed by field
+    name, or a list of entries: each entry's `CustomFieldName` wins when it has one."""
+    entries = fields.items() if isinstance(fields, dict) else ((None, f) for f in fields) if isinstance(fields, list) else ()
+    found = {}
+    for key, entry in entries:
+        entry = entry if isinstance(entry, dict) else {"Value": entry}
+        name = _text(entry.get("CustomFieldName")) or (_text(key) if isinstance(key, str) else None)
+        value = entry.get("Value")
+        value = _text(value) if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) else None)
+        if name and value is not None:
+            found[name] = value
+    return found
+
+
 def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Email", "AccountEmail")) -> pd.DataFrame:
     """Normalise Novi records into the members frame the planner reads.
 
@@ -197,6 +232,8 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
         "opted_out": pd.Series([o is True for o in opt_raw], dtype=bool),
         "expires": pd.to_datetime(pd.Series(get("MembershipExpires"), dtype="object"),
                                   errors="coerce", utc=True, format="ISO8601"),
+        "seats": [_seats(c) for c in get("Committees")],
+        "custom_fields": [_custom_fields(f) for f in get("CustomFields")],
     })
     frame["is_person"] = frame["customer_type"].str.casefold() == "person"
 

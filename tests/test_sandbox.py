@@ -71,14 +71,21 @@ def test_data_is_deterministic_and_realistic():
 def test_churn_changes_what_it_says(api):
     before = {r["UniqueID"]: r for r in api.get("/api/members", params={"pageSize": 50, "offset": 0}).json()["Results"]}
     done = api.post("/_sandbox/churn", json={"lapse": 2, "renew": 1, "rename": 1, "change_address": 1,
-                                              "opt_out": 1, "add": 2, "remove": 1}).json()
+                                              "opt_out": 1, "add": 2, "remove": 1, "end_term": 1,
+                                              "change_chapter": 1}).json()
     assert {k: len(v) for k, v in done.items()} == {"lapse": 2, "renew": 1, "rename": 1, "change_address": 1,
-                                                    "opt_out": 1, "add": 2, "remove": 1}
+                                                    "opt_out": 1, "add": 2, "remove": 1, "end_term": 1,
+                                                    "change_chapter": 1}
     assert api.get("/api/members", params={"pageSize": 1, "offset": 0}).json()["TotalCount"] == 201
     for item in done["lapse"]:
         assert api.get(f"/api/members/{item['id']}").json()["MemberStatus"] == "expired"
     moved = done["change_address"][0]
     assert api.get(f"/api/members/{moved['id']}").json()["Email"] == moved["new"] != moved["old"]
+    ended = api.get(f"/api/members/{done['end_term'][0]['id']}").json()["Committees"]
+    assert any(s["CommitteeName"] == done["end_term"][0]["committee"] and s["EndDate"] for s in ended)
+    chapter = done["change_chapter"][0]
+    assert api.get(f"/api/members/{chapter['id']}").json()["CustomFields"]["Chapter"]["Value"] == chapter["new"]
+    assert chapter["new"] != chapter["old"]
     removed = api.get(f"/api/members/{done['remove'][0]['id']}").json()
     assert removed["Active"] is False  # gone from the list, still readable one by one
     assert before  # the first page was readable before the churn

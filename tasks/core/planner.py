@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.core.addresses import banned
 from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import (
+    STATUSES_ANY,
     CHANGE_COLUMNS,
     OWNER_MODERATOR,
     OWNER_SUBSCRIBER,
@@ -56,6 +57,7 @@ REASON_ADDRESS_CHANGED = "address changed in Novi"
 REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
+COMMITTEE_TERM_ENDED = "committee term ended"
 REASON_REQUEST = "eligible; their request waiting for the moderator is resolved"
 REASON_AWAITING = "their own request waits for their confirmation"
 BOUNCE_DISABLED = "delivery disabled by bounces"
@@ -85,14 +87,29 @@ class Plan:
         return int((self.changes["list_id"] == list_id).sum())
 
 
-def ineligibility(members: pd.DataFrame, rule: ListRule) -> pd.Series:
-    """Why each member does not belong on the rule's list ('' where they do), first reason wins."""
+def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | None = None) -> pd.Series:
+    """Why each member does not belong on the rule's list ('' where they do), first reason wins.
+
+    `now` judges committee seats: a seat is current from its StartDate (or always, without
+    one) until its EndDate (or for good, without one)."""
     checks: list[tuple[np.ndarray, object]] = []
     if rule.active_only:
         checks.append((~members["active"].to_numpy(dtype=bool), "inactive in Novi"))
-    status = members["status"].fillna("")
-    checks.append(((~status.isin(rule.statuses)).to_numpy(dtype=bool),
-                   ("status " + status.where(status != "", "missing")).to_numpy(dtype=object)))
+    if rule.statuses != STATUSES_ANY:
+        status = members["status"].fillna("")
+        checks.append(((~status.isin(rule.statuses)).to_numpy(dtype=bool),
+                       ("status " + status.where(status != "", "missing")).to_numpy(dtype=object)))
+    if rule.committees:
+        checks.append(_off_committees(members, rule, now if now is not None else pd.Timestamp.now(tz="UTC")))
+    for field, values in rule.custom_fields.items():
+        have = _field_values(members, field)
+        checks.append(((~have.isin(values)).to_numpy(dtype=bool),
+                       (f"custom field {field} is " + have.fillna("missing") + f", not {' or '.join(values)}")
+                       .to_numpy(dtype=object)))
+    for field, values in rule.custom_fields_not.items():
+        have = _field_values(members, field)
+        checks.append((have.isin(values).fillna(False).to_numpy(dtype=bool),
+                       (f"custom field {field} is " + have.fillna("")).to_numpy(dtype=object)))
     if rule.persons_only:
         checks.append((~members["is_person"].to_numpy(dtype=bool), "a company, not a person"))
     if rule.member_types:
@@ -106,6 +123,47 @@ def ineligibility(members: pd.DataFrame, rule: ListRule) -> pd.Series:
         checks.append((members["opted_out"].to_numpy(dtype=bool), "opted out of email in Novi"))
     reason = np.select([c for c, _ in checks], [r for _, r in checks], default="")
     return pd.Series(reason, index=members.index, dtype="string")
+
+
+def _field_values(members: pd.DataFrame, field: str) -> pd.Series:
+    """Each member's value of one custom field, casefolded (NA where the member has none); the
+    field's name is matched without regard to case."""
+    wanted = field.casefold()
+    return pd.Series([next((str(v).casefold() for k, v in fields.items() if k.casefold() == wanted), None)
+                      if fields else None for fields in members["custom_fields"]], index=members.index, dtype="string")
+
+
+def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+    """Who holds no current seat on the rule's committees (in its positions), and why: a term
+    of theirs there that has ended, one not begun yet, or none at all."""
+    wanted, positions = set(rule.committees), set(rule.positions)
+    off = np.ones(len(members), dtype=bool)
+    reason = np.full(len(members), "no seat on the list's committees", dtype=object)
+    for i, seats in enumerate(members["seats"]):
+        mine = [seat for seat in seats if (seat[0] in wanted or seat[1] in wanted)
+                and (not positions or seat[2] in positions)]
+        if not mine:
+            continue
+        started = [seat for seat in mine if seat[3] is None or seat[3] <= now]
+        if any(seat[4] is None or now < seat[4] for seat in started):
+            off[i] = False
+        elif started:
+            reason[i] = COMMITTEE_TERM_ENDED
+        else:
+            reason[i] = "committee term not begun yet"
+    return off, reason
+
+
+def unknown_custom_fields(members: pd.DataFrame, rules: Rules) -> list[str]:
+    """The custom fields the rules name that no Novi record has, with the fields Novi did
+    return: a typo is said once per run, rather than an empty list."""
+    named = {field for rule in rules.lists for field in (*rule.custom_fields, *rule.custom_fields_not)}
+    if not named:
+        return []
+    present = {name for fields in members["custom_fields"] for name in fields}
+    folded = {name.casefold() for name in present}
+    return [f"no Novi record has the custom field {field!r} (Novi returned: {', '.join(sorted(present)) or 'none'})"
+            for field in sorted(named) if field.casefold() not in folded]
 
 
 def _in_groups(members: pd.DataFrame, wanted: set[str]) -> np.ndarray:
@@ -142,7 +200,7 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
               quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = (),
               requests: pd.DataFrame | None = None) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`)."""
-    winners, duplicates = one_record_per_address(usable, rule)
+    winners, duplicates = one_record_per_address(usable, rule, now)
     joined = join_sides(winners, roster, ledger)
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
@@ -151,11 +209,12 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
                     joined.loc[where.wants_preferences, ["member_id"]].assign(list_id=rule.list_id))
 
 
-def one_record_per_address(usable: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
+def one_record_per_address(usable: pd.DataFrame, rule: ListRule,
+                           now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each member judged against the rule, one Novi record per address, and the records set aside.
 
     Where records share an address, the eligible one wins, then the smallest id (deterministic)."""
-    members = usable.assign(why_not=ineligibility(usable, rule))
+    members = usable.assign(why_not=ineligibility(usable, rule, now))
     members["eligible"] = members["why_not"] == ""
     members = members.sort_values(["match_key", "eligible", "novi_id"], ascending=[True, False, True],
                                   kind="stable")

@@ -14,6 +14,7 @@ from tasks.core.schema import (
     NOVI_PAGE_SIZE,
     SCOPE_MANAGED,
     SELF_RESPECT,
+    STATUSES_ANY,
     LapsePolicy,
     Scope,
     SelfUnsubscribe,
@@ -57,11 +58,15 @@ class ListRule(_Strict):
     """Who belongs on one list, and what happens to those who no longer do."""
 
     list_id: str
-    statuses: list[str] = Field(default=["current", "grace_period"], min_length=1)
+    statuses: list[str] | Literal[STATUSES_ANY] = Field(default=["current", "grace_period"], min_length=1)  # or `any`
     active_only: bool = True
     persons_only: bool = False
     member_types: list[str] = []     # names or UniqueIDs; empty = any type
     groups: list[str] = []           # names or UniqueIDs; empty = no group needed
+    committees: list[str] = []       # names or UniqueIDs: a current seat on any of them (StartDate ≤ now < EndDate)
+    positions: list[str] = []        # ... in one of these positions (Chair, Treasurer…); empty = any position
+    custom_fields: dict[str, list[str]] = {}      # field name → values; each field must hold one of its values
+    custom_fields_not: dict[str, list[str]] = {}  # field name → values that keep a member off
     exclude_opted_out: bool = True   # Novi's UnsubscribeFromEmails
     lapsed: LapsePolicy = LAPSE_UNSUBSCRIBE
     scope: Scope = SCOPE_MANAGED
@@ -86,13 +91,30 @@ class ListRule(_Strict):
     def _dot_form(cls, value: str) -> str:
         return dot_list_id(value)
 
-    @field_validator("statuses", "member_types", "groups")
+    @field_validator("statuses", "member_types", "groups", "committees", "positions")
     @classmethod
-    def _casefold(cls, values: list[str]) -> list[str]:
+    def _casefold(cls, values: list[str] | str) -> list[str] | str:
+        if isinstance(values, str):  # statuses: any
+            return values
         cleaned = [v.strip().casefold() for v in values]
         if any(not v for v in cleaned):
             raise ValueError("empty names are not allowed")
         return cleaned
+
+    @field_validator("custom_fields", "custom_fields_not")
+    @classmethod
+    def _field_values(cls, fields: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Field names as Novi shows them (matched without regard to case), each with its values."""
+        cleaned = {name.strip(): [str(v).strip().casefold() for v in values] for name, values in fields.items()}
+        if any(not name or not values or any(not v for v in values) for name, values in cleaned.items()):
+            raise ValueError("each custom field needs a name and at least one non-empty value")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _positions_need_committees(self) -> ListRule:
+        if self.positions and not self.committees:
+            raise ValueError("positions narrow committees: name the committees too")
+        return self
 
     @field_validator("protected")
     @classmethod

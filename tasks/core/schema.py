@@ -113,7 +113,13 @@ MEMBER_COLUMNS = [
     "novi_id", "email", "match_key", "display_name", "status", "active", "customer_type",
     "is_person", "member_type", "member_type_id", "group_ids", "group_names", "opted_out",
     "expires", "quarantine",
+    # Committee seats, each (committee id, committee name casefolded, position casefolded, start,
+    # end; dates UTC, None for an open end), and custom fields (name as Novi shows it → value).
+    "seats", "custom_fields",
 ]
+STATUSES_ANY = "any"  # a rule's `statuses: any`: whatever their membership (a committee of non-members)
+# A seat in `seats`: the fields of one entry of Novi's `Committees`.
+SEAT_FIELDS = ("committee_id", "committee", "position", "start", "end")
 # A roster frame (tasks.mailman): one row per member of one list.
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
