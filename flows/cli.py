@@ -442,6 +442,47 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
     raise typer.Exit(code)
 
 
+@app.command()
+@one_line
+def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's Email) or a Novi UniqueID.")],
+            rules: Annotated[str, typer.Option("--rules", help="Routing rules file (YAML).")],
+            novi_block: NoviBlock = "novi") -> None:
+    """Which lists the rules put one person on, and for each other list the condition that keeps
+    them off. Reads Novi for that person only; writes nothing."""
+    from tasks.core.rules import load_rules
+
+    the_rules = load_rules(rules)
+    _prefect()
+    import pandas as pd
+
+    from tasks.blocks import NoviCredentials, saved
+    from tasks.core.planner import explain as explained
+    from tasks.core.schema import GUID
+    from tasks.novi import members_frame
+
+    client = saved(NoviCredentials, novi_block).get_client()
+    client.http.interactive()
+    found = client.member(who.strip()) if GUID.fullmatch(who.strip().lower()) else None
+    records = [found] if found else client.members_with_email(who.strip())
+    if not records:
+        out.print(f"Novi has no record with the address or id {who} (Novi's e-mail search looks at Email only).")
+        raise typer.Exit(EXIT_FAILED)
+    members = members_frame(records, list(the_rules.novi.address_fields))
+    for member in members.itertuples():
+        seats = ", ".join(f"{s[2] or 'member'} of {s[1]} ({s[3].date() if s[3] is not None else '…'} to "
+                          f"{s[4].date() if s[4] is not None else 'open'})" for s in member.seats) or "none"
+        fields = ", ".join(f"{k}={v}" for k, v in member.custom_fields.items()) or "none"
+        out.print(f"Novi {member.novi_id}: {member.display_name} <{member.email}>, status {member.status or 'missing'}"
+                  f"{'' if member.active else ', inactive'}; groups: {', '.join(member.group_names) or 'none'}; "
+                  f"committee seats: {seats}; custom fields: {fields}")
+    table = Table(title=f"Lists for {who} by {rules} (the rules alone: a ban or a self-unsubscribe is the plan's)")
+    for column in ("list", "Novi id", "belongs", "what keeps them off"):
+        table.add_column(column)
+    for row in explained(members, the_rules, pd.Timestamp.now(tz="UTC")).itertuples():
+        table.add_row(row.list_id, row.novi_id, "yes" if row.belongs else "no", row.why_not)
+    out.print(table)
+
+
 alerts = typer.Typer(help="Prefect automations that tell operators about the runs, through a notification block.",
                      no_args_is_help=True)
 app.add_typer(alerts, name="alerts")

@@ -246,3 +246,27 @@ def test_a_table_printed_to_a_pipe_is_never_cut(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert list_id in shown.stdout and "eligible, not on the list" in shown.stdout and "…" not in shown.stdout
+
+
+def test_explain_says_which_lists_one_person_belongs_on_and_what_keeps_them_off(cli_blocks, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("lists:\n  - list_id: members@example.org\n"
+                     "  - list_id: finance@example.org\n    committees: [Finance]\n    statuses: any\n"
+                     "  - list_id: north@example.org\n    custom_fields: {Chapter: [North]}\n")
+    seat = {"CommitteeUniqueID": "c1", "CommitteeName": "Finance", "PositionName": "Chair",
+            "StartDate": "2024-01-01T00:00:00-05:00", "EndDate": "2025-12-31T00:00:00-05:00"}
+    record = novi_record("ann", "ann@example.org", first="Ann", last="Lee", Committees=[seat],
+                         CustomFields={"Chapter": {"CustomFieldName": "Chapter", "Value": "South"}})
+    novi = FakeNovi([record, novi_record("bo", "bo@example.org")])
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        result = cli_blocks.invoke(app, ["explain", "ann@example.org", "--rules", str(rules), "--novi-block", "cli-novi"])
+        reads = [c.request.url for c in mock.calls]
+    assert result.exit_code == 0, result.output
+    assert "Novi ann: Ann Lee <ann@example.org>, status current" in result.output
+    assert "chair of finance (2024-01-01 to 2025-12-31)" in result.output and "Chapter=South" in result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert "yes" in rows["members.example.org"]
+    assert "committee term ended" in rows["finance.example.org"]
+    assert "custom field Chapter is south, not north" in rows["north.example.org"]
+    assert len(reads) == 1 and "email=ann%40example.org" in reads[0]  # that person only

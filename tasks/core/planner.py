@@ -154,6 +154,21 @@ def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) ->
     return off, reason
 
 
+def explain(members: pd.DataFrame, rules: Rules, now: pd.Timestamp) -> pd.DataFrame:
+    """For each Novi record of one person and each list: whether the rules put them on it, and
+    if not, the condition that keeps them off (list_id, novi_id, email, belongs, why_not).
+
+    By the rules alone: what Mailman or the ledger may add (a ban, someone who left the list
+    themselves) is the plan's, not this."""
+    rows = []
+    for rule in rules.lists:
+        why_not = ineligibility(members, rule, now).where(members["quarantine"].isna(),
+                                                          "quarantined: " + members["quarantine"])
+        rows += [{"list_id": rule.list_id, "novi_id": novi_id, "email": email, "belongs": reason == "",
+                  "why_not": reason} for novi_id, email, reason in zip(members["novi_id"], members["email"], why_not)]
+    return pd.DataFrame(rows, columns=["list_id", "novi_id", "email", "belongs", "why_not"])
+
+
 def unknown_custom_fields(members: pd.DataFrame, rules: Rules) -> list[str]:
     """The custom fields the rules name that no Novi record has, with the fields Novi did
     return: a typo is said once per run, rather than an empty list."""
