@@ -1,10 +1,13 @@
 """The planner alone at scale: N Novi records against an N-address roster, time and peak memory.
 
-    .venv/bin/python -m bench.planner 100000 1000000 [--repeat 3]
+    .venv/bin/python -m bench.planner 100000 1000000 [--repeat 3] [--routing]
 
 Each size runs in a fresh process (so peak memory is that size's own) and prints a markdown
 row: median, min and max seconds of `tasks.core.planner.plan`, and the process's peak RSS.
 The roster overlaps Novi by 99%; 10% of the records are not eligible; names match.
+`--routing` turns issue 17's rules on: every record has a Chapter custom field and one in 20 a
+Finance Committee seat (a quarter of them ended); the list selects by Chapter, and a second list
+(its roster: the seated addresses) by a current committee seat, whatever the status.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import time
 
 
-def measure(n: int, repeat: int) -> dict:
+def measure(n: int, repeat: int, routing: bool = False) -> dict:
     import numpy as np
     import pandas as pd
 
@@ -26,6 +29,8 @@ def measure(n: int, repeat: int) -> dict:
     from tasks.core.schema import MEMBER_COLUMNS, REGULAR, ROSTER_COLUMNS, Delivery
     from tasks.core.planner import plan
     from tasks.core.rules import parse_rules
+
+    CHAPTERS = ["North", "South", "East", "West"]
 
     rng = np.random.default_rng(1)
     email = pd.Series([f"m{i}@example.org" for i in range(n)], dtype="string")
@@ -38,7 +43,10 @@ def measure(n: int, repeat: int) -> dict:
         "active": np.ones(n, dtype=bool), "customer_type": "Person", "is_person": True,
         "member_type": "Regular", "member_type_id": "t1", "group_ids": [[] for _ in range(n)],
         "group_names": [[] for _ in range(n)], "opted_out": np.zeros(n, dtype=bool), "expires": pd.NaT,
-        "seats": [[] for _ in range(n)], "custom_fields": [{} for _ in range(n)],
+        "seats": [[("c1", "finance committee", "member", pd.Timestamp("2025-01-01", tz="UTC"),
+                    pd.Timestamp("2026-06-30", tz="UTC") if i % 80 == 0 else None)] if routing and i % 20 == 0 else []
+                  for i in range(n)],
+        "custom_fields": [{"Chapter": CHAPTERS[i % 4]} if routing else {} for i in range(n)],
         "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"),
     })[MEMBER_COLUMNS]
     shift = n // 100  # 1% of the roster is not in Novi, 1% of Novi not on the roster
@@ -52,11 +60,18 @@ def measure(n: int, repeat: int) -> dict:
         "delivery_mode": pd.Series(REGULAR, index=range(n), dtype="string"),
         "moderation_action": pd.Series("", index=range(n), dtype="string"),
         "delivery_status": pd.Series(Delivery.ENABLED, index=range(n), dtype="string")})[ROSTER_COLUMNS]
-    rules = parse_rules({"lists": [{"list_id": "list.example.org"}]})
+    lists = [{"list_id": "list.example.org"}]
+    rosters = {"list.example.org": roster}
+    if routing:
+        lists = [{"list_id": "list.example.org", "custom_fields": {"Chapter": CHAPTERS}},
+                 {"list_id": "committee.example.org", "committees": ["Finance Committee"], "statuses": "any"}]
+        seated = roster.loc[roster["email"].isin(email[::20])]
+        rosters["committee.example.org"] = seated.assign(list_id="committee.example.org")
+    rules = parse_rules({"lists": lists})
     seconds, changes = [], 0
     for _ in range(repeat):
         start = time.perf_counter()
-        result = plan(members, {"list.example.org": roster}, rules)
+        result = plan(members, rosters, rules)
         seconds.append(time.perf_counter() - start)
         changes = len(result.changes)
     return {"records": n, "roster": n, "changes": changes, "median_s": statistics.median(seconds),
@@ -68,15 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sizes", nargs="*", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--routing", action="store_true", help="committee and custom-field rules on (issue 17)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.repeat)))
+        print(json.dumps(measure(args.one, args.repeat, args.routing)))
         return
     print("| Novi records × roster | changes | plan median (min–max) | peak RSS |")
     print("|---|---:|---:|---:|")
     for n in args.sizes:
-        out = subprocess.run([sys.executable, "-m", "bench.planner", "--one", str(n), "--repeat", str(args.repeat)],
+        out = subprocess.run([sys.executable, "-m", "bench.planner", "--one", str(n), "--repeat", str(args.repeat),
+                              *(["--routing"] if args.routing else [])],
                              check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         print(f"| {n:,} × {n:,} | {row['changes']:,} | {row['median_s']:.2f} s ({row['min_s']:.2f}–{row['max_s']:.2f})"

@@ -128,9 +128,11 @@ def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | Non
 def _field_values(members: pd.DataFrame, field: str) -> pd.Series:
     """Each member's value of one custom field, casefolded (NA where the member has none); the
     field's name is matched without regard to case."""
-    wanted = field.casefold()
-    return pd.Series([next((str(v).casefold() for k, v in fields.items() if k.casefold() == wanted), None)
-                      if fields else None for fields in members["custom_fields"]], index=members.index, dtype="string")
+    column = members["custom_fields"]
+    names = [name for name in set().union(*column) if name.casefold() == field.casefold()]  # "Chapter", "chapter"…
+    values = [next((fields[name] for name in names if name in fields), None) for fields in column] if names \
+        else [None] * len(column)
+    return pd.Series(values, index=members.index, dtype="string").str.casefold()
 
 
 def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +141,9 @@ def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) ->
     wanted, positions = set(rule.committees), set(rule.positions)
     off = np.ones(len(members), dtype=bool)
     reason = np.full(len(members), "no seat on the list's committees", dtype=object)
-    for i, seats in enumerate(members["seats"]):
-        mine = [seat for seat in seats if (seat[0] in wanted or seat[1] in wanted)
+    column = members["seats"].to_numpy(dtype=object)
+    for i in np.flatnonzero([bool(seats) for seats in column]):  # the few with any seat at all
+        mine = [seat for seat in column[i] if (seat[0] in wanted or seat[1] in wanted)
                 and (not positions or seat[2] in positions)]
         if not mine:
             continue
