@@ -71,6 +71,12 @@ SCENARIOS = [
     ("address-change", 7, change(Email="moved7@example.org"), {}),
     ("opt-out", 8, change(UnsubscribeFromEmails=True), {}),
     ("inactive", 9, change(Active=False), {}),
+    ("committee-seat-begins", 4, change(Committees=[{
+        "CommitteeUniqueID": "c1", "CommitteeName": "Finance", "PositionName": "Chair",
+        "StartDate": "2025-01-01T00:00:00-05:00", "EndDate": None}]),
+     {"committees": ["Finance"], "statuses": "any", "allow_empty": True}),
+    ("chapter-change", 6, change(CustomFields={"Chapter": {"CustomFieldName": "Chapter", "Value": "North"}}),
+     {"custom_fields": {"Chapter": ["North"]}, "allow_empty": True}),
 ]
 
 
@@ -91,6 +97,8 @@ def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rul
         source.backup(copy_)  # WAL mode: a file copy could miss the last run
     by_full = full(novi, mailman, tmp_path, rules)
     assert by_full.is_completed(), by_full.message
+    if rule.get("lapsed") != "keep":  # a kept member is the one scenario with nothing to write
+        assert by_full.result()["outcomes"].get("applied"), name  # the scenario does change the list
     monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(twin_ledger))
     state, reads = one(FakeNovi(copy.deepcopy(novi.records)), twin, [guid(index)], rules)
     assert state.is_completed(), state.message
