@@ -54,8 +54,7 @@ def environment() -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
             "NOVI_MAILMAN_LEDGER": str(STATE / "ledger.sqlite"),
             "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),
-            "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS,
-            "COLUMNS": os.environ.get("COLUMNS", "120")}
+            "NOVI_API_KEY": DEFAULT_KEY, "MAILMAN_PASSWORD": ADMIN_PASS}
 
 
 def say(text: str) -> None:
