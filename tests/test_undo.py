@@ -109,3 +109,19 @@ def test_an_undo_that_removes_too_many_is_refused_by_the_removal_guards():
     assert "60 removals planned, 60% of its 100 members on the list" in refusal
     few = plan_undo(run.head(5), {LIST: roster_frame(LIST, roster)}, NONE_LATER, "brave-otter")
     assert guards.undo_refusals(few.changes, {LIST: roster_frame(LIST, roster)}, rules) == []
+
+
+def test_a_removal_of_someone_novi_does_not_know_reads_their_preferences_first():
+    """An undo restores a removed member's digest setting and a delivery they paused: the
+    planner reads them before every removal, not only for members Novi still knows (a purge
+    or a bad export removes people as "no longer in Novi")."""
+    from tasks.core.planner import plan
+    from tasks.novi import members_frame
+    from tests.conftest import novi_record
+
+    rules = parse_rules({"lists": [{"list_id": LIST, "scope": "mirror"}]}, "test")
+    roster = roster_frame(LIST, [("known@example.org", "Known"), ("gone@example.org", "Gone", "enabled", None)])
+    the_plan = plan(members_frame([novi_record("k", "known@example.org", first="Known", last="")]), {LIST: roster},
+                    rules)
+    assert list(the_plan.changes["email"]) == ["gone@example.org"]
+    assert list(the_plan.wanting["member_id"]) == ["mid-gone@example.org"]

@@ -365,8 +365,9 @@ class Standing:
         # the lapse policy: the member is subscribed under the new address instead.
         unsubscribed = address_changed & ~protected
         removed = pd.Series(False, index=joined.index)
-        # Whose preferences matter: a member moving to a new address, one removed for lapsing
-        # who may renew, one about to be held (not over a delivery they stopped themselves).
+        # Whose preferences matter: a member moving to a new address, one removed (who may
+        # renew, or whose removal an undo may take back: it restores them), one about to be held
+        # (not over a delivery they stopped themselves).
         # A bouncing member's are read once (the ledger keeps them): Mailman may remove them
         # before their new address is known.
         matter = unsubscribed | (bouncing & joined["led_delivery_mode"].isna())
@@ -376,7 +377,7 @@ class Standing:
         if rule.lapsed == LAPSE_UNSUBSCRIBE:
             unsubscribed = unsubscribed | leaving
             removed = removed | (leaving & in_novi & _worth_keeping(joined))
-            matter |= leaving & in_novi
+            matter |= leaving
         elif rule.lapsed == LAPSE_HOLD:
             matter |= leaving & ~held & ~bouncing
         wants_preferences = matter & on_roster & joined["delivery_mode"].isna()
