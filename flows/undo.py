@@ -26,7 +26,7 @@ from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMN
                                approved_fingerprint)
 from tasks.core.undo import plan_undo
 from tasks.errors import BadParameter, SyncError
-from tasks.mailman import extract_roster
+from tasks.mailman import extract_roster, read_bans
 from tasks.run import MAX_WORKERS, Run, bounded, failed, label, open_ledger, run_name
 
 UNDO_KEY = "novi-mailman-undo"
@@ -55,8 +55,8 @@ def undo_run(
     Args:
         run: The run to undo: its name (as `novi-mailman history` and the Prefect UI show it) or its id.
         dry_run: Plan and report only; nothing is written anywhere (the default: look first).
-        rules_path: A rules file whose guard settings apply (max_removals, max_removal_share); empty:
-            the defaults. Lists the file does not name get the defaults.
+        rules_path: A rules file whose guard settings (max_removals, max_removal_share) and protected
+            addresses apply; empty: the defaults. Lists the file does not name get the defaults.
         mailman_block: Name of the saved MailmanCredentials block.
         ledger_block: Name of a saved LedgerDatabase block; empty: the default SQLite ledger on the worker.
         override_guards: Lift the removal guards for this undo only. Prefer approve.
@@ -72,11 +72,17 @@ def undo_run(
 
 
 def run_to_undo(ledger, ref: str) -> dict:
-    """The ledger's row of the run to undo; one that is not there, or is an undo, is refused."""
-    target = ledger.find_run(ref)
-    if target is None:
+    """The run to undo, with every attempt's key; one that is not there, a name that names
+    more than one run (Prefect's names repeat), or an undo, is refused."""
+    found = ledger.find_runs(ref)
+    if not found:
         raise BadParameter(f"no run {ref!r} in the ledger at {ledger.location}: give a run's name or id as "
                            "`novi-mailman history ADDRESS` or the Prefect UI shows it")
+    if len(found) > 1:
+        raise BadParameter(f"{len(found)} runs are named {ref!r}: give the id of the one to undo ("
+                           + "; ".join(f"{run['flow_run_id']}, ended {run['ended_at']:%Y-%m-%d %H:%M}"
+                                       for run in found) + ")")
+    target = found[0]
     if target["kind"] == RunKind.UNDO:
         raise BadParameter(f"run {target['run_name']} is itself an undo: undoing an undo is refused (a sync "
                            "brings the lists back in step with Novi)")
@@ -96,10 +102,10 @@ def _rules_for(list_ids: list[str], rules_path: str | None) -> Rules:
 def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: str, ledger_block: str | None,
               override_guards: bool, approve: str | None, batch_size: int, workers: int) -> State:
     approve = approved_fingerprint(approve, override_guards=override_guards)
-    ledger = open_ledger(ledger_block, create=False)
+    ledger = open_ledger(ledger_block, create=not dry_run)  # a real undo upgrades an older ledger first
     target = run_to_undo(ledger, ref)
     name = target["run_name"]
-    applied = ledger.applied_changes(target["run_id"])
+    applied = ledger.applied_changes(target["keys"])  # every attempt's (a refusal, then the approved apply)
     if dry_run:
         label(Tag.DRY_RUN)
     if applied.empty:
@@ -118,7 +124,9 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
         with run.phase("extract_rosters"):
             futures = bounded(lambda lid: extract_roster.submit(mailman, lid, True), list_ids, workers)
             rosters = {lid: future.result() for lid, future in zip(list_ids, futures)}
-        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name)
+        bans = read_bans(mailman, list_ids)
+        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name, bans,
+                         {rule.list_id: set(rule.protected) for rule in run.rules.lists})
         the_plan = _as_plan(undo.changes)
         run.judge(the_plan, None, override_guards, approve,
                   tripped=guards.undo_refusals(undo.changes, rosters, run.rules))

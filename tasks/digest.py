@@ -7,10 +7,8 @@ message says so, and the log has why.
 
 from __future__ import annotations
 
-import smtplib
 from email.message import EmailMessage
 
-import httpx
 import pandas as pd
 from prefect import get_run_logger
 from prefect.blocks.core import Block
@@ -20,7 +18,6 @@ from prefect_email import EmailServerCredentials
 from tasks.blocks import saved
 from tasks.core.digest import Digest, compose
 from tasks.core.rules import DigestSettings, Rules
-from tasks.errors import SyncError
 
 
 def run_url() -> str | None:
@@ -38,19 +35,29 @@ def send_digests(rules: Rules, outcomes: pd.DataFrame, left_alone: pd.DataFrame,
     groups: dict[str, tuple[DigestSettings, list[str]]] = {}
     for rule in rules.lists:
         if rule.digest is not None:
-            groups.setdefault(rule.digest.model_dump_json(), (rule.digest, []))[1].append(rule.list_id)
+            # A list's owners hear of their own list only: its members are not another list's business.
+            key = rule.digest.model_dump_json() + (rule.list_id if rule.digest.to == "owners" else "")
+            groups.setdefault(key, (rule.digest, []))[1].append(rule.list_id)
     problems: list[str] = []
     for settings, list_ids in groups.values():
-        digest = compose(list_ids, outcomes, left_alone, bouncing, quarantined, run_name, run_url())
+        # Records quarantined anywhere in Novi are membership staff's to fix, not a list owner's.
+        staff = settings.to != "owners"
+        digest = compose(list_ids, outcomes, left_alone, bouncing, quarantined if staff else None, run_name,
+                         run_url())
         if digest is None:
             continue
         try:
             if settings.email_block:
                 _email(settings, digest, list_ids, mailman)
             else:
-                Block.load(settings.notify_block).notify(digest.body, subject=digest.subject)
-        except (SyncError, OSError, smtplib.SMTPException, httpx.HTTPError, ValueError) as exc:
-            problem = f"the change digest for {', '.join(list_ids)} was not sent ({type(exc).__name__}: {exc})"
+                block = Block.load(settings.notify_block)
+                with block.raise_on_failure():  # Slack's and Teams' blocks would otherwise swallow a failure
+                    block.notify(digest.body, subject=digest.subject)
+        except Exception as exc:  # noqa: BLE001 - whatever a block raises, the run it reports on stands
+            # Only the kind of failure: an error's text can carry a webhook's token or the recipients.
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            problem = (f"the change digest for {', '.join(list_ids)} was not sent ({type(exc).__name__}"
+                       f"{f' {status}' if status else ''})")
             get_run_logger().warning("%s", problem)
             problems.append(problem)
     return problems

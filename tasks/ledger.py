@@ -46,6 +46,7 @@ from tasks.core.schema import (
     LEDGER_COLUMNS,
     OUTCOME_COLUMNS,
     TIMESTAMP_COLUMNS,
+    Action,
     Outcome,
     RunKind,
     RunState,
@@ -304,6 +305,8 @@ class Ledger:
                 conn.execute(delete(addresses_table).where(scope))
                 if not memory.empty:
                     conn.execute(addresses_table.insert(), _records(memory[LEDGER_COLUMNS].assign(run_id=key)))
+            if run.kind == RunKind.UNDO:  # see _forget_undone
+                _forget_undone(conn, changes)
             change_rows = changes.assign(run_id=key, at=at)[[c.name for c in changes_table.columns if c.name != "id"]]
             if not change_rows.empty:
                 conn.execute(changes_table.insert(), _records(change_rows))
@@ -335,29 +338,41 @@ class Ledger:
         frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
         return frame
 
-    def find_run(self, ref: str) -> dict | None:
-        """A run by its ledger key, its flow run id or its name (the newest attempt that wrote
-        something, else the newest attempt)."""
+    def find_runs(self, ref: str) -> list[dict]:
+        """The flow runs a reference names (a ledger key, a flow run id or a run's name), newest
+        first, each with every attempt's key: {flow_run_id, run_name, kind, ended_at, keys}.
+        Prefect's names repeat (two words): more than one is for the caller to refuse."""
         if not self.exists:
-            return None
+            return []
         ref = ref.strip()
         query = (select(runs_table)
                  .where((runs_table.c.run_id == ref) | (runs_table.c.flow_run_id == ref) | (runs_table.c.run_name == ref))
-                 .order_by((runs_table.c.changes > runs_table.c.failed).desc(), runs_table.c.ended_at.desc()))
+                 .order_by(runs_table.c.ended_at))
         with self._connect() as conn:
-            row = conn.execute(query).mappings().first()
-        return dict(row) if row else None
+            rows = [dict(row) for row in conn.execute(query).mappings()]
+        runs: dict[str, dict] = {}
+        for row in rows:
+            run = runs.setdefault(row["flow_run_id"] or row["run_id"], {
+                "flow_run_id": row["flow_run_id"] or row["run_id"], "run_name": row["run_name"], "kind": row["kind"],
+                "keys": []})
+            run["keys"].append(row["run_id"])
+            run["ended_at"] = row["ended_at"]  # the last attempt's
+        return sorted(runs.values(), key=lambda run: run["ended_at"], reverse=True)
 
-    def applied_changes(self, run_key: str) -> pd.DataFrame:
-        """The changes a run (one attempt, by its ledger key) applied, with the name and
-        preferences each address had: what an undo of it starts from."""
+    def applied_changes(self, run_keys: Sequence[str]) -> pd.DataFrame:
+        """The changes a run's attempts (their ledger keys) applied, with the name and
+        preferences each address had: what an undo of it starts from. A ledger from before
+        names and preferences were kept has them as missing."""
         columns = [c.name for c in changes_table.columns]
-        query = (select(changes_table).where((changes_table.c.run_id == run_key)
-                                             & (changes_table.c.outcome == Outcome.APPLIED))
-                 .order_by(changes_table.c.id))
         with self._connect() as conn:
-            rows = conn.execute(query).all()
-        return pd.DataFrame(rows, columns=columns).astype({c: "string" for c in columns if c not in ("id", "at")})
+            present = {c["name"] for c in inspect(conn).get_columns(changes_table.name)}
+            query = (select(*[changes_table.c[name] for name in columns if name in present])
+                     .where(changes_table.c.run_id.in_(list(run_keys)) & (changes_table.c.outcome == Outcome.APPLIED))
+                     .order_by(changes_table.c.id))
+            rows = conn.execute(query).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c for c in columns if c in present])
+        frame = frame.reindex(columns=columns)
+        return frame.astype({c: "string" for c in columns if c not in ("id", "at")})
 
     def applied_since(self, at: datetime, list_ids: Sequence[str]) -> pd.DataFrame:
         """Changes applied to these lists after `at`, with their run's name (list_id, match_key, run_name)."""
@@ -565,6 +580,19 @@ def _insert_run(conn, run: RunRecord, *, changes: int, failed: int) -> str:
         "started_at": run.started_at, "ended_at": run.ended_at, "kind": run.kind, "state": run.state,
         "message": run.message[:2000], "novi_members": run.novi_members, "changes": changes, "failed": failed}])
     return key
+
+
+def _forget_undone(conn, changes: pd.DataFrame) -> None:
+    """What the ledger remembered of the addresses an undo subscribed or removed described the
+    run it undid (a member it subscribed, one it removed for lapsing): kept, it would make the
+    next sync read an undone subscribe as "left the list themselves" (never re-added) and an
+    undone move as a member on neither address. Forgotten, the next sync judges them afresh
+    from Novi and the roster, as it does any address it meets."""
+    done = changes.loc[(changes["outcome"] == Outcome.APPLIED)
+                       & changes["action"].isin([Action.SUBSCRIBE, Action.UNSUBSCRIBE])]
+    for list_id, mine in done.groupby("list_id"):
+        conn.execute(delete(addresses_table).where((addresses_table.c.list_id == list_id)
+                                                   & addresses_table.c.match_key.in_(list(mine["match_key"]))))
 
 
 # Columns added since a ledger was first created (create_all adds tables, not columns).

@@ -78,3 +78,27 @@ def test_a_digest_setting_needs_one_way_to_send_and_addresses_or_owners():
                 {"email_block": "smtp", "to": ["not an address"]}, {"email_block": "smtp", "to": []}):
         with pytest.raises(Exception, match="digest"):
             parse_rules({"lists": [{"list_id": LIST, "digest": bad}]}, "t")
+
+
+def test_each_lists_owners_hear_of_their_own_list_only_and_staff_hear_of_all(monkeypatch):
+    """A chapter chair must not receive other lists' members; records quarantined anywhere in
+    Novi are membership staff's, not an owner's."""
+    import tasks.digest as sending
+
+    sent = []
+    monkeypatch.setattr(sending, "_email", lambda settings, digest, list_ids, mailman: sent.append((list_ids, digest)))
+    monkeypatch.setattr(sending, "run_url", lambda: None)
+    owners = {"email_block": "smtp", "to": "owners"}
+    staff = {"email_block": "smtp", "to": ["membership@example.org"]}
+    rules = parse_rules({"lists": [{"list_id": LIST, "digest": owners}, {"list_id": OTHER, "digest": owners},
+                                   {"list_id": "third.example.org", "digest": staff},
+                                   {"list_id": "fourth.example.org", "digest": staff}]}, "t")
+    day = pd.concat([DAY, DAY.loc[DAY["list_id"] == OTHER].assign(list_id="third.example.org"),
+                     DAY.loc[DAY["list_id"] == OTHER].assign(list_id="fourth.example.org")], ignore_index=True)
+    quarantined = pd.DataFrame([{"novi_id": "n-jo", "email": "jo@example", "quarantine": "invalid address"}])
+    problems = sending.send_digests(rules, day, NOTHING_LEFT, NO_BOUNCES, quarantined, None, "calm-heron")
+    assert problems == []
+    by_lists = {tuple(list_ids): digest for list_ids, digest in sent}
+    assert set(by_lists) == {(LIST,), (OTHER,), ("third.example.org", "fourth.example.org")}
+    assert "n-jo" not in by_lists[(LIST,)].body and "gus@example.org" not in by_lists[(LIST,)].body
+    assert "Novi n-jo <jo@example>: invalid address" in by_lists[("third.example.org", "fourth.example.org")].body

@@ -125,3 +125,72 @@ def test_a_removal_of_someone_novi_does_not_know_reads_their_preferences_first()
                     rules)
     assert list(the_plan.changes["email"]) == ["gone@example.org"]
     assert list(the_plan.wanting["member_id"]) == ["mid-gone@example.org"]
+
+
+def test_an_address_banned_since_is_not_subscribed_again():
+    run = applied((Action.UNSUBSCRIBE, "a@example.org", "A", "A"), (Action.UNSUBSCRIBE, "b@example.org", "B", "B"))
+    undo = plan_undo(run, {LIST: roster_frame(LIST, [])}, NONE_LATER, "brave-otter", {LIST: ["^a@.*"]})
+    assert list(undo.changes["email"]) == ["b@example.org"]
+    assert list(undo.skipped["reason"]) == ["banned in Mailman since"]
+
+
+def test_a_removal_whose_settings_were_not_recorded_says_so_in_the_undo():
+    undo = undo_of(applied((Action.UNSUBSCRIBE, "a@example.org", "A", "A")), [])
+    assert undo.changes["reason"].iloc[0].endswith("their delivery settings were not recorded: Mailman's defaults")
+    kept = undo_of(applied((Action.UNSUBSCRIBE, "a@example.org", "A", "A", "regular", "", "enabled")), [])
+    assert "not recorded" not in kept.changes["reason"].iloc[0]
+
+
+def test_the_ledger_finds_every_attempt_of_a_run_and_each_run_a_name_could_mean(tmp_path):
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from tasks.core.planner import settle
+    from tasks.core.schema import RunKind
+    from tasks.ledger import Ledger
+    from tests.test_ledger import T0, planned_run
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    p, outcomes, run = planned_run(LIST, 3, run_id="flow-1")
+    refused = replace(run, state="refused", message="refused")
+    ledger.record(refused, [LIST], None, outcomes.assign(outcome=Outcome.REFUSED), p.figures)
+    ledger.record(run, [LIST], settle(p.memory, outcomes), outcomes, p.figures)  # the approved attempt
+    (found,) = ledger.find_runs("name-flow-1")
+    assert len(found["keys"]) == 2 and len(ledger.applied_changes(found["keys"])) == 3
+    assert ledger.applied_changes(found["keys"])["display_name"].notna().all()
+    _, other, twin = planned_run("b.example.org", 1, run_id="flow-2", now=T0 + timedelta(hours=1))
+    ledger.record(replace(twin, run_name="name-flow-1"), ["b.example.org"], None, other, p.figures)
+    assert [r["flow_run_id"] for r in ledger.find_runs("name-flow-1")] == ["flow-2", "flow-1"]
+
+    # An undo's record forgets what the ledger remembered of the addresses it subscribed or removed.
+    assert len(ledger.read([LIST])) == 3
+    undone = outcomes.head(2).assign(action=Action.UNSUBSCRIBE)
+    ledger.record(replace(run, run_id="flow-3", run_name="undo", kind=RunKind.UNDO), [LIST], None, undone, p.figures)
+    assert len(ledger.read([LIST])) == 1
+
+
+def test_an_undo_reads_a_ledger_from_before_names_were_kept(tmp_path):
+    """Its changes table lacks the name and preference columns until a real run upgrades it."""
+    import sqlite3
+
+    from tasks.ledger import Ledger
+    from tests.test_ledger import planned_run
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{path}")
+    p, outcomes, run = planned_run(LIST, 2)
+    ledger.record(run, [LIST], None, outcomes, p.figures)
+    with sqlite3.connect(path) as conn:
+        for column in ("display_name", "previous", "delivery_mode", "moderation_action", "delivery_status"):
+            conn.execute(f"ALTER TABLE changes DROP COLUMN {column}")
+    old = Ledger(f"sqlite:///{path}", create=False)
+    (found,) = old.find_runs("name-run-1")
+    changes = old.applied_changes(found["keys"])
+    assert len(changes) == 2 and changes["display_name"].isna().all() and changes["delivery_mode"].isna().all()
+
+
+def test_a_protected_address_is_not_removed_by_an_undo_either():
+    run = applied((Action.SUBSCRIBE, "office@example.org", "Office", None), (Action.SUBSCRIBE, "b@example.org", "B", None))
+    undo = plan_undo(run, {LIST: roster_frame(LIST, [("office@example.org", "Office"), ("b@example.org", "B")])},
+                     NONE_LATER, "brave-otter", protected={LIST: {"office@example.org"}})
+    assert list(undo.changes["email"]) == ["b@example.org"] and list(undo.skipped["reason"]) == ["protected address"]

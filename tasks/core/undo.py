@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from tasks.core.addresses import banned
 from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, Action, Delivery
 
 # Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
@@ -28,14 +29,17 @@ class Undo(NamedTuple):
 
 
 def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd.DataFrame,
-              run_name: str) -> Undo:
+              run_name: str, bans: dict[str, list[str]] | None = None,
+              protected: dict[str, set[str]] | None = None) -> Undo:
     """The undo of one run.
 
     `applied`: the run's changes whose outcome was applied (the ledger's change rows, with
     the name and preferences each address had). `rosters`: each of those lists as Mailman
     holds it now (ROSTER_COLUMNS). `later`: changes this tool applied to the same lists
     after the run (list_id, match_key, run_name): an address a later run changed again is left
-    to that run."""
+    to that run. `bans`: per list, the bans that apply to it now; a banned address is never
+    subscribed again (Mailman would refuse it, every time). `protected`: per list, the rules'
+    protected addresses, never removed or held, by an undo either."""
     changes, skipped = [], []
     applied = _plain(applied)
     touched_later = dict(zip(zip(later["list_id"], later["match_key"]), later["run_name"]))
@@ -44,6 +48,12 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
         on = _plain(roster.loc[roster["match_key"] == row.match_key])
         now = on.iloc[0] if len(on) else None
         why_not = _changed_since(row, now, touched_later.get((row.list_id, row.match_key)))
+        if not why_not and row.action == Action.UNSUBSCRIBE and (bans or {}).get(row.list_id) \
+                and bool(banned(pd.Series([row.match_key], dtype="string"), bans[row.list_id]).iloc[0]):
+            why_not = "banned in Mailman since"
+        if not why_not and INVERSE[row.action] in (Action.UNSUBSCRIBE, Action.HOLD) \
+                and row.match_key in (protected or {}).get(row.list_id, ()):
+            why_not = "protected address"
         inverse = INVERSE[row.action]
         if why_not:
             skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id,
@@ -57,6 +67,8 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
         if inverse == Action.SUBSCRIBE:  # as they were: their name, digest and moderation, no welcome
             change.update(display_name=row.previous,
                           **{c: getattr(row, c) for c in PREFERENCE_COLUMNS})
+            if row.delivery_mode is None:  # removed before preferences were read for every removal
+                change["reason"] += "; their delivery settings were not recorded: Mailman's defaults"
         elif inverse == Action.RENAME:
             change.update(display_name=row.previous)
         else:
