@@ -69,6 +69,8 @@ def test_a_run_that_applied_nothing_sends_nothing(outcome):
     """A dry run's changes are planned, a refused run's refused: no digest for either."""
     nothing = DAY.assign(outcome=outcome)
     assert compose([LIST], nothing, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, "calm-heron", None) is None
+    quiet = DAY.head(0)  # a run with nothing to do
+    assert compose([LIST], quiet, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, "calm-heron", None) is None
 
 
 def test_a_digest_setting_needs_one_way_to_send_and_addresses_or_owners():

@@ -49,5 +49,3 @@ def test_a_committee_list_and_a_chapter_list_follow_a_day_of_churn(world, tmp_pa
     records = novi.records()
     assert admin.roster(committee) == seated(records, {"Finance Committee", "Events Committee"})
     assert admin.roster(chapter) == in_chapter(records, "North")
-    again, writes = sync(tmp_path, rules, mailman_block=world["mailman_block"])
-    assert again.is_completed() and writes == []
