@@ -43,8 +43,8 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
         "active": np.ones(n, dtype=bool), "customer_type": "Person", "is_person": True,
         "member_type": "Regular", "member_type_id": "t1", "group_ids": [[] for _ in range(n)],
         "group_names": [[] for _ in range(n)], "opted_out": np.zeros(n, dtype=bool), "expires": pd.NaT,
-        "seats": [[("c1", "finance committee", "member", pd.Timestamp("2025-01-01", tz="UTC"),
-                    pd.Timestamp("2026-06-30", tz="UTC") if i % 80 == 0 else None)] if routing and i % 20 == 0 else []
+        "seats": [[("c1", "finance committee", "member", "2025-01-01T00:00:00-05:00",
+                    "2026-06-30T23:59:59-04:00" if i % 80 == 0 else None)] if routing and i % 20 == 0 else []
                   for i in range(n)],
         "custom_fields": [{"Chapter": CHAPTERS[i % 4]} if routing else {} for i in range(n)],
         "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"),

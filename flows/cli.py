@@ -469,8 +469,8 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
         raise typer.Exit(EXIT_FAILED)
     members = members_frame(records, list(the_rules.novi.address_fields))
     for member in members.itertuples():
-        seats = ", ".join(f"{s[2] or 'member'} of {s[1]} ({s[3].date() if s[3] is not None else '…'} to "
-                          f"{s[4].date() if s[4] is not None else 'open'})" for s in member.seats) or "none"
+        seats = ", ".join(f"{s[2] or 'member'} of {s[1]} ({(s[3] or '…')[:10]} to {(s[4] or 'open')[:10]})"
+                          for s in member.seats) or "none"
         fields = ", ".join(f"{k}={v}" for k, v in member.custom_fields.items()) or "none"
         out.print(f"Novi {member.novi_id}: {member.display_name} <{member.email}>, status {member.status or 'missing'}"
                   f"{'' if member.active else ', inactive'}; groups: {', '.join(member.group_names) or 'none'}; "

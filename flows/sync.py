@@ -20,10 +20,11 @@ from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core.planner import unknown_custom_fields
 from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
 from tasks.errors import BadParameter, SyncError
-from tasks.mailman import extract_bans, extract_requests, extract_roster
+from tasks.mailman import extract_bans, extract_requests
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import MAX_WORKERS, Run, bounded, failed, plan_lists, read_ledger, run_name, sync_command, tell_staff
+from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_rosters, run_name, sync_command,
+                       tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -135,7 +136,7 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
         with run.phase("extract_members"):
             members = extract_members(novi, run.rules.novi.page_size, list(run.rules.novi.address_fields))
         with run.phase("extract_rosters"):
-            rosters = read_rosters(mailman, run, workers)
+            rosters = _rosters(mailman, run, workers)
             bans = extract_bans(mailman, run.list_ids)
             requests = extract_requests(mailman, run.list_ids)
         with run.phase("read_ledger"):
@@ -163,15 +164,12 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     return summary, outcomes
 
 
-def read_rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
-    """Every list's roster, at most `workers` read at once.
-
-    Who is held matters only where the rule holds lapsed members: the planner holds and
-    releases nowhere else (a hold elsewhere is a moderator's), so other lists skip Mailman's
-    slow held-member search."""
-    holds = {rule.list_id: rule.lapsed == LAPSE_HOLD for rule in run.rules.lists}
-    futures = bounded(lambda lid: extract_roster.submit(mailman, lid, holds[lid]), run.list_ids, workers)
-    return {lid: future.result() for lid, future in zip(run.list_ids, futures)}
+def _rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
+    """Every list's roster. Who is held matters only where the rule holds lapsed members: the
+    planner holds and releases nowhere else (a hold elsewhere is a moderator's), so other lists
+    skip Mailman's slow held-member search."""
+    return read_rosters(mailman, run.list_ids, workers,
+                        with_held={rule.list_id for rule in run.rules.lists if rule.lapsed == LAPSE_HOLD})
 
 
 def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,

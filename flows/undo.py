@@ -7,7 +7,6 @@ kind `undo`, whose changes say which run they undo), and a dry run first.
 
 # No `from __future__ import annotations`: Prefect builds each run's parameter model from these
 # annotations, and a runner serving the flow could not resolve `Annotated` from a string.
-import json
 from typing import Annotated
 
 import pandas as pd
@@ -26,8 +25,8 @@ from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMN
                                approved_fingerprint)
 from tasks.core.undo import plan_undo
 from tasks.errors import BadParameter, SyncError
-from tasks.mailman import extract_roster, read_bans
-from tasks.run import MAX_WORKERS, Run, bounded, failed, label, open_ledger, run_name
+from tasks.mailman import read_bans
+from tasks.run import MAX_WORKERS, Run, failed, label, open_ledger, read_rosters, run_name
 
 UNDO_KEY = "novi-mailman-undo"
 
@@ -121,9 +120,8 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     mailman = saved(MailmanCredentials, mailman_block).get_client()
     with run.hold():
         mailman.supported_version()
-        with run.phase("extract_rosters"):
-            futures = bounded(lambda lid: extract_roster.submit(mailman, lid, True), list_ids, workers)
-            rosters = {lid: future.result() for lid, future in zip(list_ids, futures)}
+        with run.phase("extract_rosters"):  # with who is held: the undo of a hold or a release reads it
+            rosters = read_rosters(mailman, list_ids, workers, with_held=list_ids)
         bans = read_bans(mailman, list_ids)
         undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name, bans,
                          {rule.list_id: set(rule.protected) for rule in run.rules.lists})
@@ -136,7 +134,7 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
         state, message = run.verdict(outcomes, f"Undo of {name}: {done}{skipped}")
         state, message = run.record(the_plan, outcomes, state, message, None)
     summary = {"state": state, "message": message, "dry_run": dry_run, "undoes": name,
-               "changes": _records(outcomes), "skipped": _records(undo.skipped), "guards": run.tripped,
+               "changes": report.json_rows(outcomes), "skipped": report.json_rows(undo.skipped), "guards": run.tripped,
                "ledger": ledger.location}
     _publish(summary, dry_run)
     return run.finish(summary, outcomes)
@@ -148,10 +146,6 @@ def _as_plan(changes: pd.DataFrame) -> Plan:
     return Plan(changes=changes, left_alone=pd.DataFrame(columns=LEFT_ALONE_COLUMNS),
                 figures=pd.DataFrame(columns=FIGURE_COLUMNS), quarantined=empty,
                 memory=pd.DataFrame(columns=MEMORY_COLUMNS), bouncing=empty, wanting=empty)
-
-
-def _records(frame: pd.DataFrame) -> list[dict]:
-    return json.loads(frame.to_json(orient="records")) if not frame.empty else []
 
 
 UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "reason"]

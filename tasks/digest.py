@@ -39,11 +39,11 @@ def send_digests(rules: Rules, outcomes: pd.DataFrame, left_alone: pd.DataFrame,
             key = rule.digest.model_dump_json() + (rule.list_id if rule.digest.to == "owners" else "")
             groups.setdefault(key, (rule.digest, []))[1].append(rule.list_id)
     problems: list[str] = []
+    link = run_url()
     for settings, list_ids in groups.values():
         # Records quarantined anywhere in Novi are membership staff's to fix, not a list owner's.
         staff = settings.to != "owners"
-        digest = compose(list_ids, outcomes, left_alone, bouncing, quarantined if staff else None, run_name,
-                         run_url())
+        digest = compose(list_ids, outcomes, left_alone, bouncing, quarantined if staff else None, run_name, link)
         if digest is None:
             continue
         try:

@@ -51,6 +51,7 @@ from tasks.core.schema import (
     RunKind,
     RunState,
     empty_ledger,
+    missing_as_none,
 )
 from tasks.errors import SyncError
 from tasks.host import process_alive
@@ -199,7 +200,7 @@ def default_url() -> str:
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     """Rows as dicts with None for missing values and plain datetimes, for executemany."""
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    records = missing_as_none(frame).to_dict("records")
     stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
     for record in records:
         for column in stamps:

@@ -151,23 +151,14 @@ def _text(value: object) -> str | None:
     return None
 
 
-def _when(value: object) -> pd.Timestamp | None:
-    """A Novi date (offsets and up to 7 fraction digits included) in UTC; None when absent or unreadable."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        stamp = pd.Timestamp(value.strip())
-    except (ValueError, OverflowError):
-        return None
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
 def _seats(committees: object) -> list[tuple]:
-    """A record's committee seats (`Committees`: a list, or null), as SEAT_FIELDS tuples."""
+    """A record's committee seats (`Committees`: a list, or null): (id, name, position, start,
+    end), the dates as Novi sends them. They are read as dates only where a rule names
+    committees (tasks.core.planner), not for every record of every sweep."""
     if not isinstance(committees, list):
         return []
     return [(str(c.get("CommitteeUniqueID") or "").strip().lower(), (_text(c.get("CommitteeName")) or "").casefold(),
-             (_text(c.get("PositionName")) or "").casefold(), _when(c.get("StartDate")), _when(c.get("EndDate")))
+             (_text(c.get("PositionName")) or "").casefold(), _text(c.get("StartDate")), _text(c.get("EndDate")))
             for c in committees if isinstance(c, dict)]
 
 

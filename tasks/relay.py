@@ -15,7 +15,6 @@ import asyncio
 import hmac
 import json
 import logging
-import re
 import socket
 import threading
 import time

@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from tasks.core.digest import changes_line
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
 from tasks.core.schema import (ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
-                                Outcome, RunState)
+                                Outcome, RunState, missing_as_none)
 
 SUMMARY_KEY = "novi-mailman-summary"
 MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
@@ -71,8 +71,8 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "left_alone": _counts(alone["reason"].str.replace(r"^duplicate address: .*$", "duplicate address",
                                                               regex=True)),
             # for the list owner: eligible members Mailman bans, who will not receive the list
-            "banned_members": alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]].head(LISTED)
-            .astype(object).where(lambda f: f.notna(), None).to_dict("records"),
+            "banned_members": missing_as_none(alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]]
+                                              .head(LISTED)).to_dict("records"),
         })
     return {
         "state": state,
@@ -231,11 +231,16 @@ def capped(table: pd.DataFrame, table_rows: int) -> tuple[pd.DataFrame, str]:
                          f"({UI_TABLE_COST}); all are in the plan CSV")
 
 
+def json_rows(frame: pd.DataFrame) -> list[dict]:
+    """A frame as the rows a table artifact or a summary carries: plain JSON values."""
+    return json.loads(frame.to_json(orient="records")) if not frame.empty else []
+
+
 def publish_plan_tables(rows: pd.DataFrame, dry_run: bool, table_rows: int) -> None:
     """One table artifact per list: every change and every row left alone (see `capped`)."""
     for list_id, mine in rows.loc[rows["list_id"] != ""].groupby("list_id", sort=True):
         kept, note = capped(plan_table(mine), table_rows)
-        create_table_artifact(json.loads(kept.to_json(orient="records")) or [dict.fromkeys(PLAN_TABLE_COLUMNS, "")],
+        create_table_artifact(json_rows(kept) or [dict.fromkeys(PLAN_TABLE_COLUMNS, "")],
                               key=artifact_key(PLAN_KEY, dry_run, list_id), description=f"{list_id}: {note}")
 
 
@@ -249,14 +254,14 @@ def publish(summary: dict, rows: pd.DataFrame, table_rows: int, quarantined: pd.
     publish_plan_tables(rows, dry_run, table_rows)
     if quarantined is not None and not quarantined.empty:
         shown = quarantined.head(table_rows).rename(columns={"quarantine": "reason"})[["novi_id", "email", "reason"]]
-        create_table_artifact(json.loads(shown.to_json(orient="records")), key=artifact_key(QUARANTINE_KEY, dry_run),
+        create_table_artifact(json_rows(shown), key=artifact_key(QUARANTINE_KEY, dry_run),
                               description=f"{len(quarantined):,} Novi records not synced until fixed in Novi"
                               + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                  if len(quarantined) > table_rows else ""))
     if bouncing is not None and not bouncing.empty:
         shown = bouncing.sort_values(["novi_id", "list_id"], kind="stable").head(table_rows)
-        create_table_artifact(json.loads(shown[["novi_id", "display_name", "email", "list_id", "state"]]
-                                         .to_json(orient="records")), key=artifact_key(BOUNCING_KEY, dry_run),
+        create_table_artifact(json_rows(shown[["novi_id", "display_name", "email", "list_id", "state"]]),
+                              key=artifact_key(BOUNCING_KEY, dry_run),
                               description=f"{len(bouncing):,} memberships whose address bounces: correct the "
                               "address in Novi" + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                                    if len(bouncing) > table_rows else ""))

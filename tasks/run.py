@@ -11,7 +11,7 @@ import os
 import shlex
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -28,10 +28,11 @@ from tasks.blocks import LedgerDatabase, saved
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, resolve_rules
-from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag
+from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
 from tasks.errors import ChangesFailed, GuardRefused, SyncError
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
-from tasks.mailman import MailmanClient, apply_batch, batch_outcomes, batches, read_preferences, with_preferences
+from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
+                           with_preferences)
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
 
@@ -138,7 +139,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
     def submit(item: tuple[str, pd.DataFrame]) -> PrefectFuture:
         action, rows = item
         records = rows[["list_id", "email", "display_name", "member_id", "mail", "request", *PREFERENCE_COLUMNS]]
-        records = records.astype(object).where(records.notna(), None).to_dict("records")
+        records = missing_as_none(records).to_dict("records")
         return apply_batch.submit(client, action, records, lease)
 
     futures = bounded(submit, work, workers)
@@ -165,6 +166,14 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
               else settle(the_plan.memory, outcomes))
     ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
+
+
+def read_rosters(mailman: MailmanClient, list_ids: Sequence[str], workers: int,
+                 with_held: Collection[str]) -> dict[str, pd.DataFrame]:
+    """Every list's roster, at most `workers` read at once; held members searched for on the
+    lists in `with_held` only (the search looks at every member)."""
+    futures = bounded(lambda lid: extract_roster.submit(mailman, lid, lid in with_held), list(list_ids), workers)
+    return {lid: future.result() for lid, future in zip(list_ids, futures)}
 
 
 def tell_staff(run: "Run", the_plan: Plan, outcomes: pd.DataFrame, mailman: MailmanClient, message: str) -> str:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED
-from tasks.core.schema import ACTIONS, Action, Outcome
+from tasks.core.schema import ACTIONS, Action, Outcome, missing_as_none
 
 # The sections of a list's part, in the order staff read them.
 SECTIONS = ("Joined", "Left", "Moved to a new address", "Held (delivery stopped)", "Released", "Renamed",
@@ -49,7 +49,7 @@ def _person(row: dict, email: str | None = None) -> str:
 def list_sections(list_id: str, outcomes: pd.DataFrame, left_alone: pd.DataFrame,
                   bouncing: pd.DataFrame) -> dict[str, list[str]]:
     """One list's lines per section (empty sections left out)."""
-    mine = _plain(outcomes.loc[outcomes["list_id"] == list_id])
+    mine = missing_as_none(outcomes.loc[outcomes["list_id"] == list_id])
     done = mine.loc[mine["outcome"] == Outcome.APPLIED]
     # An address change is a removal of the old address and a subscribe of the new one, for the
     # same Novi member: one line, "old → new".
@@ -68,9 +68,9 @@ def list_sections(list_id: str, outcomes: pd.DataFrame, left_alone: pd.DataFrame
                     + (f" (Novi {r['novi_id']})" if r.get("novi_id") else "") for r in _rows(rest, Action.RENAME)],
         "Not done (failed)": [f"{r['action']} {_person(r)}: {r.get('detail') or ''}".strip()
                               for r in mine.loc[mine["outcome"] == Outcome.FAILED].to_dict("records")],
-        "Banned in Mailman, left off": [_person(r) for r in _plain(left_alone.loc[
+        "Banned in Mailman, left off": [_person(r) for r in missing_as_none(left_alone.loc[
             (left_alone["list_id"] == list_id) & (left_alone["reason"] == REASON_BANNED)]).to_dict("records")],
-        "Address bouncing": [f"{_person(r)}: {r['state']}" for r in _plain(
+        "Address bouncing": [f"{_person(r)}: {r['state']}" for r in missing_as_none(
             bouncing.loc[bouncing["list_id"] == list_id]).to_dict("records")] if not bouncing.empty else [],
     }
     return {title: sorted(lines) for title, lines in sections.items() if lines}
@@ -92,7 +92,7 @@ def compose(list_ids: list[str], outcomes: pd.DataFrame, left_alone: pd.DataFram
             if title in sections:
                 lines += [f"{title} ({len(sections[title])}):", *(f"  {line}" for line in sections[title]), ""]
     if quarantined is not None and not quarantined.empty:
-        rows = _plain(quarantined).to_dict("records")
+        rows = missing_as_none(quarantined).to_dict("records")
         lines += [f"Novi records not synced until fixed in Novi ({len(rows)}):",
                   *sorted(f"  Novi {r['novi_id']} <{r.get('email') or 'no address'}>: {r['quarantine']}" for r in rows),
                   ""]
@@ -104,7 +104,3 @@ def compose(list_ids: list[str], outcomes: pd.DataFrame, left_alone: pd.DataFram
 
 def _rows(frame: pd.DataFrame, action: str) -> list[dict]:
     return frame.loc[frame["action"] == action].to_dict("records")
-
-
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype(object).where(frame.notna(), None)

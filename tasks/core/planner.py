@@ -142,13 +142,19 @@ def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) ->
     off = np.ones(len(members), dtype=bool)
     reason = np.full(len(members), "no seat on the list's committees", dtype=object)
     column = members["seats"].to_numpy(dtype=object)
-    for i in np.flatnonzero([bool(seats) for seats in column]):  # the few with any seat at all
-        mine = [seat for seat in column[i] if (seat[0] in wanted or seat[1] in wanted)
-                and (not positions or seat[2] in positions)]
-        if not mine:
+    seated = np.flatnonzero([bool(seats) for seats in column])  # the few with any seat at all
+    mine = {i: [seat for seat in column[i] if (seat[0] in wanted or seat[1] in wanted)
+                and (not positions or seat[2] in positions)] for i in seated}
+    # Novi's dates (offsets, up to 7 fraction digits), read once for the seats that count; an
+    # absent or unreadable date is an open start or end.
+    dates = [date for seats in mine.values() for seat in seats for date in seat[3:5]]
+    when = dict(zip(dates, pd.to_datetime(pd.Series(dates, dtype="object"), errors="coerce", utc=True,
+                                          format="ISO8601"))) if dates else {}
+    for i, seats in mine.items():
+        if not seats:
             continue
-        started = [seat for seat in mine if seat[3] is None or seat[3] <= now]
-        if any(seat[4] is None or now < seat[4] for seat in started):
+        started = [seat for seat in seats if pd.isna(when.get(seat[3], pd.NaT)) or when[seat[3]] <= now]
+        if any(pd.isna(when.get(seat[4], pd.NaT)) or now < when[seat[4]] for seat in started):
             off[i] = False
         elif started:
             reason[i] = COMMITTEE_TERM_ENDED

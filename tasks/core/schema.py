@@ -114,12 +114,11 @@ MEMBER_COLUMNS = [
     "is_person", "member_type", "member_type_id", "group_ids", "group_names", "opted_out",
     "expires", "quarantine",
     # Committee seats, each (committee id, committee name casefolded, position casefolded, start,
-    # end; dates UTC, None for an open end), and custom fields (name as Novi shows it → value).
+    # end: dates as Novi sends them, None when absent; the planner reads them only for a rule
+    # that names committees), and custom fields (name as Novi shows it → value).
     "seats", "custom_fields",
 ]
 STATUSES_ANY = "any"  # a rule's `statuses: any`: whatever their membership (a committee of non-members)
-# A seat in `seats`: the fields of one entry of Novi's `Committees`.
-SEAT_FIELDS = ("committee_id", "committee", "position", "start", "end")
 # A roster frame (tasks.mailman): one row per member of one list.
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
@@ -213,3 +212,9 @@ def approved_fingerprint(value: str | None, *, override_guards: bool = False) ->
         raise BadParameter(f"approve must be a plan's fingerprint: {FINGERPRINT_LENGTH} hex digits, as the refused "
                          "run printed it")
     return text
+
+
+def missing_as_none(frame):
+    """The frame with every missing value as None (object columns): rows fit to hand to a
+    driver, a JSON encoder or a test of truth (pandas' NA has none)."""
+    return frame.astype(object).where(frame.notna(), None)

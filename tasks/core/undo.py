@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from tasks.core.addresses import banned
-from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, Action, Delivery
+from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, Action, Delivery, missing_as_none
 
 # Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
 # is undone on its own, so the old address comes back and the new one goes.
@@ -40,57 +40,54 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
     to that run. `bans`: per list, the bans that apply to it now; a banned address is never
     subscribed again (Mailman would refuse it, every time). `protected`: per list, the rules'
     protected addresses, never removed or held, by an undo either."""
-    changes, skipped = [], []
-    applied = _plain(applied)
+    applied = missing_as_none(applied)
     touched_later = dict(zip(zip(later["list_id"], later["match_key"]), later["run_name"]))
+    on_roster = {list_id: {row["match_key"]: row for row in missing_as_none(roster).to_dict("records")}
+                 for list_id, roster in rosters.items()}
+    banned_now = set()
+    for list_id, mine in applied.groupby("list_id"):
+        if (bans or {}).get(list_id):
+            keys = mine["match_key"].astype("string")
+            banned_now |= {(list_id, key) for key in keys[banned(keys, bans[list_id]).to_numpy(dtype=bool)]}
+    changes, skipped = [], []
     for row in applied.itertuples(index=False):
-        roster = rosters[row.list_id]
-        on = _plain(roster.loc[roster["match_key"] == row.match_key])
-        now = on.iloc[0] if len(on) else None
-        why_not = _changed_since(row, now, touched_later.get((row.list_id, row.match_key)))
-        if not why_not and row.action == Action.UNSUBSCRIBE and (bans or {}).get(row.list_id) \
-                and bool(banned(pd.Series([row.match_key], dtype="string"), bans[row.list_id]).iloc[0]):
-            why_not = "banned in Mailman since"
-        if not why_not and INVERSE[row.action] in (Action.UNSUBSCRIBE, Action.HOLD) \
-                and row.match_key in (protected or {}).get(row.list_id, ()):
-            why_not = "protected address"
+        now = on_roster[row.list_id].get(row.match_key)
         inverse = INVERSE[row.action]
+        why_not = (_changed_since(row, now, touched_later.get((row.list_id, row.match_key)))
+                   or ("banned in Mailman since" if inverse == Action.SUBSCRIBE
+                       and (row.list_id, row.match_key) in banned_now else None)
+                   or ("protected address" if inverse in (Action.UNSUBSCRIBE, Action.HOLD)
+                       and row.match_key in (protected or {}).get(row.list_id, ()) else None))
         if why_not:
             skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id,
                             "action": inverse, "reason": why_not})
             continue
-        change = {c: None for c in CHANGE_COLUMNS}
+        change = dict.fromkeys(CHANGE_COLUMNS)
         change.update(list_id=row.list_id, action=inverse, email=row.email, match_key=row.match_key,
                       novi_id=row.novi_id, reason=f"undo of {run_name}: {_what(row)}")
         if now is not None:
-            change.update(member_id=now["member_id"], previous=now["display_name"])
+            change.update(member_id=now["member_id"], previous=now["display_name"], display_name=now["display_name"])
         if inverse == Action.SUBSCRIBE:  # as they were: their name, digest and moderation, no welcome
-            change.update(display_name=row.previous,
-                          **{c: getattr(row, c) for c in PREFERENCE_COLUMNS})
+            change.update(display_name=row.previous, **{c: getattr(row, c) for c in PREFERENCE_COLUMNS})
             if row.delivery_mode is None:  # removed before preferences were read for every removal
                 change["reason"] += "; their delivery settings were not recorded: Mailman's defaults"
         elif inverse == Action.RENAME:
             change.update(display_name=row.previous)
-        else:
-            change.update(display_name=now["display_name"] if now is not None else None)
         changes.append(change)
-    frame = pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype("string") if changes else \
-        pd.DataFrame({c: pd.Series(dtype="string") for c in CHANGE_COLUMNS})
-    return Undo(frame, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype("string"))
-
-
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Missing values as None, so a name or preference that is not known reads as falsy."""
-    return frame.astype(object).where(frame.notna(), None)
+    return Undo(pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype("string"),
+                pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype("string"))
 
 
 def _what(row) -> str:
-    return {Action.SUBSCRIBE: "it subscribed the address", Action.UNSUBSCRIBE: f"it removed the address ({row.reason})",
-            Action.HOLD: "it held the address", Action.RELEASE: "it released the address",
-            Action.RENAME: f"it renamed {row.previous or '(no name)'!r} to {row.display_name or '(no name)'!r}"}[row.action]
+    if row.action == Action.RENAME:
+        return f"it renamed {row.previous or '(no name)'!r} to {row.display_name or '(no name)'!r}"
+    if row.action == Action.UNSUBSCRIBE:
+        return f"it removed the address ({row.reason})"
+    return {Action.SUBSCRIBE: "it subscribed the address", Action.HOLD: "it held the address",
+            Action.RELEASE: "it released the address"}[row.action]
 
 
-def _changed_since(row, now: pd.Series | None, later_run: str | None) -> str | None:
+def _changed_since(row, now: dict | None, later_run: str | None) -> str | None:
     """Why a change is no longer the run's to undo, or None."""
     if later_run:
         return f"changed again since, by run {later_run}"
