@@ -11,6 +11,7 @@ from typing import Annotated
 
 import pandas as pd
 from prefect import flow
+from prefect.runtime import flow_run
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -26,12 +27,19 @@ from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMN
 from tasks.core.undo import plan_undo
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
-from tasks.run import MAX_WORKERS, Run, failed, label, open_ledger, read_rosters, run_name
+from tasks.run import MAX_WORKERS, Run, failed, label, open_ledger, read_rosters
 
 UNDO_KEY = "novi-mailman-undo"
 
 
-@flow(name="undo-run", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=run_name)
+def undo_run_name() -> str:
+    """An undo's run says what it undoes, in the runs list and in `history`: `undo-<run>`
+    (`dry-run-undo-<run>` for a look first)."""
+    parameters = flow_run.get_parameters() or {}
+    return f"{'dry-run-' if parameters.get('dry_run', True) else ''}undo-{parameters.get('run', '')}"
+
+
+@flow(name="undo-run", task_runner=ThreadPoolTaskRunner(max_workers=MAX_WORKERS), flow_run_name=undo_run_name)
 def undo_run(
     run: str,
     dry_run: bool = True,
@@ -105,8 +113,7 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     target = run_to_undo(ledger, ref)
     name = target["run_name"]
     applied = ledger.applied_changes(target["keys"])  # every attempt's (a refusal, then the approved apply)
-    if dry_run:
-        label(Tag.DRY_RUN)
+    label(Tag.UNDO, *[Tag.DRY_RUN] * dry_run)
     if applied.empty:
         message = f"Run {name} applied no change: nothing to undo"
         return Completed(name="Skipped", message=message,

@@ -56,6 +56,7 @@ class Tag:
     APPROVED = "approved"
     OVERRIDDEN = "guards-overridden"
     MEMBER_SYNC = "member-sync"
+    UNDO = "undo"
 
 
 class RunKind:

@@ -59,6 +59,11 @@ def test_a_mass_lapse_applied_with_the_guards_lifted_is_undone_as_it_was(world, 
     assert undone.is_completed(), undone.message
     summary = undone.result()
     assert summary["message"].startswith(f"Undo of {summary['undoes']}: +39 on {members}")
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:  # the runs list says what it is
+        ran = client.read_flow_run(summary["flow_run_id"])
+    assert ran.name == f"undo-{lapse_run}" and "undo" in ran.tags and "dry-run" not in ran.tags
     (skipped,) = summary["skipped"]
     assert skipped["email"] == by_hand and "on the list again since" in skipped["reason"]
 
