@@ -48,6 +48,8 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
                   for i in range(n)],
         "custom_fields": [{"Chapter": CHAPTERS[i % 4]} if routing else {} for i in range(n)],
         "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"),
+        **{c: pd.Series(pd.NA, index=range(n), dtype="string")
+           for c in ("parent_id", "primary_contact_id", "billing_contact_id")},
     })[MEMBER_COLUMNS]
     shift = n // 100  # 1% of the roster is not in Novi, 1% of Novi not on the roster
     roster_email = pd.Series([f"m{i}@example.org" for i in range(shift, n)]

@@ -151,6 +151,12 @@ def _text(value: object) -> str | None:
     return None
 
 
+def _id(value: object) -> str | None:
+    """A UniqueID another record names, in the form records are matched by (lowercase)."""
+    text = _text(value) if isinstance(value, str) else None
+    return text.lower() if text else None
+
+
 def _seats(committees: object) -> list[tuple]:
     """A record's committee seats (`Committees`: a list, or null): (id, name, position, start,
     end), the dates as Novi sends them. They are read as dates only where a rule names
@@ -225,6 +231,9 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
                                   errors="coerce", utc=True, format="ISO8601"),
         "seats": [_seats(c) for c in get("Committees")],
         "custom_fields": [_custom_fields(f) for f in get("CustomFields")],
+        **{column: pd.Series([_id(v) for v in get(field)], dtype="string") for column, field in (
+            ("parent_id", "ParentCustomerUniqueID"), ("primary_contact_id", "PrimaryContactUniqueId"),
+            ("billing_contact_id", "BillingContactUniqueId"))},
     })
     frame["is_person"] = frame["customer_type"].str.casefold() == "person"
 

@@ -110,3 +110,152 @@ def test_a_custom_field_no_record_has_is_reported_with_the_fields_novi_returned(
 def test_positions_without_committees_are_refused():
     with pytest.raises(Exception, match="positions narrow committees"):
         parse_rules({"lists": [{"list_id": L, "positions": ["Chair"]}]}, "test")
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype("string").sort_values(list(frame.columns), ignore_index=True)
+
+
+def test_a_narrow_list_plans_from_the_records_that_matter_exactly_as_from_all_of_them():
+    # A committee list judges every record but plans only from those that can matter to it
+    # (eligible, on its roster, in its ledger, sharing an address): the plan must be the one
+    # made from all of them, over two runs (a term ends between them).
+    from tasks.core.planner import plan_list, settle
+
+    ending = "2026-12-10T00:00:00Z"
+    records = [
+        novi_record("a", "a@x.org", Committees=[seat(end=ending)]),   # seated, subscribed, term ends
+        novi_record("b", "b@x.org", Committees=[seat(end="2026-06-30T00:00:00Z")]),  # ended, on the list
+        novi_record("c", "c@x.org"),                                    # no seat, nowhere: does not matter
+        novi_record("d", "dup@x.org"), novi_record("e", "DUP@x.org"),   # no seat, one address
+        novi_record("f", "g@x.org"), novi_record("g", "g@x.org", Committees=[seat()]),  # shares with a seated one
+        novi_record("h", "h@x.org", status="expired", Committees=[seat()]),  # seated, lapsed, on the list
+        novi_record("q", None, Committees=[seat()]),                     # no address: quarantined
+    ]
+    roster = roster_frame(L, [("b@x.org", "Pat B"), ("h@x.org", "Pat H"), ("staff@x.org", "Staff")])
+    rule = parse_rules({"lists": [{"list_id": L, "committees": ["Finance"], "lapsed": "hold"}]}).lists[0]
+    members = members_frame(records)
+    usable = members.loc[members["quarantine"].isna() & members["match_key"].notna()]
+    quarantined = members.loc[members["quarantine"].notna(), ["novi_id", "email", "match_key", "quarantine"]]
+    ledger = None
+    for now in (NOW, pd.Timestamp(ending) + pd.Timedelta(days=1)):
+        from tasks.core.schema import empty_ledger
+        led = empty_ledger() if ledger is None else ledger
+        narrow = plan_list(usable, roster, led, rule, quarantined, now)
+        whole = plan_list(usable, roster, led, rule, quarantined, now, shared=pd.Series(True, index=usable.index))
+        for part in ("changes", "left_alone", "memory", "bouncing", "wanting"):
+            pd.testing.assert_frame_equal(_sorted(getattr(narrow, part)), _sorted(getattr(whole, part)), obj=part)
+        assert narrow.figures == whole.figures
+        ledger = settle(narrow.memory, narrow.changes.assign(outcome="applied"))
+        roster = pd.concat([roster, roster_frame(L, [(e, "Pat") for e in narrow.changes.loc[
+            narrow.changes["action"] == Action.SUBSCRIBE, "email"]])], ignore_index=True)
+    assert {"a@x.org", "g@x.org"} <= set(ledger["match_key"])  # the second run did see the subscribes
+
+
+def company(uid: str, name: str, status: str = "current", primary: str | None = None, billing: str | None = None,
+            active: bool = True, email: str | None = None) -> dict:
+    return novi_record(uid, email, person=False, status=status, active=active, first=None, last="", Name=name,
+                       PrimaryContactUniqueId=primary, BillingContactUniqueId=billing)
+
+
+def person(uid: str, status: str = "current", parent: str | None = None, **extra) -> dict:
+    return novi_record(uid, f"{uid}@x.org", status=status, ParentCustomerUniqueID=parent, **extra)
+
+
+# Acme (current) names p1 its primary and p2 its billing contact; Bolt (expired) names p3 for both.
+# p1 to p4 are their people; p5 stands alone; p6 and p7 inherit from no company in the sweep.
+COMPANIES = [company("ACME", "Acme Ltd", primary="P1", billing="p2", email="info@acme.example"),
+             company("bolt", "Bolt Ltd", status="expired", primary="p3", billing="p3")]
+PEOPLE = {"p1": person("p1", "non_member", "acme"), "p2": person("p2", "inheriting", "acme"),
+          "p3": person("p3", "inheriting", "BOLT"), "p4": person("p4", "current", "acme"),
+          "p5": person("p5"), "p6": person("p6", "inheriting"), "p7": person("p7", "inheriting", "ghost")}
+
+
+def why_in(rule: dict, who: str, companies=COMPANIES, **changes) -> str:
+    """Why one person is kept off the list, judged among the companies of the sweep."""
+    records = [*companies, *({**r, **changes} if uid == who else r for uid, r in PEOPLE.items())]
+    rules = parse_rules({"lists": [{"list_id": L, **rule}]}, "test")
+    members = members_frame(records)
+    return ineligibility(members, rules.lists[0], NOW).iloc[len(companies) + list(PEOPLE).index(who)]
+
+
+NOT_A_CONTACT = "not a contact of a member company"
+BOLT_LAPSED = "company Bolt Ltd is status expired"
+
+
+@pytest.mark.parametrize(("rule", "who", "expected"), [
+    ({"contacts_of_companies": "primary"}, "p1", ""),          # their own status (non_member) is not judged
+    ({"contacts_of_companies": "primary"}, "p2", NOT_A_CONTACT),
+    ({"contacts_of_companies": "primary"}, "p3", BOLT_LAPSED),
+    ({"contacts_of_companies": "primary"}, "p5", NOT_A_CONTACT),
+    ({"contacts_of_companies": "billing"}, "p2", ""),
+    ({"contacts_of_companies": "billing"}, "p1", NOT_A_CONTACT),
+    ({"contacts_of_companies": ["primary", "billing"]}, "p1", ""),
+    ({"contacts_of_companies": ["primary", "billing"]}, "p2", ""),
+    ({"contacts_of_companies": "all"}, "p4", ""),              # every person of a member company
+    ({"contacts_of_companies": "all"}, "p3", BOLT_LAPSED),
+    ({"contacts_of_companies": "all"}, "p7", NOT_A_CONTACT),   # a parent the sweep does not hold
+    ({"contacts_of_companies": "primary", "statuses": ["current", "expired"]}, "p3", ""),
+    ({"contacts_of_companies": "primary", "statuses": "any"}, "p3", ""),
+], ids=["primary", "billing-not-primary", "company-lapsed", "nobodys-contact", "billing", "primary-not-billing",
+        "either-kind-primary", "either-kind-billing", "all-people", "all-company-lapsed", "all-unknown-parent",
+        "statuses-judge-the-company", "any-company-status"])
+def test_a_contacts_list_holds_the_contacts_of_member_companies(rule, who, expected):
+    assert why_in(rule, who) == expected
+
+
+def test_a_contacts_list_judges_the_company_s_activity_and_the_person_s_own_address_and_wishes():
+    inactive_bolt = [COMPANIES[0], {**COMPANIES[1], "Active": False}]
+    assert why_in({"contacts_of_companies": "primary", "statuses": "any"}, "p3", inactive_bolt) == \
+        "company Bolt Ltd is inactive in Novi"
+    assert why_in({"contacts_of_companies": "primary"}, "p1", Active=False) == "inactive in Novi"
+    assert why_in({"contacts_of_companies": "primary"}, "p1", UnsubscribeFromEmails=True) == \
+        "opted out of email in Novi"
+    rules = parse_rules({"lists": [{"list_id": L, "contacts_of_companies": "all"}]}, "test")
+    assert ineligibility(members_frame(COMPANIES), rules.lists[0], NOW).iloc[0] == NOT_A_CONTACT  # not its own
+
+
+@pytest.mark.parametrize(("inheriting", "who", "expected"), [
+    (None, "p2", "status inheriting"),                         # unset: their own status decides, as before
+    (None, "p1", "status non_member"),
+    ("include", "p1", ""),                                     # a member company's person is a member
+    ("include", "p2", ""),
+    ("include", "p3", f"status inheriting; {BOLT_LAPSED}"),    # ... until the company lapses
+    ("include", "p4", ""),
+    ("include", "p6", ""),                                     # inheriting, company unknown: Novi's word
+    ("include", "p7", ""),
+    ("exclude", "p2", "status inheriting"),
+    ("exclude", "p4", ""),                                     # their own membership counts
+    ("exclude", "p1", "status non_member"),
+], ids=["unset-inheriting", "unset-non-member", "include-parent-current", "include-inheriting",
+        "include-company-lapsed", "include-own-membership", "include-no-parent", "include-parent-unknown",
+        "exclude-inheriting", "exclude-own-membership", "exclude-non-member"])
+def test_people_who_inherit_from_a_company_are_included_or_excluded(inheriting, who, expected):
+    rule = {"inheriting": inheriting} if inheriting else {}
+    assert why_in(rule, who) == expected
+
+
+def test_excluding_inheriting_people_holds_whatever_statuses_the_rule_allows():
+    for statuses in ("any", ["current", "inheriting"]):
+        assert why_in({"inheriting": "exclude", "statuses": statuses}, "p2") == "inherits membership from a company"
+        assert why_in({"inheriting": "exclude", "statuses": statuses}, "p4") == ""
+
+
+def test_a_company_without_an_address_still_makes_its_contacts_members():
+    # Companies often have no address: quarantined as a record, still a company for its people.
+    records = [company("acme", "Acme Ltd", primary="p1"), person("p1", "non_member", "acme")]
+    rules = parse_rules({"lists": [{"list_id": L, "contacts_of_companies": "primary"}]}, "test")
+    p = plan(members_frame(records), {L: roster_frame(L, [])}, rules, now=NOW)
+    assert list(p.changes["email"]) == ["p1@x.org"]
+    assert list(p.quarantined["novi_id"]) == ["acme"]
+
+
+@pytest.mark.parametrize(("rule", "error"), [
+    ({"contacts_of_companies": "everyone"}, "contacts_of_companies"),
+    ({"contacts_of_companies": "primary", "inheriting": "include"}, "give one of the two"),
+    ({"inheriting": "maybe"}, "inheriting"),
+])
+def test_company_keys_are_validated(rule, error):
+    from tasks.errors import RulesError
+    with pytest.raises(RulesError, match=error):
+        parse_rules({"lists": [{"list_id": L, **rule}]}, "test")

@@ -17,6 +17,7 @@ import pandas as pd
 from tasks.core.addresses import banned
 from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import (
+    INHERITING,
     STATUSES_ANY,
     CHANGE_COLUMNS,
     OWNER_MODERATOR,
@@ -87,29 +88,37 @@ class Plan:
         return int((self.changes["list_id"] == list_id).sum())
 
 
-def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | None = None) -> pd.Series:
+def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | None = None,
+                  companies: pd.DataFrame | None = None) -> pd.Series:
     """Why each member does not belong on the rule's list ('' where they do), first reason wins.
 
     `now` judges committee seats: a seat is current from its StartDate (or always, without
-    one) until its EndDate (or for good, without one)."""
+    one) until its EndDate (or for good, without one). `companies` (see `companies_of`) judges
+    company contacts and people inheriting from a company; by default, the companies among
+    `members`."""
+    if companies is None and (rule.contacts_of_companies or rule.inheriting):
+        companies = companies_of(members)
     checks: list[tuple[np.ndarray, object]] = []
     if rule.active_only:
         checks.append((~members["active"].to_numpy(dtype=bool), "inactive in Novi"))
-    if rule.statuses != STATUSES_ANY:
-        status = members["status"].fillna("")
-        checks.append(((~status.isin(rule.statuses)).to_numpy(dtype=bool),
-                       ("status " + status.where(status != "", "missing")).to_numpy(dtype=object)))
+    if rule.contacts_of_companies:  # the company's status is judged, not the person's
+        checks.append(_off_contacts(members, rule, companies))
+    elif rule.statuses != STATUSES_ANY:
+        checks.append(_off_status(members, rule, companies))
+    if rule.inheriting == "exclude":
+        checks.append(((members["status"] == INHERITING).fillna(False).to_numpy(dtype=bool),
+                       "inherits membership from a company"))
     if rule.committees:
         checks.append(_off_committees(members, rule, now if now is not None else pd.Timestamp.now(tz="UTC")))
     for field, values in rule.custom_fields.items():
         have = _field_values(members, field)
         checks.append(((~have.isin(values)).to_numpy(dtype=bool),
-                       (f"custom field {field} is " + have.fillna("missing") + f", not {' or '.join(values)}")
-                       .to_numpy(dtype=object)))
+                       _said(have, lambda v, f=field, w=" or ".join(values): f"custom field {f} is {v or 'missing'}, "
+                                                                              f"not {w}")))
     for field, values in rule.custom_fields_not.items():
         have = _field_values(members, field)
         checks.append((have.isin(values).fillna(False).to_numpy(dtype=bool),
-                       (f"custom field {field} is " + have.fillna("")).to_numpy(dtype=object)))
+                       _said(have, lambda v, f=field: f"custom field {f} is {v or ''}")))
     if rule.persons_only:
         checks.append((~members["is_person"].to_numpy(dtype=bool), "a company, not a person"))
     if rule.member_types:
@@ -123,6 +132,85 @@ def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | Non
         checks.append((members["opted_out"].to_numpy(dtype=bool), "opted out of email in Novi"))
     reason = np.select([c for c, _ in checks], [r for _, r in checks], default="")
     return pd.Series(reason, index=members.index, dtype="string")
+
+
+def _said(values: pd.Series, text) -> np.ndarray:
+    """`text(value)` for each row, made once per distinct value (NA as None): a reason per row
+    without building a million strings."""
+    codes, distinct = pd.factorize(values, use_na_sentinel=True)
+    table = np.array([text(v) for v in distinct] + [text(None)], dtype=object)
+    return table[codes]
+
+
+def companies_of(members: pd.DataFrame) -> pd.DataFrame:
+    """The company records among `members` (every one, quarantined or not: a company without an
+    address still has contacts), by lowercased UniqueID."""
+    rows = members.loc[~members["is_person"].to_numpy(dtype=bool),
+                       ["novi_id", "display_name", "status", "active", "primary_contact_id", "billing_contact_id"]]
+    return rows.assign(novi_id=rows["novi_id"].str.lower()).drop_duplicates("novi_id").set_index("novi_id")
+
+
+def _company_counts(companies: pd.DataFrame, rule: ListRule) -> pd.Series:
+    """Whether each company is a member by the rule: active (where the rule asks) and in its statuses."""
+    counts = companies["active"].astype(bool) if rule.active_only else pd.Series(True, index=companies.index)
+    if rule.statuses != STATUSES_ANY:
+        counts &= companies["status"].isin(rule.statuses).fillna(False)
+    return counts
+
+
+def _company_state(companies: pd.DataFrame, company_ids: pd.Series) -> pd.Series:
+    """Why each named company is not a member: 'company Acme Ltd is status expired'."""
+    company = companies.reindex(company_ids.to_numpy())
+    name = company["display_name"].fillna("(no name)").to_numpy(dtype=object)
+    state = np.where(company["active"].fillna(False).to_numpy(dtype=bool),
+                     "status " + company["status"].fillna("").replace("", "missing").to_numpy(dtype=object),
+                     "inactive in Novi")
+    return pd.Series("company " + name + " is " + state, index=company_ids.index, dtype="object")
+
+
+def _off_status(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame | None) -> tuple[np.ndarray, object]:
+    """Who is not in the rule's statuses, and why; with `inheriting: include`, a person whose
+    parent company is a member counts as one (as does one Novi marks inheriting whose company
+    is not in the sweep: Novi's word is all there is)."""
+    status = members["status"].fillna("")
+    off = ~status.isin(rule.statuses).to_numpy(dtype=bool)
+    reason = _said(status, lambda v: f"status {v or 'missing'}")
+    if rule.inheriting == "include":
+        parent = members["parent_id"]
+        known = parent.isin(companies.index).fillna(False).to_numpy(dtype=bool)
+        company_counts = parent.map(_company_counts(companies, rule)).fillna(False).to_numpy(dtype=bool)
+        inherits = (known & company_counts) | (~known & (status == INHERITING).to_numpy(dtype=bool))
+        off &= ~inherits
+        lapsed = off & known
+        if lapsed.any():
+            reason = reason.copy()
+            reason[lapsed] = reason[lapsed] + "; " + _company_state(companies, parent[lapsed]).to_numpy(dtype=object)
+    return off, reason
+
+
+def _off_contacts(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame) -> tuple[np.ndarray, object]:
+    """Who is not a contact (of the rule's kinds) of a member company, and why: their company
+    is not a member (the first such company named), or they are nobody's contact."""
+    kinds = set(rule.contacts_of_companies)
+    columns = [c for kind, c in (("primary", "primary_contact_id"), ("billing", "billing_contact_id"))
+               if kind in kinds or "all" in kinds]
+    # (person, company) pairs: named as a contact, and (all) every person whose parent the company is
+    pairs = [companies[column].dropna().rename("person").rename_axis("company").reset_index() for column in columns]
+    ids = members["novi_id"].str.lower()
+    if "all" in kinds:
+        parented = members["parent_id"].notna()
+        pairs.append(pd.DataFrame({"company": members.loc[parented, "parent_id"].to_numpy(),
+                                   "person": ids[parented].to_numpy()}))
+    pairs = pd.concat(pairs, ignore_index=True).drop_duplicates()
+    pairs = pairs.loc[pairs["company"].isin(companies.index)]
+    pairs["counts"] = pairs["company"].map(_company_counts(companies, rule)).astype(bool)
+    on = ids.isin(pairs.loc[pairs["counts"], "person"]).to_numpy(dtype=bool)
+    reason = np.full(len(members), "not a contact of a member company", dtype=object)
+    first = pairs.drop_duplicates("person").set_index("person")["company"]
+    named = ~on & ids.isin(first.index).to_numpy(dtype=bool)
+    if named.any():
+        reason[named] = _company_state(companies, ids[named].map(first)).to_numpy(dtype=object)
+    return ~on, reason
 
 
 def _field_values(members: pd.DataFrame, field: str) -> pd.Series:
@@ -171,7 +259,7 @@ def explain(members: pd.DataFrame, rules: Rules, now: pd.Timestamp) -> pd.DataFr
     themselves) is the plan's, not this."""
     rows = []
     for rule in rules.lists:
-        why_not = ineligibility(members, rule, now).where(members["quarantine"].isna(),
+        why_not = ineligibility(members, rule, now, companies_of(members)).where(members["quarantine"].isna(),
                                                           "quarantined: " + members["quarantine"])
         rows += [{"list_id": rule.list_id, "novi_id": novi_id, "email": email, "belongs": reason == "",
                   "why_not": reason} for novi_id, email, reason in zip(members["novi_id"], members["email"], why_not)]
@@ -222,9 +310,25 @@ class ListPlan(NamedTuple):
 
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
               quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = (),
-              requests: pd.DataFrame | None = None) -> ListPlan:
-    """Changes, rows left alone, next ledger rows and figures for one list (see `plan`)."""
-    winners, duplicates = one_record_per_address(usable, rule, now)
+              requests: pd.DataFrame | None = None, shared: pd.Series | None = None,
+              companies: pd.DataFrame | None = None) -> ListPlan:
+    """Changes, rows left alone, next ledger rows and figures for one list (see `plan`).
+
+    `shared` marks the records whose address another record has too, `companies` are the
+    sweep's companies (`companies_of`): both made once for every list."""
+    why_not = ineligibility(usable, rule, now, companies)
+    # A narrow list (a committee, a chapter) is planned from the records that can matter to it:
+    # eligible ones, those whose address is on its roster or in its ledger, and those sharing an
+    # address (the duplicate report). Any other record would join as "not eligible, not on the
+    # list" and change nothing; judging a million of them per list cost seconds a list.
+    shared = usable["match_key"].duplicated(keep=False) if shared is None else shared
+    keys = usable["match_key"]
+    matters = (why_not == "").to_numpy(dtype=bool) | shared.to_numpy(dtype=bool)
+    if not matters.all():
+        matters |= keys.isin(roster["match_key"]).to_numpy(dtype=bool) | keys.isin(ledger["match_key"]).to_numpy(
+            dtype=bool)
+    judged = usable.assign(why_not=why_not) if matters.all() else usable.loc[matters].assign(why_not=why_not.loc[matters])
+    winners, duplicates = one_record_per_address(judged, rule)
     joined = join_sides(winners, roster, ledger)
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
@@ -233,13 +337,11 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
                     joined.loc[where.wants_preferences, ["member_id"]].assign(list_id=rule.list_id))
 
 
-def one_record_per_address(usable: pd.DataFrame, rule: ListRule,
-                           now: pd.Timestamp | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each member judged against the rule, one Novi record per address, and the records set aside.
+def one_record_per_address(judged: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each member judged against the rule (`why_not`), one Novi record per address, and the records set aside.
 
     Where records share an address, the eligible one wins, then the smallest id (deterministic)."""
-    members = usable.assign(why_not=ineligibility(usable, rule, now))
-    members["eligible"] = members["why_not"] == ""
+    members = judged.assign(eligible=judged["why_not"] == "")
     members = members.sort_values(["match_key", "eligible", "novi_id"], ascending=[True, False, True],
                                   kind="stable")
     duplicate = members["match_key"].duplicated(keep="first").to_numpy()
@@ -682,8 +784,11 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     quarantined = members.loc[is_quarantined, ["novi_id", "email", "match_key", "quarantine"]]
 
     bans, requests = bans or {}, requests or {}
+    shared = usable["match_key"].duplicated(keep=False)
+    companies = companies_of(members)  # all of them: a company without an address still has people
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
-                          quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id))
+                          quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id), shared,
+                          companies)
                 for rule in rules.lists]
     changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
     changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))

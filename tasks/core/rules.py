@@ -23,6 +23,7 @@ from tasks.core.schema import (
 from tasks.errors import RulesError
 
 AddressField = Literal["Email", "AccountEmail", "PersonalEmail"]
+CompanyContact = Literal["primary", "billing", "all"]
 
 
 class _Strict(BaseModel):
@@ -67,6 +68,13 @@ class ListRule(_Strict):
     positions: list[str] = []        # ... in one of these positions (Chair, Treasurer…); empty = any position
     custom_fields: dict[str, list[str]] = {}      # field name → values; each field must hold one of its values
     custom_fields_not: dict[str, list[str]] = {}  # field name → values that keep a member off
+    # The people a member company names as its primary or billing contact (`all`: every person
+    # whose parent it is), judged by the company's status and activity, not their own.
+    contacts_of_companies: list[CompanyContact] = []
+    # People whose membership comes from a company (MemberStatus inheriting, or a parent company
+    # in the rule's statuses): `include` counts them as members while the company is one;
+    # `exclude` keeps anyone inheriting off; unset, their own status decides (as before).
+    inheriting: Literal["include", "exclude"] | None = None
     exclude_opted_out: bool = True   # Novi's UnsubscribeFromEmails
     lapsed: LapsePolicy = LAPSE_UNSUBSCRIBE
     scope: Scope = SCOPE_MANAGED
@@ -110,10 +118,18 @@ class ListRule(_Strict):
             raise ValueError("each custom field needs a name and at least one non-empty value")
         return cleaned
 
+    @field_validator("contacts_of_companies", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _positions_need_committees(self) -> ListRule:
         if self.positions and not self.committees:
             raise ValueError("positions narrow committees: name the committees too")
+        if self.contacts_of_companies and self.inheriting == "include":
+            raise ValueError("inheriting: include judges a person's own membership, and contacts_of_companies "
+                             "judges their company's instead: give one of the two")
         return self
 
     @field_validator("protected")

@@ -118,7 +118,11 @@ MEMBER_COLUMNS = [
     # end: dates as Novi sends them, None when absent; the planner reads them only for a rule
     # that names committees), and custom fields (name as Novi shows it → value).
     "seats", "custom_fields",
+    # Companies and their people (lowercased UniqueIDs, NA when absent): a person's parent
+    # company; on a company, its primary and billing contacts.
+    "parent_id", "primary_contact_id", "billing_contact_id",
 ]
+INHERITING = "inheriting"  # Novi's MemberStatus of a person whose membership comes from a company
 STATUSES_ANY = "any"  # a rule's `statuses: any`: whatever their membership (a committee of non-members)
 # A roster frame (tasks.mailman): one row per member of one list.
 ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
