@@ -27,8 +27,12 @@ from tasks.errors import BadParameter, SyncError
 from tasks.run import Run, failed, plan_lists, tell_staff
 
 
-def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str]]:
-    """The members' records and every record sharing one of their addresses; and who was not found."""
+def _records_for(novi, member_ids: list[str], companies: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """The members' records and every record sharing one of their addresses; and who was not found.
+
+    Where a rule judges people by their company (`companies`), each person's parent company
+    is read too, and for a company its people and named contacts, so the plan is the full
+    sync's: a lapsed company's contacts come off in the run its webhook starts."""
     found: dict[str, dict] = {}
     missing: list[str] = []
     for member_id in member_ids:
@@ -37,6 +41,17 @@ def _records_for(novi, member_ids: list[str]) -> tuple[dict[str, dict], list[str
             missing.append(member_id)
         else:
             found[str(record["UniqueID"]).lower()] = record
+    if companies:
+        for record in list(found.values()):
+            if str(record.get("CustomerType") or "").casefold() != "person":
+                for person in novi.people_of(record):
+                    found.setdefault(str(person["UniqueID"]).lower(), person)
+                wanted = [record.get("PrimaryContactUniqueId"), record.get("BillingContactUniqueId")]
+            else:
+                wanted = [record.get("ParentCustomerUniqueID")]
+            for other in {str(w).strip().lower() for w in wanted if isinstance(w, str) and w.strip()} - set(found):
+                if (fetched := novi.member(other)) is not None:
+                    found[other] = fetched
     emails = {r.get("Email") for r in found.values() if isinstance(r.get("Email"), str) and r["Email"].strip()}
     for email in sorted(emails):
         for record in novi.members_with_email(email.strip()):
@@ -99,7 +114,8 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
     mailman = saved(MailmanCredentials, mailman_block).get_client()
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         mailman.supported_version()
-        found, missing = _records_for(novi, ids)
+        found, missing = _records_for(novi, ids, companies=any(
+            rule.contacts_of_companies or rule.inheriting for rule in run.rules.lists))
         members = members_frame(list(found.values()), list(run.rules.novi.address_fields))
         remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),
                                      match_keys=list(members["match_key"].dropna()))

@@ -94,6 +94,23 @@ class NoviClient:
             raise IncompleteSweep(f"Novi has {page.total} records with one address; more than one page can hold")
         return page.entries
 
+    def people_of(self, company: dict) -> list[dict]:
+        """The people whose parent is this company record.
+
+        Novi's `parentName=` filter (its name, as `name=` is: a guess at its meaning, README
+        "Routing"); only records whose ParentCustomerUniqueID is the company are kept, so a
+        filter Novi ignored reads no stranger, and a company with more people than a page holds
+        is left to the full sync."""
+        company_id = str(company.get("UniqueID") or "").strip().lower()
+        name = _text(company.get("Name")) if isinstance(company.get("Name"), str) else None
+        if not name:
+            return []
+        page = self._page({"pageSize": 1000, "offset": 0, "parentName": name})
+        if page.total > len(page.entries):
+            raise IncompleteSweep(f"Novi has {page.total} records under the company {name!r}; more than one page "
+                                  "holds: the full sync handles them")
+        return [r for r in page.entries if _id(r.get("ParentCustomerUniqueID")) == company_id]
+
     def member(self, unique_id: str) -> dict | None:
         """One record, or None where Novi answers 200 with no identity (its "not found")."""
         response = self.http.request("GET", f"members/{unique_id}", bucket="novi_member", accept=(404,))

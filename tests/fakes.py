@@ -36,6 +36,10 @@ class FakeNovi:
         records = self.records
         if "email" in query:  # Novi's filter: exact, any case
             records = [r for r in records if (r.get("Email") or "").lower() == query["email"][0].lower()]
+        if "parentName" in query:  # the people of the company of that name (a guess: README "Routing")
+            names = {str(r["UniqueID"]).lower(): (r.get("Name") or "").lower() for r in self.records}
+            records = [r for r in records if names.get(str(r.get("ParentCustomerUniqueID")).lower())
+                       == query["parentName"][0].lower()]
         body = {"TotalCount": len(records), "Results": records[offset:offset + size]}
         return 200, {"Content-Type": "application/json"}, json.dumps(body)
 

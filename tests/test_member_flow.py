@@ -51,6 +51,13 @@ def one(novi, mailman, member_ids, rules, **options):
 def population():
     records = [novi_record(guid(i), f"m{i}@example.org", first="Mem", last=str(i)) for i in range(20)]
     records[3]["MemberStatus"] = "expired"  # not on the list at first
+    # A member company (no address of its own) naming m10 its primary and m11 its billing
+    # contact; m10 to m12 and m21 are its people, m21 a member through it alone.
+    records.append(novi_record(guid(20), None, person=False, first=None, last="", Name="Acme Ltd",
+                               PrimaryContactUniqueId=guid(10), BillingContactUniqueId=guid(11)))
+    records.append(novi_record(guid(21), "m21@example.org", first="Mem", last="21", status="inheriting"))
+    for i in (10, 11, 12, 21):
+        records[i]["ParentCustomerUniqueID"] = guid(20).upper()  # ids in any case
     return records
 
 
@@ -77,6 +84,15 @@ SCENARIOS = [
      {"committees": ["Finance"], "statuses": "any", "allow_empty": True}),
     ("chapter-change", 6, change(CustomFields={"Chapter": {"CustomFieldName": "Chapter", "Value": "North"}}),
      {"custom_fields": {"Chapter": ["North"]}, "allow_empty": True}),
+    # Company routing: the webhook names the company (its contacts follow) or a person (their company is read).
+    ("contacts-company-lapses", 20, lapse,
+     {"contacts_of_companies": "primary", "allow_empty": True, "max_eligible_drop": 1}),
+    ("contacts-primary-changes", 20, change(PrimaryContactUniqueId=guid(12)), {"contacts_of_companies": "primary"}),
+    ("contacts-all-company-lapses", 20, lapse,
+     {"contacts_of_companies": "all", "allow_empty": True, "max_eligible_drop": 1}),
+    ("inheriting-company-lapses", (20, 21), lapse, {"inheriting": "include"}),
+    ("inheriting-person-joins-company", 3, change(MemberStatus="inheriting", ParentCustomerUniqueID=guid(20)),
+     {"inheriting": "include"}),
 ]
 
 
@@ -88,7 +104,8 @@ def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rul
     rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, **rule}]}))
     novi, mailman = FakeNovi(population()), FakeMailman({LIST: {"staff@example.org": "Staff"}})
     assert full(novi, mailman, tmp_path, rules).is_completed()
-    mutate(novi.records[index])
+    mutated, synced = index if isinstance(index, tuple) else (index, index)
+    mutate(novi.records[mutated])
 
     # the same data twice: rosters and ledger copied before either run
     twin = copy.deepcopy(mailman)
@@ -100,11 +117,12 @@ def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rul
     if rule.get("lapsed") != "keep":  # a kept member is the one scenario with nothing to write
         assert by_full.result()["outcomes"].get("applied"), name  # the scenario does change the list
     monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(twin_ledger))
-    state, reads = one(FakeNovi(copy.deepcopy(novi.records)), twin, [guid(index)], rules)
+    state, reads = one(FakeNovi(copy.deepcopy(novi.records)), twin, [guid(synced)], rules)
     assert state.is_completed(), state.message
     assert twin.rosters == mailman.rosters
     assert not any("roster/member" in url for url in reads)  # no whole roster was read
-    assert not any("offset=" in url and "email=" not in url for url in reads)  # nor the whole of Novi
+    assert not any("offset=" in url and "email=" not in url and "parentName=" not in url
+                   for url in reads)  # nor the whole of Novi
 
 
 def test_member_not_found_removes_nobody_and_is_reported(member_blocks, tmp_path):

@@ -237,3 +237,23 @@ def test_address_field_is_configurable():
 def test_empty_sweep_gives_an_empty_frame_with_every_column():
     frame = members_frame([])
     assert frame.empty and "match_key" in frame.columns and "quarantine" in frame.columns
+
+
+ACME = novi_record("ACME-1", None, person=False, Name="Acme Ltd")
+
+
+@responses.activate
+def test_a_companys_people_are_read_by_its_name_and_only_its_own_are_kept():
+    # If Novi ignored parentName= it would answer everyone: strangers must not be taken for its people.
+    own = novi_record("p1", "p1@x.org", ParentCustomerUniqueID="acme-1")
+    stranger = novi_record("p2", "p2@x.org", ParentCustomerUniqueID="other")
+    responses.get(MEMBERS, json=page(3, [ACME, own, stranger]),
+                  match=[matchers.query_param_matcher({"pageSize": "1000", "offset": "0", "parentName": "Acme Ltd"})])
+    assert [r["UniqueID"] for r in client().people_of(ACME)] == ["p1"]
+
+
+@responses.activate
+def test_a_company_with_more_people_than_a_page_is_left_to_the_full_sync():
+    responses.get(MEMBERS, json=page(5000, recs(1000)))
+    with pytest.raises(IncompleteSweep, match="5000 records under the company 'Acme Ltd'"):
+        client().people_of(ACME)
