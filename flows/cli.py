@@ -456,6 +456,7 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
     import pandas as pd
 
     from tasks.blocks import NoviCredentials, saved
+    from tasks.core.planner import companies_of
     from tasks.core.planner import explain as explained
     from tasks.core.schema import GUID
     from tasks.novi import members_frame
@@ -468,19 +469,31 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
         out.print(f"Novi has no record with the address or id {who} (Novi's e-mail search looks at Email only).")
         raise typer.Exit(EXIT_FAILED)
     members = members_frame(records, list(the_rules.novi.address_fields))
+    # Their companies, for rules that judge people by them (contacts, inheriting members).
+    parents = {p for p in members["parent_id"].dropna()} - {i.lower() for i in members["novi_id"]}
+    companies = companies_of(members_frame([*records, *filter(None, map(client.member, sorted(parents)))]))
     for member in members.itertuples():
         seats = ", ".join(f"{s[2] or 'member'} of {s[1]} ({(s[3] or '…')[:10]} to {(s[4] or 'open')[:10]})"
                           for s in member.seats) or "none"
         fields = ", ".join(f"{k}={v}" for k, v in member.custom_fields.items()) or "none"
         out.print(f"Novi {member.novi_id}: {member.display_name} <{member.email}>, status {member.status or 'missing'}"
                   f"{'' if member.active else ', inactive'}; groups: {', '.join(member.group_names) or 'none'}; "
-                  f"committee seats: {seats}; custom fields: {fields}")
+                  f"committee seats: {seats}; custom fields: {fields}" + (
+                      f"; company: {_company_line(companies, member.parent_id)}" if isinstance(member.parent_id, str)
+                      else ""))
     table = Table(title=f"Lists for {who} by {rules} (the rules alone: a ban or a self-unsubscribe is the plan's)")
     for column in ("list", "Novi id", "belongs", "what keeps them off"):
         table.add_column(column)
-    for row in explained(members, the_rules, pd.Timestamp.now(tz="UTC")).itertuples():
+    for row in explained(members, the_rules, pd.Timestamp.now(tz="UTC"), companies).itertuples():
         table.add_row(row.list_id, row.novi_id, "yes" if row.belongs else "no", row.why_not)
     out.print(table)
+
+
+def _company_line(companies, company_id: str) -> str:
+    if company_id not in companies.index:
+        return f"{company_id} (not in Novi)"
+    company = companies.loc[company_id]
+    return f"{company['display_name']} ({company['status'] or 'no status'}{'' if company['active'] else ', inactive'})"
 
 
 alerts = typer.Typer(help="Prefect automations that tell operators about the runs, through a notification block.",

@@ -270,3 +270,23 @@ def test_explain_says_which_lists_one_person_belongs_on_and_what_keeps_them_off(
     assert "committee term ended" in rows["finance.example.org"]
     assert "custom field Chapter is south, not north" in rows["north.example.org"]
     assert len(reads) == 1 and "email=ann%40example.org" in reads[0]  # that person only
+
+
+def test_explain_reads_the_persons_company_and_judges_them_by_it(cli_blocks, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("lists:\n  - list_id: contacts@example.org\n    contacts_of_companies: primary\n"
+                     "  - list_id: members@example.org\n    inheriting: include\n")
+    acme = novi_record("acme", None, person=False, first=None, last="", Name="Acme Ltd", status="expired",
+                       PrimaryContactUniqueId="ann")
+    ann = novi_record("ann", "ann@example.org", first="Ann", last="Lee", status="inheriting",
+                      ParentCustomerUniqueID="acme")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        FakeNovi([ann, acme]).install(mock)
+        result = cli_blocks.invoke(app, ["explain", "ann@example.org", "--rules", str(rules), "--novi-block", "cli-novi"])
+        reads = [c.request.url for c in mock.calls]
+    assert result.exit_code == 0, result.output
+    assert "company: Acme Ltd (expired)" in result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert "company Acme Ltd is status expired" in rows["contacts.example.org"]
+    assert "status inheriting; company Acme Ltd is" in rows["members.example.org"]
+    assert len(reads) == 2 and reads[1].endswith("/api/members/acme")  # the person, then their company

@@ -251,15 +251,18 @@ def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) ->
     return off, reason
 
 
-def explain(members: pd.DataFrame, rules: Rules, now: pd.Timestamp) -> pd.DataFrame:
+def explain(members: pd.DataFrame, rules: Rules, now: pd.Timestamp,
+            companies: pd.DataFrame | None = None) -> pd.DataFrame:
     """For each Novi record of one person and each list: whether the rules put them on it, and
     if not, the condition that keeps them off (list_id, novi_id, email, belongs, why_not).
 
     By the rules alone: what Mailman or the ledger may add (a ban, someone who left the list
-    themselves) is the plan's, not this."""
+    themselves) is the plan's, not this. `companies` (`companies_of`) judges company contacts and
+    inheriting people; by default, the companies among `members`."""
+    companies = companies_of(members) if companies is None else companies
     rows = []
     for rule in rules.lists:
-        why_not = ineligibility(members, rule, now, companies_of(members)).where(members["quarantine"].isna(),
+        why_not = ineligibility(members, rule, now, companies).where(members["quarantine"].isna(),
                                                           "quarantined: " + members["quarantine"])
         rows += [{"list_id": rule.list_id, "novi_id": novi_id, "email": email, "belongs": reason == "",
                   "why_not": reason} for novi_id, email, reason in zip(members["novi_id"], members["email"], why_not)]
