@@ -97,14 +97,46 @@ def _pick(rng: random.Random, shares: list[tuple[str, float]]) -> str:
     return shares[-1][0]
 
 
+def _quirks(seed: int, index: int) -> random.Random:
+    return random.Random(seed * 7_919 + index)  # quirks drawn independently of the names
+
+
+def is_company(seed: int, index: int, mix: Mix = REALISTIC) -> bool:
+    """Whether record `index` is a company (its second quirk draw, after the status)."""
+    if index < 0:
+        return False
+    rng = _quirks(seed, index)
+    rng.random()
+    return rng.random() < mix.company
+
+
+def parent_of(seed: int, index: int, mix: Mix = REALISTIC) -> int | None:
+    """The company a person belongs to: one of the two records just before it (a guess at how
+    Novi links people to companies: README "Routing")."""
+    if mix.company == 0 or is_company(seed, index, mix):
+        return None
+    return next((i for i in (index - 1, index - 2) if is_company(seed, i, mix)), None)
+
+
 def make_member(seed: int, index: int, mix: Mix = REALISTIC, domains: Sequence[str] = DOMAINS) -> dict:
-    """Record `index` of a site seeded with `seed`, exactly as Novi's /api/members returns it."""
+    """Record `index` of a site seeded with `seed`, exactly as Novi's /api/members returns it.
+
+    Companies name the person after them as their primary contact and the one after that (if
+    theirs) as their billing contact; a company's people whose own status would be non_member
+    or prospect inherit their membership from it (MemberStatus inheriting)."""
     rng = _rng(seed, index)
     first, last = rng.choice(FIRST), rng.choice(LAST)
     address = clean_address(seed, index, domains)
-    rng = random.Random(seed * 7_919 + index)  # quirks drawn independently of the names
+    rng = _quirks(seed, index)
     status = _pick(rng, STATUSES)
     company = rng.random() < mix.company
+    parent = None if company else parent_of(seed, index, mix)
+    if parent is not None and status in ("non_member", "prospect"):
+        status = "inheriting"
+    primary = billing = None
+    if company:
+        people = [i for i in (index + 1, index + 2) if parent_of(seed, i, mix) == index]
+        primary, billing = (member_id(people[0]), member_id(people[-1])) if people else (None, None)
     record_type = MEMBER_TYPES[3] if company else MEMBER_TYPES[rng.choice([0, 0, 0, 1, 2])]
     email: str | None = address
     account_email: str | None = address
@@ -129,7 +161,7 @@ def make_member(seed: int, index: int, mix: Mix = REALISTIC, domains: Sequence[s
                "JoinDate": "2024-03-01T09:30:00.1234567-05:00"} for g in GROUPS if rng.random() < g["share"]]
     return {
         "UniqueID": member_id(index),
-        "Name": f"{last} Holdings" if company else f"{first} {last}",
+        "Name": f"{last} Holdings {index}" if company else f"{first} {last}",  # a company name is unique
         "FirstName": None if company else first,
         "LastName": None if company else last,
         "Email": email,
@@ -142,7 +174,9 @@ def make_member(seed: int, index: int, mix: Mix = REALISTIC, domains: Sequence[s
         "MemberSince": f"20{rng.randint(10, 24):02d}-0{rng.randint(1, 9)}-01T00:00:00",
         "MemberType": record_type if status != "prospect" else None,
         "CustomerType": "Company" if company else "Person",
-        "ParentCustomerUniqueID": None,
+        "ParentCustomerUniqueID": member_id(parent) if parent is not None else None,
+        "PrimaryContactUniqueId": primary,
+        "BillingContactUniqueId": billing,
         "Groups": groups or None,
         "UnsubscribeFromEmails": rng.random() < mix.opted_out,
         "CustomFields": {"Chapter": {"Name": "Chapter", "Value": rng.choice(CHAPTERS)}},

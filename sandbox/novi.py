@@ -4,11 +4,12 @@ churn, webhooks and fault injection. Run it from the checkout with `python -m sa
 
 Endpoints (all need `Authorization: Basic <key>`, the key as is; anything else is 401):
   GET /api/members?pageSize=&offset=   {TotalCount, Results}   (capped at --page-cap)
+      filters: email= (exact, any case), parentName= (the people of the company of that name)
   GET /api/members/{id}, /api/customers/{id}   a bare record; unknown ids answer 200, empty body
   GET /api/member-types, /api/groups
 Control (same key), for demos and tests:
   POST /_sandbox/churn {"lapse": n, "renew": n, "rename": n, "change_address": n, "opt_out": n,
-                        "end_term": n, "change_chapter": n,
+                        "end_term": n, "change_chapter": n, "lapse_company": n,
                         "add": n, "remove": n}                       → what changed, by id
   PATCH /_sandbox/members/{id} {field: value, ...}                   → change one record
   POST /_sandbox/faults {...} / DELETE /_sandbox/faults               → switch faults on / off
@@ -66,6 +67,7 @@ class Churn(BaseModel):
     remove: int = 0
     end_term: int = 0        # a committee seat's term ends today
     change_chapter: int = 0  # a member moves to another chapter (the Chapter custom field)
+    lapse_company: int = 0   # a member company's membership lapses (its contacts and inheriting people with it)
     seed: int | None = None
 
 
@@ -144,7 +146,8 @@ class Site:
         self.churns += 1
         rng = random.Random(request.seed if request.seed is not None else self.seed * 31 + self.churns)
         done: dict[str, list[dict]] = {k: [] for k in ("lapse", "renew", "rename", "change_address", "opt_out",
-                                                       "add", "remove", "end_term", "change_chapter")}
+                                                       "add", "remove", "end_term", "change_chapter",
+                                                       "lapse_company")}
         touched: set[str] = set()
 
         def pick(n: int, test) -> list[str]:
@@ -187,6 +190,13 @@ class Site:
             fields["Chapter"] = {"Name": "Chapter", "Value": new_chapter}
             self.edit(uid, {"CustomFields": fields})
             done["change_chapter"].append({"id": uid, "old": old_chapter, "new": new_chapter})
+        companies = [uid for uid in self.order if request.lapse_company and uid not in touched
+                     and (r := self.record(uid))["CustomerType"] == "Company" and r["Active"]
+                     and r["MemberStatus"] in ("current", "grace_period") and r["PrimaryContactUniqueId"]]
+        for uid in rng.sample(companies, min(request.lapse_company, len(companies))):
+            touched.add(uid)
+            self.edit(uid, {"MemberStatus": "expired", "MembershipExpires": "2026-10-31T00:00:00"})
+            done["lapse_company"].append({"id": uid, "name": self.record(uid)["Name"]})
         for _ in range(request.add):
             index = self.next_index
             self.next_index += 1
@@ -263,11 +273,17 @@ def create_app(sandbox: Sandbox) -> FastAPI:
         return await call_next(request)
 
     @app.get("/api/members")
-    def members(pageSize: int = 100, offset: int = 0, email: str | None = None):  # noqa: N803 - Novi's names
+    def members(pageSize: int = 100, offset: int = 0, email: str | None = None,  # noqa: N803 - Novi's names
+                parentName: str | None = None):  # noqa: N803
         faults, site = sandbox.faults, sandbox.site
-        if email is not None:  # Novi's filter: exact, case-insensitive
-            found = [r for r in (site.record(uid) for uid in site.order)
-                     if (r.get("Email") or "").lower() == email.lower()]
+        if email is not None or parentName is not None:
+            # Novi's filters: exact, case-insensitive; parentName= the parent company's name (a guess)
+            everyone = [site.record(uid) for uid in site.order]
+            if email is not None:
+                found = [r for r in everyone if (r.get("Email") or "").lower() == email.lower()]
+            else:
+                names = {r["UniqueID"]: (r.get("Name") or "").lower() for r in everyone}
+                found = [r for r in everyone if names.get(r.get("ParentCustomerUniqueID")) == parentName.lower()]
             return {"TotalCount": len(found), "Results": found[offset:offset + min(pageSize, sandbox.page_cap)]}
         if offset in faults.fail_offsets:
             return JSONResponse({"Message": "An error has occurred."}, status_code=500)

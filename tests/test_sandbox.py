@@ -72,10 +72,10 @@ def test_churn_changes_what_it_says(api):
     before = {r["UniqueID"]: r for r in api.get("/api/members", params={"pageSize": 50, "offset": 0}).json()["Results"]}
     done = api.post("/_sandbox/churn", json={"lapse": 2, "renew": 1, "rename": 1, "change_address": 1,
                                               "opt_out": 1, "add": 2, "remove": 1, "end_term": 1,
-                                              "change_chapter": 1}).json()
+                                              "change_chapter": 1, "lapse_company": 1}).json()
     assert {k: len(v) for k, v in done.items()} == {"lapse": 2, "renew": 1, "rename": 1, "change_address": 1,
                                                     "opt_out": 1, "add": 2, "remove": 1, "end_term": 1,
-                                                    "change_chapter": 1}
+                                                    "change_chapter": 1, "lapse_company": 1}
     assert api.get("/api/members", params={"pageSize": 1, "offset": 0}).json()["TotalCount"] == 201
     for item in done["lapse"]:
         assert api.get(f"/api/members/{item['id']}").json()["MemberStatus"] == "expired"
@@ -86,9 +86,29 @@ def test_churn_changes_what_it_says(api):
     chapter = done["change_chapter"][0]
     assert api.get(f"/api/members/{chapter['id']}").json()["CustomFields"]["Chapter"]["Value"] == chapter["new"]
     assert chapter["new"] != chapter["old"]
+    company = api.get(f"/api/members/{done['lapse_company'][0]['id']}").json()
+    assert company["CustomerType"] == "Company" and company["MemberStatus"] == "expired"
     removed = api.get(f"/api/members/{done['remove'][0]['id']}").json()
     assert removed["Active"] is False  # gone from the list, still readable one by one
     assert before  # the first page was readable before the churn
+
+
+def test_companies_have_people_contacts_and_inheriting_members_found_by_parent_name(api):
+    records = [data.make_member(3, i) for i in range(3000)]
+    by_id = {r["UniqueID"]: r for r in records}
+    companies = [r for r in records if r["CustomerType"] == "Company" and r["PrimaryContactUniqueId"]]
+    assert companies
+    for company in companies:
+        for contact in (company["PrimaryContactUniqueId"], company["BillingContactUniqueId"]):
+            if contact in by_id:  # the last company's contact may lie past the end
+                assert by_id[contact]["ParentCustomerUniqueID"] == company["UniqueID"]
+    assert any(r["MemberStatus"] == "inheriting" and r["ParentCustomerUniqueID"] for r in records)
+    people = [r for r in api.get("/api/members", params={"pageSize": 200, "offset": 0}).json()["Results"]
+              if r["ParentCustomerUniqueID"]]
+    parent = api.get(f"/api/members/{people[0]['ParentCustomerUniqueID']}").json()
+    found = api.get("/api/members", params={"pageSize": 100, "offset": 0, "parentName": parent["Name"].upper()}).json()
+    assert found["TotalCount"] >= 1 and people[0]["UniqueID"] in {r["UniqueID"] for r in found["Results"]}
+    assert all(r["ParentCustomerUniqueID"] == parent["UniqueID"] for r in found["Results"])
 
 
 def test_edit_one_member(api):
