@@ -1,5 +1,5 @@
-"""A committee list and a chapter list on a real core, following the sandbox through a day of
-churn: a term ends, people move chapter, members lapse."""
+"""A committee list, a chapter list and a list of company contacts on a real core, following the
+sandbox through a day of churn: a term ends, people move chapter, members and a company lapse."""
 
 from __future__ import annotations
 
@@ -30,22 +30,39 @@ def in_chapter(records: list[dict], chapter: str) -> dict[str, str]:
     return expected([r for r in records if ((r.get("CustomFields") or {}).get("Chapter") or {}).get("Value") == chapter])
 
 
-def test_a_committee_list_and_a_chapter_list_follow_a_day_of_churn(world, tmp_path):
+def contacts(records: list[dict]) -> dict[str, str]:
+    """The primary and billing contacts of member companies (current or in grace, active), any
+    status of their own."""
+    members = [r for r in records if r["CustomerType"] == "Company" and r["Active"]
+               and r["MemberStatus"] in ("current", "grace_period")]
+    named = {c[k] for c in members for k in ("PrimaryContactUniqueId", "BillingContactUniqueId") if c[k]}
+    return expected([r for r in records if r["UniqueID"] in named and r["CustomerType"] == "Person"],
+                    statuses=tuple({r["MemberStatus"] for r in records}))
+
+
+def test_committee_chapter_and_contacts_lists_follow_a_day_of_churn(world, tmp_path):
     admin, novi = world["admin"], world["novi"]
-    committee, chapter = lists_for(world, "committees", "north")
+    committee, chapter, contact = lists_for(world, "committees", "north", "contacts")
     rules = [{"list_id": committee, "committees": ["Finance Committee", "Events Committee"], "statuses": "any"},
-             {"list_id": chapter, "custom_fields": {"Chapter": ["North"]}}]
+             {"list_id": chapter, "custom_fields": {"Chapter": ["North"]}},
+             {"list_id": contact, "contacts_of_companies": ["primary", "billing"], "max_eligible_drop": 1}]
     first, _ = sync(tmp_path, rules, mailman_block=world["mailman_block"])
     assert first.is_completed(), first.message
     records = novi.records()
     assert admin.roster(committee) == seated(records, {"Finance Committee", "Events Committee"})
     assert admin.roster(chapter) == in_chapter(records, "North")
-    assert admin.roster(committee) and admin.roster(chapter)
+    assert admin.roster(contact) == contacts(records)
+    assert admin.roster(committee) and admin.roster(chapter) and admin.roster(contact)
+    before = set(admin.roster(contact))
 
-    done = novi.churn(end_term=2, change_chapter=6, lapse=4)
-    assert len(done["end_term"]) == 2 and len(done["change_chapter"]) == 6
+    done = novi.churn(end_term=2, change_chapter=6, lapse=4, lapse_company=1)
+    assert len(done["end_term"]) == 2 and len(done["change_chapter"]) == 6 and len(done["lapse_company"]) == 1
     day, _ = sync(tmp_path, rules, mailman_block=world["mailman_block"])
     assert day.is_completed(), day.message
     records = novi.records()
     assert admin.roster(committee) == seated(records, {"Finance Committee", "Events Committee"})
     assert admin.roster(chapter) == in_chapter(records, "North")
+    assert admin.roster(contact) == contacts(records)
+    lapsed = next(r for r in records if r["UniqueID"] == done["lapse_company"][0]["id"])
+    gone = {r["Email"].lower() for r in records if r["UniqueID"] == lapsed["PrimaryContactUniqueId"] and r["Email"]}
+    assert gone and gone <= before and not gone & set(admin.roster(contact))  # its contact came off
