@@ -387,11 +387,15 @@ def start_up(repeat: int) -> dict[str, list[float]]:
 
 # the planner alone ---------------------------------------------------------------------------
 def planner(sizes: list[int], repeat: int) -> list[dict]:
+    """Each size with one plain list, then with issue 17's routing rules (a chapter list and a
+    committee list: bench/planner.py)."""
     rows = []
     for n in sizes:
-        say(f"The planner alone: {n:,} Novi records × a {n:,} roster")
-        run = measured([sys.executable, "-m", "bench.planner", "--one", str(n), "--repeat", str(repeat)], environment())
-        rows.append(json.loads(run["stdout"].strip().splitlines()[-1]))
+        for routing in (False, True):
+            say(f"The planner alone: {n:,} Novi records × a {n:,} roster{', routing rules on' if routing else ''}")
+            run = measured([sys.executable, "-m", "bench.planner", "--one", str(n), "--repeat", str(repeat),
+                            *(["--routing"] if routing else [])], environment())
+            rows.append({**json.loads(run["stdout"].strip().splitlines()[-1]), "routing": routing})
     return rows
 
 
@@ -494,10 +498,11 @@ def markdown(result: dict) -> str:
                        f"{spread([r['subscribes'] / r['apply_s'] for r in rows], 0)} |")
 
     if result["planner"]:
-        out += ["", "## The planner alone", "", "| Novi records × roster | changes | plan (s) | peak RSS |",
-                "|---:|---:|---:|---:|"]
+        out += ["", "## The planner alone", "", "| Novi records × roster | rules | changes | plan (s) | peak RSS |",
+                "|---:|---|---:|---:|---:|"]
         for row in result["planner"]:
-            out.append(f"| {row['records']:,} × {row['roster']:,} | {row['changes']:,} | "
+            rules = "chapter + committee lists" if row.get("routing") else "one list"
+            out.append(f"| {row['records']:,} × {row['roster']:,} | {rules} | {row['changes']:,} | "
                        f"{row['median_s']:.2f} ({row['min_s']:.2f}–{row['max_s']:.2f}) | {row['peak_rss_mb']:,.0f} MB |")
     return "\n".join(out) + "\n"
 

@@ -90,3 +90,14 @@ def test_the_planner_bench_plans_its_own_frames():
 
     row = measure(1_000, repeat=1)
     assert row["records"] == 1_000 and row["changes"] > 0
+    routed = measure(1_000, repeat=1, routing=True)  # make bench runs the routing rules too
+    assert routed["changes"] > row["changes"]  # the committee list's seats are subscribed as well
+
+
+def test_the_planner_table_names_the_rules_of_each_row():
+    rows = [{"records": 1_000_000, "roster": 1_000_000, "changes": 5, "median_s": 8.0, "min_s": 7.9, "max_s": 8.2,
+             "peak_rss_mb": 2400.0, "routing": routing} for routing in (False, True)]
+    text = markdown({"started_at": "x", "machine": "2 cores", "repeat": 3, "runs": [], "throughput": [],
+                     "planner": rows})
+    assert "| 1,000,000 × 1,000,000 | one list | 5 | 8.00 (7.90–8.20) | 2,400 MB |" in text
+    assert "| 1,000,000 × 1,000,000 | chapter + committee lists |" in text
