@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks.core.schema import ACTIONS, Outcome, RunState, approved_fingerprint
+from tasks.core.schema import Outcome, RunState, approved_fingerprint
 
 # Prefect's telemetry is off unless the operator turns it on (DO_NOT_TRACK=0,
 # PREFECT_SERVER_ANALYTICS_ENABLED=true): a server's telemetry row once reached the terminal as a
@@ -278,11 +278,15 @@ def _show(summary: dict) -> None:
     colour = {RunState.COMPLETED: "green", RunState.REFUSED: "yellow"}.get(summary.get("state"), "red")
     if summary.get("lists"):
         table = Table(title="Dry run: nothing written" if summary.get("dry_run") else "Sync")
-        for column in ["list", "eligible", "on roster", "in step", *ACTIONS, Outcome.FAILED]:
+        from tasks.report import shown_actions
+
+        actions = shown_actions(summary["lists"])
+        for column in ["list", "eligible", "on roster", "in step", *actions, Outcome.FAILED]:
             table.add_column(column, justify="left" if column == "list" else "right")
         for item in summary["lists"]:
             table.add_row(item["list_id"], f"{item['eligible']:,}", f"{item['roster']:,}", f"{item['in_step']:,}",
-                          *[f"{item['changes'][a]:,}" for a in ACTIONS], f"{item['outcomes'].get(Outcome.FAILED, 0):,}")
+                          *[f"{item['changes'].get(a, 0):,}" for a in actions],
+                          f"{item['outcomes'].get(Outcome.FAILED, 0):,}")
         out.print(table)
         out.print(f"Novi members: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,}")
         if summary.get("plan_csv"):

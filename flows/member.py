@@ -24,7 +24,7 @@ from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_finge
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
 from tasks.errors import BadParameter, SyncError
-from tasks.run import Run, failed, plan_lists, tell_staff
+from tasks.run import Run, failed, plan_lists, read_moderators, tell_staff
 
 
 def _records_for(novi, member_ids: list[str], companies: bool = False) -> tuple[dict[str, dict], list[str]]:
@@ -123,8 +123,9 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
         requests = read_requests(mailman, run.list_ids)
+        moderators = read_moderators(mailman, run.ledger, run.rules, keys)
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
-                              requests)
+                              requests, moderators)
 
         run.judge(the_plan, None, override_guards, approve)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)

@@ -23,8 +23,8 @@ from tasks.errors import BadParameter, SyncError
 from tasks.mailman import extract_bans, extract_requests
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_rosters, run_name, sync_command,
-                       tell_staff)
+from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_moderators, read_rosters, run_name,
+                       sync_command, tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -141,6 +141,7 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
             requests = extract_requests(mailman, run.list_ids)
         with run.phase("read_ledger"):
             remembered, last_figures = read_ledger(run.ledger, run.list_ids)
+            moderators = read_moderators(mailman, run.ledger, run.rules)
     except SyncError as exc:
         run.record_failure(exc)
         raise
@@ -150,7 +151,7 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
 
     with run.phase("plan"):
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at),
-                              bans, requests)
+                              bans, requests, moderators)
     log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
     run.judge(the_plan, last_figures, override_guards, approve)
     outcomes = run.apply(mailman, the_plan, batch_size, workers)

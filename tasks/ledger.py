@@ -47,6 +47,7 @@ from tasks.core.schema import (
     OUTCOME_COLUMNS,
     TIMESTAMP_COLUMNS,
     Action,
+    TOOK,
     Outcome,
     RunKind,
     RunState,
@@ -374,6 +375,22 @@ class Ledger:
         frame = pd.DataFrame([dict(r) for r in rows], columns=[c for c in columns if c in present])
         frame = frame.reindex(columns=columns)
         return frame.astype({c: "string" for c in columns if c not in ("id", "at")})
+
+    def moderators_made(self, list_ids: Sequence[str]) -> pd.DataFrame:
+        """The moderators this tool made on these lists and has not unmade since (list_id,
+        match_key, email): the last moderator change that took, per address, is a `moderate`."""
+        if not self.exists or not list_ids:
+            return pd.DataFrame(columns=["list_id", "match_key", "email"], dtype="string")
+        query = (select(changes_table.c.list_id, changes_table.c.match_key, changes_table.c.email,
+                        changes_table.c.action)
+                 .where(changes_table.c.list_id.in_(list(list_ids))
+                        & changes_table.c.action.in_([Action.MODERATE, Action.UNMODERATE])
+                        & changes_table.c.outcome.in_(list(TOOK)))
+                 .order_by(changes_table.c.id))
+        with self._connect() as conn:
+            rows = pd.DataFrame(conn.execute(query).all(), columns=["list_id", "match_key", "email", "action"])
+        last = rows.drop_duplicates(["list_id", "match_key"], keep="last")
+        return last.loc[last["action"] == Action.MODERATE, ["list_id", "match_key", "email"]].astype("string")
 
     def applied_since(self, at: datetime, list_ids: Sequence[str]) -> pd.DataFrame:
         """Changes applied to these lists after `at`, with their run's name (list_id, match_key, run_name)."""

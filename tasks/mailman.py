@@ -150,6 +150,37 @@ class MailmanClient:
         return sorted({e["email"].lower() for _, entries in sweep(fetch, Numbers(100), f"{list_id}'s owners")
                        for e in entries})
 
+    def moderators(self, list_id: str) -> pd.DataFrame:
+        """The list's moderators (role=moderator, a roster of its own): email, match_key, member_id."""
+        def fetch(params: dict) -> Page:
+            return _page(self.http.request("GET", f"lists/{list_id}/roster/moderator", bucket="mailman_read",
+                                           params=params), f"{list_id}'s moderators")
+        entries = [e for _, page in sweep(fetch, Numbers(100), f"{list_id}'s moderators") for e in page]
+        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) for e in entries):
+            raise UnexpectedResponse(f"Mailman {list_id}'s moderators: an entry has no email")
+        email = pd.Series([e["email"].lower() for e in entries], dtype="string")
+        return pd.DataFrame({"email": email, "match_key": addresses.match_key(email),
+                             "member_id": pd.Series([str(e.get("member_id") or "") for e in entries], dtype="string")})
+
+    def add_moderator(self, list_id: str, email: str, display_name: str) -> tuple[str, str]:
+        """Make the address a moderator of the list (201; 409: it already is). No mail is sent."""
+        response = self.http.request("POST", "members", bucket=Action.MODERATE, accept=(400, 409), data={
+            "list_id": list_id, "subscriber": email, "display_name": display_name, "role": "moderator",
+            "pre_verified": "true", "pre_confirmed": "true", "pre_approved": "true"})
+        if response.status_code == 409:
+            return Outcome.ALREADY, self.http.reason(response)
+        if response.status_code == 400:
+            return Outcome.FAILED, self.http.reason(response) or "Mailman refused the moderator"
+        return Outcome.APPLIED, ""
+
+    def remove_moderator(self, list_id: str, email: str) -> tuple[str, str]:
+        """Take the moderator role from the address (its list membership, if any, stays)."""
+        response = self.http.request("DELETE", f"lists/{list_id}/moderator/{quote(email.lower(), safe='')}",
+                                     bucket=Action.UNMODERATE, accept=(404,))
+        if response.status_code == 404:
+            return Outcome.ALREADY, "not a moderator"
+        return Outcome.APPLIED, ""
+
     def roster(self, list_id: str, page_size: int = ROSTER_PAGE_SIZE, *, with_held: bool = True) -> pd.DataFrame:
         """The list's members (role=member) as a roster frame, with their preferences.
 
@@ -326,7 +357,7 @@ class MailmanClient:
         if not isinstance(entry, dict) or not entry.get("member_id"):
             raise UnexpectedResponse(f"Mailman {path}: the answer has no member_id")
         response = self.http.request("PATCH", f"members/{quote(str(entry['member_id']), safe='')}",
-                                     bucket="moderate", data={"moderation_action": moderation_action},
+                                     bucket="moderation_action", data={"moderation_action": moderation_action},
                                      accept=(400, 404))
         if response.status_code != 204 and response.status_code >= 400:
             return Outcome.FAILED, self.http.reason(response) or "Mailman refused the moderation action"
@@ -434,6 +465,11 @@ def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -
             Action.RENAME: lambda r: client.rename(r["email"], r["display_name"] or ""),
             Action.HOLD: lambda r: client.set_delivery(r["member_id"], HELD),
             Action.RELEASE: lambda r: client.set_delivery(r["member_id"], "enabled"),
+            Action.MODERATE: lambda r: client.add_moderator(r["list_id"], r["email"], r["display_name"] or ""),
+            # No member id: the moderator was removed in Mailman already; the change only
+            # records that this tool no longer answers for them (no call).
+            Action.UNMODERATE: lambda r: client.remove_moderator(r["list_id"], r["email"]) if r["member_id"]
+            else (Outcome.ALREADY, "no longer a moderator"),
         }.get(action)
         if one is None:
             raise ValueError(f"unknown action {action!r}")

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.digest import changes_line
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
-from tasks.core.schema import (ACTIONS, BOUNCING, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
+from tasks.core.schema import (ACTIONS, BOUNCING, MEMBER_ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
                                 Outcome, RunState, missing_as_none)
 
 SUMMARY_KEY = "novi-mailman-summary"
@@ -95,6 +95,12 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
     }
 
 
+def shown_actions(lists: list[dict]) -> list[str]:
+    """The actions a summary table has columns for: the membership ones always, the moderator
+    ones where a list has such changes (most never do)."""
+    return [a for a in ACTIONS if a in MEMBER_ACTIONS or any(item["changes"].get(a) for item in lists)]
+
+
 def summary_markdown(summary: dict) -> str:
     """The run's summary for an analyst: per list, counts by action, outcome and reason."""
     if summary["dry_run"]:
@@ -112,11 +118,12 @@ def summary_markdown(summary: dict) -> str:
     lines = [f"# {title}: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
              f"duration: {summary['duration_s']} s", ""]
-    lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(ACTIONS) + " | failed |",
-              "|---|---:|---:|---:|---:|" + "---:|" * len(ACTIONS) + "---:|"]
+    actions = shown_actions(summary["lists"])
+    lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(actions) + " | failed |",
+              "|---|---:|---:|---:|---:|" + "---:|" * len(actions) + "---:|"]
     for item in summary["lists"]:
         lines.append(f"| {item['list_id']} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
-                     f"{item['in_step']:,} | " + " | ".join(f"{item['changes'][a]:,}" for a in ACTIONS)
+                     f"{item['in_step']:,} | " + " | ".join(f"{item['changes'].get(a, 0):,}" for a in actions)
                      + f" | {item['outcomes'].get(Outcome.FAILED, 0):,} |")
     for item in summary["lists"]:
         if item["reasons"] or item["left_alone"]:

@@ -103,22 +103,43 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 @task(name="plan", cache_policy=NO_CACHE)
 def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
               now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
-              requests: dict[str, pd.DataFrame] | None = None) -> Plan:
+              requests: dict[str, pd.DataFrame] | None = None,
+              moderators: dict[str, pd.DataFrame] | None = None) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules, ledger, now, bans, requests)
+    return plan(members, rosters, rules, ledger, now, bans, requests, moderators)
 
 
 def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules,
                ledger: pd.DataFrame, now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
-               requests: dict[str, pd.DataFrame] | None = None) -> Plan:
+               requests: dict[str, pd.DataFrame] | None = None,
+               moderators: dict[str, pd.DataFrame] | None = None) -> Plan:
     """The plan. Where it removes, holds or moves members whose preferences the roster read did
     not bring (`Plan.wanting`: a day's churn, not the roster), those are read, one call each,
     and the lists planned again with them."""
-    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests)
+    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests, moderators)
     if the_plan.wanting.empty:
         return the_plan
     read = read_preferences(mailman, the_plan.wanting)
-    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests)
+    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests, moderators)
+
+
+def read_moderators(mailman: MailmanClient, ledger: Ledger, rules: Rules,
+                    keys: Collection[str] | None = None) -> dict[str, pd.DataFrame]:
+    """For each list whose rule takes moderators from positions: its moderator roster, and
+    which of them (and which former ones) this tool made (`planner.moderator_changes`). With
+    `keys` (a member run), only those addresses: the others are not this run's to judge."""
+    lists = [rule.list_id for rule in rules.lists if rule.moderators_from_positions]
+    if not lists:
+        return {}
+    made = ledger.moderators_made(lists)
+    out = {}
+    for list_id in lists:
+        mine = made.loc[made["list_id"] == list_id, ["match_key", "email"]].assign(made=True)
+        frame = mailman.moderators(list_id).merge(mine, on="match_key", how="outer", suffixes=("", "_made"))
+        frame["email"] = frame["email"].fillna(frame.pop("email_made"))
+        frame["made"] = frame["made"].fillna(False).astype(bool)
+        out[list_id] = frame if keys is None else frame.loc[frame["match_key"].isin(list(keys))]
+    return out
 
 
 def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,

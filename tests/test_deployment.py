@@ -27,11 +27,14 @@ def test_nightly_deployment_points_at_the_flow_with_valid_parameters():
 def test_example_rules_are_valid():
     rules = load_rules(ROOT / "rules.example.yaml")
     assert [r.list_id for r in rules.lists] == ["members.example.org", "board.example.org", "finance.example.org",
-                                                "north.example.org"]
+                                                "north.example.org", "company-contacts.example.org",
+                                                "all-members.example.org"]
     assert rules.lists[1].lapsed == "hold" and rules.lists[0].lapsed == "unsubscribe"
     assert rules.lists[0].digest.email_block == "membership-smtp"
     assert rules.lists[2].committees == ["finance committee"] and rules.lists[2].statuses == "any"
+    assert rules.lists[2].moderators_from_positions == ["chair"]
     assert rules.lists[3].custom_fields == {"Chapter": ["north"]}
+    assert rules.lists[4].contacts_of_companies == ["primary", "billing"] and rules.lists[5].inheriting == "include"
 
 
 def test_member_deployment_points_at_the_member_flow():

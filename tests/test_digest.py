@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.digest import compose
-from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED
+from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, REASON_MODERATOR, REASON_NOT_MODERATOR
 from tasks.core.rules import parse_rules
 from tasks.core.schema import (BOUNCING_COLUMNS, LEFT_ALONE_COLUMNS, OUTCOME_COLUMNS, Action, Outcome)
 
@@ -104,3 +104,13 @@ def test_each_lists_owners_hear_of_their_own_list_only_and_staff_hear_of_all(mon
     assert set(by_lists) == {(LIST,), (OTHER,), ("third.example.org", "fourth.example.org")}
     assert "n-jo" not in by_lists[(LIST,)].body and "gus@example.org" not in by_lists[(LIST,)].body
     assert "Novi n-jo <jo@example>: invalid address" in by_lists[("third.example.org", "fourth.example.org")].body
+
+
+def test_moderator_changes_have_their_own_lines_and_count():
+    day = outcomes(
+        (LIST, Action.MODERATE, "kim@example.org", "n-kim", "Kim Chair", None, REASON_MODERATOR, Outcome.APPLIED),
+        (LIST, Action.UNMODERATE, "lu@example.org", "n-lu", "Lu Former", None, REASON_NOT_MODERATOR, Outcome.APPLIED))
+    digest = compose([LIST], day, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, "calm-heron", "http://ui/runs/flow-run/1")
+    assert digest.subject == f"[novi-mailman] moderators +1 moderators −1 on {LIST} (run calm-heron)"
+    assert f"Made moderators (1):\n  Kim Chair <kim@example.org> (Novi n-kim): {REASON_MODERATOR}" in digest.body
+    assert f"No longer moderators (1):\n  Lu Former <lu@example.org> (Novi n-lu): {REASON_NOT_MODERATOR}" in digest.body

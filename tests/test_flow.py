@@ -69,7 +69,8 @@ def test_dry_run_reports_and_writes_nothing(blocks, tmp_path):
     assert state.is_completed()
     summary = state.result()
     assert summary["dry_run"] is True and summary["state"] == "completed"
-    assert summary["lists"][0]["changes"] == {"subscribe": 3, "unsubscribe": 3, "hold": 0, "release": 0, "rename": 1}
+    assert summary["lists"][0]["changes"] == {"subscribe": 3, "unsubscribe": 3, "hold": 0, "release": 0, "rename": 1,
+                                              "moderate": 0, "unmoderate": 0}
     assert summary["outcomes"] == {"planned (dry run)": 7}
     assert writes(calls) == [] and not mailman.writes
     # A dry run's artifacts are its own (never a real run's latest) and say what they are.

@@ -369,3 +369,26 @@ def test_the_preferences_of_a_member_gone_since_the_roster_read_are_unknown_not_
     read = read_preferences.fn(client(), wanting)
     assert read.iloc[0][["delivery_mode", "delivery_status"]].tolist() == ["mime_digests", "by_user"]
     assert read.iloc[1][["delivery_mode", "delivery_status"]].isna().all()
+
+
+@responses.activate
+def test_moderators_are_read_from_their_own_roster_and_given_and_taken_by_role():
+    responses.get(f"{REST}/lists/{LIST}/roster/moderator", json={"total_size": 1, "start": 0, "entries": [
+        {"email": "Chair@Example.org", "member_id": "m1", "role": "moderator"}]})
+    frame = client().moderators(LIST)
+    assert frame.to_dict("records") == [{"email": "chair@example.org", "match_key": "chair@example.org",
+                                         "member_id": "m1"}]
+    responses.post(f"{REST}/members", status=201)
+    responses.post(f"{REST}/members", status=409, json={"title": "409 Conflict", "description": "Member already subscribed"})
+    responses.delete(f"{REST}/lists/{LIST}/moderator/old%40example.org", status=204)
+    responses.delete(f"{REST}/lists/{LIST}/moderator/gone%40example.org", status=404)
+    results = apply_changes(client(), "moderate", [row("new@example.org", "New"), row("again@example.org")])
+    assert [r["outcome"] for r in results] == [APPLIED, ALREADY]
+    assert form(responses.calls[1]) == {"list_id": LIST, "subscriber": "new@example.org", "display_name": "New",
+                                        "role": "moderator", "pre_verified": "true", "pre_confirmed": "true",
+                                        "pre_approved": "true"}
+    results = apply_changes(client(), "unmoderate", [row("old@example.org", member_id="m2"),
+                                                     row("gone@example.org", member_id="m3"),
+                                                     row("forgotten@example.org")])  # no id: no call
+    assert [r["outcome"] for r in results] == [APPLIED, ALREADY, ALREADY]
+    assert len(responses.calls) == 5

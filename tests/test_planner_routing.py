@@ -108,7 +108,7 @@ def test_a_custom_field_no_record_has_is_reported_with_the_fields_novi_returned(
 
 
 def test_positions_without_committees_are_refused():
-    with pytest.raises(Exception, match="positions narrow committees"):
+    with pytest.raises(Exception, match="seats on committees: name the committees too"):
         parse_rules({"lists": [{"list_id": L, "positions": ["Chair"]}]}, "test")
 
 
@@ -259,3 +259,48 @@ def test_company_keys_are_validated(rule, error):
     from tasks.errors import RulesError
     with pytest.raises(RulesError, match=error):
         parse_rules({"lists": [{"list_id": L, **rule}]}, "test")
+
+
+def moderator_roster(rows: list[tuple]) -> pd.DataFrame:
+    """(email, on the moderator roster, made by this tool) tuples, as tasks.run.read_moderators joins them."""
+    email = pd.Series([r[0] for r in rows], dtype="string")
+    return pd.DataFrame({"match_key": email, "email": email,
+                         "member_id": pd.Series([f"mod-{r[0]}" if r[1] else pd.NA for r in rows], dtype="string"),
+                         "made": pd.Series([r[2] for r in rows], dtype=bool)})
+
+
+CHAIR = [seat(position="Chair")]
+
+
+@pytest.mark.parametrize(("record", "moderators", "expected"), [
+    ({"Committees": CHAIR}, [], [("moderate", "holds a position that moderates the list")]),
+    ({"Committees": CHAIR}, [("p@x.org", True, True)], []),                      # already, by this tool
+    ({"Committees": CHAIR}, [("p@x.org", True, False)], []),                     # already, by hand
+    ({"Committees": [seat(position="Member")]}, [("p@x.org", True, True)],
+     [("unmoderate", "no longer holds a position that moderates the list")]),
+    ({"Committees": [seat(position="Member")]}, [("p@x.org", True, False)], []),  # a moderator by hand: never
+    ({"Committees": [seat(position="Chair", end="2026-11-30T00:00:00Z")]}, [("p@x.org", True, True)],
+     [("unmoderate", "no longer holds a position that moderates the list")]),  # the chair's term ended
+    ({"Committees": CHAIR, "UnsubscribeFromEmails": True}, [], []),              # off the list: no moderator
+    ({"Committees": [seat(position="Member")]}, [("p@x.org", False, True)],
+     [("unmoderate", "no longer a moderator in Mailman: not this tool's to track")]),  # removed by hand
+    ({"Committees": CHAIR}, [("p@x.org", False, True)], [("moderate", "holds a position that moderates the list")]),
+], ids=["chair-made-moderator", "already-made", "already-by-hand", "no-longer-chair", "hand-made-kept",
+        "chair-term-ended", "not-eligible", "removed-by-hand-forgotten", "removed-by-hand-still-chair"])
+def test_moderators_follow_positions_and_only_those_this_tool_made_are_unmade(record, moderators, expected):
+    rules = parse_rules({"lists": [{"list_id": L, "committees": ["Finance"], "moderators_from_positions": ["chair"],
+                                    "lapsed": "keep"}]}, "test")
+    members = members_frame([novi_record("p", "p@x.org", **record)])
+    p = plan(members, {L: roster_frame(L, [("p@x.org", "Pat P")])}, rules, now=NOW,
+             moderators={L: moderator_roster(moderators)})
+    roles = p.changes.loc[p.changes["action"].isin([Action.MODERATE, Action.UNMODERATE])]
+    assert [(r.action, r.reason) for r in roles.itertuples()] == expected
+    unmade = roles.loc[roles["action"] == "unmoderate"]
+    # the moderator roster's member id, or none for one already gone (apply then makes no call)
+    assert unmade["member_id"].tolist() == [f"mod-{m[0]}" if m[1] else pd.NA for m in moderators][:len(unmade)]
+
+
+def test_moderators_from_positions_needs_committees():
+    from tasks.errors import RulesError
+    with pytest.raises(RulesError, match="name the committees too"):
+        parse_rules({"lists": [{"list_id": L, "moderators_from_positions": ["Chair"]}]}, "test")

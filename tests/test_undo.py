@@ -194,3 +194,12 @@ def test_a_protected_address_is_not_removed_by_an_undo_either():
     undo = plan_undo(run, {LIST: roster_frame(LIST, [("office@example.org", "Office"), ("b@example.org", "B")])},
                      NONE_LATER, "brave-otter", protected={LIST: {"office@example.org"}})
     assert list(undo.changes["email"]) == ["b@example.org"] and list(undo.skipped["reason"]) == ["protected address"]
+
+
+def test_moderator_changes_are_left_to_the_positions_and_said():
+    run = applied((Action.MODERATE, "chair@example.org", "C", "C"), (Action.UNMODERATE, "old@example.org", "O", "O"),
+                  (Action.SUBSCRIBE, "new@example.org", "N", None))
+    undo = undo_of(run, [("new@example.org", "N")])
+    assert [(r.action, r.email) for r in undo.changes.itertuples()] == [(Action.UNSUBSCRIBE, "new@example.org")]
+    assert by_email(undo.skipped)["chair@example.org"]["reason"] == "moderators follow the committee positions, not undone"
+    assert set(undo.skipped["email"]) == {"chair@example.org", "old@example.org"}

@@ -17,12 +17,12 @@ from tasks.core.schema import ACTIONS, Action, Outcome, missing_as_none
 
 # The sections of a list's part, in the order staff read them.
 SECTIONS = ("Joined", "Left", "Moved to a new address", "Held (delivery stopped)", "Released", "Renamed",
-            "Not done (failed)", "Banned in Mailman, left off", "Address bouncing")
+            "Made moderators", "No longer moderators", "Not done (failed)", "Banned in Mailman, left off", "Address bouncing")
 
 
 # How a state message counts each action: "+9 −11 held 1 renamed 3 on members.example.org".
 COUNT_WORDS = {Action.SUBSCRIBE: "+", Action.UNSUBSCRIBE: "−", Action.HOLD: "held ", Action.RELEASE: "released ",
-               Action.RENAME: "renamed "}
+               Action.RENAME: "renamed ", Action.MODERATE: "moderators +", Action.UNMODERATE: "moderators −"}
 
 
 def changes_line(changes: pd.DataFrame) -> str:
@@ -66,6 +66,8 @@ def list_sections(list_id: str, outcomes: pd.DataFrame, left_alone: pd.DataFrame
         "Released": [_person(r) for r in _rows(rest, Action.RELEASE)],
         "Renamed": [f"{r.get('previous') or '(no name)'} → {r.get('display_name') or '(no name)'} <{r['email']}>"
                     + (f" (Novi {r['novi_id']})" if r.get("novi_id") else "") for r in _rows(rest, Action.RENAME)],
+        "Made moderators": [f"{_person(r)}: {r['reason']}" for r in _rows(rest, Action.MODERATE)],
+        "No longer moderators": [f"{_person(r)}: {r['reason']}" for r in _rows(rest, Action.UNMODERATE)],
         "Not done (failed)": [f"{r['action']} {_person(r)}: {r.get('detail') or ''}".strip()
                               for r in mine.loc[mine["outcome"] == Outcome.FAILED].to_dict("records")],
         "Banned in Mailman, left off": [_person(r) for r in missing_as_none(left_alone.loc[

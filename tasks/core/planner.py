@@ -59,6 +59,9 @@ REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
 COMMITTEE_TERM_ENDED = "committee term ended"
+REASON_MODERATOR = "holds a position that moderates the list"
+REASON_NOT_MODERATOR = "no longer holds a position that moderates the list"
+REASON_MODERATOR_GONE = "no longer a moderator in Mailman: not this tool's to track"
 REASON_REQUEST = "eligible; their request waiting for the moderator is resolved"
 REASON_AWAITING = "their own request waits for their confirmation"
 BOUNCE_DISABLED = "delivery disabled by bounces"
@@ -314,11 +317,11 @@ class ListPlan(NamedTuple):
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
               quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = (),
               requests: pd.DataFrame | None = None, shared: pd.Series | None = None,
-              companies: pd.DataFrame | None = None) -> ListPlan:
+              companies: pd.DataFrame | None = None, moderators: pd.DataFrame | None = None) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`).
 
     `shared` marks the records whose address another record has too, `companies` are the
-    sweep's companies (`companies_of`): both made once for every list."""
+    sweep's companies (`companies_of`): both made once for every list. `moderators`: see `plan`."""
     why_not = ineligibility(usable, rule, now, companies)
     # A narrow list (a committee, a chapter) is planned from the records that can matter to it:
     # eligible ones, those whose address is on its roster or in its ledger, and those sharing an
@@ -334,10 +337,44 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     winners, duplicates = one_record_per_address(judged, rule)
     joined = join_sides(winners, roster, ledger)
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
-    return ListPlan(changes(joined, where, rule), left_alone(joined, where, rule, quarantined, duplicates),
+    the_changes = changes(joined, where, rule)
+    if rule.moderators_from_positions:
+        the_changes = _concat([the_changes, moderator_changes(winners, rule, now, moderators)], CHANGE_COLUMNS)
+    return ListPlan(the_changes, left_alone(joined, where, rule, quarantined, duplicates),
                     _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)),
                     bouncing(joined, where, rule.list_id),
                     joined.loc[where.wants_preferences, ["member_id"]].assign(list_id=rule.list_id))
+
+
+def moderator_changes(winners: pd.DataFrame, rule: ListRule, now: pd.Timestamp,
+                      moderators: pd.DataFrame | None) -> pd.DataFrame:
+    """The list's moderator changes (`moderators_from_positions`): people who belong on the list
+    and hold a current seat in one of those positions are made moderators; moderators this tool
+    made who no longer do are unmade. Moderators it did not make are never touched.
+
+    `moderators`: the list's moderator roster (match_key, email, member_id) joined with the ones
+    this tool made (`made`); a made one no longer on the roster has no member_id."""
+    if moderators is None:
+        moderators = pd.DataFrame({"match_key": pd.Series(dtype="string"), "email": pd.Series(dtype="string"),
+                                   "member_id": pd.Series(dtype="string"), "made": pd.Series(dtype=bool)})
+    positioned = rule.model_copy(update={"positions": rule.moderators_from_positions})
+    off, _ = _off_committees(winners, positioned, now)
+    wanted = winners.loc[winners["eligible"].to_numpy(dtype=bool) & ~off]
+    on = moderators.loc[moderators["member_id"].notna()]
+    made = moderators.loc[moderators["made"].astype(bool)]
+    made = made.loc[~made["match_key"].isin(wanted["match_key"])]
+    add = wanted.loc[~wanted["match_key"].isin(on["match_key"])]
+    owner = dict(zip(winners["match_key"], winners["novi_id"]))
+    return _concat([
+        _frame(CHANGE_COLUMNS, list_id=rule.list_id, action=Action.MODERATE, email=add["email"],
+               match_key=add["match_key"], reason=REASON_MODERATOR, novi_id=add["novi_id"],
+               display_name=add["display_name"]),
+        _frame(CHANGE_COLUMNS, list_id=rule.list_id, action=Action.UNMODERATE, email=made["email"],
+               match_key=made["match_key"], member_id=made["member_id"],
+               novi_id=made["match_key"].map(owner).astype("string"),
+               reason=pd.Series(REASON_NOT_MODERATOR, index=made.index, dtype="string").where(
+                   made["member_id"].notna(), REASON_MODERATOR_GONE)),
+    ], CHANGE_COLUMNS)
 
 
 def one_record_per_address(judged: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -770,14 +807,16 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rules,
          ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
          bans: Mapping[str, Sequence[str]] | None = None,
-         requests: Mapping[str, pd.DataFrame] | None = None) -> Plan:
+         requests: Mapping[str, pd.DataFrame] | None = None,
+         moderators: Mapping[str, pd.DataFrame] | None = None) -> Plan:
     """Compare who should be on each list (its rule) with who is, for every list in the rules.
 
     `members` is the members frame, `rosters` maps each dot-form list id to its roster frame,
     `ledger` is what earlier runs remember (none on a first run); their columns are named in
     tasks.core.schema. `bans` maps a list id to the bans that apply to it (the list's and the
     global ones, as Mailman stores them); `requests` a list id to its pending subscription
-    requests (tasks.core.schema.REQUEST_COLUMNS). Quarantined records are never subscribed,
+    requests (tasks.core.schema.REQUEST_COLUMNS); `moderators` a list id with
+    `moderators_from_positions` to its moderators (see `moderator_changes`). Quarantined records are never subscribed,
     and an address on a roster that only a quarantined record knows is left alone.
     """
     ledger = empty_ledger() if ledger is None else ledger
@@ -786,12 +825,12 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     usable = members.loc[~is_quarantined & members["match_key"].notna()]
     quarantined = members.loc[is_quarantined, ["novi_id", "email", "match_key", "quarantine"]]
 
-    bans, requests = bans or {}, requests or {}
+    bans, requests, moderators = bans or {}, requests or {}, moderators or {}
     shared = usable["match_key"].duplicated(keep=False)
     companies = companies_of(members)  # all of them: a company without an address still has people
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
                           quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id), shared,
-                          companies)
+                          companies, moderators.get(rule.list_id))
                 for rule in rules.lists]
     changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
     changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))

@@ -66,6 +66,9 @@ class ListRule(_Strict):
     groups: list[str] = []           # names or UniqueIDs; empty = no group needed
     committees: list[str] = []       # names or UniqueIDs: a current seat on any of them (StartDate ≤ now < EndDate)
     positions: list[str] = []        # ... in one of these positions (Chair, Treasurer…); empty = any position
+    # People on the list holding a current seat in one of these positions are made its
+    # moderators; moderators this tool made are unmade when they no longer hold one (never others).
+    moderators_from_positions: list[str] = []
     custom_fields: dict[str, list[str]] = {}      # field name → values; each field must hold one of its values
     custom_fields_not: dict[str, list[str]] = {}  # field name → values that keep a member off
     # The people a member company names as its primary or billing contact (`all`: every person
@@ -99,7 +102,7 @@ class ListRule(_Strict):
     def _dot_form(cls, value: str) -> str:
         return dot_list_id(value)
 
-    @field_validator("statuses", "member_types", "groups", "committees", "positions")
+    @field_validator("statuses", "member_types", "groups", "committees", "positions", "moderators_from_positions")
     @classmethod
     def _casefold(cls, values: list[str] | str) -> list[str] | str:
         if isinstance(values, str):  # statuses: any
@@ -125,8 +128,8 @@ class ListRule(_Strict):
 
     @model_validator(mode="after")
     def _positions_need_committees(self) -> ListRule:
-        if self.positions and not self.committees:
-            raise ValueError("positions narrow committees: name the committees too")
+        if (self.positions or self.moderators_from_positions) and not self.committees:
+            raise ValueError("positions and moderators_from_positions are seats on committees: name the committees too")
         if self.contacts_of_companies and self.inheriting == "include":
             raise ValueError("inheriting: include judges a person's own membership, and contacts_of_companies "
                              "judges their company's instead: give one of the two")

@@ -19,9 +19,13 @@ class Action:
     HOLD = "hold"          # delivery held by the moderator: still on the list, no mail
     RELEASE = "release"    # a hold this tool set, lifted
     RENAME = "rename"      # the address's display name, from Novi
+    MODERATE = "moderate"      # made a moderator of the list (a committee position: moderators_from_positions)
+    UNMODERATE = "unmoderate"  # a moderator this tool made, no longer in the position
 
 
-ACTIONS = (Action.SUBSCRIBE, Action.UNSUBSCRIBE, Action.HOLD, Action.RELEASE, Action.RENAME)
+MEMBER_ACTIONS = (Action.SUBSCRIBE, Action.UNSUBSCRIBE, Action.HOLD, Action.RELEASE, Action.RENAME)
+ROLE_ACTIONS = (Action.MODERATE, Action.UNMODERATE)  # on the list's moderator roster, not its members
+ACTIONS = (*MEMBER_ACTIONS, *ROLE_ACTIONS)
 REMOVING = (Action.UNSUBSCRIBE, Action.HOLD)  # what the removal guards count
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from tasks.core.addresses import banned
-from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, Action, Delivery, missing_as_none
+from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, ROLE_ACTIONS, Action, Delivery, missing_as_none
 
 # Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
 # is undone on its own, so the old address comes back and the new one goes.
@@ -51,6 +51,10 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
             banned_now |= {(list_id, key) for key in keys[banned(keys, bans[list_id]).to_numpy(dtype=bool)]}
     changes, skipped = [], []
     for row in applied.itertuples(index=False):
+        if row.action in ROLE_ACTIONS:  # the positions decide who moderates: the next run puts it back
+            skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id, "action": row.action,
+                            "reason": "moderators follow the committee positions, not undone"})
+            continue
         now = on_roster[row.list_id].get(row.match_key)
         inverse = INVERSE[row.action]
         why_not = (_changed_since(row, now, touched_later.get((row.list_id, row.match_key)))

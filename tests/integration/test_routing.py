@@ -7,20 +7,21 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.helpers import expected, lists_for, sync
+from tests.integration.helpers import expected, lists_for, mail_to, sync
 
 pytestmark = pytest.mark.integration
 
 
-def seated(records: list[dict], committees: set[str]) -> dict[str, str]:
-    """Who holds a current seat on these committees (address → name), worked out here, apart
-    from the planner: any status, active records, a usable address."""
+def seated(records: list[dict], committees: set[str], positions: set[str] | None = None) -> dict[str, str]:
+    """Who holds a current seat on these committees (in these positions) (address → name),
+    worked out here, apart from the planner: any status, active records, a usable address."""
     now = datetime.now(timezone.utc)
 
     def current(seat: dict) -> bool:
         start = datetime.fromisoformat(seat["StartDate"]) if seat["StartDate"] else None
         end = datetime.fromisoformat(seat["EndDate"]) if seat["EndDate"] else None
-        return seat["CommitteeName"] in committees and (not start or start <= now) and (not end or now < end)
+        return (seat["CommitteeName"] in committees and (not positions or seat["PositionName"] in positions)
+                and (not start or start <= now) and (not end or now < end))
 
     holders = [r for r in records if any(current(seat) for seat in r.get("Committees") or [])]
     return expected(holders, statuses=tuple({r["MemberStatus"] for r in records}))
@@ -66,3 +67,29 @@ def test_committee_chapter_and_contacts_lists_follow_a_day_of_churn(world, tmp_p
     lapsed = next(r for r in records if r["UniqueID"] == done["lapse_company"][0]["id"])
     gone = {r["Email"].lower() for r in records if r["UniqueID"] == lapsed["PrimaryContactUniqueId"] and r["Email"]}
     assert gone and gone <= before and not gone & set(admin.roster(contact))  # its contact came off
+
+
+def test_a_committee_list_takes_its_moderators_from_positions_and_never_unmakes_one_it_did_not_make(world, tmp_path):
+    admin, novi = world["admin"], world["novi"]
+    (committee,) = lists_for(world, "board")
+    committees = {"Finance Committee", "Events Committee"}
+    rules = [{"list_id": committee, "committees": sorted(committees), "statuses": "any",
+              "moderators_from_positions": ["Chair"]}]
+    admin.add_role(committee, "editor@example.org", "moderator")  # a moderator by hand
+    first, _ = sync(tmp_path, rules, mailman_block=world["mailman_block"])
+    assert first.is_completed(), first.message
+    records = novi.records()
+    chairs = set(seated(records, committees, {"Chair"}))
+    assert chairs and admin.with_role(committee, "moderator") == chairs | {"editor@example.org"}
+
+    # One chair steps down to an ordinary seat; the hand-made moderator stays.
+    stepping_down = sorted(chairs)[0]
+    record = next(r for r in records if (r["Email"] or "").lower() == stepping_down)
+    novi.edit(record["UniqueID"], Committees=[{**s, "PositionName": "Member"} for s in record["Committees"]])
+    second, _ = sync(tmp_path, rules, mailman_block=world["mailman_block"])
+    assert second.is_completed(), second.message
+    assert admin.with_role(committee, "moderator") == (chairs - {stepping_down}) | {"editor@example.org"}
+    assert stepping_down in admin.roster(committee)  # still on the committee: a member, not a moderator
+    again, sent = sync(tmp_path, rules, mailman_block=world["mailman_block"])
+    assert again.is_completed() and not [s for s in sent if s[0] != "GET"]  # in step: nothing written
+    assert not mail_to(world["core"], world["domain"])  # nobody was mailed for any of it
