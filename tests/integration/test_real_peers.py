@@ -51,7 +51,8 @@ def test_churn_is_applied_exactly_and_a_second_run_writes_nothing(world, tmp_pat
 
     by_list = {item["list_id"]: item["changes"] for item in state.result()["lists"]}
     assert by_list[members] == {"subscribe": len(set(after) - set(before)), "unsubscribe": len(gone),
-                                "hold": 0, "release": 0, "rename": len(renamed)}
+                                "hold": 0, "release": 0, "rename": len(renamed),
+                                "moderate": 0, "unmoderate": 0}
     assert by_list[held_list]["hold"] == len(gone - moved_out)
     assert by_list[held_list]["unsubscribe"] == len(moved_out)
     # a subscribe per list, one rename per address (the name lives on the address), a hold
