@@ -475,7 +475,7 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
     members = members_frame(records, list(the_rules.novi.address_fields))
     # Their companies, for rules that judge people by them (contacts, inheriting members).
     parents = {p for p in members["parent_id"].dropna()} - {i.lower() for i in members["novi_id"]}
-    companies = companies_of(members_frame([*records, *filter(None, map(client.member, sorted(parents)))]))
+    companies = companies_of(members_frame([*records, *client.members_by_id(parents).values()]))
     for member in members.itertuples():
         seats = ", ".join(f"{s[2] or 'member'} of {s[1]} ({(s[3] or '…')[:10]} to {(s[4] or 'open')[:10]})"
                           for s in member.seats) or "none"

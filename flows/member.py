@@ -49,9 +49,7 @@ def _records_for(novi, member_ids: list[str], companies: bool = False) -> tuple[
                 wanted = [record.get("PrimaryContactUniqueId"), record.get("BillingContactUniqueId")]
             else:
                 wanted = [record.get("ParentCustomerUniqueID")]
-            for other in {str(w).strip().lower() for w in wanted if isinstance(w, str) and w.strip()} - set(found):
-                if (fetched := novi.member(other)) is not None:
-                    found[other] = fetched
+            found |= novi.members_by_id({w.strip().lower() for w in wanted if isinstance(w, str)} - set(found))
     emails = {r.get("Email") for r in found.values() if isinstance(r.get("Email"), str) and r["Email"].strip()}
     for email in sorted(emails):
         for record in novi.members_with_email(email.strip()):

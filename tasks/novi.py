@@ -111,6 +111,14 @@ class NoviClient:
                                   "holds: the full sync handles them")
         return [r for r in page.entries if _id(r.get("ParentCustomerUniqueID")) == company_id]
 
+    def members_by_id(self, unique_ids) -> dict[str, dict]:
+        """Records by lowercase UniqueID, one call each; ids Novi does not know are left out."""
+        found = {}
+        for unique_id in sorted({str(i).strip().lower() for i in unique_ids if isinstance(i, str) and i.strip()}):
+            if (record := self.member(unique_id)) is not None:
+                found[unique_id] = record
+        return found
+
     def member(self, unique_id: str) -> dict | None:
         """One record, or None where Novi answers 200 with no identity (its "not found")."""
         response = self.http.request("GET", f"members/{unique_id}", bucket="novi_member", accept=(404,))

@@ -151,6 +151,15 @@ def test_one_member_and_novis_not_found():
     assert client().member("blank") is None
 
 
+@responses.activate
+def test_members_by_id_reads_each_distinct_id_once_and_leaves_out_the_unknown():
+    responses.get(f"{MEMBERS}/abc", json=novi_record("abc", "a@example.org"))
+    responses.get(f"{MEMBERS}/nobody", body="", status=200)
+    found = client().members_by_id([" ABC ", "abc", "nobody", None, "  "])
+    assert list(found) == ["abc"] and found["abc"]["UniqueID"] == "abc"
+    assert [call.request.url for call in responses.calls] == [f"{MEMBERS}/abc", f"{MEMBERS}/nobody"]
+
+
 def test_client_side_rate_limit_spaces_requests():
     slept = []
     c = NoviClient(SITE, "k", requests_per_second=10, sleep=slept.append)
