@@ -4,6 +4,7 @@
 # annotations, and a runner serving the flow could not resolve `Annotated` from a string.
 import os
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -20,11 +21,12 @@ from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core.planner import unknown_custom_fields
 from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
 from tasks.errors import BadParameter, SyncError
-from tasks.mailman import extract_bans, extract_requests
+from tasks.http import halting
+from tasks.mailman import extract_bans, extract_requests, extract_roster
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_moderators, read_rosters, run_name,
-                       sync_command, tell_staff)
+from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_moderators, read_together,
+                       run_name, sync_command, tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -133,12 +135,7 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     log = get_run_logger()
     try:
         mailman.supported_version()
-        with run.phase("extract_members"):
-            members = extract_members(novi, run.rules.novi.page_size, list(run.rules.novi.address_fields))
-        with run.phase("extract_rosters"):
-            rosters = _rosters(mailman, run, workers)
-            bans = extract_bans(mailman, run.list_ids)
-            requests = extract_requests(mailman, run.list_ids)
+        members, rosters, bans, requests = read_sources(run, novi, mailman, workers)
         with run.phase("read_ledger"):
             remembered, last_figures = read_ledger(run.ledger, run.list_ids)
             moderators = read_moderators(mailman, run.ledger, run.rules)
@@ -165,12 +162,26 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     return summary, outcomes
 
 
-def _rosters(mailman, run: Run, workers: int) -> dict[str, pd.DataFrame]:
-    """Every list's roster. Who is held matters only where the rule holds lapsed members: the
-    planner holds and releases nowhere else (a hold elsewhere is a moderator's), so other lists
-    skip Mailman's slow held-member search."""
-    return read_rosters(mailman, run.list_ids, workers,
-                        with_held={rule.list_id for rule in run.rules.lists if rule.lapsed == LAPSE_HOLD})
+def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, dict, dict, dict]:
+    """Novi's members, every list's roster, the bans and the pending requests, read at the same
+    time, at most `workers` tasks at once, Novi's first: it is mostly waiting on Novi's pace.
+    One failing stops the others (tasks.run.read_together); nothing is planned from part of them.
+
+    Who is held matters only where the rule holds lapsed members: the planner holds and
+    releases nowhere else (a hold elsewhere is a moderator's), so other lists skip Mailman's
+    slow held-member search."""
+    held = {rule.list_id for rule in run.rules.lists if rule.lapsed == LAPSE_HOLD}
+    reads = {"members": partial(extract_members.submit, novi, run.rules.novi.page_size,
+                                list(run.rules.novi.address_fields)),
+             **{("roster", lid): partial(extract_roster.submit, mailman, lid, lid in held) for lid in run.list_ids},
+             "bans": partial(extract_bans.submit, mailman, run.list_ids),
+             "requests": partial(extract_requests.submit, mailman, run.list_ids)}
+    with run.phase("read"), halting(novi.http, mailman.http) as halt:
+        got, ended = read_together(reads, workers, halt)
+    # Each from the reads' start to its end: they overlap, so they do not add up to `read`.
+    run.phases["extract_members"] = ended["members"]
+    run.phases["extract_rosters"] = max(ended[("roster", lid)] for lid in run.list_ids)
+    return got["members"], {lid: got[("roster", lid)] for lid in run.list_ids}, got["bans"], got["requests"]
 
 
 def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,

@@ -58,6 +58,11 @@ class IncompleteSweep(SyncError):
     """A paged read that cannot be trusted to be whole; nothing may be planned from it."""
 
 
+class ReadStopped(SyncError):
+    """A read given up because another read of the same run failed (tasks.http.halting): the
+    run fails with that one's error, and nothing is planned from part of the sources."""
+
+
 class RulesError(SyncError):
     """The routing rules file is missing or invalid."""
 

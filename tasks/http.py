@@ -14,7 +14,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import timezone
 from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import quote, quote_plus, urlsplit
@@ -22,7 +23,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 import requests
 import urllib3
 
-from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse
+from tasks.errors import CredentialsRefused, PermanentHTTPError, ReadStopped, TransientHTTPError, UnexpectedResponse
 
 try:
     USER_AGENT = f"novi-mailman/{version('novi-mailman')}"
@@ -158,6 +159,9 @@ class ApiSession:
         self.calls: dict[str, int] = {}
         self._throttle = Throttle(per_second, sleep=sleep)
         self._sleep = sleep
+        # Set while this session's reads run beside others (`halting`): once it is set, another
+        # read failed, and this session's next request, or its wait before a retry, stops.
+        self.halt: threading.Event | None = None
         self._counter_lock = threading.Lock()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **headers})
@@ -190,13 +194,22 @@ class ApiSession:
         where = redact_path(url)
         retries = self.read_retries if method == "GET" else 0
         for attempt in range(retries + 1):
+            self._go_on(method, where)
             try:
                 return self._send(method, url, where, bucket, accept, kwargs)
             except TransientHTTPError as error:
                 if attempt == retries:
                     raise
-                self._sleep(error.retry_after if error.retry_after is not None else backoff(attempt))
+                delay = error.retry_after if error.retry_after is not None else backoff(attempt)
+                if self.halt is None:
+                    self._sleep(delay)
+                else:
+                    self.halt.wait(delay)  # a halt ends the wait at once
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _go_on(self, method: str, where: str) -> None:
+        if self.halt is not None and self.halt.is_set():
+            raise ReadStopped(f"{self.system}: {method} {where} not sent: another read of this run failed")
 
     def _send(self, method: str, url: str, where: str, bucket: str, accept: Collection[int],
               kwargs: dict) -> requests.Response:
@@ -283,6 +296,20 @@ class ApiSession:
             f"{self.system}: {method} {where} answered {status}{detail}", method=method, path=where,
             status=status,
         )
+
+
+@contextmanager
+def halting(*sessions: ApiSession) -> Iterator[threading.Event]:
+    """One halt for reads that run at once on these sessions: whoever sees a read fail sets it,
+    and every other read stops at its next request (ReadStopped) instead of running on."""
+    halt = threading.Event()
+    for session in sessions:
+        session.halt = halt
+    try:
+        yield halt
+    finally:
+        for session in sessions:
+            session.halt = None
 
 
 def json_body(response: requests.Response, what: str) -> object:

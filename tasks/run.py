@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import httpx
 import pandas as pd
@@ -29,7 +31,8 @@ from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
-from tasks.errors import ChangesFailed, GuardRefused, SyncError
+from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError
+from tasks.http import halting
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
                            with_preferences)
@@ -189,12 +192,51 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
 
 
+def read_together(reads: dict[Hashable, Callable[[], PrefectFuture]], workers: int,
+                  halt: threading.Event) -> tuple[dict[Hashable, object], dict[Hashable, float]]:
+    """Each read's result by its key, and the seconds from the start until each ended.
+
+    At most `workers` reads are in flight, begun in the order given. The first to fail sets
+    `halt` (tasks.http.halting): the reads in flight stop at their next request, none not yet
+    begun is begun, and that failure is raised once every read has ended, so a run never plans
+    from part of its sources and never leaves a read running behind it."""
+    started = time.monotonic()
+    futures: dict[Hashable, PrefectFuture] = {}
+    ended: dict[Hashable, float] = {}
+    in_flight: dict[PrefectFuture, Hashable] = {}
+    failures: list[BaseException] = []
+
+    def end(future: PrefectFuture) -> None:
+        ended[in_flight.pop(future)] = time.monotonic() - started
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - every read's failure is kept; the first real one is raised
+            failures.append(exc)
+            halt.set()
+
+    for key, read in reads.items():
+        while len(in_flight) >= workers:
+            end(next(as_completed(list(in_flight))))
+        if halt.is_set():
+            break
+        futures[key] = read()
+        in_flight[futures[key]] = key
+    for future in as_completed(list(in_flight)):
+        end(future)
+    if failures:
+        # A read stopped by the halt is not the cause: the read that set it is.
+        raise next((f for f in failures if not isinstance(f, ReadStopped)), failures[0])
+    return {key: future.result() for key, future in futures.items()}, ended
+
+
 def read_rosters(mailman: MailmanClient, list_ids: Sequence[str], workers: int,
                  with_held: Collection[str]) -> dict[str, pd.DataFrame]:
     """Every list's roster, at most `workers` read at once; held members searched for on the
     lists in `with_held` only (the search looks at every member)."""
-    futures = bounded(lambda lid: extract_roster.submit(mailman, lid, lid in with_held), list(list_ids), workers)
-    return {lid: future.result() for lid, future in zip(list_ids, futures)}
+    with halting(mailman.http) as halt:
+        rosters, _ = read_together({lid: partial(extract_roster.submit, mailman, lid, lid in with_held)
+                                    for lid in list_ids}, workers, halt)
+    return rosters
 
 
 def tell_staff(run: "Run", the_plan: Plan, outcomes: pd.DataFrame, mailman: MailmanClient, message: str) -> str:

@@ -735,3 +735,61 @@ def test_a_digest_goes_through_a_notification_block_and_one_not_sent_never_fails
         assert len(receiver.bodies) == 1
     finally:
         receiver.shutdown()
+
+
+# reads at once ------------------------------------------------------------------------------
+
+def test_reads_run_at_once_and_the_first_real_failure_is_raised_after_all_ended(prefect_server):
+    """Three reads with two workers: `slow` stops on the halt, `late` is never begun, and the
+    failure raised is `broken`'s, not the stop it caused."""
+    import threading
+    import time
+
+    from prefect import flow, task
+
+    from tasks.errors import ReadStopped, UnexpectedResponse
+    from tasks.run import read_together
+
+    began = []
+
+    @task
+    def read(name: str, halt: threading.Event):
+        began.append(name)
+        if name == "broken":
+            time.sleep(0.2)  # the slow read is under way by then
+            raise UnexpectedResponse("broken: the answer is not JSON")
+        for _ in range(200):  # a long read's pages, each one a chance to stop
+            if halt.is_set():
+                raise ReadStopped("slow: stopped")
+            time.sleep(0.05)
+        return name
+
+    @flow
+    def reads():
+        halt = threading.Event()
+        got = read_together({name: (lambda name=name: read.submit(name, halt)) for name in ("slow", "broken", "late")},
+                            2, halt)
+        return got, halt
+
+    with pytest.raises(UnexpectedResponse, match="broken"):
+        reads()
+    assert sorted(began) == ["broken", "slow"]
+
+
+def test_reads_at_once_return_every_result_by_key(prefect_server):
+    import threading
+
+    from prefect import flow, task
+
+    from tasks.run import read_together
+
+    @task
+    def read(name: str):
+        return name.upper()
+
+    @flow
+    def reads():
+        return read_together({n: (lambda n=n: read.submit(n)) for n in "abcde"}, 2, threading.Event())
+
+    got, ended = reads()
+    assert got == {n: n.upper() for n in "abcde"} and set(ended) == set("abcde")

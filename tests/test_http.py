@@ -2,8 +2,9 @@ import pytest
 import requests
 import responses
 
-from tasks.errors import CredentialsRefused, PermanentHTTPError, TransientHTTPError, UnexpectedResponse, is_transient
-from tasks.http import ApiSession, Throttle, backoff, json_body, parse_retry_after, redact_path
+from tasks.errors import (CredentialsRefused, PermanentHTTPError, ReadStopped, TransientHTTPError, UnexpectedResponse,
+                          is_transient)
+from tasks.http import ApiSession, Throttle, backoff, halting, json_body, parse_retry_after, redact_path
 
 BASE = "http://peer.test/api"
 
@@ -240,3 +241,29 @@ def test_a_peer_that_drips_its_answer_is_cut_off_at_the_deadline():
     finally:
         server.shutdown()
         server.server_close()
+
+
+@responses.activate
+def test_a_halted_session_sends_nothing_more():
+    responses.get(f"{BASE}/members", json={"ok": True})
+    session = ApiSession(BASE, headers={})
+    with halting(session) as halt:
+        halt.set()  # another read of the run failed
+        with pytest.raises(ReadStopped, match="another read of this run failed"):
+            session.request("GET", "members", bucket="read")
+    assert len(responses.calls) == 0 and session.halt is None
+    assert session.request("GET", "members", bucket="read").json() == {"ok": True}  # halting is over
+
+
+@responses.activate
+def test_a_halt_ends_a_wait_for_a_retry_at_once():
+    session = ApiSession(BASE, headers={}, read_retries=3, sleep=lambda s: pytest.fail("slept instead of waiting"))
+
+    def fail_and_halt(request):
+        halt.set()  # the other read fails while this one is answered 503
+        return 503, {"Retry-After": "300"}, ""
+
+    responses.add_callback(responses.GET, f"{BASE}/members", callback=fail_and_halt)
+    with halting(session) as halt, pytest.raises(ReadStopped):
+        session.request("GET", "members", bucket="read")
+    assert len(responses.calls) == 1  # no retry after the halt, and no 300 s wait for one

@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from unittest import mock
 
 import pytest
+from requests.adapters import HTTPAdapter
 
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tests.integration.conftest import SANDBOX_KEY
@@ -142,3 +144,30 @@ def test_fault(row: Row, world, fault_blocks, tmp_path):
         assert set(roster) == set(expected(world["novi"].records())) | row.keeps(world)
     time.sleep(1)
     assert mail_to(world["core"], world["domain"]) == []
+
+
+def test_a_failing_novi_read_stops_the_roster_reads_beside_it_and_nothing_is_written(world, fault_blocks, tmp_path):
+    """Novi and the rosters are read at once; Novi's first page fails (500, then its one retry),
+    while twelve lists' rosters, each made slow like a big list's, are being read beside it."""
+    world["novi"].reset(size=120, seed=world["seed"], domain=world["domain"], page_cap=40)
+    lists = lists_for(world, *(f"stop{i}" for i in range(12)))
+    roster_reads = []
+    original = HTTPAdapter.send
+
+    def slow_rosters(adapter, request, *args, **kwargs):
+        if "/roster/member" in request.url:
+            roster_reads.append(request.url)
+            time.sleep(0.5)
+        return original(adapter, request, *args, **kwargs)
+
+    world["novi"].call("POST", "/_sandbox/faults", json={"fail_offsets": [0]})
+    try:
+        with mock.patch.object(HTTPAdapter, "send", slow_rosters):
+            state, writes = sync(tmp_path, [{"list_id": lid} for lid in lists], novi_block="it-novi-fast")
+    finally:
+        world["novi"].call("DELETE", "/_sandbox/faults")
+    assert state.is_failed() and "answered 500" in state.message  # Novi's failure, not a stopped read's
+    assert writes == []
+    # The rosters were being read (at once with Novi), and stopped: most lists were never read.
+    assert 0 < len(roster_reads) <= len(lists) // 2, roster_reads
+    assert all(world["admin"].roster(lid) == {} for lid in lists)
