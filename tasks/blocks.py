@@ -12,8 +12,8 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from tasks.errors import BlockNotFound, PrefectUnreachable
 from tasks.ledger import Ledger
-from tasks.mailman import MailmanClient, rest_base
-from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, READ_RETRIES, NoviClient, api_base
+from tasks.mailman import ROSTER_PAGES_IN_FLIGHT, MailmanClient, rest_base
+from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, READ_RETRIES, NoviClient, api_base
 
 
 SavedBlock = TypeVar("SavedBlock", bound=Block)
@@ -76,6 +76,8 @@ class NoviCredentials(Block):
     timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
     read_retries: int = Field(default=READ_RETRIES, ge=0, le=10,
                               description="Retries of a page read that failed on a 429, 5xx or timeout.")
+    pages_in_flight: int = Field(default=NOVI_PAGES_IN_FLIGHT, ge=1, le=8,
+                                 description="Member pages asked for at once; requests_per_second still paces them.")
 
     @field_validator("site_url")
     @classmethod
@@ -91,7 +93,7 @@ class NoviCredentials(Block):
     def get_client(self) -> NoviClient:
         return NoviClient(self.site_url, self.api_key.get_secret_value(),
                           requests_per_second=self.requests_per_second, timeout=(10.0, self.timeout_seconds),
-                          read_retries=self.read_retries)
+                          read_retries=self.read_retries, pages_in_flight=self.pages_in_flight)
 
 
 class MailmanCredentials(Block):
@@ -109,6 +111,10 @@ class MailmanCredentials(Block):
     password: SecretStr = Field(description="[webservice] admin_pass")
 
     timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
+    pages_in_flight: int = Field(
+        default=ROSTER_PAGES_IN_FLIGHT, ge=1, le=8,
+        description="Roster pages and preference reads asked for at once; Mailman serves them on its REST "
+                    "workers ([webservice] workers, 2 by default).")
 
     @field_validator("rest_url")
     @classmethod
@@ -123,7 +129,7 @@ class MailmanCredentials(Block):
 
     def get_client(self) -> MailmanClient:
         return MailmanClient(self.rest_url, self.username, self.password.get_secret_value(),
-                             timeout=(10.0, self.timeout_seconds))
+                             timeout=(10.0, self.timeout_seconds), pages_in_flight=self.pages_in_flight)
 
 
 class LedgerDatabase(Block):

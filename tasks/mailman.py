@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import quote
 
 import pandas as pd
@@ -39,6 +40,9 @@ OLDEST_MAILMAN = (3, 3, 4)
 OLDEST_TESTED = (3, 3, 8)
 NEEDS_OLDEST = "subscribing with a member's digest and delivery settings, and finding members by delivery status"
 ROSTER_PAGE_SIZE = 1000
+# A roster's pages asked for at once (tasks.paging.sweep). Mailman's REST server runs two
+# workers by default ([webservice] workers: 2); measured in `python -m bench.roster_read`.
+ROSTER_PAGES_IN_FLIGHT = 2
 READ_RETRIES = 3  # reads only; writes are retried per batch (apply_batch)
 HELD = Delivery.BY_MODERATOR
 # What a roster read asks for: `fields=` trims each entry (~5x faster reads). It brings
@@ -110,7 +114,9 @@ class MailmanClient:
     """One Mailman core, one admin login, one HTTP session."""
 
     def __init__(self, rest_url: str, user: str, password: str, *,
-                 timeout: tuple[float, float] | None = None, sleep=None) -> None:
+                 timeout: tuple[float, float] | None = None, sleep=None,
+                 pages_in_flight: int = ROSTER_PAGES_IN_FLIGHT) -> None:
+        self.pages_in_flight = pages_in_flight
         extra: dict = {"timeout": timeout} if timeout else {}
         if sleep is not None:
             extra["sleep"] = sleep
@@ -199,13 +205,18 @@ class MailmanClient:
                 raise ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id in the rules")
             return _page(response, f"roster of {list_id}")
 
-        entries = [e for _, page in sweep(fetch, Numbers(page_size), f"Mailman roster of {list_id}") for e in page]
+        statuses = (*ALWAYS_FOUND, *((HELD,) if with_held else ()))
+        entries: list = []
+        with ThreadPoolExecutor(len(statuses), thread_name_prefix="search") as pool:
+            searches: dict[str, Future] = {}
+            for _, page in sweep(fetch, Numbers(page_size), f"Mailman roster of {list_id}", self.pages_in_flight):
+                # The searches run beside the pages, once the first page shows the list is not empty.
+                searches = searches or {s: pool.submit(self.member_ids_with, list_id, s, page_size) for s in statuses}
+                entries += page
+            delivery = {member_id: status for status, search in searches.items() for member_id in search.result()}
         if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and e["email"].count("@") == 1
                    for e in entries):
             raise UnexpectedResponse(f"Mailman roster of {list_id}: an entry has no usable email")
-        delivery: dict[str, str] = {}
-        for status in (*ALWAYS_FOUND, *((HELD,) if with_held else ())) if entries else ():
-            delivery.update(dict.fromkeys(self.member_ids_with(list_id, status, page_size), status))
         return roster_frame(list_id, entries, delivery)
 
     def membership(self, list_id: str, emails: Iterable[str]) -> pd.DataFrame:
@@ -394,8 +405,10 @@ def extract_roster(client: MailmanClient, list_id: str, with_held: bool = True) 
 @task(name="read-preferences", cache_policy=NO_CACHE)
 def read_preferences(client: MailmanClient, wanting: pd.DataFrame) -> pd.DataFrame:
     """The preferences of the members a plan wants them for (`Plan.wanting`): list_id,
-    member_id, delivery_mode, delivery_status."""
-    read = [client.preferences(m) for m in wanting["member_id"]]
+    member_id, delivery_mode, delivery_status. One call each, as many at once as a roster's
+    pages (Mailman serves them on its workers side by side)."""
+    with ThreadPoolExecutor(client.pages_in_flight, thread_name_prefix="preferences") as pool:
+        read = list(pool.map(client.preferences, wanting["member_id"]))
     return wanting[["list_id", "member_id"]].assign(delivery_mode=[r[0] for r in read],
                                                    delivery_status=[r[1] for r in read])
 

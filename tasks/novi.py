@@ -18,6 +18,9 @@ from tasks.paging import Offsets, Page, sweep
 
 # Novi reports 20 requests/s and 600/min per key; 600/min is the binding one (10/s sustained).
 DEFAULT_REQUESTS_PER_SECOND = 8.0
+# Member pages asked for at once (tasks.paging.sweep): the pace above still spaces their starts,
+# so a page's own latency no longer adds to it (measured in `make bench`: README, Performance).
+NOVI_PAGES_IN_FLIGHT = 2
 # Reads retried on 429, 5xx, timeouts and refused connections, with backoff (tasks.http).
 READ_RETRIES = 6
 
@@ -37,7 +40,9 @@ class NoviClient:
     """One Novi site, one key, one HTTP session."""
 
     def __init__(self, site_url: str, api_key: str, *, requests_per_second: float = DEFAULT_REQUESTS_PER_SECOND,
-                 timeout: tuple[float, float] | None = None, read_retries: int = READ_RETRIES, sleep=None) -> None:
+                 timeout: tuple[float, float] | None = None, read_retries: int = READ_RETRIES, sleep=None,
+                 pages_in_flight: int = NOVI_PAGES_IN_FLIGHT) -> None:
+        self.pages_in_flight = pages_in_flight
         extra = {"timeout": timeout} if timeout else {}
         if sleep is not None:
             extra["sleep"] = sleep
@@ -63,7 +68,7 @@ class NoviClient:
 
     def member_pages(self, page_size: int = NOVI_PAGE_SIZE) -> Iterator[tuple[int, list[dict]]]:
         """Every page of `/api/members`, with the sweep's stop rules (tasks.paging)."""
-        return sweep(self._page, Offsets(page_size), "Novi's member list")
+        return sweep(self._page, Offsets(page_size), "Novi's member list", self.pages_in_flight)
 
     def members(self, page_size: int = NOVI_PAGE_SIZE) -> list[dict]:
         """All member records, deduplicated by `UniqueID` and counted against `TotalCount`."""

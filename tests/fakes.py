@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections import Counter
@@ -18,6 +19,26 @@ import responses
 
 NOVI_SITE = "https://novi.test"
 MAILMAN_REST = "http://mailman.test:8001"
+
+
+class InFlight:
+    """A `responses` callback around `answer(query) -> body` that counts the requests in flight
+    at once (`most`) and records each query in the order asked (`asked`)."""
+
+    def __init__(self, answer, hold_s: float = 0.05) -> None:
+        self.answer, self.hold_s = answer, hold_s
+        self.lock, self.now, self.most, self.asked = threading.Lock(), 0, 0, []
+
+    def __call__(self, request):
+        query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.asked.append(query)
+        time.sleep(self.hold_s)  # long enough for the next request to be sent meanwhile
+        with self.lock:
+            self.now -= 1
+        return 200, {}, json.dumps(self.answer(query))
 
 
 class FakeNovi:

@@ -8,6 +8,7 @@ from responses import matchers
 from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
 from tasks.core.schema import Outcome, dot_list_id
 from tasks.mailman import MailmanClient, apply_changes, rest_base
+from tests.fakes import InFlight
 
 ALREADY, APPLIED, FAILED, PENDING = Outcome.ALREADY, Outcome.APPLIED, Outcome.FAILED, Outcome.PENDING
 
@@ -117,6 +118,39 @@ def test_roster_total_changing_fails():
     responses.get(url, json=roster_page(4, ["c@x.org", "d@x.org"]))
     with pytest.raises(IncompleteSweep, match="changed from 3 to 4"):
         client().roster(LIST, page_size=2)
+
+
+def paged_roster(emails: list[str], size: int, totals: dict[int, int] | None = None) -> InFlight:
+    """A roster served by page number; `totals` gives the total a page announces instead (a
+    member added while the list is read)."""
+    def answer(query):
+        page = int(query["page"])
+        return roster_page((totals or {}).get(page, len(emails)), emails[(page - 1) * size:page * size],
+                           start=(page - 1) * size)
+    return InFlight(answer)
+
+
+@responses.activate
+def test_roster_pages_are_read_two_at_a_time_and_come_out_in_order():
+    emails = [f"m{i:02d}@x.org" for i in range(9)]
+    served = paged_roster(emails, size=2)
+    responses.add_callback(responses.GET, f"{REST}/lists/{LIST}/roster/member", callback=served)
+    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
+    frame = client().roster(LIST, page_size=2, with_held=False)
+    assert frame["email"].tolist() == emails
+    assert sorted(int(q["page"]) for q in served.asked) == [1, 2, 3, 4, 5]  # each once: no call beyond the bound
+    assert served.most == 2
+
+
+@responses.activate
+def test_a_roster_total_changing_mid_read_fails_with_pages_in_flight():
+    emails = [f"m{i:02d}@x.org" for i in range(9)]
+    served = paged_roster(emails, size=2, totals={4: 10})
+    responses.add_callback(responses.GET, f"{REST}/lists/{LIST}/roster/member", callback=served)
+    responses.get(f"{REST}/members/find", json={"start": 0, "total_size": 0})
+    with pytest.raises(IncompleteSweep, match="changed from 9 to 10"):
+        client().roster(LIST, page_size=2, with_held=False)
+    assert served.now == 0  # nothing still asking once the read has failed
 
 
 @responses.activate

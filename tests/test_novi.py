@@ -6,6 +6,7 @@ from responses import matchers
 from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
 from tasks.novi import NoviClient, api_base, members_frame
 from tests.conftest import novi_record
+from tests.fakes import InFlight
 
 SITE = "https://www.example.org"
 MEMBERS = f"{SITE}/api/members"
@@ -81,6 +82,42 @@ def test_total_changing_mid_sweep_fails():
     responses.get(MEMBERS, json=page(5, recs(2, 2)))
     with pytest.raises(IncompleteSweep, match="changed from 4 to 5"):
         client().members(page_size=2)
+
+
+def novi_pages(everyone: list[dict], cut: dict[int, int] | None = None) -> InFlight:
+    """Novi's member list by offset; `cut` shortens the page at an offset to that many records."""
+    def answer(query):
+        offset, size = int(query["offset"]), int(query["pageSize"])
+        return page(len(everyone), everyone[offset:offset + (cut or {}).get(offset, size)])
+    return InFlight(answer)
+
+
+@responses.activate
+def test_whole_pages_are_asked_for_two_at_a_time_each_offset_once():
+    served = novi_pages(recs(9))
+    responses.add_callback(responses.GET, MEMBERS, callback=served)
+    records = client().members(page_size=2)
+    assert [r["UniqueID"] for r in records] == [f"id-{i:04d}" for i in range(9)]
+    assert sorted(int(q["offset"]) for q in served.asked) == [0, 2, 4, 6, 8] and served.most == 2
+
+
+@responses.activate
+def test_a_page_cut_short_midway_ends_the_asking_ahead_and_the_sweep_stays_whole():
+    served = novi_pages(recs(9), cut={2: 1})
+    responses.add_callback(responses.GET, MEMBERS, callback=served)
+    records = client().members(page_size=2)
+    assert sorted(r["UniqueID"] for r in records) == [f"id-{i:04d}" for i in range(9)]
+    # offsets 2 and 4 were asked ahead; after the short page the sweep goes on from offset 3,
+    # one page at a time: the page at 4 is the one call wasted
+    assert sorted(int(q["offset"]) for q in served.asked) == [0, 2, 3, 4, 5, 7]
+
+
+@responses.activate
+def test_a_first_page_cut_short_means_one_page_at_a_time():
+    served = novi_pages(recs(6), cut={0: 1})
+    responses.add_callback(responses.GET, MEMBERS, callback=served)
+    assert len(client().members(page_size=2)) == 6
+    assert [int(q["offset"]) for q in served.asked] == [0, 1, 3, 5] and served.most == 1
 
 
 @responses.activate
