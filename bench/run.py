@@ -15,6 +15,13 @@ the old bridge) on 127.0.0.1, all in `.bench/`, and stops them at the end. For e
    `novi-mailman sync --json` command, a process of its own) and the old bridge
    (bench/baseline.py) on core B; then a day with no changes, both again.
 
+Around each day, the **floor** of the run: Novi's pages at the tool's pace (pages ÷ requests
+per second), the roster read measured alone (the tool's own client, no Prefect, on core C, a
+third core holding the same roster), and the day's writes replayed on core C by a bare loop
+of the same client calls (which keeps C in step with A). The floor is max(Novi, roster) +
+bare apply: what a run that read both at once and wrote like the bare loop would take. The
+reads alone are also timed one page at a time, as the tool read them before issue 18.
+
 Then the apply throughput (the tool's apply phase against a bare subscribe loop, same addresses,
 same core, for several worker counts) and the planner alone (bench/planner.py).
 
@@ -45,12 +52,14 @@ from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
 from tasks.core.planner import REASON_GONE, REASON_NOT_IN_NOVI
-from tasks.mailman import ROSTER_PAGE_SIZE
+from tasks.core.schema import Action, Outcome
+from tasks.mailman import ROSTER_PAGE_SIZE, ROSTER_PAGES_IN_FLIGHT, MailmanClient
+from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, NoviClient
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".bench"
 BIN = Path(sys.executable).parent
-PREFECT_PORT, NOVI_PORT, CORE_A_PORT, CORE_B_PORT = 4210, 8775, 8011, 8012
+PREFECT_PORT, NOVI_PORT, CORE_A_PORT, CORE_B_PORT, CORE_C_PORT = 4210, 8775, 8011, 8012, 8013
 NOVI_URL = f"http://127.0.0.1:{NOVI_PORT}"
 LIST = "members@example.org"
 LIST_ID = "members.example.org"
@@ -60,6 +69,7 @@ BATCH = 100               # the sync's default batch size
 WORKERS = 2               # the sync's default worker count
 SEED = 1
 HOLDS = False             # the bench's rule unsubscribes lapsed members (lapsed: unsubscribe)
+ROSTER_IN_FLIGHT = (1, 2, 3)   # the roster read alone, by pages in flight (the tool's default: ROSTER_PAGES_IN_FLIGHT)
 # How a day's churn divides (shares of the churned members).
 CHURN_MIX = {"lapse": 0.35, "renew": 0.20, "add": 0.20, "rename": 0.10, "change_address": 0.05,
              "opt_out": 0.05, "remove": 0.05}
@@ -166,11 +176,13 @@ def emails(core: MailmanCore, list_id: str) -> set[str]:
 
 # the peers ----------------------------------------------------------------------------------
 class Peers:
-    """The Prefect server, the Novi sandbox and cores A and B, started and stopped by the bench."""
+    """The Prefect server, the Novi sandbox and cores A (the tool), B (the old bridge) and C (the
+    floor: the reads alone and the bare apply), started and stopped by the bench."""
 
     def __init__(self) -> None:
         self.a = MailmanCore(home=STATE / "core-a", port=CORE_A_PORT)
         self.b = MailmanCore(home=STATE / "core-b", port=CORE_B_PORT)
+        self.c = MailmanCore(home=STATE / "core-c", port=CORE_C_PORT)
 
     def __enter__(self) -> Peers:
         STATE.mkdir(exist_ok=True)
@@ -192,7 +204,7 @@ class Peers:
 
     def __exit__(self, *exc) -> None:
         """Stop everything started, each on its own: one that fails to stop does not keep the others up."""
-        stops = [self.a.stop, self.b.stop, *(lambda name=name: servers.stop(name, STATE)
+        stops = [self.a.stop, self.b.stop, self.c.stop, *(lambda name=name: servers.stop(name, STATE)
                                             for name in ("novi-sandbox", "prefect"))]
         problems = []
         for stop in stops:
@@ -214,7 +226,7 @@ class Peers:
         snapshot = STATE / "snapshots" / f"{size}-seed{SEED}-v{SNAPSHOT_VERSION}"
         if not (snapshot / "data" / "mailman.db").exists():
             self._prefill(size, snapshot)
-        for core in (self.a, self.b):
+        for core in (self.a, self.b, self.c):
             core.stop()
             shutil.rmtree(core.home / "var", ignore_errors=True)
             shutil.copytree(snapshot, core.home / "var")
@@ -256,6 +268,56 @@ def churn_counts(size: int, share: float) -> dict[str, int]:
     return {kind: max(1, round(total * part)) for kind, part in CHURN_MIX.items()}
 
 
+def timed(read) -> float:
+    started = time.monotonic()
+    read()
+    return round(time.monotonic() - started, 3)
+
+
+def reads_alone(peers: Peers) -> dict:
+    """The run's two reads, each alone, in the bench process: Novi's members one page at a time
+    and with the tool's pages in flight; the roster on core C by pages in flight."""
+    def novi(in_flight: int) -> float:
+        return timed(lambda: NoviClient(NOVI_URL, DEFAULT_KEY, pages_in_flight=in_flight).members(NOVI_PAGE))
+
+    def roster(in_flight: int) -> float:
+        client = MailmanClient(peers.c.rest_url, ADMIN_USER, ADMIN_PASS, pages_in_flight=in_flight)
+        return timed(lambda: client.roster(LIST_ID, with_held=HOLDS))
+
+    return {"novi_s": {n: novi(n) for n in sorted({1, NOVI_PAGES_IN_FLIGHT})},
+            "roster_s": {n: roster(n) for n in ROSTER_IN_FLIGHT}}
+
+
+def bare_apply(core: MailmanCore, plan_csv: str) -> tuple[float, dict[str, int]]:
+    """The writes the tool applied, again on `core` by a bare loop of the same client calls, one
+    after another: no Prefect, no batches in flight. Only subscribes, removals and renames
+    (the bench's days make nothing else)."""
+    with open(plan_csv, newline="") as source:
+        applied = [r for r in csv.DictReader(source) if r["outcome"] == Outcome.APPLIED]
+    unknown = {r["action"] for r in applied} - {Action.SUBSCRIBE, Action.UNSUBSCRIBE, Action.RENAME}
+    if unknown:
+        raise SystemExit(f"the bare loop cannot replay {sorted(unknown)}")
+    client = MailmanClient(core.rest_url, ADMIN_USER, ADMIN_PASS)
+    removals = [r["email"] for r in applied if r["action"] == Action.UNSUBSCRIBE]
+    started = time.monotonic()
+    for row in applied:
+        if row["action"] == Action.SUBSCRIBE:
+            client.subscribe(LIST_ID, row["email"], row["display_name"], welcome=False)
+        elif row["action"] == Action.RENAME:
+            client.rename(row["email"], row["display_name"])
+    for first in range(0, len(removals), BATCH):
+        client.unsubscribe_many(LIST_ID, removals[first:first + BATCH])
+    return round(time.monotonic() - started, 3), client.http.calls
+
+
+def floor_of(alone: dict, summary: dict, bare_s: float) -> dict:
+    """max(Novi's pages at the pace, the roster read alone with the tool's pages in flight) + the bare apply."""
+    novi_paced = round(summary["http_calls"].get("novi_page", 0) / DEFAULT_REQUESTS_PER_SECOND, 3)
+    roster = alone["roster_s"][ROSTER_PAGES_IN_FLIGHT]
+    return {"novi_paced_s": novi_paced, "roster_s": roster, "bare_apply_s": bare_s,
+            "floor_s": round(max(novi_paced, roster) + bare_s, 3)}
+
+
 def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None, label: str, with_bridge: bool,
             bridge_first: bool) -> dict:
     """A day of churn (or none), then the tool on core A and (`with_bridge`) the old bridge on core B.
@@ -267,11 +329,13 @@ def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None,
         peers.novi("churn", churn)
     roster_before, held_before = roster_counts(peers.a)
     held_before = held_before if HOLDS else None
+    alone = reads_alone(peers)
     bridge = old_bridge(peers.b) if with_bridge and bridge_first else None
     run = tool("sync", "--rules", str(RULES), "--workers", str(WORKERS), "--batch-size", str(BATCH), ledger=ledger)
     if with_bridge and not bridge_first:
         bridge = old_bridge(peers.b)
     summary = run["summary"]
+    bare_s, bare_calls = bare_apply(peers.c, summary["plan_csv"])
     bound = lower_bound(summary, roster_before, held_before)
     calls = summary["http_calls"]
     return {
@@ -283,11 +347,13 @@ def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None,
         "phases_s": summary["phases_s"], "flow_s": summary["duration_s"], "process_s": run["wall_s"],
         "prefect_overhead_s": round(run["wall_s"] - summary["duration_s"], 3),
         "peak_rss_mb": run["peak_rss_mb"], "flow_run_id": summary["flow_run_id"],
-        "old_bridge": bridge,
+        "old_bridge": bridge, "alone": alone, "bare_calls": bare_calls,
+        "floor": floor_of(alone, summary, bare_s),
     }
 
 
-def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_up_to: int) -> list[dict]:
+def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_up_to: int,
+              bridge_up_to: int | None = None) -> list[dict]:
     say(f"{size:,} members: preparing the sandbox and both cores")
     peers.prepare(size)
     ledger = STATE / f"ledger-{size}.sqlite"
@@ -298,15 +364,19 @@ def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_u
     runs = []
     for rep in range(1, repeat + 1):
         for churn in (churn_counts(size, share), None):
-            run = one_day(peers, size, ledger, churn, f"{share:.0%} churn",
-                          with_bridge=bool(churn) or size <= bridge_quiet_up_to, bridge_first=rep % 2 == 0)
+            bridged = (bridge_up_to is None or size <= bridge_up_to) and (bool(churn) or size <= bridge_quiet_up_to)
+            run = one_day(peers, size, ledger, churn, f"{share:.0%} churn", with_bridge=bridged,
+                          bridge_first=rep % 2 == 0)
             run["repetition"] = rep
             runs.append(run)
             bridge = f"{run['old_bridge']['wall_s']:.1f} s" if run["old_bridge"] else "not run"
             say(f"{size:,} members, {run['day']}, repetition {rep}: {run['changes']} changes, "
                 f"{sum(run['calls'].values())} calls (bound {sum(run['lower_bound'].values())}), "
-                f"tool {run['process_s']:.1f} s, old bridge {bridge}")
+                f"tool {run['process_s']:.1f} s (flow {run['flow_s']:.1f} s, floor {run['floor']['floor_s']:.1f} s), "
+                f"old bridge {bridge}")
     tool_has, bridge_has = emails(peers.a, LIST_ID), emails(peers.b, LIST_ID)
+    if emails(peers.c, LIST_ID) != tool_has:
+        raise SystemExit("core C, which the bare loop wrote, is no longer in step with core A: the floor is void")
     # Where the two algorithms disagree after the same days (addresses are the sandbox's, made up).
     runs[-1]["rosters_compared"] = {"both": len(tool_has & bridge_has),
                                     "only_tool": sorted(tool_has - bridge_has),
@@ -407,6 +477,11 @@ def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
     return f"{med}{unit}" if low == high else f"{med}{unit} ({low}–{high})"
 
 
+def _by_key(figures: dict, n: int) -> float:
+    """A figure keyed by a count of pages in flight: an int in the run, a string once saved as JSON."""
+    return figures[str(n)] if str(n) in figures else figures[n]
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -469,6 +544,31 @@ def markdown(result: dict) -> str:
                    f"{spread([r['old_bridge']['wall_s'] for r in runs if r['old_bridge']])} | "
                    f"{spread([r['old_bridge']['wall_s'] / r['process_s'] for r in runs if r['old_bridge']], 1, '×')} |")
 
+    floored = {key: [r for r in runs if "floor" in r] for key, runs in groups.items()}
+    if any(floored.values()):
+        out += ["", "## The floor", "",
+                "*Floor* = max(Novi's pages ÷ the pace, the roster read alone) + the bare apply (core C, the "
+                "same writes by a bare loop of the same client calls). *One after another* is the two reads "
+                "alone one page at a time, added: how the tool read before issue 18. *Read* is the flow's "
+                "reading phase (Novi, the roster, bans and requests at once).", "",
+                "| members | day | Novi pages ÷ pace | Novi alone, 1 page / " + f"{NOVI_PAGES_IN_FLIGHT} at once | "
+                "roster alone, " + " / ".join(f"{n}" for n in ROSTER_IN_FLIGHT) + " pages at once | "
+                "one after another | bare apply | floor | read | flow | flow ÷ floor | process |",
+                "|---:|---|" + "---:|" * 11]
+        for (size, day), runs in floored.items():
+            if not runs:
+                continue
+            novi = [[_by_key(r["alone"]["novi_s"], n) for r in runs] for n in sorted({1, NOVI_PAGES_IN_FLIGHT})]
+            roster = [[_by_key(r["alone"]["roster_s"], n) for r in runs] for n in ROSTER_IN_FLIGHT]
+            out.append(
+                f"| {size:,} | {day} | {spread([r['floor']['novi_paced_s'] for r in runs])} | "
+                + " / ".join(spread(v) for v in novi) + " | " + " / ".join(spread(v) for v in roster) + " | "
+                + f"{spread([_by_key(r['alone']['novi_s'], 1) + _by_key(r['alone']['roster_s'], 1) for r in runs])} | "
+                f"{spread([r['floor']['bare_apply_s'] for r in runs])} | {spread([r['floor']['floor_s'] for r in runs])} | "
+                f"{spread(_phase(runs, 'read'))} | {spread([r['flow_s'] for r in runs])} | "
+                f"{spread([r['flow_s'] / r['floor']['floor_s'] for r in runs], 2, '×')} | "
+                f"{spread([r['process_s'] for r in runs])} |")
+
     out += ["", "## Memory and Prefect task runs", "",
             "| members | day | changes | peak RSS, tool process | peak RSS, old bridge | task runs |",
             "|---:|---|---:|---:|---:|---:|"]
@@ -524,6 +624,8 @@ def main() -> None:
     parser.add_argument("--bridge-quiet-days-up-to", type=int, default=10_000, metavar="N",
                         help="run the old bridge on days without changes only up to N members (its cost "
                              "does not depend on the changes; at 100,000 one run takes minutes)")
+    parser.add_argument("--bridge-up-to", type=int, default=None, metavar="N",
+                        help="run the old bridge only up to N members (at 100,000 a day of it takes ~20 minutes)")
     parser.add_argument("--throughput", type=int, default=1_000, help="Novi members of the throughput runs (0: skip)")
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--planner-sizes", nargs="*", type=int, default=[100_000, 1_000_000])
@@ -546,7 +648,8 @@ def main() -> None:
     save = lambda: args.json.write_text(json.dumps(result, indent=1))  # noqa: E731 - after every step
     with Peers() as peers:
         for size in args.sizes:
-            result["runs"] += size_runs(peers, size, args.repeat, args.churn, args.bridge_quiet_days_up_to)
+            result["runs"] += size_runs(peers, size, args.repeat, args.churn, args.bridge_quiet_days_up_to,
+                                        args.bridge_up_to)
             save()
         if args.throughput:
             result["throughput"] = throughput(peers, args.throughput, args.workers, args.repeat)

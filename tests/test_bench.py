@@ -101,3 +101,27 @@ def test_the_planner_table_names_the_rules_of_each_row():
                      "planner": rows})
     assert "| 1,000,000 × 1,000,000 | one list | 5 | 8.00 (7.90–8.20) | 2,400 MB |" in text
     assert "| 1,000,000 × 1,000,000 | chapter + committee lists |" in text
+
+
+def test_the_floor_is_the_slower_read_alone_plus_the_bare_apply():
+    from bench.run import floor_of
+
+    alone = {"novi_s": {1: 15.0, 2: 13.0}, "roster_s": {1: 20.0, 2: 11.0, 3: 10.5}}
+    # 101 pages at 8 a second: 12.6 s; the roster with the tool's 2 pages in flight: 11.0 s
+    floor = floor_of(alone, {"http_calls": {"novi_page": 101}}, bare_s=9.5)
+    assert floor == {"novi_paced_s": 12.625, "roster_s": 11.0, "bare_apply_s": 9.5, "floor_s": 22.125}
+    slow_roster = {**alone, "roster_s": {1: 40.0, 2: 25.0, 3: 24.0}}
+    assert floor_of(slow_roster, {"http_calls": {"novi_page": 101}}, bare_s=0.0)["floor_s"] == 25.0
+
+
+def test_the_floor_table_shows_the_reads_alone_and_the_flow_against_its_floor():
+    run = {"size": 100_000, "day": "1% churn", "calls": {}, "lower_bound": {}, "over_bound": {}, "ratio": 1.0,
+           "changes": 1_000, "phases_s": {"read": 14.0, "plan": 1.0}, "flow_s": 27.5, "process_s": 31.0,
+           "prefect_overhead_s": 3.5, "peak_rss_mb": 500.0, "old_bridge": None,
+           "alone": {"novi_s": {1: 15.0, 2: 13.0}, "roster_s": {1: 20.0, 2: 11.0, 3: 10.5}},
+           "floor": {"novi_paced_s": 12.625, "roster_s": 11.0, "bare_apply_s": 9.5, "floor_s": 22.125}}
+    text = markdown(json.loads(json.dumps({"started_at": "x", "machine": "2 cores", "repeat": 1, "runs": [run],
+                                           "throughput": [], "planner": []})))
+    (row,) = [line for line in text.splitlines() if line.startswith("| 100,000 | 1% churn | 12.62")]
+    # reads alone 15.00 / 13.00 and 20.00 / 11.00 / 10.50; one after another 35.00; the flow 1.24× its floor
+    assert "| 15.00 / 13.00 | 20.00 / 11.00 / 10.50 | 35.00 | 9.50 | 22.12 | 14.00 | 27.50 | 1.24× | 31.00 |" in row
