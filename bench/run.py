@@ -51,7 +51,6 @@ import requests
 from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
-from tasks.core.planner import REASON_GONE, REASON_NOT_IN_NOVI
 from tasks.core.schema import Action, Outcome
 from tasks.mailman import ROSTER_PAGE_SIZE, ROSTER_PAGES_IN_FLIGHT, MailmanClient
 from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, NoviClient
@@ -136,7 +135,8 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
     holds nobody; the list's bans
     and the global bans, `bans` entries in all, one page each when there are none; the list's
     pending requests, one page when there are none), one preference read per member the plan
-    moves, removes while Novi still knows them (they may renew) or holds, one
+    moves, removes (they may renew, and an undo restores them with their settings: also those
+    Novi no longer knows) or holds, one
     call per single write (subscribe, rename of an address, hold, release), and one mass
     unsubscribe per `BATCH` removals of a list. The bench syncs one list, where the renames of
     a list are the renamed addresses (with several lists an address is renamed once).
@@ -148,9 +148,7 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
              "novi_page": pages(summary["novi_members"], NOVI_PAGE),
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
              "bouncing_page": int(searched),
-             "preferences_read": sum(n for item in summary["lists"]
-                                     for reason, n in item["reasons"].get("unsubscribe", {}).items()
-                                     if reason not in (REASON_GONE, REASON_NOT_IN_NOVI)) + changes["hold"],
+             "preferences_read": changes["unsubscribe"] + changes["hold"],
              "held_page": 0 if held_before is None or not searched else pages(held_before, ROSTER_PAGE_SIZE),
              "ban_page": sum(pages(n, ROSTER_PAGE_SIZE) for n in bans),
              "request_page": pages(requests, ROSTER_PAGE_SIZE),

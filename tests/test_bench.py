@@ -38,6 +38,14 @@ def test_the_lower_bound_is_pages_plus_single_writes_plus_removal_batches():
     assert "held_page" not in lower_bound(summary(10), roster_before=5, held_before=None)
 
 
+def test_the_bound_reads_the_preferences_of_everyone_removed_also_those_novi_no_longer_knows():
+    """The planner reads them so that an undo restores their settings (ff2391d); the bound did
+    not count them, and a 10,000-member day read 5 more than its bound."""
+    day = summary(100, unsubscribe=10)
+    day["lists"][0]["reasons"] = {"unsubscribe": {"status expired": 6, "no longer in Novi": 4}}
+    assert lower_bound(day, roster_before=100, held_before=None)["preferences_read"] == 10
+
+
 def test_a_day_of_churn_is_the_asked_share_with_every_kind():
     counts = churn_counts(100_000, 0.01)
     assert set(counts) == {"lapse", "renew", "add", "rename", "change_address", "opt_out", "remove"}
