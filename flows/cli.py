@@ -355,7 +355,7 @@ def relay(
 def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
            ledger_block: LedgerBlock = None) -> None:
     """Release a list's lock left by a run that died (runs release their own locks)."""
-    from tasks.run import open_ledger
+    from tasks.ledger import open_ledger
     from tasks.core.schema import dot_list_id
 
     released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id))
@@ -369,7 +369,7 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""
     from tasks.history import AddressHistory, run_label, standing
-    from tasks.run import open_ledger
+    from tasks.ledger import open_ledger
 
     history = AddressHistory.read(open_ledger(ledger_block, create=False), address)
     if as_json:
@@ -415,7 +415,7 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
         _prefect()
         from flows.undo import run_to_undo
         from tasks.blocks import MailmanCredentials, saved
-        from tasks.run import open_ledger
+        from tasks.ledger import open_ledger
 
         saved(MailmanCredentials, mailman_block)
         run_to_undo(open_ledger(ledger_block, create=False), run)  # a wrong name is one line, before a run

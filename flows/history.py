@@ -8,7 +8,8 @@ from prefect.states import Completed, State
 
 from tasks.errors import BadParameter, SyncError
 from tasks.history import HISTORY_KEY, AddressHistory, markdown
-from tasks.run import failed, open_ledger
+from tasks.ledger import open_ledger
+from tasks.run import failed
 
 
 @flow(name="address-history", flow_run_name="history-of-an-address")

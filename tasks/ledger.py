@@ -648,3 +648,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
+
+
+def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
+    """The ledger a block names, else the default location (see `default_url`). Prefect is
+    imported only where a block is named: `history` and `unlock` on the default ledger start
+    without it."""
+    if not ledger_block:
+        return Ledger(create=create)
+    from tasks.blocks import LedgerDatabase, saved
+
+    return saved(LedgerDatabase, ledger_block).get_ledger(create=create)

@@ -26,14 +26,13 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from tasks.blocks import LedgerDatabase, saved
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
 from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError
 from tasks.http import halting
-from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord
+from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
 from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
                            with_preferences)
 
@@ -82,11 +81,6 @@ def sync_command(rules_path: str | None, list_id: str | None, novi_block: str, m
     words += ["--mailman-block", mailman_block] if mailman_block != "mailman" else []
     words += ["--ledger-block", ledger_block] if ledger_block else []
     return shlex.join(words)
-
-
-def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
-    """The ledger a block names, else the default location (see tasks.ledger.default_url)."""
-    return saved(LedgerDatabase, ledger_block).get_ledger(create=create) if ledger_block else Ledger(create=create)
 
 
 def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int) -> list:

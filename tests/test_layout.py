@@ -42,6 +42,16 @@ def test_the_command_lines_help_loads_neither_prefect_nor_pandas():
     assert not loaded & {"prefect", "pandas", "numpy", "sqlalchemy", "requests"}
 
 
+@pytest.mark.parametrize("command", [["history", "nobody@example.org"], ["unlock", "members@example.org"]])
+def test_history_and_unlock_on_the_default_ledger_start_without_prefect(command, tmp_path):
+    """They read the ledger only; they imported tasks.run for `open_ledger`, and with it Prefect
+    (about 2 of a 3 s `history`)."""
+    loaded = _loaded_after(f"import os\nos.environ['NOVI_MAILMAN_LEDGER'] = {str(tmp_path / 'l.sqlite')!r}\n"
+                           f"from flows.cli import app\ntry:\n    app({command!r})\nexcept SystemExit:\n    pass")
+    assert "sqlalchemy" in loaded  # the probe did read the ledger
+    assert "prefect" not in loaded
+
+
 
 @pytest.mark.parametrize("package", ["prefect", "pandas", "sqlalchemy", "pydantic"])
 def test_the_environment_is_installed_with_its_bytecode(package):
