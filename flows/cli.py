@@ -218,28 +218,31 @@ def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str,
     with _before_the_run(as_json):
         resolve_rules(rules, list_id)  # a mistyped path is one line before Prefect starts, not a failed run
         _prefect()
-        from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials, saved
+    from tasks.blocks import LedgerDatabase, MailmanCredentials, NoviCredentials, checked_for_the_run, saved
 
-        # A missing block, or a Prefect server that does not answer, is one line before a run starts.
-        for block_type, name in ((NoviCredentials, novi_block), (MailmanCredentials, mailman_block),
-                                 (LedgerDatabase, ledger_block)):
-            if name:
-                saved(block_type, name)
-    from flows.sync import sync_lists
+    with checked_for_the_run():
+        with _before_the_run(as_json):
+            # A missing block, or a Prefect server that does not answer, is one line before a
+            # run starts; the run then takes the blocks loaded here rather than load them again.
+            for block_type, name in ((NoviCredentials, novi_block), (MailmanCredentials, mailman_block),
+                                     (LedgerDatabase, ledger_block)):
+                if name:
+                    saved(block_type, name, keep=True)
+        from flows.sync import sync_lists
 
-    if DEBUG["on"]:  # an expected failure's traceback is logged at debug level by the flow
-        import logging
+        if DEBUG["on"]:  # an expected failure's traceback is logged at debug level by the flow
+            import logging
 
-        logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG)
-    try:
-        state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
-                           ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
-                           approve=approve, batch_size=batch_size, workers=workers, return_state=True)
-    except RuntimeError as exc:  # Prefect's own: "Failed to reach API at …" before the run could start
-        if DEBUG["on"]:
-            raise
-        err.print(f"the run could not start: {exc}", style="red")
-        raise typer.Exit(EXIT_FAILED) from None
+            logging.getLogger("prefect.flow_runs").setLevel(logging.DEBUG)
+        try:
+            state = sync_lists(rules_path=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
+                               ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
+                               approve=approve, batch_size=batch_size, workers=workers, return_state=True)
+        except RuntimeError as exc:  # Prefect's own: "Failed to reach API at …" before the run could start
+            if DEBUG["on"]:
+                raise
+            err.print(f"the run could not start: {exc}", style="red")
+            raise typer.Exit(EXIT_FAILED) from None
     summary, code = _summary_of(state)
     if as_json:
         print(json.dumps(summary, sort_keys=True))

@@ -135,9 +135,8 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     log = get_run_logger()
     try:
         mailman.supported_version()
-        members, rosters, bans, requests = read_sources(run, novi, mailman, workers)
-        with run.phase("read_ledger"):
-            remembered, last_figures = read_ledger(run.ledger, run.list_ids)
+        members, rosters, bans, requests, (remembered, last_figures) = read_sources(run, novi, mailman, workers)
+        with run.phase("read_moderators"):
             moderators = read_moderators(mailman, run.ledger, run.rules)
     except SyncError as exc:
         run.record_failure(exc)
@@ -162,10 +161,11 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     return summary, outcomes
 
 
-def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, dict, dict, dict]:
-    """Novi's members, every list's roster, the bans and the pending requests, read at the same
-    time, at most `workers` tasks at once, Novi's first: it is mostly waiting on Novi's pace.
-    One failing stops the others (tasks.run.read_together); nothing is planned from part of them.
+def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, dict, dict, dict, tuple]:
+    """Novi's members, every list's roster, the bans, the pending requests and what the ledger
+    remembers, read at the same time, at most `workers` tasks at once, Novi's first: it is
+    mostly waiting on Novi's pace. One failing stops the others (tasks.run.read_together);
+    nothing is planned from part of them.
 
     Who is held matters only where the rule holds lapsed members: the planner holds and
     releases nowhere else (a hold elsewhere is a moderator's), so other lists skip Mailman's
@@ -175,13 +175,15 @@ def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, d
                                 list(run.rules.novi.address_fields)),
              **{("roster", lid): partial(extract_roster.submit, mailman, lid, lid in held) for lid in run.list_ids},
              "bans": partial(extract_bans.submit, mailman, run.list_ids),
-             "requests": partial(extract_requests.submit, mailman, run.list_ids)}
+             "requests": partial(extract_requests.submit, mailman, run.list_ids),
+             "ledger": partial(read_ledger.submit, run.ledger, run.list_ids)}
     with run.phase("read"), halting(novi.http, mailman.http) as halt:
         got, ended = read_together(reads, workers, halt)
     # Each from the reads' start to its end: they overlap, so they do not add up to `read`.
     run.phases["extract_members"] = ended["members"]
     run.phases["extract_rosters"] = max(ended[("roster", lid)] for lid in run.list_ids)
-    return got["members"], {lid: got[("roster", lid)] for lid in run.list_ids}, got["bans"], got["requests"]
+    return (got["members"], {lid: got[("roster", lid)] for lid in run.list_ids}, got["bans"], got["requests"],
+            got["ledger"])
 
 
 def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from prefect.blocks.core import Block
@@ -19,14 +20,35 @@ from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, READ_R
 SavedBlock = TypeVar("SavedBlock", bound=Block)
 
 
-def saved(block_type: type[SavedBlock], name: str) -> SavedBlock:
+# Blocks the command line loaded to check them before a run, handed to that run once
+# (`checked_for_the_run`): each load is a call to the Prefect API, 0.15-0.2 s here.
+_CHECKED: dict[tuple[type, str], Block] = {}
+
+
+@contextmanager
+def checked_for_the_run() -> Iterator[None]:
+    """While it lasts, blocks loaded with `saved(..., keep=True)` are given to the next
+    `saved()` of the same block (the run the command starts), once; what is left is dropped at
+    the end, so no later run in the process takes a block that may have been saved anew."""
+    try:
+        yield
+    finally:
+        _CHECKED.clear()
+
+
+def saved(block_type: type[SavedBlock], name: str, *, keep: bool = False) -> SavedBlock:
     """The block saved under `name`; one that is not on the Prefect server is one clear error
     saying which server was asked and how to save it."""
     from prefect.settings import PREFECT_API_URL
 
+    if (block_type, name) in _CHECKED:
+        return _CHECKED.pop((block_type, name))  # type: ignore[return-value]
     server = PREFECT_API_URL.value() or "the temporary Prefect server of this process"
     try:
-        return block_type.load(name)
+        block = block_type.load(name)
+        if keep:
+            _CHECKED[(block_type, name)] = block
+        return block
     except httpx.TransportError as exc:  # refused, timed out: no answer at all
         raise PrefectUnreachable(f"the Prefect server at {server} does not answer ({exc or type(exc).__name__}): "
                                  "start it (`novi-mailman server start`) or set PREFECT_API_URL to one that "

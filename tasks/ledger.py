@@ -200,14 +200,18 @@ def default_url() -> str:
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:
-    """Rows as dicts with None for missing values and plain datetimes, for executemany."""
-    records = missing_as_none(frame).to_dict("records")
-    stamps = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
-    for record in records:
-        for column in stamps:
-            if record[column] is not None:
-                record[column] = record[column].to_pydatetime()
-    return records
+    """Rows as dicts with None for missing values and plain datetimes, for executemany. Built
+    column by column: `to_dict("records")` boxes value by value, 3 s of recording a
+    100,000-member list's rows."""
+    columns: dict[str, list] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.DatetimeTZDtype):
+            stamps = column.array.to_pydatetime()
+            columns[name] = [None if missing else stamp for stamp, missing in zip(stamps, column.isna().tolist())]
+        else:
+            columns[name] = missing_as_none(column).tolist()
+    return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 class Ledger:

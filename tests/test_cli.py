@@ -89,6 +89,27 @@ def test_plan_json_is_one_object_and_writes_nothing(cli_blocks, tmp_path, monkey
     assert NOVI_KEY not in result.output and MAILMAN_PASSWORD not in result.output
 
 
+def test_a_run_from_the_command_line_loads_each_block_once(cli_blocks, tmp_path, monkeypatch):
+    """The command checks the blocks before the run (a missing one is one line), and the run
+    takes those: each load is a call to the Prefect API."""
+    from tasks import blocks
+
+    loads = []
+    real_load = blocks.Block.load.__func__
+
+    def counted(cls, name, *args, **kwargs):
+        loads.append((cls.__name__, name))
+        return real_load(cls, name, *args, **kwargs)
+
+    monkeypatch.setattr(blocks.Block, "load", classmethod(counted))
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    result = invoke(cli_blocks, ["plan", "--list", LIST, "--json"], FakeNovi([novi_record("a", "a@example.org")]),
+                    FakeMailman({LIST: {}}))
+    assert result.exit_code == 0, result.output
+    assert sorted(loads) == [("MailmanCredentials", "cli-mailman"), ("NoviCredentials", "cli-novi")]
+    assert blocks._CHECKED == {}  # nothing left for a later run of this process
+
+
 def test_sync_applies_and_a_failure_exits_non_zero(cli_blocks, tmp_path, monkeypatch):
     monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
     mailman = FakeMailman({LIST: {}})
