@@ -113,7 +113,8 @@ NoviBlock = Annotated[str, typer.Option(help="Name of the saved NoviCredentials 
 MailmanBlock = Annotated[str, typer.Option(help="Name of the saved MailmanCredentials block.")]
 RulesOpt = Annotated[Optional[str], typer.Option("--rules", help="Routing rules file (YAML).")]
 BatchSize = Annotated[int, typer.Option(min=1, max=500, help="Changes per batch task (1-500).")]
-Workers = Annotated[int, typer.Option(min=1, max=8, help="Tasks in flight at once (1-8).")]
+Workers = Annotated[int, typer.Option(min=1, max=8,
+                                      help="Tasks in flight at once (1-8): the reads, then the write batches.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON object on stdout.")]
 LedgerBlock = Annotated[Optional[str], typer.Option(
     help="Name of a saved ledger block (e.g. PostgreSQL); default: the SQLite file at $NOVI_MAILMAN_LEDGER "

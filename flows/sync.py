@@ -73,7 +73,8 @@ def sync_lists(
         approval_wait_s: How long a refused deployment run waits, paused, for an approval in its Resume
             form (seconds, up to 7 days; 0: it ends Refused at once). The lists' lock is released meanwhile.
         batch_size: Changes per batch task (1-500).
-        workers: Tasks in flight at once (1-8).
+        workers: Tasks in flight at once (1-8): the reads (Novi, the rosters, bans, requests, the ledger),
+            then the write batches.
         reports_dir: Where the plan CSV is written on the worker; empty: $NOVI_MAILMAN_REPORTS or ./reports.
         table_rows: Rows of each list's plan table in the UI at most; failures, removals and holds are
             always all there, and everything is in the plan CSV.

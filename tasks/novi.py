@@ -70,9 +70,11 @@ class NoviClient:
         """Every page of `/api/members`, with the sweep's stop rules (tasks.paging)."""
         return sweep(self._page, Offsets(page_size), "Novi's member list", self.pages_in_flight)
 
-    def members(self, page_size: int = NOVI_PAGE_SIZE) -> list[dict]:
-        """All member records, deduplicated by `UniqueID` and counted against `TotalCount`."""
-        by_id: dict[str, dict] = {}
+    def member_sweep(self, page_size: int = NOVI_PAGE_SIZE) -> Iterator[list[dict]]:
+        """Every page's records, each with a `UniqueID`; once the last page is in, the distinct
+        ids are counted against `TotalCount` (records can repeat across pages) and a shortfall
+        raises: a caller never finishes with part of the members."""
+        ids: set[str] = set()
         received, announced = 0, 0
         for total, records in self.member_pages(page_size):
             announced = total
@@ -80,12 +82,19 @@ class NoviClient:
                 uid = record.get("UniqueID")
                 if not isinstance(uid, str) or not uid.strip():
                     raise UnexpectedResponse("Novi /api/members: a record has no UniqueID")
-                by_id[uid.strip().lower()] = record
+                ids.add(uid.strip().lower())
             received += len(records)
-        if len(by_id) != announced:
+            yield records
+        if len(ids) != announced:
             raise IncompleteSweep(
-                f"Novi announced {announced} members but the sweep found {len(by_id)} distinct "
+                f"Novi announced {announced} members but the sweep found {len(ids)} distinct "
                 f"ones in {received} records; records moved between pages, rerun to read a consistent list")
+
+    def members(self, page_size: int = NOVI_PAGE_SIZE) -> list[dict]:
+        """All member records, deduplicated by `UniqueID` (the last read wins) and counted."""
+        by_id: dict[str, dict] = {}
+        for records in self.member_sweep(page_size):
+            by_id.update((record["UniqueID"].strip().lower(), record) for record in records)
         return list(by_id.values())
 
     def member_total(self) -> int:
@@ -272,7 +281,22 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
     return frame[MEMBER_COLUMNS]
 
 
+def distinct_members(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per Novi id (ids match in any case): the last read of each, where it was first
+    seen, as `NoviClient.members` keeps them."""
+    key = frame["novi_id"].str.lower()
+    if not key.duplicated().any():
+        return frame
+    last = frame.loc[~key.duplicated(keep="last")].set_axis(key[~key.duplicated(keep="last")])
+    return last.loc[key.drop_duplicates().to_numpy()].reset_index(drop=True)
+
+
 @task(name="extract-members", cache_policy=NO_CACHE)  # its reads retry themselves (tasks.http)
 def extract_members(client: NoviClient, page_size: int, address_fields: list[str]) -> pd.DataFrame:
-    """Sweep every Novi member once and normalise them; a partial sweep raises, never returns."""
-    return members_frame(client.members(page_size), address_fields)
+    """Sweep every Novi member once and normalise them; a partial sweep raises, never returns.
+    Each page is normalised as it arrives, while the next ones are on their way: at 100,000
+    members the whole frame took seconds after the last page."""
+    pages = [members_frame(records, address_fields) for records in client.member_sweep(page_size)]
+    if not pages:
+        return members_frame([], address_fields)
+    return distinct_members(pd.concat(pages, ignore_index=True))

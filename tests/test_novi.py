@@ -4,7 +4,7 @@ import responses
 from responses import matchers
 
 from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
-from tasks.novi import NoviClient, api_base, members_frame
+from tasks.novi import NoviClient, api_base, extract_members, members_frame
 from tests.conftest import novi_record
 from tests.fakes import InFlight
 
@@ -278,6 +278,23 @@ def test_address_field_is_configurable():
     record = novi_record("a", "work@example.org", PersonalEmail="home@example.org")
     assert members_frame([record], ["PersonalEmail", "Email"]).iloc[0]["email"] == "home@example.org"
     assert members_frame([record], ["Email"]).iloc[0]["email"] == "work@example.org"
+
+
+@responses.activate
+def test_pages_normalised_as_they_arrive_make_the_frame_of_the_whole_sweep():
+    """A record read twice (it moved between pages, and changed): the last read counts, where it
+    was first seen, as in `NoviClient.members`."""
+    everyone = recs(5)
+    moved = {**everyone[1], "UniqueID": "ID-0001", "FirstName": "Moved", "MemberStatus": "expired"}
+    pages = [everyone[:2], [everyone[2], moved], everyone[3:]]
+    for offset, records in zip((0, 2, 4), pages):
+        responses.get(MEMBERS, json=page(5, records), match=[matchers.query_param_matcher(
+            {"pageSize": "2", "offset": str(offset)})])
+    frame = extract_members.fn(client(pages_in_flight=1), 2, ["Email", "AccountEmail"])
+    whole = members_frame(client(pages_in_flight=1).members(page_size=2), ["Email", "AccountEmail"])
+    pd.testing.assert_frame_equal(frame, whole)
+    assert frame["novi_id"].tolist() == ["id-0000", "ID-0001", "id-0002", "id-0003", "id-0004"]
+    assert frame.loc[1, "status"] == "expired"
 
 
 def test_empty_sweep_gives_an_empty_frame_with_every_column():
