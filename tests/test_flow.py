@@ -739,6 +739,27 @@ def test_a_digest_goes_through_a_notification_block_and_one_not_sent_never_fails
 
 # reads at once ------------------------------------------------------------------------------
 
+def test_a_roster_that_grows_while_its_pages_are_read_two_at_a_time_fails_the_run(blocks, tmp_path):
+    """2,500 members, three pages of 1,000: someone subscribes once the first page is served;
+    a later page, asked for beside another, announces 2,501. Nothing is planned or written."""
+    roster = {f"m{i:04d}@example.org": f"M {i}" for i in range(2_500)}
+    records = [novi_record(f"n-{i}", f"m{i:04d}@example.org") for i in range(2_500)]
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    serve, pages = mailman._roster, []
+
+    def growing(request):
+        pages.append(request.url)
+        answer = serve(request)
+        if len(pages) == 1:
+            mailman.rosters[LIST]["late@example.org"] = mailman.new_member(LIST, "late@example.org", "Late")
+        return answer
+
+    mailman._roster = growing
+    state, calls = run(novi, mailman, tmp_path)
+    assert state.is_failed() and "changed from 2500 to 2501" in state.message, state.message
+    assert writes(calls) == [] and 2 <= len(pages) <= 3
+
+
 def test_reads_run_at_once_and_the_first_real_failure_is_raised_after_all_ended(prefect_server):
     """Three reads with two workers: `slow` stops on the halt, `late` is never begun, and the
     failure raised is `broken`'s, not the stop it caused."""
