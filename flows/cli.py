@@ -83,8 +83,11 @@ def _quiet_prefect() -> None:
     chatter is not shown."""
     import logging
 
-    import prefect  # noqa: F401 - its logging is set up on import; ours goes on top
+    from prefect.logging.configuration import ensure_logging_setup
 
+    # Prefect sets its logging up on first use, which may come after this: a failed task's
+    # traceback then reached the terminal in full. Set it up now; later setups only adjust it.
+    ensure_logging_setup()
     for name in PREFECT_SERVICE_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 

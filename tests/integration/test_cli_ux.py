@@ -151,3 +151,24 @@ def test_json_output_stays_one_object_when_the_command_fails_before_a_run(env):
     assert done.returncode == 1
     answer = json.loads(done.stdout)
     assert answer["state"] == RunState.FAILED and "does not exist" in answer["message"]
+
+
+def test_a_run_whose_novi_read_fails_prints_no_traceback_and_ends_with_its_one_line(world, env, novi_sandbox):
+    """A read task's failure was printed by Prefect with its whole traceback (Prefect sets its
+    logging up after the command quietened it); its ERROR lines about the run stay."""
+    from tasks.blocks import NoviCredentials
+    from tests.integration.conftest import SANDBOX_KEY
+
+    NoviCredentials(site_url=novi_sandbox.url, api_key=SANDBOX_KEY, read_retries=0).save(
+        "it-novi-no-retry", overwrite=True)
+    (members,) = lists_for(world, "cli-fails")
+    world["novi"].call("POST", "/_sandbox/faults", json={"fail_offsets": [0]})
+    try:
+        done = subprocess.run([COMMAND, "plan", "--list", members, "--novi-block", "it-novi-no-retry",
+                               "--mailman-block", world["mailman_block"]], env=env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+    finally:
+        world["novi"].call("DELETE", "/_sandbox/faults")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith("Novi: GET /api/members answered 500"), done.stdout
