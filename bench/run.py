@@ -272,9 +272,11 @@ def timed(read) -> float:
     return round(time.monotonic() - started, 3)
 
 
-def reads_alone(peers: Peers) -> dict:
-    """The run's two reads, each alone, in the bench process: Novi's members one page at a time
-    and with the tool's pages in flight; the roster on core C by pages in flight."""
+def reads_alone(peers: Peers, every_way: bool) -> dict:
+    """The run's reads, each alone, in the bench process: the roster on core C with the tool's
+    pages in flight (the floor needs it every day); `every_way` (a size's first day), also one
+    page at a time and with more in flight, and Novi's members one page at a time and as the
+    tool reads them (at 100,000 members these take minutes, so once per size)."""
     def novi(in_flight: int) -> float:
         return timed(lambda: NoviClient(NOVI_URL, DEFAULT_KEY, pages_in_flight=in_flight).members(NOVI_PAGE))
 
@@ -282,6 +284,8 @@ def reads_alone(peers: Peers) -> dict:
         client = MailmanClient(peers.c.rest_url, ADMIN_USER, ADMIN_PASS, pages_in_flight=in_flight)
         return timed(lambda: client.roster(LIST_ID, with_held=HOLDS))
 
+    if not every_way:
+        return {"novi_s": {}, "roster_s": {ROSTER_PAGES_IN_FLIGHT: roster(ROSTER_PAGES_IN_FLIGHT)}}
     return {"novi_s": {n: novi(n) for n in sorted({1, NOVI_PAGES_IN_FLIGHT})},
             "roster_s": {n: roster(n) for n in ROSTER_IN_FLIGHT}}
 
@@ -317,7 +321,7 @@ def floor_of(alone: dict, summary: dict, bare_s: float) -> dict:
 
 
 def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None, label: str, with_bridge: bool,
-            bridge_first: bool) -> dict:
+            bridge_first: bool, every_way: bool = True) -> dict:
     """A day of churn (or none), then the tool on core A and (`with_bridge`) the old bridge on core B.
 
     Who goes first alternates between repetitions, so neither always runs while the Prefect
@@ -327,7 +331,7 @@ def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None,
         peers.novi("churn", churn)
     roster_before, held_before = roster_counts(peers.a)
     held_before = held_before if HOLDS else None
-    alone = reads_alone(peers)
+    alone = reads_alone(peers, every_way)
     bridge = old_bridge(peers.b) if with_bridge and bridge_first else None
     run = tool("sync", "--rules", str(RULES), "--workers", str(WORKERS), "--batch-size", str(BATCH), ledger=ledger)
     if with_bridge and not bridge_first:
@@ -364,7 +368,7 @@ def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_u
         for churn in (churn_counts(size, share), None):
             bridged = (bridge_up_to is None or size <= bridge_up_to) and (bool(churn) or size <= bridge_quiet_up_to)
             run = one_day(peers, size, ledger, churn, f"{share:.0%} churn", with_bridge=bridged,
-                          bridge_first=rep % 2 == 0)
+                          bridge_first=rep % 2 == 0, every_way=rep == 1)
             run["repetition"] = rep
             runs.append(run)
             bridge = f"{run['old_bridge']['wall_s']:.1f} s" if run["old_bridge"] else "not run"
@@ -475,9 +479,14 @@ def spread(values: list[float], digits: int = 2, unit: str = "") -> str:
     return f"{med}{unit}" if low == high else f"{med}{unit} ({low}–{high})"
 
 
-def _by_key(figures: dict, n: int) -> float:
-    """A figure keyed by a count of pages in flight: an int in the run, a string once saved as JSON."""
-    return figures[str(n)] if str(n) in figures else figures[n]
+def _by_key(figures: dict, n: int) -> float | None:
+    """A figure keyed by a count of pages in flight: an int in the run, a string once saved as
+    JSON; None where it was not measured that day."""
+    return figures.get(str(n), figures.get(n))
+
+
+def _measured(values: list) -> list[float]:
+    return [v for v in values if v is not None]
 
 
 def median(values: list[float]) -> float:
@@ -559,12 +568,15 @@ def markdown(result: dict) -> str:
         for (size, day), runs in floored.items():
             if not runs:
                 continue
-            novi = [[_by_key(r["alone"]["novi_s"], n) for r in runs] for n in sorted({1, NOVI_PAGES_IN_FLIGHT})]
-            roster = [[_by_key(r["alone"]["roster_s"], n) for r in runs] for n in ROSTER_IN_FLIGHT]
+            novi = [_measured([_by_key(r["alone"]["novi_s"], n) for r in runs])
+                    for n in sorted({1, NOVI_PAGES_IN_FLIGHT})]
+            roster = [_measured([_by_key(r["alone"]["roster_s"], n) for r in runs]) for n in ROSTER_IN_FLIGHT]
+            before = _measured([_by_key(r["alone"]["novi_s"], 1) + _by_key(r["alone"]["roster_s"], 1)
+                                for r in runs if _by_key(r["alone"]["novi_s"], 1) is not None])
             out.append(
                 f"| {size:,} | {day} | {spread([r['floor']['novi_paced_s'] for r in runs])} | "
                 + " / ".join(spread(v) for v in novi) + " | " + " / ".join(spread(v) for v in roster) + " | "
-                + f"{spread([_by_key(r['alone']['novi_s'], 1) + _by_key(r['alone']['roster_s'], 1) for r in runs])} | "
+                + f"{spread(before)} | "
                 f"{spread([r['floor']['bare_apply_s'] for r in runs])} | {spread([r['floor']['floor_s'] for r in runs])} | "
                 f"{spread(_phase(runs, 'read'))} | {spread([r['flow_s'] for r in runs])} | "
                 f"{spread([r['flow_s'] / r['floor']['floor_s'] for r in runs], 2, '×')} | "
