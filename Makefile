@@ -56,8 +56,9 @@ deploy: install
 screenshots: install
 	$(VENV)/bin/python -m sandbox.screenshots
 
-# About 45 minutes on 2 idle cores the first time (9 of them pre-filling 100,000 members), 35 after;
-# 113 minutes on 2026-12-02 with other work on the machine (the old bridge's 100,000-member days most of it).
+# The pre-fill of 100,000 members takes 9 (idle) to 60 (loaded) minutes, once: later runs reuse its snapshot.
+# 113 minutes on 2026-12-02 loaded (the old bridge's 100,000-member days most of it); 40 minutes on 2026-12-06
+# with --bridge-up-to 10000 --throughput 0 --planner-sizes and the snapshots made.
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"
 bench: install
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)

@@ -590,7 +590,7 @@ def markdown(result: dict) -> str:
                    f"{spread([r['peak_rss_mb'] for r in runs], 0, ' MB')} | "
                    f"{spread([r['old_bridge']['peak_rss_mb'] for r in runs if r['old_bridge']], 0, ' MB')} | "
                    f"{spread([r['task_runs'] for r in runs if 'task_runs' in r], 0)} |")
-    compared = [r for r in result["runs"] if "rosters_compared" in r]
+    compared = [r for r in result["runs"] if "rosters_compared" in r and r["old_bridge"]]  # B lived the same days
     if compared:
         out += ["", "Rosters after the last day (tool on core A, old bridge on core B): " + "; ".join(
             f"{r['size']:,}: both {r['rosters_compared']['both']:,}, only the tool's "
