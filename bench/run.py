@@ -51,9 +51,10 @@ import requests
 from sandbox import servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
+from tasks.core.rules import NoviSettings
 from tasks.core.schema import Action, Outcome
 from tasks.mailman import ROSTER_PAGE_SIZE, ROSTER_PAGES_IN_FLIGHT, MailmanClient
-from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, NoviClient
+from tasks.novi import DEFAULT_REQUESTS_PER_SECOND, NOVI_PAGES_IN_FLIGHT, NoviClient, extract_members
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".bench"
@@ -278,7 +279,9 @@ def reads_alone(peers: Peers, every_way: bool) -> dict:
     page at a time and with more in flight, and Novi's members one page at a time and as the
     tool reads them (at 100,000 members these take minutes, so once per size)."""
     def novi(in_flight: int) -> float:
-        return timed(lambda: NoviClient(NOVI_URL, DEFAULT_KEY, pages_in_flight=in_flight).members(NOVI_PAGE))
+        client = NoviClient(NOVI_URL, DEFAULT_KEY, pages_in_flight=in_flight)
+        fields = list(NoviSettings().address_fields)  # the bench's rules keep the default
+        return timed(lambda: extract_members.fn(client, NOVI_PAGE, fields))  # the tool's own read
 
     def roster(in_flight: int) -> float:
         client = MailmanClient(peers.c.rest_url, ADMIN_USER, ADMIN_PASS, pages_in_flight=in_flight)

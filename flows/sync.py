@@ -22,11 +22,11 @@ from tasks.core.planner import unknown_custom_fields
 from tasks.core.schema import LAPSE_HOLD, RunKind, approved_fingerprint
 from tasks.errors import BadParameter, SyncError
 from tasks.http import halting
-from tasks.mailman import extract_bans, extract_requests, extract_roster
+from tasks.mailman import extract_bans, extract_requests
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
 from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_moderators, read_together,
-                       run_name, sync_command, tell_staff)
+                       roster_reads, run_name, sync_command, tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -174,7 +174,7 @@ def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, d
     held = {rule.list_id for rule in run.rules.lists if rule.lapsed == LAPSE_HOLD}
     reads = {"members": partial(extract_members.submit, novi, run.rules.novi.page_size,
                                 list(run.rules.novi.address_fields)),
-             **{("roster", lid): partial(extract_roster.submit, mailman, lid, lid in held) for lid in run.list_ids},
+             **roster_reads(mailman, run.list_ids, held),  # keyed by list id: always with a dot
              "bans": partial(extract_bans.submit, mailman, run.list_ids),
              "requests": partial(extract_requests.submit, mailman, run.list_ids),
              "ledger": partial(read_ledger.submit, run.ledger, run.list_ids)}
@@ -182,8 +182,8 @@ def read_sources(run: Run, novi, mailman, workers: int) -> tuple[pd.DataFrame, d
         got, ended = read_together(reads, workers, halt)
     # Each from the reads' start to its end: they overlap, so they do not add up to `read`.
     run.phases["extract_members"] = ended["members"]
-    run.phases["extract_rosters"] = max(ended[("roster", lid)] for lid in run.list_ids)
-    return (got["members"], {lid: got[("roster", lid)] for lid in run.list_ids}, got["bans"], got["requests"],
+    run.phases["extract_rosters"] = max(ended[lid] for lid in run.list_ids)
+    return (got["members"], {lid: got[lid] for lid in run.list_ids}, got["bans"], got["requests"],
             got["ledger"])
 
 

@@ -223,13 +223,18 @@ def read_together(reads: dict[Hashable, Callable[[], PrefectFuture]], workers: i
     return {key: future.result() for key, future in futures.items()}, ended
 
 
+def roster_reads(mailman: MailmanClient, list_ids: Sequence[str],
+                 with_held: Collection[str]) -> dict[str, Callable[[], PrefectFuture]]:
+    """A read task per list, by list id, for `read_together`; held members searched for on the
+    lists in `with_held` only (the search looks at every member)."""
+    return {lid: partial(extract_roster.submit, mailman, lid, lid in with_held) for lid in list_ids}
+
+
 def read_rosters(mailman: MailmanClient, list_ids: Sequence[str], workers: int,
                  with_held: Collection[str]) -> dict[str, pd.DataFrame]:
-    """Every list's roster, at most `workers` read at once; held members searched for on the
-    lists in `with_held` only (the search looks at every member)."""
+    """Every list's roster, at most `workers` read at once."""
     with halting(mailman.http) as halt:
-        rosters, _ = read_together({lid: partial(extract_roster.submit, mailman, lid, lid in with_held)
-                                    for lid in list_ids}, workers, halt)
+        rosters, _ = read_together(roster_reads(mailman, list_ids, with_held), workers, halt)
     return rosters
 
 
