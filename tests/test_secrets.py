@@ -45,44 +45,55 @@ def records():
 def ok(mock):
     FakeNovi(records()).install(mock)
     FakeMailman({LIST: {"m0@example.org": "Old"}}).install(mock)
+    return []
 
+
+# Each failing peer answers everything else rightly, so that the run reaches the answer carrying the secret; it
+# returns the responses the run must have read, or the scan below would pass without having seen them.
 
 def novi_refuses(mock):
-    mock.get(f"{NOVI_SITE}/api/members", status=401, json={"Message": f"bad key {NOVI_KEY}"})
+    FakeMailman({LIST: {}}).install(mock)
+    return [mock.get(f"{NOVI_SITE}/api/members", status=401, json={"Message": f"bad key {NOVI_KEY}"})]
 
 
 def novi_down(mock):
-    mock.get(f"{NOVI_SITE}/api/members", body=requests.ConnectionError(f"refused for key {NOVI_KEY}"))
+    FakeMailman({LIST: {}}).install(mock)
+    return [mock.get(f"{NOVI_SITE}/api/members", body=requests.ConnectionError(f"refused for key {NOVI_KEY}"))]
 
 
 def novi_echoes_the_key(mock):
-    mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": f"key {NOVI_KEY} is not valid here"})
-
-
-def mailman_echoes_the_password(mock):
-    FakeNovi(records()).install(mock)
-    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=500,
-             json={"title": "500", "description": f"config admin_pass={MAILMAN_PASSWORD} failed"})
+    FakeMailman({LIST: {}}).install(mock)
+    return [mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": f"key {NOVI_KEY} is not valid here"})]
 
 
 def novi_echoes_the_key_across_the_cut(mock):
     """The key placed where a cut at 300 characters would keep all of it but its last letter."""
-    mock.get(f"{NOVI_SITE}/api/members", status=400, json={"Message": "x" * (300 - len(NOVI_KEY) + 1) + NOVI_KEY})
+    FakeMailman({LIST: {}}).install(mock)
+    return [mock.get(f"{NOVI_SITE}/api/members", status=400,
+                     json={"Message": "x" * (300 - len(NOVI_KEY) + 1) + NOVI_KEY})]
+
+
+def mailman_answering(mock, status: int, description: str):
+    """Novi and Mailman's version answer; the roster read answers `status` with `description`."""
+    FakeNovi(records()).install(mock)
+    mock.get(f"{MAILMAN_REST}/3.1/system/versions", json={"mailman_version": "GNU Mailman 3.3.10 (Tom Sawyer)"})
+    return [mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=status,
+                     json={"title": str(status), "description": description})]
+
+
+def mailman_echoes_the_password(mock):
+    return mailman_answering(mock, 500, f"config admin_pass={MAILMAN_PASSWORD} failed")
 
 
 def mailman_echoes_its_authorization_header(mock):
     import base64
 
-    FakeNovi(records()).install(mock)
     basic = base64.b64encode(f"restadmin:{MAILMAN_PASSWORD}".encode()).decode()
-    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=500,
-             json={"title": "500", "description": f"bad header Authorization: Basic {basic}"})
+    return mailman_answering(mock, 500, f"bad header Authorization: Basic {basic}")
 
 
 def mailman_refuses(mock):
-    FakeNovi(records()).install(mock)
-    mock.get(f"{MAILMAN_REST}/3.1/lists/{LIST}/roster/member", status=401,
-             json={"title": "401 Unauthorized", "description": f"password {MAILMAN_PASSWORD} is wrong"})
+    return mailman_answering(mock, 401, f"password {MAILMAN_PASSWORD} is wrong")
 
 
 def writes_fail(mock):
@@ -90,6 +101,7 @@ def writes_fail(mock):
     mailman = FakeMailman({LIST: {}})
     mailman.fail_subscribe = {"m3@example.org"}
     mailman.install(mock)
+    return []
 
 
 @pytest.mark.parametrize("peers", [ok, novi_refuses, novi_down, novi_echoes_the_key, novi_echoes_the_key_across_the_cut,
@@ -98,16 +110,19 @@ def writes_fail(mock):
                          ids=["success", "novi-401", "novi-unreachable", "novi-echoes-key", "novi-echoes-key-at-the-cut",
                               "mailman-401", "mailman-echoes-password", "mailman-echoes-basic-auth",
                               "failed-writes"])
-def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, caplog, capsys, isolated_ledger):
+def test_no_secret_in_anything_a_run_leaves(peers, secret_blocks, tmp_path, caplog, capsys, isolated_ledger,
+                                           monkeypatch):
     caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr("tasks.http.backoff", lambda attempt: 0.01)  # every retry is still made and logged, at once
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        peers(mock)
+        must_read = peers(mock)
         state = sync_lists(list_id=LIST, novi_block="secret-novi", mailman_block="secret-mailman",
                            reports_dir=str(tmp_path), return_state=True)
         cli = CliRunner().invoke(app, ["sync", "--list", LIST, "--json", "--novi-block", "secret-novi",
                                        "--mailman-block", "secret-mailman"], env={"NOVI_MAILMAN_REPORTS": str(tmp_path)})
         human = CliRunner().invoke(app, ["plan", "--list", LIST, "--novi-block", "secret-novi",
                                          "--mailman-block", "secret-mailman"])
+    assert all(response.call_count for response in must_read), "the run never read the answer carrying the secret"
     captured = [caplog.text, *(r.getMessage() for r in caplog.records), capsys.readouterr().out,
                 capsys.readouterr().err, state.message or "", cli.output, human.output]
     result = state.result(raise_on_failure=False)
