@@ -210,32 +210,13 @@ def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
     assert ledger.last_run()["run_id"] == "r0"
 
 
-def _racer(barrier, url: str, run_id: str, events) -> None:
-    """One run taking the list's lock the moment the barrier lets every racer go."""
-    import time
-
-    from sqlalchemy import text
-
-    from tasks.ledger import ListBusy
-
-    ledger = Ledger(url)
-    with ledger.engine.connect() as conn:  # connected before the barrier: only the takeover races
-        conn.execute(text("select 1"))
-    barrier.wait()
-    try:
-        with ledger.lock(["race.example.org"], run_id):
-            events.put(("held", run_id, time.time()))
-            time.sleep(1.0)  # hold it long enough for the other to see it held
-    except ListBusy:
-        events.put(("busy", run_id, time.time()))
-
-
 def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url):
     """Real processes released by one barrier, a lock row 30 minutes stale: exactly one run takes
     it over. (Measured on the old code, which deleted by list id: both held it in 10 of 10 trials.)"""
     import multiprocessing
 
     from tasks.ledger import locks_table
+    from tests.racers import take_the_lock
 
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs threads
     ledger = Ledger(ledger_url)
@@ -247,7 +228,7 @@ def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_u
                                                  "holder": "gone-host:1", "acquired_at": stale,
                                                  "heartbeat_at": stale}])
         barrier, events = ctx.Barrier(2), ctx.Queue()
-        racers = [ctx.Process(target=_racer, args=(barrier, ledger_url, f"run-{trial}-{i}", events))
+        racers = [ctx.Process(target=take_the_lock, args=(barrier, ledger_url, f"run-{trial}-{i}", events))
                   for i in range(2)]
         for racer in racers:
             racer.start()
