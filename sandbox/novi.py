@@ -88,6 +88,11 @@ class Webhook(BaseModel):
     id: str
 
 
+def _json(record: dict | None) -> str:
+    """As FastAPI's JSONResponse encodes it."""
+    return json.dumps(record, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 @dataclass
 class Site:
     """The members of one sandbox site: generated records plus the changes made to them."""
@@ -100,6 +105,9 @@ class Site:
     removed: dict[str, dict] = field(default_factory=dict)  # still readable one by one, like Novi
     next_index: int = 0
     churns: int = 0
+    # Each generated record's JSON, made once: a real Novi costs this machine nothing, and
+    # making and encoding 1,000 records per page took 0.28 s of CPU the tool and Mailman need.
+    _encoded: dict[int, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.order = [data.member_id(i) for i in range(self.size)]
@@ -115,8 +123,17 @@ class Site:
             return None
         return data.make_member(self.seed, index, domains=self.domains)
 
-    def page(self, offset: int, size: int) -> list[dict]:
-        return [self.record(uid) for uid in self.order[offset:offset + size]]
+    def page(self, offset: int, size: int) -> list[str]:
+        """The page's records, each as the JSON Novi sends."""
+        return [self.encoded(uid) for uid in self.order[offset:offset + size]]
+
+    def encoded(self, unique_id: str) -> str:
+        if unique_id in self.overrides or unique_id in self.removed:
+            return _json(self.record(unique_id))
+        index = data.index_of(unique_id)
+        if index not in self._encoded:
+            self._encoded[index] = _json(self.record(unique_id))
+        return self._encoded[index]
 
     def edit(self, unique_id: str, changes: dict) -> dict:
         record = dict(self.record(unique_id) or {})
@@ -298,7 +315,7 @@ def create_app(sandbox: Sandbox) -> FastAPI:
         after = faults.total_changes_after_pages
         if after is not None and sandbox.pages_served > after:
             total += 1
-        return {"TotalCount": total, "Results": results}
+        return Response(f'{{"TotalCount":{total},"Results":[{",".join(results)}]}}', media_type="application/json")
 
     def one(unique_id: str):
         record = sandbox.site.record(unique_id.lower())

@@ -111,6 +111,20 @@ def test_companies_have_people_contacts_and_inheriting_members_found_by_parent_n
     assert all(r["ParentCustomerUniqueID"] == parent["UniqueID"] for r in found["Results"])
 
 
+def test_a_page_is_each_record_as_read_alone_before_and_after_an_edit_and_a_churn(api, sandbox):
+    """Pages serve each record's JSON made once: never a record as it was before it changed."""
+    def page():
+        return api.get("/api/members", params={"pageSize": 50, "offset": 0}).json()["Results"]
+
+    first = page()
+    assert first == [api.get(f"/api/members/{r['UniqueID']}").json() for r in first]
+    assert first == [data.make_member(3, i) for i in range(50)]
+    api.patch(f"/_sandbox/members/{data.member_id(7)}", json={"MemberStatus": "expired"})
+    assert page()[7]["MemberStatus"] == "expired" and page()[6] == first[6]
+    api.post("/_sandbox/churn", json={"lapse": 5, "rename": 5, "change_address": 5, "add": 3, "remove": 3})
+    assert page() == [api.get(f"/api/members/{uid}").json() for uid in sandbox.site.order[:50]]
+
+
 def test_edit_one_member(api):
     uid = data.member_id(7)
     assert api.patch(f"/_sandbox/members/{uid}", json={"MemberStatus": "expired"}).json()["MemberStatus"] == "expired"
