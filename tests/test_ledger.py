@@ -50,6 +50,33 @@ def test_a_run_round_trips(ledger_url):
     assert ledger.read(["other.example.org"]).empty
 
 
+def test_on_sqlite_rows_are_stored_as_sqlalchemy_would_store_them(tmp_path):
+    """Rows reach SQLite as text without SQLAlchemy's per-row processing: the text must be the
+    one its DATETIME type writes and reads, whatever zone or precision a stamp came in."""
+    from sqlalchemy import DateTime, text
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    p, outcomes, run = planned_run("a.example.org", 3)
+    memory = settle(p.memory, outcomes).sort_values("match_key", ignore_index=True)
+    memory["left_at"] = pd.Series([pd.Timestamp("2026-11-02 03:04:05.000007", tz="Europe/Paris"),
+                                   pd.Timestamp("2026-11-02 03:04:05", tz="UTC"), pd.NaT],
+                                  dtype="datetime64[us, UTC]")
+    ledger.record(run, ["a.example.org"], memory, outcomes, p.figures)
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(text("select left_at, first_managed_at, on_roster from managed_addresses "
+                                   "order by match_key")).all()
+        at = conn.execute(text("select distinct at from changes")).scalar_one()
+    dialect = ledger.engine.dialect
+    sqlalchemys = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    assert [row[0] for row in stored] == ["2026-11-02 02:04:05.000007", "2026-11-02 03:04:05.000000", None]
+    assert [row[0] for row in stored[:2]] == [sqlalchemys(stamp.to_pydatetime().astimezone(timezone.utc))
+                                              for stamp in memory["left_at"][:2]]
+    assert stored[0][1] == sqlalchemys(memory["first_managed_at"][0].to_pydatetime()) and stored[0][2] == 1
+    assert at == sqlalchemys(run.ended_at)
+    pd.testing.assert_frame_equal(ledger.read(["a.example.org"]).sort_values("match_key", ignore_index=True),
+                                  memory[LEDGER_COLUMNS], check_dtype=False)
+
+
 def test_each_list_is_compared_with_its_own_last_completed_run(ledger_url):
     """Two deployments sharing a ledger: the newest run covering *other* lists must not hide a
     list's own figures from the collapse guard (it would then compare with nothing)."""
