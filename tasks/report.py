@@ -43,7 +43,7 @@ def done_message(outcomes: pd.DataFrame, dry_run: bool) -> str:
     if outcomes.empty:
         return "No changes: every list is already in step with Novi"
     if dry_run:
-        return f"Dry run, nothing written: would {changes_line(outcomes)}"
+        return f"Dry run, nothing written; planned: {changes_line(outcomes)}"
     return f"{changes_line(outcomes)} ({len(outcomes):,} changes applied)"
 
 

@@ -71,7 +71,8 @@ def test_counts_and_messages():
                    row("rename", "d@x.org"), row("hold", "e@x.org"))
     assert changes_line(changes) == "+2 −1 held 1 renamed 1 on l.example.org"
     assert done_message(changes, dry_run=False) == "+2 −1 held 1 renamed 1 on l.example.org (5 changes applied)"
-    assert done_message(changes, dry_run=True) == "Dry run, nothing written: would +2 −1 held 1 renamed 1 on l.example.org"
+    assert done_message(changes, dry_run=True) == ("Dry run, nothing written; planned: "
+                                                   "+2 −1 held 1 renamed 1 on l.example.org")
     assert done_message(changes.iloc[0:0], dry_run=False) == "No changes: every list is already in step with Novi"
 
 
