@@ -9,7 +9,8 @@ block of your own, webhooks in), none of which this needs.
 
 Every flow run state change is an event named after the state: `prefect.flow-run.Failed`,
 `.Crashed`, and ours `.Refused` (a Failed state named Refused), `.Paused` (waiting for an
-approval), `.Completed` and `.Skipped` (a run with nothing to do). The automations match
+approval), `.Completed` and `.Skipped` (a run with nothing to do); a dry run ends `.Planned`,
+which no alert takes for a completed sync. The automations match
 those events for the runs of the chosen deployments, and are named and tagged so that a
 second `alerts install` updates them rather than adding more.
 """
@@ -36,7 +37,7 @@ GRACE = timedelta(hours=2)  # a full sync may run late by this much before anyon
 
 FAILED = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
 REFUSED = {"prefect.flow-run.Refused", "prefect.flow-run.Paused"}
-DONE = {"prefect.flow-run.Completed", "prefect.flow-run.Skipped"}
+DONE = {"prefect.flow-run.Completed", "prefect.flow-run.Skipped"}  # not "Planned": a dry run synced nothing
 
 RUN = "{{ flow_run.name }} ({{ deployment.name }})"
 LINK = "{{ flow_run|ui_url }}"

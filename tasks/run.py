@@ -407,8 +407,9 @@ class Run:
 
         Every outcome is expected, so none raises (a raise puts a traceback in the run's logs):
         a refusal is a Failed state named Refused, failed changes or an unrecorded run a Failed
-        state, each carrying its error with the summary attached (what the CLI prints); a run
-        with nothing to do is Completed named Skipped; the rest Completed, with the counts.
+        state, each carrying its error with the summary attached (what the CLI prints); a dry run
+        is Completed named Planned; a run with nothing to do Completed named Skipped; the rest
+        Completed, with the counts.
         """
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
         summary["flow_run_id"] = flow_run_id()
@@ -422,4 +423,7 @@ class Run:
         if (outcomes["outcome"] == Outcome.FAILED).any():
             return Failed(message=message, data=ChangesFailed(message, summary))
         get_run_logger().info(message)
-        return Completed(message=message, name="Skipped" if outcomes.empty else "Completed", data=summary)
+        # A dry run wrote nothing: named apart, it is neither a completed sync nor a recovery to
+        # the alerts (tasks.alerts.DONE), which listen for these names.
+        name = "Planned" if self.dry_run else "Skipped" if outcomes.empty else "Completed"
+        return Completed(message=message, name=name, data=summary)

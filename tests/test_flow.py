@@ -84,6 +84,7 @@ def test_dry_run_reports_and_writes_nothing(blocks, tmp_path):
     assert {row["outcome"] for row in table[:-1]} == {"planned (dry run)"}
     assert table[3]["change"] == "Old Name → Cur 1" and table[3]["novi_id"] == "cur-1"
     assert state.message == "Dry run, nothing written; planned: +3 −3 renamed 1 on members.example.org"
+    assert state.is_completed() and state.name == "Planned"  # not a completed sync to the alerts
     csv = open(summary["plan_csv"]).read()
     assert "staff@example.org" in csv and "unmanaged" in csv
 

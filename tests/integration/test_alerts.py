@@ -99,9 +99,13 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
                 body = receiver.wait_for(f"{refused.name} (webhook-member-sync) is Refused")
                 assert "600 removals planned" in body["body"] and "approve" in body["body"]
 
+                # An operator's dry run after the failure synced nothing: no recovery
+                dry = run_of(nightly, Completed(name="Planned", message="Dry run, nothing written; planned: +3 −2 "
+                                                                        "on members.example.org"))
                 recovered = run_of(nightly, Completed(message="+3 −2 on members.example.org (5 changes applied)"))
                 body = receiver.wait_for(f"{recovered.name} (nightly-full-sync) recovered")
                 assert "+3 −2 on members.example.org" in body["body"]
+                assert not [b for b in receiver.bodies if dry.name in json.dumps(b)]
             for body in receiver.bodies:
                 assert SECRET not in json.dumps(body)
 
