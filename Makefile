@@ -58,7 +58,7 @@ screenshots: install
 
 # The pre-fill of 100,000 members takes 9 (idle) to 60 (loaded) minutes, once: later runs reuse its snapshot.
 # 113 minutes on 2026-12-02 loaded (the old bridge's 100,000-member days most of it); 40 minutes on 2026-12-06
-# with --bridge-up-to 10000 --throughput 0 --planner-sizes and the snapshots made.
+# (36 minutes at 10:51) with --bridge-up-to 10000 --throughput 0 --planner-sizes and the snapshots made.
 # Arguments: make bench BENCH_ARGS="--sizes 1000 10000 --repeat 3"
 bench: install
 	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
