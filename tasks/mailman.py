@@ -21,6 +21,7 @@ from tasks.core import addresses
 from tasks.core.schema import (
     REGULAR,
     REQUEST_COLUMNS,
+    ROLE_ACTIONS,
     ROSTER_COLUMNS,
     Action,
     Delivery,
@@ -537,6 +538,16 @@ def batches(changes: pd.DataFrame, batch_size: int) -> list[tuple[str, pd.DataFr
         for _, per_list in group.groupby("list_id", sort=True):
             out += [(action, per_list.iloc[i:i + batch_size]) for i in range(0, len(per_list), batch_size)]
     return out
+
+
+def waves(work: list[tuple[str, pd.DataFrame]]) -> list[list[tuple[str, pd.DataFrame]]]:
+    """The batches in the order they may run, each wave after the one before has ended: every
+    membership batch, then the moderator roles. A new chair is subscribed and made moderator in
+    one run, and Mailman fails one of two requests creating the same new address at once (see
+    `batches`; a 500 on a real core when the two went out side by side)."""
+    members = [batch for batch in work if batch[0] not in ROLE_ACTIONS]
+    roles = [batch for batch in work if batch[0] in ROLE_ACTIONS]
+    return [wave for wave in (members, roles) if wave]
 
 
 def batch_outcomes(changes: pd.DataFrame, work: list[tuple[str, pd.DataFrame]], results: list) -> pd.DataFrame:

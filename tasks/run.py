@@ -34,7 +34,7 @@ from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError
 from tasks.http import halting
 from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
 from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
-                           with_preferences)
+                           waves, with_preferences)
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
 
@@ -160,8 +160,11 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
         records = missing_as_none(records).to_dict("records")
         return apply_batch.submit(client, action, records, lease)
 
-    futures = bounded(submit, work, workers)
-    return batch_outcomes(changes, work, [future.result(raise_on_failure=False) for future in futures])
+    ordered, results = [], []
+    for wave in waves(work):  # bounded() waits for its wave: moderator roles go once the memberships are done
+        results += [future.result(raise_on_failure=False) for future in bounded(submit, wave, workers)]
+        ordered += wave
+    return batch_outcomes(changes, ordered, results)
 
 
 @task(name="read-ledger", cache_policy=NO_CACHE)
