@@ -65,3 +65,45 @@ def wait_for(predicate, seconds: float = 45.0):
 def mail_to(core, domain: str) -> list[str]:
     """Recipients at `domain` of every message that reached the SMTP sink."""
     return [str(m["X-RcptTo"]).lower() for m in core.messages() if str(m["X-RcptTo"]).lower().endswith("@" + domain)]
+
+
+def flow_run_processes(worker_pid: int) -> list[int]:
+    """The `python -m prefect.engine` processes below a worker: its flow runs, still running."""
+    from pathlib import Path
+
+    from tasks.host import process_alive
+
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended while we looked
+            continue
+    below, frontier = set(), {worker_pid}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - below
+        below |= frontier
+    found = []
+    for pid in below:
+        try:
+            if b"prefect.engine" in Path(f"/proc/{pid}/cmdline").read_bytes() and process_alive(pid):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def stop_worker_after_its_runs(state, name: str = "worker", settle: float = 30) -> None:
+    """Stop a worker once the flow runs it started have ended on their own (up to `settle` s).
+
+    A run's final state is saved before its process has shut down; stopped then, the worker
+    forwards SIGINT to that process, which hung until the 20-s kill (each teardown of
+    test_approval took 20 s; the worker alone exits on SIGTERM in 0.5 s)."""
+    from sandbox.servers import stop
+
+    pid_file = state / f"{name}.pid"
+    if pid_file.exists():
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and flow_run_processes(int(pid_file.read_text())):
+            time.sleep(0.2)
+    stop(name, state)
