@@ -20,9 +20,10 @@ from prefect.settings import PREFECT_API_URL
 
 from sandbox import deploy as deployments
 from sandbox.mailman import free_port
+from sandbox.servers import stop
 from tasks.ledger import Ledger
 from tasks.report import PLAN_KEY, artifact_key
-from tests.integration.helpers import expected, lists_for, stop_worker_after_its_runs, sync
+from tests.integration.helpers import expected, lists_for, sync
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
@@ -45,7 +46,7 @@ def deployed(world, tmp_path, isolated_ledger):
     try:
         yield {"list": members, "deployment": f"sync-lists/nightly-full-sync-{tag}"}
     finally:
-        stop_worker_after_its_runs(tmp_path)
+        stop("worker", tmp_path)
 
 
 def _paused(flow_run_id):
