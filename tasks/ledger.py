@@ -210,7 +210,7 @@ SQLITE_STAMP = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _insert(conn, table: Table, frame: pd.DataFrame) -> None:
-    """The frame's rows into the table, in the caller's transaction.
+    """The frame's rows (none: nothing) into the table, in the caller's transaction.
 
     Built column by column: `to_dict("records")` boxes value by value. On SQLite the rows go to
     the driver as tuples with timestamps already in SQLAlchemy's text form: its per-row
@@ -335,13 +335,11 @@ class Ledger:
             key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
             if memory is not None:  # a refused run leaves the memory as it was
                 conn.execute(delete(addresses_table).where(scope))
-                if not memory.empty:
-                    _insert(conn, addresses_table, memory[LEDGER_COLUMNS].assign(run_id=key))
+                _insert(conn, addresses_table, memory[LEDGER_COLUMNS].assign(run_id=key))
             if run.kind == RunKind.UNDO:  # see _forget_undone
                 _forget_undone(conn, changes)
             change_rows = changes.assign(run_id=key, at=at)[[c.name for c in changes_table.columns if c.name != "id"]]
-            if not change_rows.empty:
-                _insert(conn, changes_table, change_rows)
+            _insert(conn, changes_table, change_rows)
             if per_list:
                 conn.execute(run_lists_table.insert(), [{"run_id": key, **row} for row in per_list])
 
