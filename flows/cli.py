@@ -404,6 +404,7 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
          apply: Annotated[bool, typer.Option("--apply", help="Apply the undo (without it: a dry run, "
                                                                "nothing written).")] = False,
          rules: RulesOpt = None, mailman_block: MailmanBlock = "mailman", ledger_block: LedgerBlock = None,
+         novi_block: NoviBlock = "novi",
          approve: Annotated[Optional[str], typer.Option(
              "--approve", metavar="FINGERPRINT",
              help="Apply an undo the guards refused, if it is still that plan.")] = None,
@@ -412,7 +413,8 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False) -> None:
     """Undo what one run applied (a dry run unless --apply): re-subscribe whom it removed, with
     their names and preferences and no mail; remove whom it subscribed; release its holds; restore
-    the names it changed. What changed since is skipped and said."""
+    the names it changed. What changed since is skipped and said, and so is anyone Novi now keeps
+    off (an opt-out, a deactivation, a deleted record or another address)."""
     approve = approved_fingerprint(approve, override_guards=override_guards)
     with _before_the_run(as_json):
         if rules:
@@ -421,15 +423,16 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
             load_rules(rules)
         _prefect()
         from flows.undo import run_to_undo
-        from tasks.blocks import MailmanCredentials, saved
+        from tasks.blocks import MailmanCredentials, NoviCredentials, saved
         from tasks.ledger import open_ledger
 
         saved(MailmanCredentials, mailman_block)
+        saved(NoviCredentials, novi_block)
         run_to_undo(open_ledger(ledger_block, create=False), run)  # a wrong name is one line, before a run
     from flows.undo import undo_run
 
     state = undo_run(run=run, dry_run=not apply, rules_path=rules, mailman_block=mailman_block,
-                     ledger_block=ledger_block, override_guards=override_guards, approve=approve,
+                     ledger_block=ledger_block, novi_block=novi_block, override_guards=override_guards, approve=approve,
                      batch_size=batch_size, workers=workers, return_state=True)
     summary, code = _summary_of(state)
     if as_json:

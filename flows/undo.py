@@ -18,15 +18,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from tasks import report
-from tasks.blocks import MailmanCredentials, saved
+from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core import guards
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules, load_rules, parse_rules
 from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag,
                                approved_fingerprint)
-from tasks.core.undo import plan_undo
+from tasks.core.undo import plan_undo, to_put_back
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
+from tasks.novi import members_frame
 from tasks.run import MAX_WORKERS, Run, failed, label, open_ledger, read_rosters
 
 UNDO_KEY = "novi-mailman-undo"
@@ -50,10 +51,14 @@ def undo_run(
     approve: str | None = None,
     batch_size: Annotated[int, Field(ge=1, le=500)] = 100,
     workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] = 2,
+    novi_block: str = "novi",
 ) -> State:
     """Undo what one run applied: re-subscribe the addresses it removed (silently, with the
     names and preferences they had), remove those it subscribed, release its holds, restore
     the names it changed. What changed since (by a later run, or by hand) is skipped and said.
+    Whoever it would put back is read from Novi first: a removal that was their own choice
+    (an opt-out), and anyone Novi no longer has at that address, or who has opted out or been
+    deactivated since, is left off and said; whom it puts back is managed again.
 
     A dry run by default: read what it would do, then run it again with dry_run off. The next
     sync still plans from Novi: fix what caused the run first (Novi's data, or the rules), or
@@ -70,10 +75,11 @@ def undo_run(
         approve: Apply an undo the guards refused, if it is still that plan: its 12-digit fingerprint.
         batch_size: Changes per batch task (1-500).
         workers: Tasks in flight at once (1-8).
+        novi_block: Name of the saved NoviCredentials block: whoever the undo would put back is read from Novi.
     """
     try:
         return _undo_run(run, dry_run, rules_path, mailman_block, ledger_block, override_guards, approve,
-                         batch_size, workers)
+                         batch_size, workers, novi_block)
     except SyncError as exc:
         return failed(exc)
 
@@ -97,17 +103,19 @@ def run_to_undo(ledger, ref: str) -> dict:
 
 
 def _rules_for(list_ids: list[str], rules_path: str | None) -> Rules:
-    """The guard settings per list: from the rules file where it names the list, else the
-    defaults. Never a welcome or goodbye mail: an undo puts people back as they were, unasked."""
-    named = {rule.list_id: rule for rule in load_rules(rules_path).lists} if rules_path else {}
+    """The rules per list (guards, protected addresses, who opting out and deactivation keep
+    off) and Novi's address fields: from the rules file where it names them, else the defaults.
+    Never a welcome or goodbye mail: an undo puts people back as they were, unasked."""
+    given = load_rules(rules_path) if rules_path else None
+    named = {rule.list_id: rule for rule in given.lists} if given else {}
     defaults = parse_rules({"lists": [{"list_id": lid} for lid in list_ids]}, "the undo's lists")
     silent = [named.get(rule.list_id, rule).model_copy(update={"send_welcome": False, "send_goodbye": False})
               for rule in defaults.lists]
-    return defaults.model_copy(update={"lists": silent})
+    return defaults.model_copy(update={"lists": silent, **({"novi": given.novi} if given else {})})
 
 
 def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: str, ledger_block: str | None,
-              override_guards: bool, approve: str | None, batch_size: int, workers: int) -> State:
+              override_guards: bool, approve: str | None, batch_size: int, workers: int, novi_block: str) -> State:
     approve = approved_fingerprint(approve, override_guards=override_guards)
     ledger = open_ledger(ledger_block, create=not dry_run)  # a real undo upgrades an older ledger first
     target = run_to_undo(ledger, ref)
@@ -130,8 +138,10 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
         with run.phase("extract_rosters"):  # with who is held: the undo of a hold or a release reads it
             rosters = read_rosters(mailman, list_ids, workers, with_held=list_ids)
         bans = read_bans(mailman, list_ids)
-        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name, bans,
-                         {rule.list_id: set(rule.protected) for rule in run.rules.lists})
+        with run.phase("extract_members"):
+            novi = _records_now(novi_block, to_put_back(applied), run.rules)
+        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name, novi,
+                         run.rules, bans)
         the_plan = _as_plan(undo.changes)
         run.judge(the_plan, None, override_guards, approve,
                   tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
@@ -145,6 +155,15 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
                "ledger": ledger.location}
     _publish(summary, dry_run)
     return run.finish(summary, outcomes)
+
+
+def _records_now(novi_block: str, novi_ids: list[str], rules: Rules) -> pd.DataFrame:
+    """The Novi records of these members as they are now (one read each), as a members frame;
+    those Novi no longer has are not in it."""
+    if not novi_ids:
+        return members_frame([], list(rules.novi.address_fields))
+    novi = saved(NoviCredentials, novi_block).get_client()
+    return members_frame(list(novi.members_by_id(novi_ids).values()), list(rules.novi.address_fields))
 
 
 def _as_plan(changes: pd.DataFrame) -> Plan:

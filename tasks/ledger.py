@@ -45,8 +45,11 @@ from tasks.core.schema import (
     FLAG_COLUMNS,
     LEDGER_COLUMNS,
     OUTCOME_COLUMNS,
+    PREFERENCE_COLUMNS,
     TIMESTAMP_COLUMNS,
     Action,
+    How,
+    Status,
     TOOK,
     Outcome,
     RunKind,
@@ -336,8 +339,8 @@ class Ledger:
             if memory is not None:  # a refused run leaves the memory as it was
                 conn.execute(delete(addresses_table).where(scope))
                 _insert(conn, addresses_table, memory[LEDGER_COLUMNS].assign(run_id=key))
-            if run.kind == RunKind.UNDO:  # see _forget_undone
-                _forget_undone(conn, changes)
+            if run.kind == RunKind.UNDO:  # see _settle_undone
+                _settle_undone(conn, changes, at, key)
             change_rows = changes.assign(run_id=key, at=at)[[c.name for c in changes_table.columns if c.name != "id"]]
             _insert(conn, changes_table, change_rows)
             if per_list:
@@ -628,17 +631,28 @@ def _insert_run(conn, run: RunRecord, *, changes: int, failed: int) -> str:
     return key
 
 
-def _forget_undone(conn, changes: pd.DataFrame) -> None:
-    """What the ledger remembered of the addresses an undo subscribed or removed described the
-    run it undid (a member it subscribed, one it removed for lapsing): kept, it would make the
-    next sync read an undone subscribe as "left the list themselves" (never re-added) and an
-    undone move as a member on neither address. Forgotten, the next sync judges them afresh
-    from Novi and the roster, as it does any address it meets."""
+def _settle_undone(conn, changes: pd.DataFrame, at: pd.Timestamp, key: str) -> None:
+    """What the ledger remembers of the addresses an undo subscribed or removed.
+
+    Its rows described the run the undo took back (a member it subscribed, one it removed for
+    lapsing, an old address it moved from): kept, they would make the next sync read an undone
+    subscribe as "left the list themselves" (never re-added) and an undone move as a member on
+    neither address. So they go. An address the undo put back for a Novi member is managed
+    again, as a member with that Novi id: without the row, an address Novi no longer gives
+    anyone (a later change, a merge) would be taken for one added by hand, and stay for good.
+    One Novi never knew goes back as it was: unmanaged."""
     done = changes.loc[(changes["outcome"] == Outcome.APPLIED)
                        & changes["action"].isin([Action.SUBSCRIBE, Action.UNSUBSCRIBE])]
     for list_id, mine in done.groupby("list_id"):
         conn.execute(delete(addresses_table).where((addresses_table.c.list_id == list_id)
                                                    & addresses_table.c.match_key.in_(list(mine["match_key"]))))
+    back = done.loc[(done["action"] == Action.SUBSCRIBE) & done["novi_id"].notna()]
+    _insert(conn, addresses_table, pd.DataFrame({
+        "list_id": back["list_id"], "match_key": back["match_key"], "email": back["email"],
+        "novi_id": back["novi_id"], "status": Status.MEMBER, "how": How.SUBSCRIBED, "on_roster": True,
+        "eligible": True, "first_managed_at": at, "last_seen_on_roster_at": at, "last_eligible_at": at,
+        "left_at": pd.NaT, "left_expires": pd.NaT,
+        **{c: back[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
 
 
 # Columns added since a ledger was first created (create_all adds tables, not columns).

@@ -58,6 +58,7 @@ REASON_ADDRESS_CHANGED = "address changed in Novi"
 REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
+REASON_OPTED_OUT = "opted out of email in Novi"
 COMMITTEE_TERM_ENDED = "committee term ended"
 REASON_MODERATOR = "holds a position that moderates the list"
 REASON_NOT_MODERATOR = "no longer holds a position that moderates the list"
@@ -132,7 +133,7 @@ def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | Non
     if rule.groups:
         checks.append((~_in_groups(members, set(rule.groups)), "in none of the list's groups"))
     if rule.exclude_opted_out:
-        checks.append((members["opted_out"].to_numpy(dtype=bool), "opted out of email in Novi"))
+        checks.append((members["opted_out"].to_numpy(dtype=bool), REASON_OPTED_OUT))
     reason = np.select([c for c, _ in checks], [r for _, r in checks], default="")
     return pd.Series(reason, index=members.index, dtype="string")
 

@@ -5,6 +5,12 @@ addresses it removed (silently, with the name and preferences they had), removes
 subscribed, releases the holds it made (and holds again what it released), and restores the
 names it changed. What has changed since, by a later run of this tool or by someone by hand,
 is not the run's to take back: it is skipped, with the reason.
+
+Whoever an undo would give the list's mail again (a re-subscribe, a release) is judged by
+Novi as it is now: a removal that was their own choice (they opted out), a record Novi no
+longer has, an address it no longer gives them, an opt-out or a deactivation since: each is
+left as it is and said. What it does put back is managed (tasks.ledger records it with the
+member's Novi id), so the next sync still moves or removes it as Novi says.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from tasks.core.addresses import banned
+from tasks.core.planner import REASON_OPTED_OUT
+from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, ROLE_ACTIONS, Action, Delivery, missing_as_none
 
 # Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
@@ -21,6 +29,7 @@ from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, ROLE_ACTIONS, 
 INVERSE = {Action.SUBSCRIBE: Action.UNSUBSCRIBE, Action.UNSUBSCRIBE: Action.SUBSCRIBE,
            Action.HOLD: Action.RELEASE, Action.RELEASE: Action.HOLD, Action.RENAME: Action.RENAME}
 SKIPPED_COLUMNS = ["list_id", "email", "novi_id", "action", "reason"]
+PUTTING_BACK = (Action.SUBSCRIBE, Action.RELEASE)  # inverses that give someone the list's mail again
 
 
 class Undo(NamedTuple):
@@ -28,9 +37,15 @@ class Undo(NamedTuple):
     skipped: pd.DataFrame   # SKIPPED_COLUMNS: the run's changes it leaves, and why
 
 
+def to_put_back(applied: pd.DataFrame) -> list[str]:
+    """The Novi ids of everyone an undo of these changes would give the list's mail again: whose
+    records `plan_undo` must have, read from Novi just before."""
+    putting_back = applied["action"].map(INVERSE).isin(PUTTING_BACK)
+    return sorted(set(applied.loc[putting_back, "novi_id"].dropna()))
+
+
 def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd.DataFrame,
-              run_name: str, bans: dict[str, list[str]] | None = None,
-              protected: dict[str, set[str]] | None = None) -> Undo:
+              run_name: str, novi: pd.DataFrame, rules: Rules, bans: dict[str, list[str]] | None = None) -> Undo:
     """The undo of one run.
 
     `applied`: the run's changes whose outcome was applied (the ledger's change rows, with
@@ -38,9 +53,13 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
     holds it now (ROSTER_COLUMNS). `later`: changes this tool applied to the same lists
     after the run (list_id, match_key, run_name): an address a later run changed again is left
     to that run. `bans`: per list, the bans that apply to it now; a banned address is never
-    subscribed again (Mailman would refuse it, every time). `protected`: per list, the rules'
-    protected addresses, never removed or held, by an undo either."""
+    subscribed again (Mailman would refuse it, every time). `novi`: the members frame
+    (tasks.novi.members_frame) of the records of `to_put_back`, read now. `rules`: each list's
+    rule: whether opting out and deactivation keep people off it, and its protected addresses,
+    never removed or held, by an undo either."""
     applied = missing_as_none(applied)
+    records = {str(r["novi_id"]).lower(): r for r in missing_as_none(novi).to_dict("records")}
+    rule_of = {rule.list_id: rule for rule in rules.lists}
     touched_later = dict(zip(zip(later["list_id"], later["match_key"]), later["run_name"]))
     on_roster = {list_id: {row["match_key"]: row for row in missing_as_none(roster).to_dict("records")}
                  for list_id, roster in rosters.items()}
@@ -61,7 +80,9 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
                    or ("banned in Mailman since" if inverse == Action.SUBSCRIBE
                        and (row.list_id, row.match_key) in banned_now else None)
                    or ("protected address" if inverse in (Action.UNSUBSCRIBE, Action.HOLD)
-                       and row.match_key in (protected or {}).get(row.list_id, ()) else None))
+                       and row.match_key in rule_of[row.list_id].protected else None)
+                   or (_not_to_put_back(row, records.get(str(row.novi_id).lower()), rule_of[row.list_id])
+                       if inverse in PUTTING_BACK else None))
         if why_not:
             skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id,
                             "action": inverse, "reason": why_not})
@@ -78,8 +99,42 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
         elif inverse == Action.RENAME:
             change.update(display_name=row.previous)
         changes.append(change)
+    changes = _keep_moves_whole(changes, skipped)
     return Undo(pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype("string"),
                 pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype("string"))
+
+
+def _not_to_put_back(row, record: dict | None, rule: ListRule) -> str | None:
+    """Why an address this run took off (or held) is not given the list's mail again, or None.
+    `record`: its member's Novi record as read now (None: Novi no longer has it)."""
+    if row.reason == REASON_OPTED_OUT:
+        return "removed because they opted out of email in Novi: their own choice, not undone"
+    if row.novi_id is None:  # an address Novi never knew (a mirror list's): back as it was, unmanaged
+        return None
+    if record is None:
+        return "no longer in Novi (deleted or merged): not put back"
+    if record["quarantine"] is not None:
+        return f"Novi's record cannot be read now ({record['quarantine']}): not put back"
+    if record["match_key"] != row.match_key:
+        return f"Novi now gives this member another address ({record['email'] or 'none'}): not put back"
+    if rule.exclude_opted_out and record["opted_out"]:
+        return "opted out of email in Novi since: not put back"
+    if rule.active_only and not record["active"]:
+        return "inactive in Novi now: not put back"
+    return None
+
+
+def _keep_moves_whole(changes: list[dict], skipped: list[dict]) -> list[dict]:
+    """An address change is undone whole or not at all: where the old address is not put back,
+    the new one the run subscribed stays (removed, the member would be on neither). Moves the
+    new address's removal from `changes` to `skipped`; the changes left."""
+    kept_off = {(s["list_id"], s["novi_id"]) for s in skipped
+                if s["action"] == Action.SUBSCRIBE and s["novi_id"] is not None}
+    stays = [c["action"] == Action.UNSUBSCRIBE and (c["list_id"], c["novi_id"]) in kept_off for c in changes]
+    skipped += [{"list_id": c["list_id"], "email": c["email"], "novi_id": c["novi_id"], "action": c["action"],
+                 "reason": "the member's old address is not put back (see it): this one stays"}
+                for c, stay in zip(changes, stays) if stay]
+    return [c for c, stay in zip(changes, stays) if not stay]
 
 
 def _what(row) -> str:
