@@ -47,7 +47,7 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
                     "2026-06-30T23:59:59-04:00" if i % 80 == 0 else None)] if routing and i % 20 == 0 else []
                   for i in range(n)],
         "custom_fields": [{"Chapter": CHAPTERS[i % 4]} if routing else {} for i in range(n)],
-        "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"),
+        "quarantine": pd.Series(pd.NA, index=range(n), dtype="string"), "unreadable": [()] * n,
         **{c: pd.Series(pd.NA, index=range(n), dtype="string")
            for c in ("parent_id", "primary_contact_id", "billing_contact_id")},
     })[MEMBER_COLUMNS]

@@ -122,8 +122,10 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
         bans = read_bans(mailman, run.list_ids)
         requests = read_requests(mailman, run.list_ids)
         moderators = read_moderators(mailman, run.ledger, run.rules, keys)
+        # Novi cannot be asked which companies name a person as their contact: whether someone
+        # is one is judged by the full sync alone (a member run never removes on less).
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
-                              requests, moderators)
+                              requests, moderators, every_company=False)
 
         run.judge(the_plan, None, override_guards, approve)
         outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.core import addresses
-from tasks.core.schema import MEMBER_COLUMNS, NOVI_PAGE_SIZE
+from tasks.core.schema import COMMITTEES, CONTACT_FIELDS, CUSTOM_FIELDS, MEMBER_COLUMNS, NOVI_PAGE_SIZE
 from tasks.errors import IncompleteSweep, UnexpectedResponse
 from tasks.http import ApiSession, json_body
 from tasks.paging import Offsets, Page, sweep
@@ -196,30 +196,49 @@ def _id(value: object) -> str | None:
     return text.lower() if text else None
 
 
-def _seats(committees: object) -> list[tuple]:
+def _seats(committees: object) -> list[tuple] | None:
     """A record's committee seats (`Committees`: a list, or null): (id, name, position, start,
-    end), the dates as Novi sends them. They are read as dates only where a rule names
-    committees (tasks.core.planner), not for every record of every sweep."""
-    if not isinstance(committees, list):
+    end), the dates as Novi sends them (text). They are read as dates only where a rule names
+    committees (tasks.core.planner), not for every record of every sweep. None where the field
+    cannot be read: not a list, an entry not an object, a date not text."""
+    if committees is None:
         return []
+    if not isinstance(committees, list) or not all(
+            isinstance(c, dict) and all(isinstance(c.get(d), (str, type(None))) for d in ("StartDate", "EndDate"))
+            for c in committees):
+        return None
     return [(str(c.get("CommitteeUniqueID") or "").strip().lower(), (_text(c.get("CommitteeName")) or "").casefold(),
              (_text(c.get("PositionName")) or "").casefold(), _text(c.get("StartDate")), _text(c.get("EndDate")))
-            for c in committees if isinstance(c, dict)]
+            for c in committees]
 
 
-def _custom_fields(fields: object) -> dict[str, str]:
-    """A record's custom fields with a value: name (as Novi shows it) → value. Keyed by field
-    name, or a list of entries: each entry's `CustomFieldName` wins when it has one."""
-    entries = fields.items() if isinstance(fields, dict) else ((None, f) for f in fields) if isinstance(fields, list) else ()
-    found = {}
+def _custom_fields(fields: object) -> tuple[dict[str, str], list[str]]:
+    """A record's custom fields with a value: name (as Novi shows it) → value; and the names of
+    those whose value cannot be read (a list, an object), or `CustomFields` itself when it is
+    neither an object nor a list. Keyed by field name, or a list of entries: each entry's
+    `CustomFieldName` wins when it has one. A true/false value reads as `true`/`false`."""
+    if fields is None:
+        return {}, []
+    if not isinstance(fields, (dict, list)):
+        return {}, [CUSTOM_FIELDS]
+    entries = fields.items() if isinstance(fields, dict) else ((None, f) for f in fields)
+    found, unreadable = {}, []
     for key, entry in entries:
         entry = entry if isinstance(entry, dict) else {"Value": entry}
         name = _text(entry.get("CustomFieldName")) or (_text(key) if isinstance(key, str) else None)
         value = entry.get("Value")
-        value = _text(value) if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) else None)
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        elif isinstance(value, str):
+            value = _text(value)
+        elif value is not None:
+            unreadable.append(f"{CUSTOM_FIELDS}.{name}" if name else CUSTOM_FIELDS)
+            continue
         if name and value is not None:
             found[name] = value
-    return found
+    return found, unreadable
 
 
 def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Email", "AccountEmail")) -> pd.DataFrame:
@@ -250,6 +269,13 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
     active_raw = get("Active")
     opt_raw = get("UnsubscribeFromEmails")
     status_raw = get("MemberStatus")
+    seats = [_seats(c) for c in get(COMMITTEES)]
+    custom = [_custom_fields(f) for f in get(CUSTOM_FIELDS)]
+    # Per record, the routing fields that cannot be read (see CONTACT_FIELDS): the lists whose
+    # rules read one of them leave the record alone.
+    unreadable = [tuple(([COMMITTEES] if s is None else []) + bad
+                        + [f for f in CONTACT_FIELDS if not isinstance(r.get(f), (str, type(None)))])
+                  for r, s, (_, bad) in zip(records, seats, custom)]
 
     frame = pd.DataFrame({
         "novi_id": ids,
@@ -268,13 +294,14 @@ def members_frame(records: Sequence[dict], address_fields: Sequence[str] = ("Ema
         "opted_out": pd.Series([o is True for o in opt_raw], dtype=bool),
         "expires": pd.to_datetime(pd.Series(get("MembershipExpires"), dtype="object"),
                                   errors="coerce", utc=True, format="ISO8601"),
-        "seats": [_seats(c) for c in get("Committees")],
-        "custom_fields": [_custom_fields(f) for f in get("CustomFields")],
+        "seats": [found or [] for found in seats],
+        "custom_fields": [found for found, _ in custom],
         **{column: pd.Series([_id(v) for v in get(field)], dtype="string") for column, field in (
             ("parent_id", "ParentCustomerUniqueID"), ("primary_contact_id", "PrimaryContactUniqueId"),
             ("billing_contact_id", "BillingContactUniqueId"))},
     })
     frame["is_person"] = frame["customer_type"].str.casefold() == "person"
+    frame["unreadable"] = unreadable
 
     wrong_type = pd.Series([_field_problem(r, address_fields) for r in records], dtype="string")
     frame["quarantine"] = wrong_type.fillna(addresses.refusal(frame["email"]))

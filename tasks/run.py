@@ -101,23 +101,24 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
               now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
               requests: dict[str, pd.DataFrame] | None = None,
-              moderators: dict[str, pd.DataFrame] | None = None) -> Plan:
+              moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules, ledger, now, bans, requests, moderators)
+    return plan(members, rosters, rules, ledger, now, bans, requests, moderators, every_company)
 
 
 def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules,
                ledger: pd.DataFrame, now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
                requests: dict[str, pd.DataFrame] | None = None,
-               moderators: dict[str, pd.DataFrame] | None = None) -> Plan:
+               moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """The plan. Where it removes, holds or moves members whose preferences the roster read did
     not bring (`Plan.wanting`: a day's churn, not the roster), those are read, one call each,
-    and the lists planned again with them."""
-    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests, moderators)
+    and the lists planned again with them. `every_company`: see `tasks.core.planner.plan`."""
+    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests, moderators, every_company)
     if the_plan.wanting.empty:
         return the_plan
     read = read_preferences(mailman, the_plan.wanting)
-    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests, moderators)
+    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests, moderators,
+                     every_company)
 
 
 def read_moderators(mailman: MailmanClient, ledger: Ledger, rules: Rules,

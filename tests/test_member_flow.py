@@ -96,6 +96,12 @@ SCENARIOS = [
 ]
 
 
+# Whether someone is a company's contact needs every company, and Novi cannot be asked which
+# companies name a person: a member run adds what the full sync adds, and leaves its removals
+# to the full sync (issue 27: a webhook removed a contact the full sync then added back).
+LEFT_TO_THE_FULL_SYNC = {"contacts-company-lapses", "contacts-primary-changes", "contacts-all-company-lapses"}
+
+
 @pytest.mark.parametrize(("name", "index", "mutate", "rule"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
 def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rule, member_blocks, tmp_path,
                                                         isolated_ledger, monkeypatch):
@@ -117,8 +123,13 @@ def test_member_sync_reaches_what_the_full_sync_reaches(name, index, mutate, rul
     if rule.get("lapsed") != "keep":  # a kept member is the one scenario with nothing to write
         assert by_full.result()["outcomes"].get("applied"), name  # the scenario does change the list
     monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(twin_ledger))
+    before = copy.deepcopy(twin.rosters)
     state, reads = one(FakeNovi(copy.deepcopy(novi.records)), twin, [guid(synced)], rules)
     assert state.is_completed(), state.message
+    if name in LEFT_TO_THE_FULL_SYNC:
+        removed = set(before[LIST]) - set(mailman.rosters[LIST])
+        assert removed and set(twin.rosters[LIST]) == set(mailman.rosters[LIST]) | removed
+        assert full(FakeNovi(copy.deepcopy(novi.records)), twin, tmp_path, rules).is_completed()
     assert twin.rosters == mailman.rosters
     assert not any("roster/member" in url for url in reads)  # no whole roster was read
     assert not any("offset=" in url and "email=" not in url and "parentName=" not in url
@@ -269,3 +280,25 @@ def test_a_member_sync_honours_bans_as_the_full_sync_does(member_blocks, tmp_pat
     assert state.is_completed(), state.message
     assert "m3@example.org" not in mailman.names(LIST) and mailman.writes["subscribe"] == 19
     assert state.result()["lists"][0]["left_alone"] == {"banned in Mailman": 1}
+
+
+def test_a_webhook_never_removes_a_contact_the_full_sync_keeps(member_blocks, tmp_path):
+    """Issue 27, item 3: a company names an unaffiliated person (no parent company) its billing
+    contact; the full sync subscribes them; their own webhook read only their (absent) parent
+    company and removed them, and every full sync added them back: a flap on every webhook."""
+    import yaml
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, "contacts_of_companies": "billing"}]}))
+    records = population()
+    records[20]["BillingContactUniqueId"] = guid(5)  # m5 stands alone: no ParentCustomerUniqueID
+    assert records[5]["ParentCustomerUniqueID"] is None
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    assert "m5@example.org" in mailman.rosters[LIST]
+    state, _ = one(novi, mailman, [guid(5)], rules)
+    assert state.is_completed(), state.message
+    assert "m5@example.org" in mailman.rosters[LIST]
+    assert not state.result()["outcomes"]  # nothing written
+    again = full(novi, mailman, tmp_path, rules)
+    assert again.name == "Skipped", again.message  # no flap: the full sync has nothing to add back

@@ -304,3 +304,98 @@ def test_moderators_from_positions_needs_committees():
     from tasks.errors import RulesError
     with pytest.raises(RulesError, match="name the committees too"):
         parse_rules({"lists": [{"list_id": L, "moderators_from_positions": ["Chair"]}]}, "test")
+
+
+# --- issue 27, items 4 and 5: what cannot be read is never a cause of removal --------------
+
+def judged(rule: dict, records: list[dict], on_roster: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Plan one list whose roster holds `on_roster`, each remembered as a member the tool manages
+    (they were on it and eligible at the last run): the changes and the rows left alone."""
+    from tasks.core.schema import How, Status, empty_ledger
+
+    rules = parse_rules({"lists": [{"list_id": L, "allow_empty": True, "update_names": False, **rule}]}, "test")
+    roster = roster_frame(L, [(address, "Pat") for address in on_roster])
+    members = members_frame(records)
+    ids = dict(zip(members["email"], members["novi_id"]))
+    rows = [{"list_id": L, "match_key": a, "email": a, "novi_id": ids.get(a), "status": Status.MEMBER,
+             "how": How.SUBSCRIBED, "on_roster": True, "eligible": True,
+             "first_managed_at": NOW - pd.Timedelta(days=30), "last_seen_on_roster_at": NOW - pd.Timedelta(days=1),
+             "last_eligible_at": NOW - pd.Timedelta(days=1)} for a in on_roster]
+    ledger = pd.concat([empty_ledger(), pd.DataFrame(rows)], ignore_index=True) if rows else empty_ledger()
+    result = plan(members, {L: roster}, rules, ledger, NOW)
+    return result.changes, result.left_alone
+
+
+CHAIR = {"committees": ["Finance"], "moderators_from_positions": ["Chair"]}
+
+
+@pytest.mark.parametrize("end", ["06/30/2026", 20260630, "2026-06-31"], ids=["us-format", "integer", "no-such-day"])
+def test_an_unreadable_committee_date_quarantines_the_seat_and_says_so(end):
+    record = novi_record("p", "p@example.org", Committees=[seat(position="Chair", end=end)])
+    changes, alone = judged({"committees": ["Finance"]}, [record], ["p@example.org"])
+    assert changes.empty  # not kept on as if the seat were open, and not removed either
+    (row,) = alone.to_dict("records")
+    assert row["reason"].startswith("quarantined") and ("not a date" in row["reason"] or "cannot be read" in row["reason"])
+    # Not subscribed either, on a list it is not on yet
+    changes, _ = judged({"committees": ["Finance"]}, [record], [])
+    assert changes.empty
+
+
+def test_an_unreadable_date_is_passed_over_where_another_seat_is_current():
+    record = novi_record("p", "p@example.org", Committees=[seat(position="Chair", end="06/30/2026"), seat()])
+    assert why({"committees": ["Finance"]}, Committees=record["Committees"]) == ""
+
+
+def test_a_former_chair_whose_end_date_cannot_be_read_is_neither_kept_nor_unmade_as_moderator():
+    from tasks.core.planner import moderator_changes
+
+    rules = parse_rules({"lists": [{"list_id": L, **CHAIR}]}, "test")
+    members = members_frame([novi_record("p", "p@example.org", Committees=[seat(position="Chair", end="06/30/2026"),
+                                                                          seat(position="Member")])])
+    winners = members.assign(eligible=True)
+    made = pd.DataFrame({"match_key": ["p@example.org"], "email": ["p@example.org"], "member_id": ["mid-p"],
+                         "made": [True]})
+    assert moderator_changes(winners, rules.lists[0], NOW, made).empty
+
+
+@pytest.mark.parametrize(("rule", "record", "says"), [
+    ({"committees": ["Finance"]}, {"Committees": {"CommitteeName": "Finance"}}, "Committees cannot be read"),
+    ({"committees": ["Finance"]}, {"Committees": [{**seat(), "EndDate": 20270101}]}, "Committees cannot be read"),
+    ({"custom_fields": {"Chapter": ["North"]}}, {"CustomFields": field("Chapter", ["North"])},
+     "CustomFields.Chapter cannot be read"),
+    ({"custom_fields": {"Chapter": ["North"]}}, {"CustomFields": "Chapter=North"}, "CustomFields cannot be read"),
+    ({"custom_fields_not": {"Student": ["yes"]}}, {"CustomFields": field("Student", ["yes"])},
+     "CustomFields.Student cannot be read"),
+    ({"contacts_of_companies": "all"}, {"ParentCustomerUniqueID": 42}, "ParentCustomerUniqueID cannot be read"),
+    ({"inheriting": "include"}, {"ParentCustomerUniqueID": ["acme"], "MemberStatus": "inheriting"},
+     "ParentCustomerUniqueID cannot be read"),
+], ids=["committees-object", "committee-date-integer", "custom-value-list", "custom-fields-string",
+        "custom-not-value-list", "parent-id-number", "parent-id-list"])
+def test_a_routing_field_of_the_wrong_type_quarantines_the_record_on_the_lists_that_read_it(rule, record, says):
+    person = novi_record("p", "p@example.org", **record)
+    changes, alone = judged(rule, [person], ["p@example.org"])
+    assert changes.empty, changes[["action", "reason"]].to_dict("records")
+    (row,) = alone.to_dict("records")
+    assert row["reason"].startswith("quarantined") and says in row["reason"]
+    # A list whose rule does not read the field judges the record as before.
+    changes, alone = judged({}, [person], [])
+    assert alone.empty and list(changes["action"]) == ([] if why({}, **record) else [Action.SUBSCRIBE])
+
+
+@pytest.mark.parametrize("field_name", ["PrimaryContactUniqueId", "BillingContactUniqueId"])
+@pytest.mark.parametrize("bad", [12345, ["p1"]], ids=["number", "list"])
+def test_a_company_contact_id_of_the_wrong_type_removes_nobody(field_name, bad):
+    acme = company("acme", "Acme Ltd", primary="p1", billing="p1")
+    acme[field_name] = bad
+    changes, alone = judged({"contacts_of_companies": "primary" if field_name.startswith("P") else "billing"},
+                            [acme, person("p1")], ["p1@x.org"])
+    assert changes.empty
+    assert "quarantined" in alone["reason"].iloc[0] and f"{field_name} cannot be read" in alone["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("value", [True, "Yes", "TRUE"], ids=["boolean", "yes-any-case", "true-text"])
+def test_a_checkbox_sent_as_true_or_yes_is_excluded_alike(value):
+    assert why({"custom_fields_not": {"Student": ["yes"]}}, CustomFields=field("Student", value)).startswith(
+        "custom field Student is")
+    assert why({"custom_fields": {"Student": ["true"]}}, CustomFields=field("Student", value)) == ""
+    assert why({"custom_fields_not": {"Student": ["yes"]}}, CustomFields=field("Student", False)) == ""

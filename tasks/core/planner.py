@@ -17,6 +17,8 @@ import pandas as pd
 from tasks.core.addresses import banned
 from tasks.core.rules import ListRule, Rules
 from tasks.core.schema import (
+    COMMITTEES,
+    CUSTOM_FIELDS,
     INHERITING,
     STATUSES_ANY,
     CHANGE_COLUMNS,
@@ -92,9 +94,32 @@ class Plan:
         return int((self.changes["list_id"] == list_id).sum())
 
 
+class Check(NamedTuple):
+    """One condition of a rule, per member: whether it keeps them off and why, and where the
+    fields it reads cannot be read (`unsure`, with why), whether it holds is not known."""
+
+    off: np.ndarray
+    reason: object                     # one text for all, or one per member
+    unsure: np.ndarray | None = None   # bool per member; `off` is False there
+    unsure_reason: object = ""
+
+
 def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | None = None,
                   companies: pd.DataFrame | None = None) -> pd.Series:
-    """Why each member does not belong on the rule's list ('' where they do), first reason wins.
+    """Why each member does not belong on the rule's list ('' where they do): see `judge`."""
+    return judge(members, rule, now, companies)[0]
+
+
+def judge(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | None = None,
+          companies: pd.DataFrame | None = None, every_company: bool = True) -> tuple[pd.Series, pd.Series]:
+    """Why each member does not belong on the rule's list ('' where they do), first reason wins;
+    and, where nothing readable keeps them off, why the list cannot judge them ('' where it can).
+
+    Unjudged: a routing field the rule reads that cannot be read (tasks.novi: Committees,
+    a custom field's value, a contact id), a committee date that is not a date, or, where
+    `every_company` is False (a member run, `explain`: only the companies read for these
+    people), whether they are a company's contact. Such a member is neither subscribed nor
+    removed (`plan_list` quarantines them on this list): bad or partial data never removes.
 
     `now` judges committee seats: a seat is current from its StartDate (or always, without
     one) until its EndDate (or for good, without one). `companies` (see `companies_of`) judges
@@ -102,40 +127,81 @@ def ineligibility(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp | Non
     `members`."""
     if companies is None and (rule.contacts_of_companies or rule.inheriting):
         companies = companies_of(members)
-    checks: list[tuple[np.ndarray, object]] = []
+    unreadable = _unreadable_fields(members, rule)
+    checks: list[Check] = []
     if rule.active_only:
-        checks.append((~members["active"].to_numpy(dtype=bool), "inactive in Novi"))
+        checks.append(Check(~members["active"].to_numpy(dtype=bool), "inactive in Novi"))
     if rule.contacts_of_companies:  # the company's status is judged, not the person's
-        checks.append(_off_contacts(members, rule, companies))
+        checks.append(_off_contacts(members, rule, companies, every_company))
     elif rule.statuses != STATUSES_ANY:
-        checks.append(_off_status(members, rule, companies))
+        checks.append(Check(*_off_status(members, rule, companies)))
     if rule.inheriting == "exclude":
-        checks.append(((members["status"] == INHERITING).fillna(False).to_numpy(dtype=bool),
-                       "inherits membership from a company"))
+        checks.append(Check((members["status"] == INHERITING).fillna(False).to_numpy(dtype=bool),
+                            "inherits membership from a company"))
     if rule.committees:
         checks.append(_off_committees(members, rule, now if now is not None else pd.Timestamp.now(tz="UTC")))
     for field, values in rule.custom_fields.items():
         have = _field_values(members, field)
-        checks.append(((~have.isin(values)).to_numpy(dtype=bool),
-                       _said(have, lambda v, f=field, w=" or ".join(values): f"custom field {f} is {v or 'missing'}, "
-                                                                              f"not {w}")))
+        checks.append(Check((~_truths(have).isin({_truth(v) for v in values})).to_numpy(dtype=bool),
+                            _said(have, lambda v, f=field, w=" or ".join(values):
+                                  f"custom field {f} is {v or 'missing'}, not {w}")))
     for field, values in rule.custom_fields_not.items():
         have = _field_values(members, field)
-        checks.append((have.isin(values).fillna(False).to_numpy(dtype=bool),
-                       _said(have, lambda v, f=field: f"custom field {f} is {v or ''}")))
+        checks.append(Check(_truths(have).isin({_truth(v) for v in values}).fillna(False).to_numpy(dtype=bool),
+                            _said(have, lambda v, f=field: f"custom field {f} is {v or ''}")))
     if rule.persons_only:
-        checks.append((~members["is_person"].to_numpy(dtype=bool), "a company, not a person"))
+        checks.append(Check(~members["is_person"].to_numpy(dtype=bool), "a company, not a person"))
     if rule.member_types:
         wanted = set(rule.member_types)
         has_type = (members["member_type"].str.casefold().isin(wanted)
                     | members["member_type_id"].isin(wanted))
-        checks.append((~has_type.fillna(False).to_numpy(dtype=bool), "member type not on this list"))
+        checks.append(Check(~has_type.fillna(False).to_numpy(dtype=bool), "member type not on this list"))
     if rule.groups:
-        checks.append((~_in_groups(members, set(rule.groups)), "in none of the list's groups"))
+        checks.append(Check(~_in_groups(members, set(rule.groups)), "in none of the list's groups"))
     if rule.exclude_opted_out:
-        checks.append((members["opted_out"].to_numpy(dtype=bool), REASON_OPTED_OUT))
-    reason = np.select([c for c, _ in checks], [r for _, r in checks], default="")
-    return pd.Series(reason, index=members.index, dtype="string")
+        checks.append(Check(members["opted_out"].to_numpy(dtype=bool), REASON_OPTED_OUT))
+    offs = [c for c in checks if c.off.any()]
+    reason = np.select([c.off for c in offs], [c.reason for c in offs], default="") if offs else ""
+    why_not = pd.Series(reason, index=members.index, dtype="string")
+    # A field that cannot be read makes every check that reads it unsure: the record is not
+    # judged at all. A check unsure of its own (a date, a company not read) only where nothing
+    # readable keeps them off.
+    judged_on = (why_not == "").to_numpy(dtype=bool)
+    unsure = [unreadable] + [c for c in checks if c.unsure is not None and c.unsure.any()]
+    unjudged = np.select([unreadable.unsure] + [c.unsure & judged_on for c in unsure[1:]],
+                         [c.unsure_reason for c in unsure], default="")
+    return why_not.where(~unreadable.unsure, ""), pd.Series(unjudged, index=members.index, dtype="string")
+
+
+TRUE_WORDS, FALSE_WORDS = frozenset({"true", "yes"}), frozenset({"false", "no"})
+
+
+def _truth(value: str) -> str:
+    """A custom field's value as compared: yes/true (a checkbox Novi may send as true) alike,
+    and no/false alike; any other value as it is."""
+    return "true" if value in TRUE_WORDS else "false" if value in FALSE_WORDS else value
+
+
+def _truths(values: pd.Series) -> pd.Series:
+    return values.where(~values.isin(TRUE_WORDS | FALSE_WORDS).fillna(False), values.map(_truth, na_action="ignore"))
+
+
+def _unreadable_fields(members: pd.DataFrame, rule: ListRule) -> Check:
+    """The members whose routing fields this rule reads cannot be read (tasks.novi marks them)."""
+    reads = {name.casefold() for name in (
+        ([COMMITTEES] if rule.committees else [])
+        + ([CUSTOM_FIELDS] if rule.custom_fields or rule.custom_fields_not else [])
+        + [f"{CUSTOM_FIELDS}.{field}" for field in (*rule.custom_fields, *rule.custom_fields_not)]
+        + (["ParentCustomerUniqueID"] if rule.inheriting or "all" in rule.contacts_of_companies else []))}
+    unsure = np.zeros(len(members), dtype=bool)
+    reason = np.full(len(members), "", dtype=object)
+    if reads:
+        column = members["unreadable"].to_numpy(dtype=object)
+        for i in np.flatnonzero([bool(fields) for fields in column]):
+            bad = next((field for field in column[i] if field.casefold() in reads), None)
+            if bad:
+                unsure[i], reason[i] = True, f"its {bad} cannot be read"
+    return Check(np.zeros(len(members), dtype=bool), "", unsure, reason)
 
 
 def _said(values: pd.Series, text) -> np.ndarray:
@@ -150,7 +216,8 @@ def companies_of(members: pd.DataFrame) -> pd.DataFrame:
     """The company records among `members` (every one, quarantined or not: a company without an
     address still has contacts), by lowercased UniqueID."""
     rows = members.loc[~members["is_person"].to_numpy(dtype=bool),
-                       ["novi_id", "display_name", "status", "active", "primary_contact_id", "billing_contact_id"]]
+                       ["novi_id", "display_name", "status", "active", "primary_contact_id", "billing_contact_id",
+                        "unreadable"]]
     return rows.assign(novi_id=rows["novi_id"].str.lower()).drop_duplicates("novi_id").set_index("novi_id")
 
 
@@ -182,7 +249,7 @@ def _off_status(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame |
     if rule.inheriting == "include":
         parent = members["parent_id"]
         known = parent.isin(companies.index).fillna(False).to_numpy(dtype=bool)
-        company_counts = parent.map(_company_counts(companies, rule)).fillna(False).to_numpy(dtype=bool)
+        company_counts = parent.map(_company_counts(companies, rule)).eq(True).to_numpy(dtype=bool)
         inherits = (known & company_counts) | (~known & (status == INHERITING).to_numpy(dtype=bool))
         off &= ~inherits
         lapsed = off & known
@@ -192,12 +259,16 @@ def _off_status(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame |
     return off, reason
 
 
-def _off_contacts(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame) -> tuple[np.ndarray, object]:
+def _off_contacts(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame, every_company: bool) -> Check:
     """Who is not a contact (of the rule's kinds) of a member company, and why: their company
-    is not a member (the first such company named), or they are nobody's contact."""
+    is not a member (the first such company named), or they are nobody's contact. Unsure for
+    them where a company's contact id cannot be read (it may name them), or where these are not
+    every company (`every_company` False: another may name them)."""
     kinds = set(rule.contacts_of_companies)
-    columns = [c for kind, c in (("primary", "primary_contact_id"), ("billing", "billing_contact_id"))
-               if kind in kinds or "all" in kinds]
+    fields = [(column, field) for kind, column, field in (
+        ("primary", "primary_contact_id", "PrimaryContactUniqueId"),
+        ("billing", "billing_contact_id", "BillingContactUniqueId")) if kind in kinds or "all" in kinds]
+    columns = [column for column, _ in fields]
     # (person, company) pairs: named as a contact, and (all) every person whose parent the company is
     pairs = [companies[column].dropna().rename("person").rename_axis("company").reset_index() for column in columns]
     ids = members["novi_id"].str.lower()
@@ -214,7 +285,16 @@ def _off_contacts(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame
     named = ~on & ids.isin(first.index).to_numpy(dtype=bool)
     if named.any():
         reason[named] = _company_state(companies, ids[named].map(first)).to_numpy(dtype=object)
-    return ~on, reason
+    unreadable = [(name, field) for name, bad in zip(companies["display_name"], companies["unreadable"])
+                  for _, field in fields if field in bad]
+    if unreadable:
+        name, field = unreadable[0]
+        why = f"company {name or '(no name)'}'s {field} cannot be read: it may name them"
+    elif not every_company:
+        why = reason + "; whether another company names them as its contact is the full sync's to judge"
+    else:
+        return Check(~on, reason)
+    return Check(np.zeros(len(members), dtype=bool), reason, ~on, why)
 
 
 def _field_values(members: pd.DataFrame, field: str) -> pd.Series:
@@ -227,47 +307,60 @@ def _field_values(members: pd.DataFrame, field: str) -> pd.Series:
     return pd.Series(values, index=members.index, dtype="string").str.casefold()
 
 
-def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) -> tuple[np.ndarray, np.ndarray]:
+def _off_committees(members: pd.DataFrame, rule: ListRule, now: pd.Timestamp) -> Check:
     """Who holds no current seat on the rule's committees (in its positions), and why: a term
-    of theirs there that has ended, one not begun yet, or none at all."""
+    of theirs there that has ended, one not begun yet, or none at all. An absent date is an
+    open start or end; one that is not a date leaves its seat unjudged (unsure), unless
+    another seat of theirs is current."""
     wanted, positions = set(rule.committees), set(rule.positions)
     off = np.ones(len(members), dtype=bool)
     reason = np.full(len(members), "no seat on the list's committees", dtype=object)
+    unsure = np.zeros(len(members), dtype=bool)
+    unsure_reason = np.full(len(members), "", dtype=object)
     column = members["seats"].to_numpy(dtype=object)
     seated = np.flatnonzero([bool(seats) for seats in column])  # the few with any seat at all
     mine = {i: [seat for seat in column[i] if (seat[0] in wanted or seat[1] in wanted)
                 and (not positions or seat[2] in positions)] for i in seated}
-    # Novi's dates (offsets, up to 7 fraction digits), read once for the seats that count; an
-    # absent or unreadable date is an open start or end.
-    dates = [date for seats in mine.values() for seat in seats for date in seat[3:5]]
+    # Novi's dates (offsets, up to 7 fraction digits), read once for the seats that count.
+    dates = sorted({date for seats in mine.values() for seat in seats for date in seat[3:5] if date is not None})
     when = dict(zip(dates, pd.to_datetime(pd.Series(dates, dtype="object"), errors="coerce", utc=True,
                                           format="ISO8601"))) if dates else {}
     for i, seats in mine.items():
         if not seats:
             continue
-        started = [seat for seat in seats if pd.isna(when.get(seat[3], pd.NaT)) or when[seat[3]] <= now]
-        if any(pd.isna(when.get(seat[4], pd.NaT)) or now < when[seat[4]] for seat in started):
+        unreadable = [(seat, side, seat[3 + k]) for seat in seats for k, side in enumerate(("StartDate", "EndDate"))
+                      if seat[3 + k] is not None and pd.isna(when[seat[3 + k]])]
+        readable = [seat for seat in seats if not any(seat is bad for bad, _, _ in unreadable)]
+        started = [seat for seat in readable if seat[3] is None or when[seat[3]] <= now]
+        if any(seat[4] is None or now < when[seat[4]] for seat in started):
             off[i] = False
+        elif unreadable:
+            seat, side, value = unreadable[0]
+            off[i], unsure[i] = False, True
+            unsure_reason[i] = f"committee {seat[1] or seat[0]}: {side} {value!r} is not a date"
         elif started:
             reason[i] = COMMITTEE_TERM_ENDED
         else:
             reason[i] = "committee term not begun yet"
-    return off, reason
+    return Check(off, reason, unsure, unsure_reason)
 
 
 def explain(members: pd.DataFrame, rules: Rules, now: pd.Timestamp,
             companies: pd.DataFrame | None = None) -> pd.DataFrame:
     """For each Novi record of one person and each list: whether the rules put them on it, and
-    if not, the condition that keeps them off (list_id, novi_id, email, belongs, why_not).
+    if not, the condition that keeps them off or why it cannot be judged here (list_id,
+    novi_id, email, belongs, why_not).
 
     By the rules alone: what Mailman or the ledger may add (a ban, someone who left the list
-    themselves) is the plan's, not this. `companies` (`companies_of`) judges company contacts and
-    inheriting people; by default, the companies among `members`."""
+    themselves) is the plan's, not this. `companies` (`companies_of`): the companies read for
+    this person, which judge inheriting; whether they are a company's contact needs every
+    company, and is said to be the full sync's to judge where they are none of these'."""
     companies = companies_of(members) if companies is None else companies
     rows = []
     for rule in rules.lists:
-        why_not = ineligibility(members, rule, now, companies).where(members["quarantine"].isna(),
-                                                          "quarantined: " + members["quarantine"])
+        why_not, unsure = judge(members, rule, now, companies, every_company=False)
+        why_not = why_not.where(unsure == "", "not judged: " + unsure).where(
+            members["quarantine"].isna(), "quarantined: " + members["quarantine"])
         rows += [{"list_id": rule.list_id, "novi_id": novi_id, "email": email, "belongs": reason == "",
                   "why_not": reason} for novi_id, email, reason in zip(members["novi_id"], members["email"], why_not)]
     return pd.DataFrame(rows, columns=["list_id", "novi_id", "email", "belongs", "why_not"])
@@ -318,17 +411,24 @@ class ListPlan(NamedTuple):
 def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, rule: ListRule,
               quarantined: pd.DataFrame, now: pd.Timestamp, bans: Sequence[str] = (),
               requests: pd.DataFrame | None = None, shared: pd.Series | None = None,
-              companies: pd.DataFrame | None = None, moderators: pd.DataFrame | None = None) -> ListPlan:
+              companies: pd.DataFrame | None = None, moderators: pd.DataFrame | None = None,
+              every_company: bool = True) -> ListPlan:
     """Changes, rows left alone, next ledger rows and figures for one list (see `plan`).
 
     `shared` marks the records whose address another record has too, `companies` are the
-    sweep's companies (`companies_of`): both made once for every list. `moderators`: see `plan`."""
-    why_not = ineligibility(usable, rule, now, companies)
+    sweep's companies (`companies_of`): both made once for every list. `moderators` and
+    `every_company`: see `plan`."""
+    shared = usable["match_key"].duplicated(keep=False) if shared is None else shared
+    why_not, unsure = judge(usable, rule, now, companies, every_company)
+    unjudged = (unsure != "").to_numpy(dtype=bool)
+    if unjudged.any():  # quarantined on this list: what cannot be judged is never subscribed nor removed
+        quarantined = pd.concat([quarantined, usable.loc[unjudged, ["novi_id", "email", "match_key"]].assign(
+            quarantine=unsure[unjudged])], ignore_index=True)
+        usable, why_not, shared = usable.loc[~unjudged], why_not.loc[~unjudged], shared.loc[~unjudged]
     # A narrow list (a committee, a chapter) is planned from the records that can matter to it:
     # eligible ones, those whose address is on its roster or in its ledger, and those sharing an
     # address (the duplicate report). Any other record would join as "not eligible, not on the
     # list" and change nothing; judging a million of them per list cost seconds a list.
-    shared = usable["match_key"].duplicated(keep=False) if shared is None else shared
     keys = usable["match_key"]
     matters = (why_not == "").to_numpy(dtype=bool) | shared.to_numpy(dtype=bool)
     if not matters.all():
@@ -340,7 +440,8 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     where = Standing.of(joined, usable, quarantined, rule, bans, requests)
     the_changes = changes(joined, where, rule)
     if rule.moderators_from_positions:
-        the_changes = _concat([the_changes, moderator_changes(winners, rule, now, moderators)], CHANGE_COLUMNS)
+        the_changes = _concat([the_changes, moderator_changes(winners, rule, now, moderators,
+                                                              set(quarantined["match_key"].dropna()))], CHANGE_COLUMNS)
     return ListPlan(the_changes, left_alone(joined, where, rule, quarantined, duplicates),
                     _memory(joined, where, rule.list_id, now), figures(joined, where, rule, len(duplicates)),
                     bouncing(joined, where, rule.list_id),
@@ -348,22 +449,25 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
 
 
 def moderator_changes(winners: pd.DataFrame, rule: ListRule, now: pd.Timestamp,
-                      moderators: pd.DataFrame | None) -> pd.DataFrame:
+                      moderators: pd.DataFrame | None, unjudged: set[str] = frozenset()) -> pd.DataFrame:
     """The list's moderator changes (`moderators_from_positions`): people who belong on the list
     and hold a current seat in one of those positions are made moderators; moderators this tool
     made who no longer do are unmade. Moderators it did not make are never touched.
 
     `moderators`: the list's moderator roster (match_key, email, member_id) joined with the ones
-    this tool made (`made`); a made one no longer on the roster has no member_id."""
+    this tool made (`made`); a made one no longer on the roster has no member_id. Addresses
+    whose seats cannot be judged (`unjudged`, or a position's date that is not a date) are
+    neither made nor unmade."""
     if moderators is None:
         moderators = pd.DataFrame({"match_key": pd.Series(dtype="string"), "email": pd.Series(dtype="string"),
                                    "member_id": pd.Series(dtype="string"), "made": pd.Series(dtype=bool)})
     positioned = rule.model_copy(update={"positions": rule.moderators_from_positions})
-    off, _ = _off_committees(winners, positioned, now)
-    wanted = winners.loc[winners["eligible"].to_numpy(dtype=bool) & ~off]
+    seats = _off_committees(winners, positioned, now)
+    wanted = winners.loc[winners["eligible"].to_numpy(dtype=bool) & ~seats.off & ~seats.unsure]
+    unjudged = set(unjudged) | set(winners.loc[seats.unsure, "match_key"])
     on = moderators.loc[moderators["member_id"].notna()]
     made = moderators.loc[moderators["made"].astype(bool)]
-    made = made.loc[~made["match_key"].isin(wanted["match_key"])]
+    made = made.loc[~made["match_key"].isin(wanted["match_key"]) & ~made["match_key"].isin(unjudged)]
     add = wanted.loc[~wanted["match_key"].isin(on["match_key"])]
     owner = dict(zip(winners["match_key"], winners["novi_id"]))
     return _concat([
@@ -809,7 +913,7 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
          ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
          bans: Mapping[str, Sequence[str]] | None = None,
          requests: Mapping[str, pd.DataFrame] | None = None,
-         moderators: Mapping[str, pd.DataFrame] | None = None) -> Plan:
+         moderators: Mapping[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """Compare who should be on each list (its rule) with who is, for every list in the rules.
 
     `members` is the members frame, `rosters` maps each dot-form list id to its roster frame,
@@ -818,7 +922,10 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     global ones, as Mailman stores them); `requests` a list id to its pending subscription
     requests (tasks.core.schema.REQUEST_COLUMNS); `moderators` a list id with
     `moderators_from_positions` to its moderators (see `moderator_changes`). Quarantined records are never subscribed,
-    and an address on a roster that only a quarantined record knows is left alone.
+    and an address on a roster that only a quarantined record knows is left alone; so is, on
+    one list, a record whose routing fields that list reads cannot be read (`judge`).
+    `every_company` False: `members` are not every record (a member run): whether someone is a
+    company's contact is left to the full sync.
     """
     ledger = empty_ledger() if ledger is None else ledger
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
@@ -831,7 +938,7 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
     companies = companies_of(members)  # all of them: a company without an address still has people
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
                           quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id), shared,
-                          companies, moderators.get(rule.list_id))
+                          companies, moderators.get(rule.list_id), every_company)
                 for rule in rules.lists]
     changes = _concat([one.changes for one in per_list], CHANGE_COLUMNS)
     changes["action"] = pd.Categorical(changes["action"], categories=list(ACTIONS))

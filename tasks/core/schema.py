@@ -125,7 +125,17 @@ MEMBER_COLUMNS = [
     # Companies and their people (lowercased UniqueIDs, NA when absent): a person's parent
     # company; on a company, its primary and billing contacts.
     "parent_id", "primary_contact_id", "billing_contact_id",
+    # The routing fields of the record that cannot be read (Committees, CustomFields or one
+    # CustomFields.<name>, a contact id): a list whose rule reads one does not judge the record.
+    "unreadable",
 ]
+# Routing fields a rule may read, besides those every rule reads (tasks.novi quarantines a
+# record whose Active, MemberStatus… has the wrong type): a record whose field cannot be read
+# keeps its row, but a list whose rule reads that field does not judge it (the planner
+# quarantines it there), so it is never the cause of a removal.
+CONTACT_FIELDS = ("ParentCustomerUniqueID", "PrimaryContactUniqueId", "BillingContactUniqueId")
+COMMITTEES = "Committees"
+CUSTOM_FIELDS = "CustomFields"
 INHERITING = "inheriting"  # Novi's MemberStatus of a person whose membership comes from a company
 STATUSES_ANY = "any"  # a rule's `statuses: any`: whatever their membership (a committee of non-members)
 # A roster frame (tasks.mailman): one row per member of one list.
