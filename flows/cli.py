@@ -360,12 +360,15 @@ def relay(
 @app.command()
 @one_line
 def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to release.")],
-           ledger_block: LedgerBlock = None) -> None:
-    """Release a list's lock left by a run that died (runs release their own locks)."""
+           ledger_block: LedgerBlock = None,
+           force: Annotated[bool, typer.Option(
+               "--force", help="Release it even though its run looks alive (its process on this machine, or a "
+                               "heartbeat in the last 10 minutes): only when you know that run died.")] = False) -> None:
+    """Release a list's lock left by a run that died (runs release their own locks); a live run's is refused."""
     from tasks.ledger import open_ledger
     from tasks.core.schema import dot_list_id
 
-    released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id))
+    released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id), force=force)
     out.print(f"Released {released} lock(s) on {dot_list_id(list_id)}." if released
               else f"{dot_list_id(list_id)} was not locked.")
 

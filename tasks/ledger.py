@@ -523,11 +523,8 @@ class Ledger:
                         conn.execute(locks_table.insert(), [{"list_id": list_id, **mine}])
                         continue
                     if not _lock_is_dead(row, now, stale_after):
-                        raise ListBusy(
-                            f"{list_id} is being synced by another run (run {row['run_id']} on "
-                            f"{row['holder'].split(':')[0]}, since {row['acquired_at']:%Y-%m-%d %H:%M} UTC); this run "
-                            f"wrote nothing. If that run died, its lock lapses {stale_after.seconds // 60} minutes "
-                            f"after its last heartbeat, or release it: novi-mailman unlock {list_id}")
+                        raise ListBusy(f"{list_id} is being synced by another run ({_holder(row)}); this run wrote "
+                                       f"nothing. {_when_it_lapses(row, list_id, stale_after)}")
                     # Take over only the very hold we judged dead (compare and swap): another run
                     # that took it over a moment ago has changed its holder and heartbeat.
                     taken = conn.execute(update(locks_table).where(
@@ -570,12 +567,22 @@ class Ledger:
                 return
             last_beat = time.monotonic()
 
-    def unlock(self, list_id: str) -> int:
-        """Release a list's lock by hand (its run died elsewhere); how many locks were released."""
+    def unlock(self, list_id: str, *, force: bool = False, stale_after: timedelta = STALE_AFTER) -> int:
+        """Release a list's lock by hand; how many locks were released. A lock whose run is alive
+        (its process runs on this host, or it renewed the lock lately) is refused, unless
+        `force`d: freed, two runs would write the list at once."""
         if not self.exists:
             return 0
         with self._begin() as conn:
-            return conn.execute(delete(locks_table).where(locks_table.c.list_id == list_id)).rowcount
+            row = conn.execute(select(locks_table).where(locks_table.c.list_id == list_id)).mappings().first()
+            if row is None:
+                return 0
+            if not force and not _lock_is_dead(row, datetime.now(timezone.utc), stale_after):
+                raise ListBusy(f"{list_id} is held by a run that is alive ({_holder(row)}); not released, so that no "
+                               f"two runs write the list at once. {_when_it_lapses(row, list_id, stale_after)}")
+            return conn.execute(delete(locks_table).where(
+                (locks_table.c.list_id == list_id) & (locks_table.c.lease == row["lease"])
+                if row["lease"] is not None else locks_table.c.list_id == list_id)).rowcount
 
     def _connect(self):
         return _Guarded(self.engine.connect, self.location)
@@ -674,6 +681,22 @@ def _upgrade(engine: Engine) -> None:
             if name not in present:
                 with engine.begin() as conn:
                     conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
+
+
+def _holder(row) -> str:
+    """Who holds a lock, fit for a message: the run, its host and since when."""
+    return (f"run {row['run_id']} on {row['holder'].rpartition(':')[0]}, since "
+            f"{row['acquired_at']:%Y-%m-%d %H:%M} UTC")
+
+
+def _when_it_lapses(row, list_id: str, stale_after: timedelta) -> str:
+    """What an operator can do about a live lock: wait. Only for a holder on another machine,
+    which this one cannot see die, the way to free it by hand once they know it died."""
+    host, _, pid = row["holder"].rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and process_alive(int(pid)):
+        return f"That run's process ({pid}) is alive on this machine: wait for it to end."
+    return (f"If that run died, its lock lapses {stale_after.seconds // 60} minutes after its last heartbeat; "
+            f"if you know it died on its machine, release it now: novi-mailman unlock {list_id} --force")
 
 
 def _lock_is_dead(row, now: datetime, stale_after: timedelta) -> bool:

@@ -22,3 +22,12 @@ def take_the_lock(barrier, url: str, run_id: str, events) -> None:
             time.sleep(1.0)  # hold it long enough for the other to see it held
     except ListBusy:
         events.put(("busy", run_id, time.time()))
+
+
+def hold_the_lock(url: str, run_id: str, held, release) -> None:
+    """A live run: it holds the list's lock until told to end (a forced unlock takes it away,
+    so its own release then finds nothing to release)."""
+    ledger = Ledger(url)
+    with ledger.lock(["race.example.org"], run_id):
+        held.set()
+        release.wait(60)

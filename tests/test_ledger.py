@@ -200,9 +200,39 @@ def test_locks_of_dead_runs_are_taken_over(ledger_url):
     with pytest.raises(ListBusy):
         with ledger.lock(["alive.example.org"], "run-new-2"):
             pass
-    assert ledger.unlock("alive.example.org") == 1
+    with pytest.raises(ListBusy, match="held by a run that is alive .* unlock alive.example.org --force"):
+        ledger.unlock("alive.example.org")  # its heartbeat is fresh: it may be writing right now
+    assert ledger.unlock("alive.example.org", force=True) == 1
     with ledger.lock(["alive.example.org"], "run-new-3"):
         pass
+
+
+def test_unlock_refuses_the_lock_of_a_live_run_on_this_machine(ledger_url):
+    """Issue 27, item 6: `unlock` freed a live run's lock and two runs wrote one list at once."""
+    import multiprocessing
+
+    from tasks.ledger import ListBusy
+    from tests.racers import hold_the_lock
+
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=hold_the_lock, args=(ledger_url, "live-run", held, release))
+    holder.start()
+    try:
+        assert held.wait(60), "the holder did not take the lock"
+        ledger = Ledger(ledger_url)
+        with pytest.raises(ListBusy) as refused:
+            ledger.unlock("race.example.org")
+        assert f"process ({holder.pid}) is alive on this machine: wait for it to end" in str(refused.value)
+        with pytest.raises(ListBusy) as busy:  # nor does a run that finds it busy suggest unlocking it
+            with ledger.lock(["race.example.org"], "second-run"):
+                pass
+        assert "unlock" not in str(busy.value) and "wait for it to end" in str(busy.value)
+        assert ledger.unlock("race.example.org", force=True) == 1  # the operator's word, on purpose
+    finally:
+        release.set()
+        holder.join(30)
+    assert holder.exitcode == 0
 
 
 def test_the_lock_is_renewed_while_the_run_lasts(ledger_url):
