@@ -172,6 +172,7 @@ class Lease:
         self.list_ids = list(list_ids)
         self.token = token
         self.lost: str | None = None
+        self.unreleased: str | None = None  # why the hold outlived its run (the ledger failed at the end)
 
     def check(self) -> None:
         """Raise `LockLost` once the hold may belong to another run."""
@@ -506,8 +507,15 @@ class Ledger:
         finally:
             stop.set()
             beat.join(timeout=10)
-            with self._begin() as conn:
-                conn.execute(delete(locks_table).where(locks_table.c.lease == lease.token))
+            try:
+                with self._begin() as conn:
+                    conn.execute(delete(locks_table).where(locks_table.c.lease == lease.token))
+            except LedgerError as exc:
+                # The run's outcome stands (Mailman may hold its changes, its report says so):
+                # the hold it leaves is said with it, and lapses like a dead run's.
+                lease.unreleased = (f"its lock on {', '.join(lease.list_ids)} could not be released ({exc}): the "
+                                    "next run takes it over once this process has ended, or "
+                                    f"{stale_after.seconds // 60} minutes after its last heartbeat")
 
     def _acquire(self, lease: Lease, run_id: str, holder: str, stale_after: timedelta) -> None:
         now = datetime.now(timezone.utc)

@@ -418,6 +418,9 @@ class Run:
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
         summary["flow_run_id"] = flow_run_id()
         summary["plan_fingerprint"] = self.fingerprint
+        if self.lease is not None and self.lease.unreleased:
+            get_run_logger().warning("The run's lock was not released: %s", self.lease.unreleased)
+            summary["message"] += f" ({self.lease.unreleased})"
         message = summary["message"]
         if self.unrecorded is not None:
             self.unrecorded.summary = summary

@@ -380,6 +380,37 @@ def test_ledger_block_points_the_run_at_postgresql(blocks, tmp_path, ledger_url)
     assert Ledger(ledger_url).read([LIST])["match_key"].tolist() == ["a@example.org"]
 
 
+def test_a_ledger_that_fails_at_the_end_keeps_the_runs_outcome_and_report(blocks, tmp_path, monkeypatch):
+    """Issue 27, item 9: changes applied, then the disk filled; the failure to release the lock
+    replaced the run's outcome: its state said only "the ledger failed", the summary was dropped."""
+    from tasks.ledger import LedgerError
+    from tasks.run import Run
+
+    full_disk = {"now": False}
+    record, begin = Run.record, Ledger._begin
+
+    def record_on_a_full_disk(self, *args, **kwargs):
+        full_disk["now"] = True
+        return record(self, *args, **kwargs)
+
+    def failing_begin(self):
+        if full_disk["now"]:
+            raise LedgerError(f"the ledger at {self.location} failed: OperationalError")
+        return begin(self)
+
+    monkeypatch.setattr(Run, "record", record_on_a_full_disk)
+    monkeypatch.setattr(Ledger, "_begin", failing_begin)
+    novi = FakeNovi([novi_record(f"m{i}", f"m{i}@example.org") for i in range(3)])
+    mailman = FakeMailman({LIST: {}})
+    state, _ = run(novi, mailman, tmp_path)
+    assert len(mailman.rosters[LIST]) == 3
+    assert state.is_failed()
+    assert state.message.startswith("3 changes were applied to Mailman, but the ledger could not record them")
+    assert f"its lock on {LIST} could not be released" in state.message
+    error = state.result(raise_on_failure=False)
+    assert error.summary["changes"] and error.summary["message"] == state.message  # the report survives
+
+
 def test_a_list_another_run_holds_is_not_touched(blocks, tmp_path):
     from tasks.ledger import ListBusy
 
