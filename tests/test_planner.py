@@ -191,6 +191,25 @@ def test_lapsed_duplicate_does_not_remove_an_eligible_member():
     assert p.changes.empty
 
 
+def test_an_address_two_records_share_has_one_name_on_every_list():
+    """Issue 27, item 10: a company whose Email is a person's; one list picked the company's
+    record, another the person's, and each run renamed the address back and forth (Mailman
+    keeps one name per address)."""
+    records = [novi_record("a-acme", "ann@x.org", person=False, first=None, last="", Name="Acme Ltd"),
+               novi_record("z-ann", "ann@x.org", first="Ann", last="Lee", status="expired")]
+    rules = parse_rules({"lists": [{"list_id": L}, {"list_id": "people.x.org", "statuses": "any",
+                                                   "persons_only": True}]})
+    rosters = {L: roster_frame(L, [("ann@x.org", "Ann Lee")]),
+               "people.x.org": roster_frame("people.x.org", [("ann@x.org", "Ann Lee")])}
+    p = plan(members_frame(records), rosters, rules)
+    assert p.changes.empty, p.changes[["list_id", "action", "display_name"]].to_dict("records")
+    moved = {L: roster_frame(L, [("ann@x.org", "Acme Ltd")]),
+             "people.x.org": roster_frame("people.x.org", [("ann@x.org", "Acme Ltd")])}
+    again = plan(members_frame(records), moved, rules)  # from the company's name, both lists agree on hers
+    assert sorted((r.list_id, r.action, r.display_name) for r in again.changes.itertuples()) == [
+        (L, "rename", "Ann Lee"), ("people.x.org", "rename", "Ann Lee")]
+
+
 @pytest.mark.parametrize("scope", ["managed", "mirror"])
 def test_quarantined_records_are_never_subscribed_nor_cause_a_removal(scope):
     records = [novi_record("q1", "bad@localhost"), novi_record("q2", "ok@x.org", Active="yes"),

@@ -482,6 +482,20 @@ def moderator_changes(winners: pd.DataFrame, rule: ListRule, now: pd.Timestamp,
     ], CHANGE_COLUMNS)
 
 
+def one_name_per_address(usable: pd.DataFrame, shared: pd.Series) -> pd.DataFrame:
+    """Where records share an address, every one of them carries the same name: a person's
+    before a company's, then the smallest id's. Mailman keeps one name per address across its
+    lists, so two lists picking different records renamed it back and forth every run."""
+    if not shared.any():
+        return usable
+    rows = usable.loc[shared]
+    named = rows.loc[rows["display_name"].fillna("") != ""].sort_values(
+        ["is_person", "novi_id"], ascending=[False, True], kind="stable").drop_duplicates("match_key")
+    usable = usable.copy()
+    usable.loc[shared, "display_name"] = rows["match_key"].map(named.set_index("match_key")["display_name"])
+    return usable
+
+
 def one_record_per_address(judged: pd.DataFrame, rule: ListRule) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Each member judged against the rule (`why_not`), one Novi record per address, and the records set aside.
 
@@ -935,6 +949,7 @@ def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rule
 
     bans, requests, moderators = bans or {}, requests or {}, moderators or {}
     shared = usable["match_key"].duplicated(keep=False)
+    usable = one_name_per_address(usable, shared)
     companies = companies_of(members)  # all of them: a company without an address still has people
     per_list = [plan_list(usable, rosters[rule.list_id], ledger.loc[ledger["list_id"] == rule.list_id], rule,
                           quarantined, now, bans.get(rule.list_id, ()), requests.get(rule.list_id), shared,
