@@ -22,6 +22,7 @@ from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core import guards
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules, load_rules, parse_rules
+from tasks.core.text import markdown_cell as md
 from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag,
                                approved_fingerprint)
 from tasks.core.undo import plan_undo, to_put_back
@@ -179,12 +180,14 @@ UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "
 
 def _publish(summary: dict, dry_run: bool) -> None:
     """The undo's summary and its changes and skipped rows, as keyed artifacts."""
-    lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {summary['undoes']}", "", f"**{summary['message']}**", ""]
+    lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {md(summary['undoes'])}", "", f"**{md(summary['message'])}**",
+             ""]
     if summary["guards"]:
         lines += ["Guards: " + " ".join(summary["guards"]), ""]
     if summary["skipped"]:
         lines += ["## Changed since, left as they are", "", "| list | email | would | why |", "|---|---|---|---|"]
-        lines += [f"| {s['list_id']} | {s['email']} | {s['action']} | {s['reason']} |" for s in summary["skipped"]]
+        lines += [f"| {md(s['list_id'])} | {md(s['email'])} | {s['action']} | {md(s['reason'])} |"
+                  for s in summary["skipped"]]
     create_markdown_artifact("\n".join(lines) + "\n", key=report.artifact_key(UNDO_KEY, dry_run),
                              description=summary["message"][:500])
     rows = [{c: change.get(c) or "" for c in UNDO_TABLE_COLUMNS} for change in summary["changes"]]

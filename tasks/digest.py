@@ -18,6 +18,7 @@ from prefect_email import EmailServerCredentials
 from tasks.blocks import saved
 from tasks.core.digest import Digest, compose
 from tasks.core.rules import DigestSettings, Rules
+from tasks.core.text import chat_safe
 
 
 def run_url() -> str | None:
@@ -52,7 +53,8 @@ def send_digests(rules: Rules, outcomes: pd.DataFrame, left_alone: pd.DataFrame,
             else:
                 block = Block.load(settings.notify_block)
                 with block.raise_on_failure():  # Slack's and Teams' blocks would otherwise swallow a failure
-                    block.notify(digest.body, subject=digest.subject)
+                    # Novi's text must not mention @channel or make links in a chat room
+                    block.notify(chat_safe(digest.body), subject=chat_safe(digest.subject))
         except Exception as exc:  # noqa: BLE001 - whatever a block raises, the run it reports on stands
             # Only the kind of failure: an error's text can carry a webhook's token or the recipients.
             status = getattr(getattr(exc, "response", None), "status_code", None)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tasks.core.schema import Status
+from tasks.core.text import markdown_cell
 from tasks.ledger import Ledger
 
 HISTORY_KEY = "novi-mailman-address-history"
@@ -60,14 +61,14 @@ def run_label(row) -> str:
 
 def markdown(history: AddressHistory) -> str:
     """The answer as the UI shows it: where the address stands, then every change, newest first."""
-    lines = [f"# History of {history.address}", "", f"**{history.summary()}**", "", f"Ledger: `{history.ledger}`", ""]
+    lines = [f"# History of {markdown_cell(history.address)}", "", f"**{markdown_cell(history.summary())}**", "", f"Ledger: `{history.ledger}`", ""]
     lines += [f"- {standing(item)}" for item in history.lists] or ["- Not managed on any list now."]
     if not history.changes.empty:
         lines += ["", "| when (UTC) | list | action | outcome | reason | run |", "|---|---|---|---|---|---|"]
         for row in history.changes.head(SHOWN).itertuples():
             cells = [row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome, row.reason or "",
                      run_label(row)]
-            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+            lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
         if len(history.changes) > SHOWN:
             lines += ["", f"The newest {SHOWN} of {len(history.changes):,} are shown; "
                       "`novi-mailman history ADDRESS --json` prints all."]

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.digest import changes_line
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
+from tasks.core.text import markdown_cell as md
 from tasks.core.schema import (ACTIONS, BOUNCING, MEMBER_ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
                                 Outcome, RunState, missing_as_none)
 
@@ -115,39 +116,39 @@ def summary_markdown(summary: dict) -> str:
         mode += (f" **Plan {summary['approved_plan']} was applied as approved by the operator**, over these "
                  "guards: " + " ".join(summary["guards"]))
     title = "Dry run of the Novi → Mailman sync (nothing written)" if summary["dry_run"] else "Novi → Mailman sync"
-    lines = [f"# {title}: {summary['state']}", "", f"**{summary['message']}**", "", mode, "",
+    lines = [f"# {title}: {summary['state']}", "", f"**{md(summary['message'])}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
              f"duration: {summary['duration_s']} s", ""]
     actions = shown_actions(summary["lists"])
     lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(actions) + " | failed |",
               "|---|---:|---:|---:|---:|" + "---:|" * len(actions) + "---:|"]
     for item in summary["lists"]:
-        lines.append(f"| {item['list_id']} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
+        lines.append(f"| {md(item['list_id'])} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
                      f"{item['in_step']:,} | " + " | ".join(f"{item['changes'].get(a, 0):,}" for a in actions)
                      + f" | {item['outcomes'].get(Outcome.FAILED, 0):,} |")
     for item in summary["lists"]:
         if item["reasons"] or item["left_alone"]:
-            lines += ["", f"## {item['list_id']}", "", "| action | reason | count |", "|---|---|---:|"]
+            lines += ["", f"## {md(item['list_id'])}", "", "| action | reason | count |", "|---|---|---:|"]
             for action, reasons in item["reasons"].items():
-                lines += [f"| {action} | {reason} | {n:,} |" for reason, n in reasons.items()]
-            lines += [f"| left alone | {reason} | {n:,} |" for reason, n in item["left_alone"].items()]
+                lines += [f"| {action} | {md(reason)} | {n:,} |" for reason, n in reasons.items()]
+            lines += [f"| left alone | {md(reason)} | {n:,} |" for reason, n in item["left_alone"].items()]
     for item in summary["lists"]:
         if item.get("banned_members"):
-            lines += ["", f"## {item['list_id']}: eligible in Novi, banned in Mailman ({item['banned']:,})", "",
+            lines += ["", f"## {md(item['list_id'])}: eligible in Novi, banned in Mailman ({item['banned']:,})", "",
                       "Not subscribed while the ban stands; lift it in Mailman if it is no longer meant.", "",
                       "| address | Novi id |", "|---|---|"]
-            lines += [f"| {m['email']} | {m['novi_id']} |" for m in item["banned_members"]]
+            lines += [f"| {md(m['email'])} | {md(m['novi_id'])} |" for m in item["banned_members"]]
             if item["banned"] > len(item["banned_members"]):
                 lines += ["", f"The first {len(item['banned_members'])} are shown; all are in the plan CSV."]
     if summary.get("bouncing"):
         lines += ["", "## Novi addresses that bounce (correct them in Novi)", "", "| Mailman | records |", "|---|---:|"]
-        lines += [f"| {state} | {n:,} |" for state, n in summary["bouncing"].items()]
+        lines += [f"| {md(state)} | {n:,} |" for state, n in summary["bouncing"].items()]
         lines += ["", f"Each record, with its Novi id and list, is in the `{BOUNCING_KEY}` artifact. The tool never "
                   "re-enables a bouncing address, and does not subscribe again one Mailman removed for bounces "
                   "until Novi holds another address for the person."]
     if summary["quarantine_reasons"]:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
-        lines += [f"| {reason} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
+        lines += [f"| {md(reason)} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
         lines += ["", f"Each record, with its Novi id, is in the `{QUARANTINE_KEY}` artifact and the plan CSV."]
     lines += ["", "Every change and every row left alone, per list, failures and removals first: the "
               f"`{artifact_key(PLAN_KEY, summary['dry_run'])}-<list>` tables of this run."]
@@ -276,13 +277,14 @@ def publish(summary: dict, rows: pd.DataFrame, table_rows: int, quarantined: pd.
 
 def member_markdown(summary: dict, outcomes: pd.DataFrame) -> str:
     """A member run's summary: the members, who Novi did not know, and every change (they are few)."""
-    lines = [f"# Member sync: {summary['state']}", "", f"**{summary['message']}**", "",
+    lines = [f"# Member sync: {summary['state']}", "", f"**{md(summary['message'])}**", "",
              f"Members: {len(summary['members'])} · not found in Novi (left to the full sync): "
-             f"{', '.join(summary['not_found']) or 'none'}", ""]
+             f"{md(', '.join(summary['not_found'])) or 'none'}", ""]
     if summary.get("guards_overridden"):
         lines += ["**Guards were lifted for this run by the operator:** " + " ".join(summary["guards"]), ""]
     lines += ["| list | action | email | reason | outcome |", "|---|---|---|---|---|"]
-    lines += [f"| {r.list_id} | {r.action} | {r.email} | {r.reason} | {r.outcome} |" for r in outcomes.itertuples()]
+    lines += [f"| {md(r.list_id)} | {r.action} | {md(r.email)} | {md(r.reason)} | {md(r.outcome)} |"
+              for r in outcomes.itertuples()]
     return "\n".join(lines) + "\n"
 
 

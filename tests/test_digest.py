@@ -114,3 +114,30 @@ def test_moderator_changes_have_their_own_lines_and_count():
     assert digest.subject == f"[novi-mailman] moderators +1 moderators −1 on {LIST} (run calm-heron)"
     assert f"Made moderators (1):\n  Kim Chair <kim@example.org> (Novi n-kim): {REASON_MODERATOR}" in digest.body
     assert f"No longer moderators (1):\n  Lu Former <lu@example.org> (Novi n-lu): {REASON_NOT_MODERATOR}" in digest.body
+
+
+def test_novi_text_cannot_mention_the_room_or_make_links_in_a_chat_digest(monkeypatch):
+    """Issue 27, item 11: `<!channel>` and `<url|text>` in a Novi name reached Slack as is."""
+    import contextlib
+
+    import tasks.digest as sending
+
+    said = []
+
+    class Room:  # a saved notification block, as Block.load returns it
+        def raise_on_failure(self):
+            return contextlib.nullcontext()
+
+        def notify(self, body, subject=None):
+            said.append((subject, body))
+
+    monkeypatch.setattr(sending.Block, "load", staticmethod(lambda name: Room()))
+    monkeypatch.setattr(sending, "run_url", lambda: None)
+    rules = parse_rules({"lists": [{"list_id": LIST, "digest": {"notify_block": "slack-webhook/room",
+                                                               "to": ["staff@example.org"]}}]}, "t")
+    day = outcomes((LIST, Action.SUBSCRIBE, "eve@example.org", "n-eve", "<!channel> <https://evil.example|Pay here> &",
+                    None, "eligible, not on the list", Outcome.APPLIED))
+    assert sending.send_digests(rules, day, NOTHING_LEFT, NO_BOUNCES, NONE_QUARANTINED, None, "calm-heron") == []
+    ((subject, body),) = said
+    assert "<" not in body and ">" not in body and "<" not in subject
+    assert "&lt;!channel&gt; &lt;https://evil.example|Pay here&gt; &amp;" in body  # still readable, as text

@@ -99,3 +99,29 @@ def test_address_changes_are_never_cut():
     items += [row("subscribe", f"s{i}@x.org", novi_id=f"s{i}") for i in range(5)]
     kept, note = capped(plan_table(rows(*items)), 2)
     assert (kept["action"] == ADDRESS_CHANGE).sum() == 5 and "cut at 2" in note
+
+
+def test_novi_text_in_the_summary_is_text_not_markup():
+    """Issue 27, item 11: HTML, `javascript:` links and `|` from Novi reached the summary's
+    markdown as markup (a `|` broke its table)."""
+    from tasks.core.planner import plan
+    from tasks.core.rules import parse_rules
+    from tasks.novi import members_frame
+    from tasks.report import summarise, summary_markdown
+    from tests.conftest import novi_record, roster_frame
+
+    hostile = "<img src=x onerror=alert(1)> [click](javascript:alert(1)) | x"
+    rules = parse_rules({"lists": [{"list_id": "l.example.org", "custom_fields": {"Chapter": ["North"]},
+                                    "allow_empty": True}]})
+    record = novi_record("p", "p@x.org", CustomFields={"Chapter": {"CustomFieldName": "Chapter", "Value": hostile}})
+    the_plan = plan(members_frame([record]), {"l.example.org": roster_frame("l.example.org", [("p@x.org", "P")])},
+                    rules)
+    outcomes = the_plan.changes.assign(outcome="applied", detail="")
+    text = summary_markdown(summarise(the_plan, outcomes, dry_run=False, state="completed", message="done",
+                                      novi_members=1, duration_s=1.0, plan_csv=None, ledger="l"))
+    (row,) = [line for line in text.splitlines() if "onerror" in line]
+    assert row.count("|") - row.count("\\|") == 4  # three cells: action, reason, count
+    import re
+
+    assert not re.search(r"(?<!\\)<img", text) and "](javascript:" not in text
+    assert "\\<img src=x onerror=alert\\(1\\)\\> \\[click\\]\\(javascript:alert\\(1\\)\\) \\| x" in row
