@@ -73,6 +73,16 @@ def one_line(command):
                 raise
             err.print(f"{command.__name__.replace('_', ' ')} failed: {exc}", style="red")
             raise typer.Exit(EXIT_FAILED) from None
+        except Exception as exc:
+            # The Prefect API failing under a command (a dropped connection, a proxy's error):
+            # expected, one line. Only a loaded httpx can have raised it.
+            httpx = sys.modules.get("httpx")
+            if DEBUG["on"] or httpx is None or not isinstance(exc, httpx.HTTPError):
+                raise
+            where = os.environ.get("PREFECT_API_URL") or "the Prefect server"
+            err.print(f"{command.__name__.replace('_', ' ')} failed: the Prefect API at {where} did not answer "
+                      f"properly ({type(exc).__name__}); is it running and reachable?", style="red")
+            raise typer.Exit(EXIT_FAILED) from None
     return wrapper
 
 
@@ -368,6 +378,8 @@ def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to r
     from tasks.ledger import open_ledger
     from tasks.core.schema import dot_list_id
 
+    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
+        _prefect()
     released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id), force=force)
     out.print(f"Released {released} lock(s) on {dot_list_id(list_id)}." if released
               else f"{dot_list_id(list_id)} was not locked.")
@@ -379,9 +391,15 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""
     from tasks.history import AddressHistory, run_label, standing
-    from tasks.ledger import open_ledger
+    from tasks.ledger import LEDGER_ENV, LedgerError, open_ledger
 
-    history = AddressHistory.read(open_ledger(ledger_block, create=False), address)
+    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
+        _prefect()
+    ledger = open_ledger(ledger_block, create=False)
+    if not ledger.exists and (ledger_block or os.environ.get(LEDGER_ENV)):  # named, and not there: a typo
+        raise LedgerError(f"no ledger at {ledger.location}: no run has stored one there (check "
+                          f"{'the LedgerDatabase block ' + repr(ledger_block) if ledger_block else LEDGER_ENV})")
+    history = AddressHistory.read(ledger, address)
     if as_json:
         print(json.dumps(history.as_json()))
         return
@@ -389,7 +407,8 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
     for item in history.lists:
         out.print(standing(item))
     if history.changes.empty:
-        out.print(f"No change recorded for {address}.")
+        out.print(f"No change recorded for {address}."
+                  + ("" if ledger.exists else " No run has been recorded on this machine yet."))
         return
     table = Table(title=f"History of {address}, newest first")
     for column in ("when", "list", "action", "outcome", "reason", "run"):

@@ -25,7 +25,7 @@ from tasks.http import halting
 from tasks.mailman import extract_bans, extract_requests
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import (MAX_WORKERS, Run, failed, plan_lists, read_ledger, read_moderators, read_together,
+from tasks.run import (MAX_WORKERS, Run, failed, flow_run_id, plan_lists, read_ledger, read_moderators, read_together,
                        roster_reads, run_name, sync_command, tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
@@ -197,7 +197,7 @@ def publish_report(run: Run, the_plan, outcomes: pd.DataFrame, state: str, messa
     reports_dir_path = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
     rows = report.plan_rows(the_plan, outcomes)
     try:
-        csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local")
+        csv_path = report.write_plan_csv(rows, reports_dir_path, flow_run.get_name() or "local", flow_run_id())
     except OSError as exc:
         csv_path = None
         message += f" (the plan CSV could not be written to {reports_dir_path}: {exc.strerror or type(exc).__name__})"

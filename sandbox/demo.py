@@ -50,7 +50,7 @@ def environment() -> dict[str, str]:
     """What every demo command runs with: the demo's Prefect server and home, ledger and reports."""
     ui = prefect_ui(start=False)
     return {**os.environ, local_server.HOME_ENV: str(STATE), "PREFECT_HOME": str(STATE / "prefect"),
-            **({"PREFECT_API_URL": f"{ui}/api"} if ui else {}),
+            **(local_server.client_settings(f"{ui}/api") if ui else {}),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
             "NOVI_MAILMAN_LEDGER": str(STATE / "ledger.sqlite"),
             "NOVI_MAILMAN_REPORTS": str(STATE / "reports"),

@@ -21,12 +21,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from sandbox import demo
 from sandbox import deploy as deployments
 from sandbox.browser import Browser
 from sandbox.novi import DEFAULT_KEY
+from tasks import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "docs" / "screenshots"
@@ -50,13 +51,19 @@ def lapse(share: int) -> None:
                        headers=NOVI, timeout=10).raise_for_status()
 
 
+def prefect_settings(ui: str) -> dict:
+    """This process's Prefect client, pointed at the demo's server with its login."""
+    return {PREFECT_API_URL: f"{ui}/api", PREFECT_API_AUTH_STRING: local_server.auth_string()}
+
+
 def screenshots() -> None:
     demo.demo()
     demo.deploy()
     ui = demo.prefect_ui(start=False)
     SHOTS.mkdir(parents=True, exist_ok=True)
     demo.say("Screens of the operator's loop, in headless Chromium")
-    with temporary_settings({PREFECT_API_URL: f"{ui}/api"}), Browser(DEBUG_PORT) as browser:
+    with temporary_settings(prefect_settings(ui)), Browser(DEBUG_PORT) as browser:
+        browser.sign_in(ui, local_server.auth_string())
         requests.post(f"{demo.NOVI_URL}/_sandbox/churn", json={"lapse": 4, "renew": 2, "rename": 3,
                                                                "change_address": 2, "add": 3}, headers=NOVI,
                       timeout=10).raise_for_status()
@@ -105,7 +112,8 @@ def measure_tables(sizes=(100, 500, 1000, 2000, 5000)) -> None:
     from prefect.artifacts import create_table_artifact
 
     ui = demo.prefect_ui()
-    with temporary_settings({PREFECT_API_URL: f"{ui}/api"}), Browser(DEBUG_PORT) as browser:
+    with temporary_settings(prefect_settings(ui)), Browser(DEBUG_PORT) as browser:
+        browser.sign_in(ui, local_server.auth_string())
         for size in sizes:
             rows = [{"action": "left alone", "email": f"member{i}@example.org", "change": "", "name": f"Member {i}",
                      "novi_id": f"5a1d0000-0000-4000-8000-{i:012d}", "reason": "unmanaged: not in Novi",

@@ -8,6 +8,12 @@ every later command uses it. `novi-mailman server start|stop|status` manage it b
 
 Imports nothing of Prefect: it decides, before Prefect is imported, which server Prefect is
 to talk to (Prefect reads its settings once, when it is imported).
+
+The server holds the credentials blocks (the Novi key, the Mailman password), so it trusts
+and is trusted by its own alone: it asks every API call for an auth string kept in a 0600 file
+in the home (`client_settings`; the UI asks for it once, at its login page), and a server is
+taken for ready only when the very process started here listens on its port: another one that
+took the port meanwhile is never sent a secret.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +57,33 @@ def _state_file() -> Path:
 
 def _log_file() -> Path:
     return home() / "prefect-server.log"
+
+
+def auth_file() -> Path:
+    return home() / "prefect-server.auth"
+
+
+def auth_string() -> str:
+    """The local server's auth string (`novi-mailman:<random>`), made once per home, readable by
+    its owner alone."""
+    path = auth_file()
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    home().mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another command made it a moment ago
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as out:
+        out.write(f"novi-mailman:{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip()
+
+
+def client_settings(url: str) -> dict[str, str]:
+    """The environment that points a Prefect client, a worker or a flow run at the local server."""
+    return {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": auth_string()}
 
 
 def configured() -> bool:
@@ -102,28 +137,90 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _ours(pid: int, url: str) -> bool:
-    """Whether `pid` is the Prefect server this home started, not a process that reused its PID
-    after a reboot (whose whole group `stop` would otherwise signal)."""
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[-1].removesuffix("/api").split("/")[0])
+
+
+def _listening_inodes(port: int) -> set[str] | None:
+    """The socket inodes listening on a TCP port of this machine (Linux's /proc), or None."""
+    found: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        found.add(fields[9])
+    except OSError:
+        return None
+    return found
+
+
+def owns_port(pid: int, port: int) -> bool:
+    """Whether process `pid` itself listens on `port`: with /proc, its sockets are matched; else
+    `lsof` is asked (macOS); where neither can tell, no (fail closed: set PREFECT_API_URL)."""
+    inodes = _listening_inodes(port)
+    if inodes is not None:
+        try:
+            return any(os.readlink(f"/proc/{pid}/fd/{fd}") in {f"socket:[{i}]" for i in inodes}
+                       for fd in os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            return False
+    lsof = shutil.which("lsof")
+    if lsof is None:
+        return False
+    answer = subprocess.run([lsof, "-nP", "-a", "-p", str(pid), f"-iTCP:{port}", "-sTCP:LISTEN", "-t"],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
+    return str(pid) in answer.stdout.split()
+
+
+def _started_at(pid: int) -> str | None:
+    """When a process started (Linux: its start time in clock ticks since boot), or None: with the
+    PID, what tells the server this home started from a process that reused its PID later."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _ours(state: dict) -> bool:
+    """Whether the state file's process is the Prefect server this home started and still
+    serving on its port: alive, the leader of the process group started for it (what `stop`
+    signals), started when it was, and listening on the port itself. A stale file (a reboot, a
+    PID reused by another program) is never taken for it."""
+    try:
+        pid, port = int(state["pid"]), _port(str(state["url"]))
+    except (KeyError, TypeError, ValueError):
+        return False
     if not process_alive(pid):
         return False
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if os.getpgid(pid) != pid:
+            return False
     except OSError:
-        return True  # no /proc (not Linux): the PID and the health check are all there is
-    port = url.rsplit(":", 1)[-1].removesuffix("/api").encode()
-    return b"server" in command and b"start" in command and port in command
+        return False
+    started = _started_at(pid)
+    if started is not None and state.get("started_at") not in (None, started):
+        return False
+    return owns_port(pid, port)
 
 
 def status() -> dict | None:
-    """The running local server ({"pid", "url"}), or None."""
+    """The running local server ({"pid", "url"}), or None. One started by a release before the
+    auth string (it answers anyone) is not taken for it: `start` replaces it."""
+    state = _state()
+    if state and state.get("auth") and _ours(state) and _healthy(state["url"]):
+        return state
+    return None
+
+
+def _state() -> dict | None:
     try:
         state = json.loads(_state_file().read_text())
     except (OSError, ValueError):
         return None
-    if _ours(int(state.get("pid", 0)), state.get("url", "")) and _healthy(state["url"]):
-        return state
-    return None
+    return state if isinstance(state, dict) else None
 
 
 def _free_port() -> int:
@@ -153,13 +250,17 @@ def start(say: Callable[[str], None]) -> str:
 
 
 def _start(say: Callable[[str], None]) -> str:
+    stop()  # one this home started without the auth string, or one that stopped answering
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"
-    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-    # PREFECT_UI_URL: the links in alerts (`{{ flow_run|ui_url }}`) are made by the server.
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    # PREFECT_UI_URL: the links in alerts (`{{ flow_run|ui_url }}`) are made by the server; its
+    # host and port: the UI's own API address is made from them, not from --port.
     env.update(PREFECT_HOME=str(home() / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_UI_URL=f"http://127.0.0.1:{port}")
+               PREFECT_UI_URL=f"http://127.0.0.1:{port}", PREFECT_SERVER_API_HOST="127.0.0.1",
+               PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_API_AUTH_STRING=auth_string())
     say(f"Starting a local Prefect server at http://127.0.0.1:{port} for novi-mailman ({home()}); the first start "
         "takes up to a minute, later commands find it running.")
     started = time.monotonic()
@@ -167,34 +268,42 @@ def _start(say: Callable[[str], None]) -> str:
         process = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                    start_new_session=True)
-    _state_file().write_text(json.dumps({"pid": process.pid, "url": url}))
+    state = {"pid": process.pid, "url": url, "auth": True, "started_at": _started_at(process.pid)}
+    _state_file().write_text(json.dumps(state))
     said = started
     while time.monotonic() - started < START_TIMEOUT_S:
+        if process.poll() is not None:  # it died (the port taken under it, a bad database…)
+            break
         if time.monotonic() - said >= PROGRESS_EVERY_S:  # a loaded machine: show it is not stuck
             said = time.monotonic()
             say(f"… still starting ({said - started:.0f} s; its log: {_log_file()})")
-        if _healthy(url):
-            say(f"Prefect server ready in {time.monotonic() - started:.0f} s (UI: http://127.0.0.1:{port}; "
-                "`novi-mailman server stop` stops it).")
+        # Only our child listening on the port is our server: whoever else answers there is not sent a thing.
+        if owns_port(process.pid, port) and _healthy(url):
+            say(f"Prefect server ready in {time.monotonic() - started:.0f} s (UI: http://127.0.0.1:{port}, "
+                f"its login: the string in {auth_file()}; `novi-mailman server stop` stops it).")
             return url
-        if process.poll() is not None:
-            break
         time.sleep(0.5)
-    stop()
+    if process.poll() is None:  # ours, whether or not it ever listened
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    _state_file().unlink(missing_ok=True)
     raise ServerError(f"the local Prefect server did not start (see {_log_file()}); or set PREFECT_API_URL to a "
                       "Prefect server of your own")
 
 
 def stop() -> bool:
     """Stop the local server; whether one was running."""
-    try:
-        state = json.loads(_state_file().read_text())
-        pid, url = int(state["pid"]), str(state["url"])
-    except (OSError, ValueError, KeyError):
+    state = _state()
+    if state is None:
         return False
     _state_file().unlink(missing_ok=True)
-    if not _ours(pid, url):
+    if not _ours(state):
         return False
+    pid = int(state["pid"])
     os.killpg(pid, signal.SIGTERM)
     wait_gone(pid, 30)
     return True
@@ -203,4 +312,8 @@ def stop() -> bool:
 def ensure(say: Callable[[str], None]) -> None:
     """Point Prefect at a server before it is imported: the configured one, else the local one."""
     if not configured():
-        os.environ["PREFECT_API_URL"] = start(say)
+        os.environ.update(client_settings(start(say)))
+        return
+    running = status()  # pointed at the local server by hand (`export $(make -s demo-env)`): its login too
+    if running and os.environ.get("PREFECT_API_URL", "").rstrip("/") == running["url"]:
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", auth_string())

@@ -37,6 +37,8 @@ MAX_CONNECTIONS = 200    # open connections at once; more are closed as they arr
 log = logging.getLogger("novi_mailman.relay")
 
 
+MAX_WINDOW_S = 24 * 3600  # a member quiet for a day is due: a longer (or infinite) window never hands off
+
 class MemberQueue:
     """Member ids waiting for a run: debounced per member, handed off in bounded batches."""
 
@@ -94,8 +96,8 @@ class Relay:
         queue = queue if queue is not None else MemberQueue()  # an empty queue is falsy
         if not 1 <= queue.max_batch <= MAX_MEMBERS_PER_RUN:
             raise RelayError(f"--max-batch must be 1 to {MAX_MEMBERS_PER_RUN} members per run")
-        if queue.window < 0:
-            raise RelayError("--window must be 0 seconds or more")
+        if not 0 <= queue.window <= MAX_WINDOW_S:  # nan compares false: refused too
+            raise RelayError(f"--window must be 0 to {MAX_WINDOW_S:,} seconds")
         if full_sync_above < 1:
             raise RelayError("--full-sync-above must be at least 1 member")
         self._token = token.encode()

@@ -45,7 +45,11 @@ def done_message(outcomes: pd.DataFrame, dry_run: bool) -> str:
         return "No changes: every list is already in step with Novi"
     if dry_run:
         return f"Dry run, nothing written; planned: {changes_line(outcomes)}"
-    return f"{changes_line(outcomes)} ({len(outcomes):,} changes applied)"
+    applied = int((outcomes["outcome"] == Outcome.APPLIED).sum())
+    already = int((outcomes["outcome"] == Outcome.ALREADY).sum())
+    said = ([f"{applied:,} changes applied"] if applied or not already else []) + (
+        [f"{already:,} already so in Mailman"] if already else [])
+    return f"{changes_line(outcomes)} ({', '.join(said)})"
 
 
 def _counts(series: pd.Series) -> dict[str, int]:
@@ -179,10 +183,11 @@ def safe_file_name(run_name: str) -> str:
     return name or "run"
 
 
-def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str) -> Path:
-    """The full plan as `reports_dir/plan-<run name>.csv`, always inside `reports_dir`."""
+def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str, run_id: str) -> Path:
+    """The full plan as `reports_dir/plan-<run name>-<run id's first 8>.csv`, always inside
+    `reports_dir`: Prefect's names repeat (and a name given by hand may), the id does not."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    path = (reports_dir / f"plan-{safe_file_name(run_name)}.csv").resolve()
+    path = (reports_dir / f"plan-{safe_file_name(run_name)}-{safe_file_name(run_id)[:8]}.csv").resolve()
     if path.parent != reports_dir.resolve():  # unreachable after safe_file_name; kept as the promise
         raise OSError(f"plan file name escapes {reports_dir}")
     rows.to_csv(path, index=False)

@@ -162,10 +162,19 @@ def test_history_shows_what_happened_to_an_address_newest_first(cli_blocks, tmp_
     assert "status expired" in shown.output and shown.output.index("unsubscribe") < shown.output.index("subscribe ")
 
 
-def test_history_of_an_unknown_address_with_no_ledger_yet(prefect_server, isolated_ledger):
+def test_history_of_an_unknown_address_with_no_ledger_yet(prefect_server, isolated_ledger, monkeypatch):
+    monkeypatch.delenv("NOVI_MAILMAN_LEDGER")  # the default ledger, in a home with no run yet
     result = CliRunner().invoke(app, ["history", "nobody@example.org"])
-    assert result.exit_code == 0 and "No change recorded" in result.output
+    assert result.exit_code == 0 and "No change recorded" in result.output and "No run has been recorded" in result.output
     assert not isolated_ledger.exists()
+
+
+def test_history_on_a_ledger_path_that_is_not_there_says_so(prefect_server, isolated_ledger, monkeypatch):
+    """Issue 27, item 12: a mistyped NOVI_MAILMAN_LEDGER answered "No change recorded"."""
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(isolated_ledger.parent / "ledgr.sqlite"))
+    result = CliRunner().invoke(app, ["history", "nobody@example.org"])
+    assert result.exit_code == 1 and "no ledger at sqlite:///" in result.output and "ledgr.sqlite" in result.output
+    assert "No change recorded" not in result.output
 
 
 # peer and user text is printed literally (issue 11, item 14) ------------------------------

@@ -204,6 +204,15 @@ def test_a_contacts_list_holds_the_contacts_of_member_companies(rule, who, expec
     assert why_in(rule, who) == expected
 
 
+def test_all_the_people_of_a_company_are_people_not_its_subsidiary_companies():
+    """Issue 27, item 12: `contacts_of_companies: all` counted a subsidiary company as a person."""
+    subsidiary = company("acme-east", "Acme East", email="east@acme.example")
+    subsidiary["ParentCustomerUniqueID"] = "acme"
+    records = [*COMPANIES, subsidiary]
+    rules = parse_rules({"lists": [{"list_id": L, "contacts_of_companies": "all"}]}, "test")
+    assert ineligibility(members_frame(records), rules.lists[0], NOW).iloc[2] == NOT_A_CONTACT
+
+
 def test_a_contacts_list_judges_the_company_s_activity_and_the_person_s_own_address_and_wishes():
     inactive_bolt = [COMPANIES[0], {**COMPANIES[1], "Active": False}]
     assert why_in({"contacts_of_companies": "primary", "statuses": "any"}, "p3", inactive_bolt) == \

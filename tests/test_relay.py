@@ -259,8 +259,10 @@ def test_no_redirect_off_the_routes(api):
     ({"queue": MemberQueue(max_batch=0)}, "--max-batch"),
     ({"queue": MemberQueue(max_batch=5000)}, "--max-batch"),
     ({"queue": MemberQueue(window=-1)}, "--window"),
+    ({"queue": MemberQueue(window=float("nan"))}, "--window"),  # never due: the relay never handed off
+    ({"queue": MemberQueue(window=float("inf"))}, "--window"),
     ({"full_sync_above": -1}, "--full-sync-above"),
-], ids=["batch-0", "batch-5000", "window-negative", "full-sync-negative"])
+], ids=["batch-0", "batch-5000", "window-negative", "window-nan", "window-inf", "full-sync-negative"])
 def test_options_that_cannot_work_are_refused_at_start(kwargs, says):
     from tasks.relay import RelayError
 

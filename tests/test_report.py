@@ -74,6 +74,20 @@ def test_counts_and_messages():
     assert done_message(changes, dry_run=True) == ("Dry run, nothing written; planned: "
                                                    "+2 −1 held 1 renamed 1 on l.example.org")
     assert done_message(changes.iloc[0:0], dry_run=False) == "No changes: every list is already in step with Novi"
+    # Mailman had them already (a rerun's): not said to be applied (issue 27, item 12)
+    already = changes.head(2).assign(outcome="already so")
+    assert done_message(already, dry_run=False) == "+2 on l.example.org (2 already so in Mailman)"
+    assert done_message(pd.concat([already, changes.tail(1)]), dry_run=False).endswith(
+        "(1 changes applied, 2 already so in Mailman)")
+
+
+def test_runs_of_one_name_keep_plan_files_of_their_own(tmp_path):
+    from tasks.report import write_plan_csv
+
+    first = write_plan_csv(rows(row("subscribe", "a@x.org")), tmp_path, "nightly", "0d2c9f3e-aaaa")
+    second = write_plan_csv(rows(row("subscribe", "b@x.org")), tmp_path, "nightly", "7b1e22aa-bbbb")
+    assert first != second and first.name == "plan-nightly-0d2c9f3e.csv"
+    assert "a@x.org" in first.read_text() and "b@x.org" in second.read_text()
 
 
 def test_a_dry_runs_artifacts_have_keys_of_their_own():

@@ -272,8 +272,8 @@ def _off_contacts(members: pd.DataFrame, rule: ListRule, companies: pd.DataFrame
     # (person, company) pairs: named as a contact, and (all) every person whose parent the company is
     pairs = [companies[column].dropna().rename("person").rename_axis("company").reset_index() for column in columns]
     ids = members["novi_id"].str.lower()
-    if "all" in kinds:
-        parented = members["parent_id"].notna()
+    if "all" in kinds:  # its people: a subsidiary company is not one
+        parented = members["parent_id"].notna() & members["is_person"]
         pairs.append(pd.DataFrame({"company": members.loc[parented, "parent_id"].to_numpy(),
                                    "person": ids[parented].to_numpy()}))
     pairs = pd.concat(pairs, ignore_index=True).drop_duplicates()

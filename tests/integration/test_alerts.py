@@ -47,16 +47,17 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from tasks import local_server
     from prefect.states import Completed, Failed
 
     url, home = real_server
     receiver = WebhookReceiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_API_URL": url,
-           "NOVI_MAILMAN_HOME": str(home)}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
+           **local_server.client_settings(url), "NOVI_MAILMAN_HOME": str(home)}
     try:
-        with temporary_settings({PREFECT_API_URL: url}):
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: local_server.auth_string()}):
             CustomWebhookNotificationBlock(
                 name="ops", url=f"http://127.0.0.1:{receiver.server_port}/hook?token={SECRET}",
                 json_data={"subject": "{{subject}}", "body": "{{body}}"}).save("ops", overwrite=True)

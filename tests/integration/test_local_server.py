@@ -3,12 +3,16 @@ Prefect server in the background, say so in one line, and find it afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +40,18 @@ def test_commands_find_or_start_one_local_prefect_server(tmp_path):
 
         again = novi_mailman(env, "check")
         assert again.returncode == 1 and "Starting" not in again.stderr  # found running
+        # The server holds the secrets: it answers its own commands only (issue 27, item 8).
+        auth = Path(env["NOVI_MAILMAN_HOME"]) / "prefect-server.auth"
+        assert auth.stat().st_mode & 0o777 == 0o600
+        url = json.loads((Path(env["NOVI_MAILMAN_HOME"]) / "prefect-server.json").read_text())["url"]
+        anyone = requests.post(f"{url}/block_documents/filter", json={"include_secrets": True}, timeout=30)
+        assert anyone.status_code == 401
+        owner = requests.post(f"{url}/block_documents/filter", json={"include_secrets": True}, timeout=30,
+                              auth=tuple(auth.read_text().strip().split(":", 1)))
+        assert owner.status_code == 200
+        # A ledger block is read from this server, not from a temporary one (issue 27, item 12)
+        looked = novi_mailman(env, "history", "x@example.org", "--ledger-block", "nosuch")
+        assert looked.returncode == 1 and f"on the Prefect server at {url}" in looked.stderr + looked.stdout
         status = novi_mailman(env, "server", "status")
         assert status.returncode == 0 and "Local Prefect server: http://127.0.0.1:" in status.stdout
     finally:
@@ -77,3 +93,88 @@ def test_a_prefect_api_url_where_prefect_reads_it_is_used_not_a_local_server(tmp
     done = subprocess.run([sys.executable, "-c", probe], env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == str(name != "unrelated.toml"), done.stderr
+
+
+def test_a_server_that_took_the_port_is_never_taken_for_ours(tmp_path, monkeypatch):
+    """Issue 27, item 7: a process that bound the chosen port during the start-up answered the
+    health check; the command said "ready" and sent it the Novi key and the Mailman password."""
+    from tasks import local_server
+
+    heard: list[tuple[str, str | None]] = []
+
+    class Impostor(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            heard.append((self.path, self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    impostor = ThreadingHTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=impostor.serve_forever, daemon=True).start()
+    monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(local_server, "_free_port", lambda: impostor.server_address[1])  # taken meanwhile
+    said: list[str] = []
+    try:
+        with pytest.raises(local_server.ServerError, match="did not start"):
+            local_server.start(said.append)
+    finally:
+        impostor.shutdown()
+        impostor.server_close()
+    assert not any("ready" in line for line in said)
+    assert all(authorization is None for _, authorization in heard)  # it was never sent the login
+    assert local_server.status() is None and not (tmp_path / "home" / "prefect-server.json").exists()
+
+
+def test_a_stale_state_file_never_makes_stop_signal_another_process(tmp_path, monkeypatch):
+    """Issue 27, item 12: after a reboot the file's PID can be another program's, even one whose
+    command line reads like a server's: `server stop` signalled its whole process group."""
+    from tasks import local_server
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "server", "start", "--port", "4277"],
+                             start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path))
+        (tmp_path / "prefect-server.json").write_text(json.dumps(
+            {"pid": other.pid, "url": "http://127.0.0.1:4277/api", "auth": True}))
+        assert local_server.status() is None
+        assert local_server.stop() is False
+        assert other.poll() is None  # alive: not signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_prefect_api_that_drops_the_connection_is_one_line(tmp_path):
+    """Issue 27, item 12: `blocks` against it printed an 80-line traceback."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+
+    def drop():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=f"http://127.0.0.1:{port}/api", NOVI_MAILMAN_HOME=str(tmp_path),
+               NOVI_API_KEY="k" * 20, MAILMAN_PASSWORD="p" * 12, PREFECT_CLIENT_MAX_RETRIES="0")
+    try:
+        answer = novi_mailman(env, "blocks", "--novi-url", "https://novi.example.org",
+                              "--mailman-url", "http://127.0.0.1:9/3.1")
+    finally:
+        listener.close()
+    said = (answer.stdout + answer.stderr).strip().splitlines()
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr
+    assert len(said) <= 2 and f"the Prefect API at http://127.0.0.1:{port}/api did not answer properly" in said[-1]
