@@ -14,8 +14,17 @@ from flows.sync import sync_lists
 VALID = re.compile(r"[a-z0-9.+_'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.IGNORECASE)
 
 
-def expected(records: list[dict], statuses=("current", "grace_period"), group: str | None = None) -> dict[str, str]:
-    """Who should be on a list (address → display name), worked out here independently of the planner."""
+def expected(records: list[dict], statuses=("current", "grace_period"), group: str | None = None,
+             everyone: list[dict] | None = None) -> dict[str, str]:
+    """Who should be on a list (address → display name), worked out here independently of the planner.
+
+    An address several records share has one name on every list (Mailman keeps one an address):
+    a person's before a company's, then the smallest id's, among `everyone` (default `records`)."""
+    names: dict[str, str] = {}
+    for r in sorted(everyone or records, key=lambda r: (r["CustomerType"] != "Person", r["UniqueID"])):
+        name = " ".join(p for p in (r["FirstName"], r["LastName"]) if p) or r["Name"] or ""
+        if name:
+            names.setdefault(_address(r), name)
     chosen: dict[str, str] = {}
     for r in sorted(records, key=lambda r: r["UniqueID"]):
         raw = (r["Email"] or "").strip() or (r["AccountEmail"] or "").strip()
@@ -25,9 +34,14 @@ def expected(records: list[dict], statuses=("current", "grace_period"), group: s
             continue
         in_group = group is None or any(g["GroupName"] == group for g in (r["Groups"] or []))
         if r["Active"] is True and r["MemberStatus"] in statuses and not r["UnsubscribeFromEmails"] and in_group:
-            name = " ".join(p for p in (r["FirstName"], r["LastName"]) if p) or r["Name"] or ""
-            chosen.setdefault(address.lower(), name)
+            chosen.setdefault(address.lower(), names.get(address.lower(), ""))
     return chosen
+
+
+def _address(record: dict) -> str:
+    raw = (record["Email"] or "").strip() or (record["AccountEmail"] or "").strip()
+    local, _, domain = raw.rpartition("@")
+    return f"{local.replace(' ', '+')}@{domain}".lower()
 
 
 def sync(tmp_path, lists: list[dict], dry_run: bool = False, novi_block: str = "it-novi",

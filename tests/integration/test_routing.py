@@ -24,21 +24,22 @@ def seated(records: list[dict], committees: set[str], positions: set[str] | None
                 and (not start or start <= now) and (not end or now < end))
 
     holders = [r for r in records if any(current(seat) for seat in r.get("Committees") or [])]
-    return expected(holders, statuses=tuple({r["MemberStatus"] for r in records}))
+    return expected(holders, statuses=tuple({r["MemberStatus"] for r in records}), everyone=records)
 
 
 def in_chapter(records: list[dict], chapter: str) -> dict[str, str]:
-    return expected([r for r in records if ((r.get("CustomFields") or {}).get("Chapter") or {}).get("Value") == chapter])
+    return expected([r for r in records if ((r.get("CustomFields") or {}).get("Chapter") or {}).get("Value") == chapter],
+                    everyone=records)
 
 
-def contacts(records: list[dict]) -> dict[str, str]:
-    """The primary and billing contacts of member companies (current or in grace, active), any
-    status of their own."""
+def contacts(records: list[dict], kinds=("PrimaryContactUniqueId", "BillingContactUniqueId")) -> dict[str, str]:
+    """The primary and billing contacts (`kinds`) of member companies (current or in grace,
+    active), any status of their own."""
     members = [r for r in records if r["CustomerType"] == "Company" and r["Active"]
                and r["MemberStatus"] in ("current", "grace_period")]
-    named = {c[k] for c in members for k in ("PrimaryContactUniqueId", "BillingContactUniqueId") if c[k]}
+    named = {c[k] for c in members for k in kinds if c[k]}
     return expected([r for r in records if r["UniqueID"] in named and r["CustomerType"] == "Person"],
-                    statuses=tuple({r["MemberStatus"] for r in records}))
+                    statuses=tuple({r["MemberStatus"] for r in records}), everyone=records)
 
 
 def test_committee_chapter_and_contacts_lists_follow_a_day_of_churn(world, tmp_path):
@@ -93,3 +94,36 @@ def test_a_committee_list_takes_its_moderators_from_positions_and_never_unmakes_
     again, sent = sync(tmp_path, rules, mailman_block=world["mailman_block"])
     assert again.is_completed() and not [s for s in sent if s[0] != "GET"]  # in step: nothing written
     assert not mail_to(world["core"], world["domain"])  # nobody was mailed for any of it
+
+
+def test_a_webhook_for_an_unaffiliated_billing_contact_removes_nobody(world, tmp_path):
+    """Issue 27, item 3: a company named an unaffiliated current person its billing contact; the
+    full sync subscribed them, their webhook's member run removed them ("not a contact of a member
+    company": it read only their own, absent, parent company), the next full sync added them back."""
+    from flows.member import sync_member
+
+    admin, novi = world["admin"], world["novi"]
+    (contact,) = lists_for(world, "billing")
+    rules = [{"list_id": contact, "contacts_of_companies": "billing", "max_eligible_drop": 1}]
+    records = novi.records()
+    company = next(r for r in records if r["CustomerType"] == "Company" and r["Active"]
+                   and r["MemberStatus"] in ("current", "grace_period"))
+    person = next(r for r in sorted(records, key=lambda r: r["UniqueID"])
+                  if r["CustomerType"] == "Person" and not r.get("ParentCustomerUniqueID") and r["Active"]
+                  and r["MemberStatus"] == "current" and (r["Email"] or "").strip() and " " not in r["Email"].strip()
+                  and not r["UnsubscribeFromEmails"])
+    novi.edit(company["UniqueID"], BillingContactUniqueId=person["UniqueID"])
+    address = person["Email"].strip().lower()
+
+    first, _ = sync(tmp_path, rules, mailman_block=world["mailman_block"])
+    assert first.is_completed(), first.message
+    assert address in admin.roster(contact)
+    assert admin.roster(contact) == contacts(novi.records(), kinds=("BillingContactUniqueId",))
+
+    webhook = sync_member(member_ids=[person["UniqueID"]], rules_path=str(tmp_path / "rules.yaml"),
+                          novi_block="it-novi", mailman_block=world["mailman_block"], return_state=True)
+    assert webhook.is_completed(), webhook.message
+    assert address in admin.roster(contact)  # not removed on less than the full sync reads
+    assert not webhook.result()["outcomes"]
+    again, sent = sync(tmp_path, rules, mailman_block=world["mailman_block"])
+    assert again.is_completed() and not sent, again.message  # no flap: nothing to add back
