@@ -139,6 +139,8 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
         members, rosters, bans, requests, (remembered, last_figures) = read_sources(run, novi, mailman, workers)
         with run.phase("read_moderators"):
             moderators = read_moderators(mailman, run.ledger, run.rules)
+        if run.settle_leftovers(rosters, moderators):  # a run that died mid-apply: what it did, now known
+            remembered = run.ledger.read(run.list_ids)
     except SyncError as exc:
         run.record_failure(exc)
         raise

@@ -152,9 +152,11 @@ def demo() -> None:
 Deployments:    make deploy  (prefect.yaml's deployments and a worker: run, approve and read them in the UI)
 Plan CSVs:      .demo/reports/
 Ledger:         .demo/ledger.sqlite   (novi-mailman history ADDRESS)
+UI login:       the line in .demo/prefect-server.auth (the server answers nobody else)
 Novi sandbox:   {NOVI_URL}  (key {DEFAULT_KEY})
 Mailman REST:   {core.rest_url}/3.1  ({ADMIN_USER} / {ADMIN_PASS})
 Try it yourself: source .venv/bin/activate; export $(make -s demo-env); novi-mailman plan --rules {RULES.relative_to(ROOT)}
+                (`prefect …` commands also need: export PREFECT_API_AUTH_STRING=$(cat .demo/prefect-server.auth))
 Stop everything: make down""")
 
 
@@ -175,7 +177,8 @@ def deploy() -> None:
 and undo-run/undo-run
 (pool {deployments.POOL});
 the worker runs them with the demo's ledger (.demo/ledger.sqlite) and reports (.demo/reports/).
-Prefect UI: {prefect_ui(start=False)}/deployments  (Run → Quick run, or Custom run for the form)
+Prefect UI: {prefect_ui(start=False)}/deployments  (Run → Quick run, or Custom run for the form;
+its login: the line in .demo/prefect-server.auth)
 Stop everything: make down""")
 
 
@@ -190,7 +193,7 @@ def down() -> None:
 
 
 def ui() -> None:
-    print(f"Prefect UI: {prefect_ui()}  (make down stops it)")
+    print(f"Prefect UI: {prefect_ui()}  (its login: the line in .demo/prefect-server.auth; make down stops it)")
 
 
 def env() -> None:

@@ -8,6 +8,7 @@ figures in one transaction, so a run that fails half-way leaves the ledger as it
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -41,6 +42,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from tasks.core.schema import (
+    CHANGE_COLUMNS,
     FIGURE_COLUMNS,
     FLAG_COLUMNS,
     LEDGER_COLUMNS,
@@ -57,6 +59,7 @@ from tasks.core.schema import (
     empty_ledger,
     missing_as_none,
 )
+from tasks.core.intents import APPLIED, INTENT_COLUMNS, NOT_APPLIED, UNDECIDED
 from tasks.errors import SyncError
 from tasks.host import process_alive
 
@@ -150,6 +153,34 @@ locks_table = Table(
     Column("lease", String(32)),                     # this hold's own token: renewals and release use it
 )
 
+# What a run is about to write, before it is written (tasks.core.intents): one row per change,
+# under the run's hold (`lease`). A run that ends removes its own with its record; those left
+# are a dead run's, settled by the next run that takes the list against the roster it read.
+intents_table = Table(
+    "intents", metadata,
+    Column("intent_id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", String(64), nullable=False),      # the flow run's id (a Retry keeps it)
+    Column("run_name", String(128)),
+    Column("kind", String(16), nullable=False),
+    Column("lease", String(32), nullable=False),       # the hold it was written under: one per attempt
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("list_id", String(255), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("match_key", String(320), nullable=False),
+    Column("novi_id", String(64)),
+    Column("display_name", Text),
+    Column("previous", Text),
+    Column("reason", Text),
+    Column("delivery_mode", String(32)),
+    Column("moderation_action", String(16)),
+    Column("delivery_status", String(16)),
+    Column("batch", String(32), nullable=False),        # the batch task it went out in
+    Column("outcome", String(32)),                      # set once its batch has answered
+    Index("ix_intents_list", "list_id"),
+)
+
 STALE_AFTER = timedelta(minutes=10)  # a lock whose holder stopped renewing it this long ago is dead
 
 
@@ -178,6 +209,30 @@ class Lease:
         """Raise `LockLost` once the hold may belong to another run."""
         if self.lost:
             raise LockLost(self.lost)
+
+
+@dataclass(frozen=True)
+class Journal:
+    """Where a real run writes what it is about to apply (`Ledger.intend`) and what became of it."""
+
+    ledger: Ledger
+    lease: Lease
+    run_id: str
+    run_name: str
+    kind: str
+    started_at: datetime
+
+    def intend(self, batch: str, action: str, changes: list[dict]) -> None:
+        self.ledger.intend(self, batch, action, changes)
+
+    def settled(self, batch: str, results: list[dict]) -> None:
+        """Mark what Mailman answered. The answers stand if the ledger cannot take the marks: the
+        run's record (which then fails too, and says what was applied) or the next run's
+        settling against the roster tells what holds."""
+        try:
+            self.ledger.settled_batch(batch, results)
+        except LedgerError as exc:
+            logging.getLogger("novi_mailman.ledger").warning("A batch's outcomes could not be marked: %s", exc)
 
 
 @dataclass(frozen=True)
@@ -318,7 +373,7 @@ class Ledger:
         return frame
 
     def record(self, run: RunRecord, list_ids: Sequence[str], memory: pd.DataFrame | None, changes: pd.DataFrame,
-               figures: pd.DataFrame, only_keys: Sequence[str] | None = None) -> None:
+               figures: pd.DataFrame, only_keys: Sequence[str] | None = None, lease: Lease | None = None) -> None:
         """Store a run in one transaction: the lists' next memory (their rows), its changes, its figures.
 
         A full run replaces the lists' rows. A member run (`only_keys`) replaces only the rows of
@@ -337,6 +392,8 @@ class Ledger:
             scope &= addresses_table.c.match_key.in_(list(only_keys))
         with self._begin() as conn:
             key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
+            if lease is not None:  # a run that ends leaves no intent behind
+                conn.execute(delete(intents_table).where(intents_table.c.lease == lease.token))
             if memory is not None:  # a refused run leaves the memory as it was
                 conn.execute(delete(addresses_table).where(scope))
                 _insert(conn, addresses_table, memory[LEDGER_COLUMNS].assign(run_id=key))
@@ -575,6 +632,76 @@ class Ledger:
                 return
             last_beat = time.monotonic()
 
+    def intend(self, journal: Journal, batch: str, action: str, changes: list[dict]) -> None:
+        """Write a batch's changes (dicts with CHANGE_COLUMNS' fields) as this run's intents,
+        before any is sent. Again for the same `batch` (its task retried) replaces them."""
+        journal.lease.check()
+        frame = pd.DataFrame(changes)
+        rows = frame.reindex(columns=[c for c in INTENT_COLUMNS if c in CHANGE_COLUMNS]).assign(
+            action=action, run_id=journal.run_id, run_name=journal.run_name[:128], kind=journal.kind,
+            lease=journal.lease.token, started_at=pd.Timestamp(journal.started_at), at=pd.Timestamp.now(tz="UTC"),
+            batch=batch)
+        with self._begin() as conn:
+            conn.execute(delete(intents_table).where(intents_table.c.batch == batch))
+            _insert(conn, intents_table, rows[[c.name for c in intents_table.columns if c.name not in
+                                                ("intent_id", "outcome")]])
+
+    def settled_batch(self, batch: str, results: list[dict]) -> None:
+        """Mark a batch's intents with what Mailman answered (`apply_changes`' rows)."""
+        by_outcome: dict[str, list[str]] = {}
+        for result in results:
+            by_outcome.setdefault(result["outcome"], []).append(result["email"])
+        with self._begin() as conn:
+            for outcome, emails in by_outcome.items():
+                conn.execute(update(intents_table).where((intents_table.c.batch == batch)
+                                                         & intents_table.c.email.in_(emails)).values(outcome=outcome))
+
+    def leftover_intents(self, list_ids: Sequence[str], lease: Lease) -> pd.DataFrame:
+        """The intents on these lists of runs other than the one holding `lease`: under its
+        hold, they can only be dead runs' (INTENT_COLUMNS)."""
+        if not self.exists:
+            return pd.DataFrame(columns=INTENT_COLUMNS)
+        with self._connect() as conn:
+            if not inspect(conn).has_table(intents_table.name):  # a dry run's older ledger
+                return pd.DataFrame(columns=INTENT_COLUMNS)
+            rows = conn.execute(select(*[intents_table.c[c] for c in INTENT_COLUMNS]).where(
+                intents_table.c.list_id.in_(list(list_ids)) & (intents_table.c.lease != lease.token))
+                .order_by(intents_table.c.intent_id)).all()
+        frame = _frame(rows, INTENT_COLUMNS)
+        return frame.astype({c: "string" for c in INTENT_COLUMNS if c not in ("intent_id", "started_at", "at")})
+
+    def settle_crashed(self, intents: pd.DataFrame, verdicts: pd.Series) -> list[dict]:
+        """Record what dead runs are now known to have applied (their intents, with each
+        verdict of tasks.core.intents.settle_intents), in one transaction: each dead attempt as a
+        run of its own, ended `crashed`, with the changes that hold on Mailman; the addresses it
+        subscribed managed (with the Novi id the intent carries), those it removed remembered as
+        removed; then its intents go. What could not be decided is said in its message. Each
+        dead attempt's {run_id, run_name, applied, not_applied, undecided}."""
+        settled = []
+        now = datetime.now(timezone.utc)
+        with self._begin() as conn:
+            for lease, mine in intents.groupby("lease", sort=False):
+                verdict = verdicts.loc[mine.index]
+                applied = mine.loc[verdict == APPLIED]
+                counts = {v: int((verdict == v).sum()) for v in (APPLIED, NOT_APPLIED, UNDECIDED)}
+                first = mine.iloc[0]
+                message = (f"crashed mid-apply; settled against the roster by the next run: {counts[APPLIED]} "
+                           f"changes had reached Mailman, {counts[NOT_APPLIED]} had not"
+                           + (f", {counts[UNDECIDED]} could not be told (left as Mailman has them)"
+                              if counts[UNDECIDED] else ""))
+                record = RunRecord(run_id=first["run_id"], run_name=first["run_name"] or first["run_id"],
+                                   started_at=pd.Timestamp(first["started_at"]).to_pydatetime(),
+                                   ended_at=pd.Timestamp(mine["at"].max()).to_pydatetime(), state=RunState.CRASHED,
+                                   message=message, kind=first["kind"])
+                key = _insert_run(conn, record, changes=len(applied), failed=0)
+                _remember_crashed(conn, applied, key, now)
+                _insert(conn, changes_table, applied.assign(run_id=key, outcome=Outcome.APPLIED,
+                                                            detail="found on Mailman after the run died")[
+                    [c.name for c in changes_table.columns if c.name != "id"]])
+                conn.execute(delete(intents_table).where(intents_table.c.lease == lease))
+                settled.append({"run_id": key, "run_name": record.run_name, **counts})
+        return settled
+
     def unlock(self, list_id: str, *, force: bool = False, stale_after: timedelta = STALE_AFTER) -> int:
         """Release a list's lock by hand; how many locks were released. A lock whose run is alive
         (its process runs on this host, or it renewed the lock lately) is refused, unless
@@ -626,6 +753,25 @@ class _Guarded:
 
 class _TakenMeanwhile(Exception):
     """Inside `_acquire`'s transaction: a stale lock changed hands between reading and taking it."""
+
+
+def _remember_crashed(conn, applied: pd.DataFrame, key: str, now: datetime) -> None:
+    """A dead run's applied subscribes as managed members (with their intent's Novi id) and its
+    applied removals as removed: what its record would have stored of them."""
+    for status, action in ((Status.MEMBER, Action.SUBSCRIBE), (Status.REMOVED, Action.UNSUBSCRIBE)):
+        rows = applied.loc[applied["action"] == action]
+        for list_id, mine in rows.groupby("list_id"):
+            conn.execute(delete(addresses_table).where((addresses_table.c.list_id == list_id)
+                                                       & addresses_table.c.match_key.in_(list(mine["match_key"]))))
+        if rows.empty:
+            continue
+        member = status == Status.MEMBER
+        _insert(conn, addresses_table, pd.DataFrame({
+            "list_id": rows["list_id"], "match_key": rows["match_key"], "email": rows["email"],
+            "novi_id": rows["novi_id"], "status": status, "how": How.SUBSCRIBED, "on_roster": member,
+            "eligible": member, "first_managed_at": now, "last_seen_on_roster_at": now,
+            "last_eligible_at": now if member else pd.NaT, "left_at": pd.NaT if member else now, "left_expires": pd.NaT,
+            **{c: rows[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
 
 
 def _attempt_key(conn, run_id: str) -> tuple[str, int]:

@@ -315,5 +315,6 @@ def ensure(say: Callable[[str], None]) -> None:
         os.environ.update(client_settings(start(say)))
         return
     running = status()  # pointed at the local server by hand (`export $(make -s demo-env)`): its login too
-    if running and os.environ.get("PREFECT_API_URL", "").rstrip("/") == running["url"]:
+    given = os.environ.get("PREFECT_API_URL", "").rstrip("/").replace("://localhost:", "://127.0.0.1:")
+    if running and given == running["url"]:
         os.environ.setdefault("PREFECT_API_AUTH_STRING", auth_string())

@@ -582,10 +582,18 @@ def batch_name() -> str:
 
 @task(name="apply-batch", task_run_name=batch_name, retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE)
-def apply_batch(client: MailmanClient, action: str, changes: list[dict], lease=None) -> list[dict]:
+def apply_batch(client: MailmanClient, action: str, changes: list[dict], lease=None, journal=None,
+                batch: str | None = None) -> list[dict]:
     """One Prefect task per batch of changes (never per member): see `apply_changes`.
 
-    `lease` (the run's hold on its lists, tasks.ledger.Lease) is checked first, on every attempt."""
+    `lease` (the run's hold on its lists, tasks.ledger.Lease) is checked first, on every attempt.
+    `journal` (tasks.ledger.Journal) holds the batch as intended (`batch`, its key): what
+    Mailman answered is marked there."""
     if lease is not None:
         lease.check()
-    return apply_changes(client, action, changes)
+    if journal is not None:  # nothing is sent that the ledger does not hold as intended
+        journal.intend(batch, action, changes)
+    results = apply_changes(client, action, changes)
+    if journal is not None:
+        journal.settled(batch, results)
+    return results

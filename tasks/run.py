@@ -32,7 +32,8 @@ from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
 from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError
 from tasks.http import halting
-from tasks.ledger import Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
+from tasks.core.intents import settle_intents
+from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
 from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
                            waves, with_preferences)
 
@@ -141,11 +142,13 @@ def read_moderators(mailman: MailmanClient, ledger: Ledger, rules: Rules,
 
 
 def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,
-               lease: Lease | None = None) -> pd.DataFrame:
+               lease: Lease | None = None, journal: Journal | None = None) -> pd.DataFrame:
     """Apply every change in batch tasks; each change's outcome, including whole batches that failed.
 
     Each batch checks the run's `lease` before it writes: a run whose lock was taken over
-    stops there (its remaining batches fail with `LockLost`)."""
+    stops there (its remaining batches fail with `LockLost`). With a `journal`, each batch is
+    in the ledger as intended before it is sent (a run killed mid-apply leaves nothing that
+    nobody manages: the next run settles it, `Run.settle_leftovers`)."""
     changes = the_plan.changes
     if changes.empty:
         return changes.assign(outcome=pd.Series(dtype="string"), detail=pd.Series(dtype="string"))
@@ -157,9 +160,12 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
 
     def submit(item: tuple[str, pd.DataFrame]) -> PrefectFuture:
         action, rows = item
-        records = rows[["list_id", "email", "display_name", "member_id", "mail", "request", *PREFERENCE_COLUMNS]]
+        # The batch task writes these as intended before it sends any: with what an intent keeps
+        # (the address's key, its Novi id, why, the name it replaces).
+        records = rows[["list_id", "email", "display_name", "member_id", "mail", "request", *PREFERENCE_COLUMNS,
+                        "match_key", "novi_id", "reason", "previous"]]
         records = missing_as_none(records).to_dict("records")
-        return apply_batch.submit(client, action, records, lease)
+        return apply_batch.submit(client, action, records, lease, journal, uuid.uuid4().hex)
 
     ordered, results = [], []
     for wave in waves(work):  # bounded() waits for its wave: moderator roles go once the memberships are done
@@ -187,7 +193,7 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
         lease.check()
     memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
               else settle(the_plan.memory, outcomes))
-    ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys)
+    ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys, lease=lease)
 
 
 def read_together(reads: dict[Hashable, Callable[[], PrefectFuture]], workers: int,
@@ -268,9 +274,11 @@ def unrecorded_message(outcomes: pd.DataFrame, message: str, error: Exception) -
     """What to say when the ledger could not store a run: whether Mailman was changed decides."""
     applied = int((outcomes["outcome"] == Outcome.APPLIED).sum())
     if applied:
-        # Mailman already holds the changes; the next run adopts them, never writes them twice.
+        # Mailman already holds the changes, and the ledger their intents: the next run records
+        # them from the roster (Run.settle_leftovers), never writes them twice.
         return (f"{applied} changes were applied to Mailman, but the ledger could not record them ({error}); "
-                "the next run adopts what was applied. The run's report below is the record of it")
+                "a Retry or the next run records what was applied and completes the rest safely. The run's "
+                "report below is the record of it")
     return f"{message.rstrip('.')}. The ledger could not record this run ({error})"
 
 
@@ -340,6 +348,35 @@ class Run:
         finally:
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
+    def leftover_keys(self) -> set[str]:
+        """The addresses runs that died on these lists left intended: a member run reads them too."""
+        if self.lease is None:
+            return set()
+        return set(self.ledger.leftover_intents(self.list_ids, self.lease)["match_key"])
+
+    def settle_leftovers(self, rosters: dict[str, pd.DataFrame],
+                         moderators: dict[str, pd.DataFrame] | None = None) -> bool:
+        """Settle what runs that died on these lists left as intended (tasks.core.intents),
+        against the rosters this run has just read: each is recorded as a crashed run with what
+        it is known to have applied, and what it subscribed is managed. Whether anything was
+        settled (the caller then reads the ledger again). A dry run only says it."""
+        if self.lease is None:
+            intents = self.ledger.leftover_intents(self.list_ids, Lease([], "")) if self.dry_run else None
+            if intents is not None and not intents.empty:
+                get_run_logger().warning("%d changes of a run that died mid-apply wait to be settled: the next "
+                                         "real run does it", len(intents))
+            return False
+        intents = self.ledger.leftover_intents(self.list_ids, self.lease)
+        if intents.empty:
+            return False
+        verdicts = settle_intents(intents, rosters, moderators)
+        for dead in self.ledger.settle_crashed(intents, verdicts):
+            get_run_logger().warning("Run %s had died mid-apply: %d of its changes had reached Mailman and are "
+                                     "recorded now, %d had not%s", dead["run_name"], dead["applied"],
+                                     dead["not applied"],
+                                     f", {dead['undecided']} could not be told" if dead["undecided"] else "")
+        return True
+
     def record_of(self, state: str, message: str, novi_members: int | None) -> RunRecord:
         return RunRecord(run_id=flow_run_id(), run_name=flow_run.get_name() or "local",
                          started_at=self.started_at, ended_at=datetime.now(timezone.utc), state=state,
@@ -377,8 +414,10 @@ class Run:
         """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""
         if self.dry_run or self.refusal:
             return the_plan.changes.assign(outcome=Outcome.PLANNED if self.dry_run else Outcome.REFUSED, detail="")
+        journal = Journal(self.ledger, self.lease, flow_run_id(), flow_run.get_name() or "local", self.kind,
+                          self.started_at) if self.lease is not None else None
         with self.phase("apply"):
-            return apply_plan(client, the_plan, self.rules, batch_size, workers, self.lease)
+            return apply_plan(client, the_plan, self.rules, batch_size, workers, self.lease, journal)
 
     def verdict(self, outcomes: pd.DataFrame, done: str) -> tuple[str, str]:
         """The run's state and message from its outcomes; `done` is the message of a completed run."""

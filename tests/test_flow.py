@@ -319,7 +319,10 @@ def test_failed_ledger_write_fails_the_run_and_the_next_run_adopts_without_writi
     assert state.result(raise_on_failure=False).summary["state"] == "failed"
     again, calls = run(novi, mailman, tmp_path)
     assert again.is_completed() and writes(calls) == []
-    assert Ledger().read([LIST]).iloc[0]["how"] == "adopted"
+    # The failed run's intent was settled: the address is the one it subscribed, in its history
+    assert Ledger().read([LIST]).iloc[0]["how"] == "subscribed"
+    (change,) = Ledger().history("a@example.org").to_dict("records")
+    assert change["action"] == "subscribe" and change["outcome"] == "applied"
 
 
 def test_a_ledger_that_goes_down_before_the_lock_is_released_still_leaves_the_report(blocks, tmp_path,

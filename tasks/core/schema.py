@@ -50,6 +50,7 @@ class RunState:
     COMPLETED = "completed"
     FAILED = "failed"
     REFUSED = "refused"
+    CRASHED = "crashed"   # died mid-apply; recorded by the run that settled its intents (tasks.core.intents)
 
 
 class Tag:
