@@ -40,6 +40,10 @@ REFUSED = {"prefect.flow-run.Refused", "prefect.flow-run.Paused"}
 DONE = {"prefect.flow-run.Completed", "prefect.flow-run.Skipped"}  # not "Planned": a dry run synced nothing
 
 RUN = "{{ flow_run.name }} ({{ deployment.name }})"
+# A crashed run's process died (killed, out of memory, its machine lost): what it was sending is
+# in the ledger as intended, and the next run of its lists settles it (tasks.core.intents).
+CRASHED_NOTE = ("Whatever it had sent to Mailman is in the ledger as intended: a Retry, or the next run of its "
+                "lists, records what was applied and completes the rest safely; nobody is left unmanaged.")
 LINK = "{{ flow_run|ui_url }}"
 
 
@@ -123,6 +127,7 @@ def automations(deployments: list[Target], block_id: UUID, grace: timedelta = GR
                    _on(deployments, FAILED),
                    [_notify(block_id, f"novi-mailman: {RUN} {{{{ flow_run.state.name }}}}",
                             f"{RUN} ended {{{{ flow_run.state.name }}}}: {{{{ flow_run.state.message }}}}\n\n"
+                            f"{{% if flow_run.state.name == 'Crashed' %}}{CRASHED_NOTE}\n\n{{% endif %}}"
                             f"The run and its logs: {LINK}")]),
         automation("run refused", "A guard refused a run's plan, or a run waits for an operator's approval.",
                    _on(deployments, REFUSED),

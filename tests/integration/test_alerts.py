@@ -33,7 +33,8 @@ def real_server(tmp_path_factory):
     os.environ[local_server.HOME_ENV] = str(home)
     try:
         url = local_server.start(lambda line: None)
-        yield url, home
+        # Its login, read now: each test function gets a NOVI_MAILMAN_HOME of its own (conftest)
+        yield url, home, local_server.client_settings(url)
     finally:
         local_server.stop()
         if saved is None:
@@ -48,16 +49,15 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import IntervalSchedule
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-    from tasks import local_server
     from prefect.states import Completed, Failed
 
-    url, home = real_server
+    url, home, login = real_server
     receiver = WebhookReceiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
-           **local_server.client_settings(url), "NOVI_MAILMAN_HOME": str(home)}
+           **login, "NOVI_MAILMAN_HOME": str(home)}
     try:
-        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: local_server.auth_string()}):
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: login["PREFECT_API_AUTH_STRING"]}):
             CustomWebhookNotificationBlock(
                 name="ops", url=f"http://127.0.0.1:{receiver.server_port}/hook?token={SECRET}",
                 json_data={"subject": "{{subject}}", "body": "{{body}}"}).save("ops", overwrite=True)
@@ -94,6 +94,14 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
                                                         "`novi-mailman blocks`"))
                 body = receiver.wait_for(f"{failed.name} (nightly-full-sync) ended Failed")
                 assert "Novi refused the API key (401)" in body["body"] and f"/runs/flow-run/{failed.id}" in body["body"]
+
+                from prefect.states import Crashed
+
+                crashed = run_of(nightly, Crashed(message="Flow run infrastructure exited with non-zero status code -9."))
+                body = receiver.wait_for(f"{crashed.name} (nightly-full-sync) ended Crashed")
+                assert "a Retry, or the next run of its lists, records what was applied" in body["body"]
+                assert "records what was applied" not in json.dumps(
+                    [b for b in receiver.bodies if failed.name in json.dumps(b)])  # said for a crash only
 
                 refused = run_of(member, Failed(name="Refused", message="Refused: members.example.org: 600 removals "
                                                                         "planned, more than max_removals = 500."))
