@@ -155,7 +155,9 @@ def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | Non
     run.judge(the_plan, last_figures, override_guards, approve)
     outcomes = run.apply(mailman, the_plan, batch_size, workers)
     state, message = run.verdict(outcomes, report.done_message(outcomes, run.dry_run))
-    state, message = run.record(the_plan, outcomes, state, message, len(members))
+    # `remembered` is what the lists' rows were when read under this run's lock: only the rows
+    # that changed are written
+    state, message = run.record(the_plan, outcomes, state, message, len(members), before=remembered)
     message = tell_staff(run, the_plan, outcomes, mailman, message)
     # Published before the lock is released: a release that fails (the ledger down) must
     # not lose the report, which is then the only record of what was applied.

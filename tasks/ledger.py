@@ -373,13 +373,17 @@ class Ledger:
         return frame
 
     def record(self, run: RunRecord, list_ids: Sequence[str], memory: pd.DataFrame | None, changes: pd.DataFrame,
-               figures: pd.DataFrame, only_keys: Sequence[str] | None = None, lease: Lease | None = None) -> None:
-        """Store a run in one transaction: the lists' next memory (their rows), its changes, its figures.
+               figures: pd.DataFrame, only_keys: Sequence[str] | None = None, lease: Lease | None = None,
+               before: pd.DataFrame | None = None) -> int:
+        """Store a run in one transaction: the lists' next memory (their rows), its changes, its
+        figures; how many memory rows were written.
 
-        A full run replaces the lists' rows. A member run (`only_keys`) replaces only the rows of
-        the addresses it looked at, and leaves no list figures: they would not be whole. With
-        `memory=None` (a refused run) the lists' rows stay as they were. A retry of a flow run
-        is stored as one more attempt of it, never over the first."""
+        A full run replaces the lists' rows; given the rows they had when it read them (`before`,
+        read under its lock) it writes only the rows that changed and deletes those that went. A
+        member run (`only_keys`) replaces only the rows of the addresses it looked at, and leaves
+        no list figures: they would not be whole. With `memory=None` (a refused run) the lists'
+        rows stay as they were. A retry of a flow run is stored as one more attempt of it, never
+        over the first. The run's intents (`lease`) go with it."""
         at = pd.Timestamp(run.ended_at)
         failed = changes.loc[changes["outcome"] == Outcome.FAILED]
         per_list = [{"list_id": f["list_id"], "eligible": int(f["eligible"]),
@@ -394,15 +398,25 @@ class Ledger:
             key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
             if lease is not None:  # a run that ends leaves no intent behind
                 conn.execute(delete(intents_table).where(intents_table.c.lease == lease.token))
-            if memory is not None:  # a refused run leaves the memory as it was
+            written = memory
+            if memory is not None and before is not None and only_keys is None:
+                gone, written = _changed_rows(memory[LEDGER_COLUMNS], before[LEDGER_COLUMNS])
+                for (list_id,), keys in gone.groupby(["list_id"])["match_key"]:
+                    keys = list(keys)
+                    for first in range(0, len(keys), 500):
+                        conn.execute(delete(addresses_table).where(
+                            (addresses_table.c.list_id == list_id) & addresses_table.c.match_key.in_(keys[first:first + 500])))
+            elif memory is not None:  # a refused run leaves the memory as it was
                 conn.execute(delete(addresses_table).where(scope))
-                _insert(conn, addresses_table, memory[LEDGER_COLUMNS].assign(run_id=key))
+            if written is not None:
+                _insert(conn, addresses_table, written[LEDGER_COLUMNS].assign(run_id=key))
             if run.kind == RunKind.UNDO:  # see _settle_undone
                 _settle_undone(conn, changes, at, key)
             change_rows = changes.assign(run_id=key, at=at)[[c.name for c in changes_table.columns if c.name != "id"]]
             _insert(conn, changes_table, change_rows)
             if per_list:
                 conn.execute(run_lists_table.insert(), [{"run_id": key, **row} for row in per_list])
+        return 0 if written is None else len(written)
 
     def record_failure(self, run: RunRecord) -> None:
         """A run that ended before it could plan (a failed read, its lists busy): only its row."""
@@ -753,6 +767,24 @@ class _Guarded:
 
 class _TakenMeanwhile(Exception):
     """Inside `_acquire`'s transaction: a stale lock changed hands between reading and taking it."""
+
+
+def _changed_rows(memory: pd.DataFrame, before: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a run's memory changes of the rows its lists had (LEDGER_COLUMNS both): the keys
+    (list_id, match_key) of the rows to delete (gone or changed) and the rows to insert (new or
+    changed). Equal rows, missing values alike, are left as they are."""
+    key = ["list_id", "match_key"]
+    merged = memory.merge(before, on=key, how="outer", suffixes=("", "_was"), indicator=True)
+    where = merged.pop("_merge").to_numpy()
+    both = where == "both"
+    same = both.copy()
+    for column in LEDGER_COLUMNS:
+        if column not in key:
+            now, was = merged[column], merged[column + "_was"]
+            same &= (now == was).fillna(False).to_numpy(dtype=bool) | (now.isna() & was.isna()).to_numpy(dtype=bool)
+    changed = both & ~same
+    return merged.loc[(where == "right_only") | changed, key], merged.loc[(where == "left_only") | changed,
+                                                                           LEDGER_COLUMNS]
 
 
 def _remember_crashed(conn, applied: pd.DataFrame, key: str, now: datetime) -> None:

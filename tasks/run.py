@@ -182,7 +182,8 @@ def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict
 
 @task(name="record-ledger", cache_policy=NO_CACHE)
 def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_plan: Plan,
-                  outcomes: pd.DataFrame, lease: Lease | None, only_keys: list[str] | None = None) -> None:
+                  outcomes: pd.DataFrame, lease: Lease | None, only_keys: list[str] | None = None,
+                  before: pd.DataFrame | None = None) -> int:
     """Store the lists' next state (as the changes actually turned out), the changes and the run.
 
     A refused run stores its row and the refused changes, but leaves what the ledger remembers
@@ -193,7 +194,8 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
         lease.check()
     memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
               else settle(the_plan.memory, outcomes))
-    ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys, lease=lease)
+    return ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys, lease=lease,
+                         before=before)
 
 
 def read_together(reads: dict[Hashable, Callable[[], PrefectFuture]], workers: int,
@@ -300,6 +302,7 @@ class Run:
     approved: bool = False             # the operator approved this very plan (by its fingerprint)
     fingerprint: str = ""              # the plan's (guards.fingerprint)
     unrecorded: SyncError | None = None
+    ledger_rows_written: int = 0      # the memory rows its record wrote (only those that changed)
     # How an operator applies a refused plan, with `{plan}` for its fingerprint (the flow knows
     # its own command line and whether it can wait for the UI).
     how_to_approve: str = "a custom run with approve = {plan}"
@@ -431,15 +434,16 @@ class Run:
         return RunState.COMPLETED, done
 
     def record(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,
-               only_keys: Sequence[str] | None = None) -> tuple[str, str]:
+               only_keys: Sequence[str] | None = None, before: pd.DataFrame | None = None) -> tuple[str, str]:
         """Store a real run in the ledger; the state and message to report (a failed write fails
         the run, but its report is still published: it is then the only record of what was applied)."""
         if self.dry_run:
             return state, message
         try:
             with self.phase("record_ledger"):
-                record_ledger(self.ledger, self.record_of(state, message, novi_members), self.list_ids, the_plan,
-                              outcomes, self.lease, list(only_keys) if only_keys is not None else None)
+                self.ledger_rows_written = record_ledger(
+                    self.ledger, self.record_of(state, message, novi_members), self.list_ids, the_plan, outcomes,
+                    self.lease, list(only_keys) if only_keys is not None else None, before)
         except (LedgerError, LockLost) as exc:
             self.unrecorded = type(exc)(unrecorded_message(outcomes, message, exc))
             return RunState.FAILED, str(self.unrecorded)
@@ -457,6 +461,7 @@ class Run:
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
         summary["flow_run_id"] = flow_run_id()
         summary["plan_fingerprint"] = self.fingerprint
+        summary["ledger_rows_written"] = self.ledger_rows_written
         if self.lease is not None and self.lease.unreleased:
             get_run_logger().warning("The run's lock was not released: %s", self.lease.unreleased)
             summary["message"] += f" ({self.lease.unreleased})"

@@ -850,3 +850,17 @@ def test_reads_at_once_return_every_result_by_key(prefect_server):
 
     got, ended = reads()
     assert got == {n: n.upper() for n in "abcde"} and set(ended) == set("abcde")
+
+
+def test_a_night_with_nothing_to_do_writes_no_ledger_row(blocks, tmp_path):
+    """Issue 28: each run rewrote every managed row of its lists; now only what changed."""
+    novi = FakeNovi([novi_record(f"m{i}", f"m{i}@example.org") for i in range(30)])
+    mailman = FakeMailman({LIST: {}})
+    first, _ = run(novi, mailman, tmp_path)
+    assert first.is_completed() and first.result()["ledger_rows_written"] == 30
+    quiet, calls = run(novi, mailman, tmp_path)
+    assert quiet.name == "Skipped" and writes(calls) == []
+    assert quiet.result()["ledger_rows_written"] == 0 and len(Ledger().read([LIST])) == 30
+    novi.records[0]["Email"] = "moved@example.org"
+    moved, _ = run(novi, mailman, tmp_path)
+    assert moved.result()["ledger_rows_written"] == 1  # the new address; the old one's row is deleted

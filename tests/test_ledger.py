@@ -29,6 +29,35 @@ def planned_run(list_id: str, n: int, now: datetime = T0, run_id: str = "run-1")
     return p, outcomes, run
 
 
+def test_a_quiet_night_writes_only_the_rows_that_changed(ledger_url):
+    """Issue 28: every managed row was rewritten each run (its last-seen stamp moved). Planned
+    from what the ledger holds, a night with nothing new writes no row; one change, one row."""
+    list_id = "quiet.example.org"
+    ledger = Ledger(ledger_url)
+    records = [novi_record(f"q-{i}", f"m{i}@example.org") for i in range(50)]
+    rules = parse_rules({"lists": [{"list_id": list_id}]})
+    roster = roster_frame(list_id, [(f"m{i}@example.org", f"Pat Q-{i}".upper().replace("PAT", "Pat"))
+                                    for i in range(50)])
+
+    def night(when: datetime, people) -> int:
+        before = ledger.read([list_id])
+        p = plan(members_frame(people), {list_id: roster}, rules, before, now=pd.Timestamp(when))
+        outcomes = p.changes.assign(outcome="applied", detail="")
+        run = RunRecord(run_id=f"run-{when:%d%H}", run_name="night", started_at=when, ended_at=when, state="completed",
+                        message="", novi_members=len(people))
+        return ledger.record(run, [list_id], settle(p.memory, outcomes), outcomes, p.figures, before=before)
+
+    assert night(T0, records) == 50  # adopted: every row is new
+    first = ledger.read([list_id]).sort_values("match_key", ignore_index=True)
+    assert night(T0 + timedelta(days=1), records) == 0
+    # One member moves address: one row written (the new address), one deleted (the old)
+    assert night(T0 + timedelta(days=2), [{**records[0], "Email": "n0@example.org"}, *records[1:]]) == 1
+    after = ledger.read([list_id]).sort_values("match_key", ignore_index=True)
+    assert set(after["match_key"]) == {f"m{i}@example.org" for i in range(1, 50)} | {"n0@example.org"}
+    same = after.loc[after["match_key"] != "n0@example.org"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, first.loc[first["match_key"] != "m0@example.org"].reset_index(drop=True))
+
+
 def test_schema_is_created_once_and_an_empty_ledger_reads_empty(ledger_url):
     first = Ledger(ledger_url)
     frame = first.read(["a.example.org"])

@@ -886,8 +886,14 @@ def _memory_rows(joined: pd.DataFrame, where: Standing, mask: pd.Series, status:
         "on_roster": is_member,
         "eligible": is_eligible.to_numpy(dtype=bool),
         "first_managed_at": rows["led_first_managed_at"].fillna(now),
-        "last_seen_on_roster_at": rows["led_last_seen_on_roster_at"].where(~(on_roster | is_member), now),
-        "last_eligible_at": rows["led_last_eligible_at"].where(~is_eligible, now),
+        # Since when: stamped when the address comes on the roster, or becomes eligible, and kept
+        # while it stays so. A row that did not change is then the same row: the ledger writes
+        # only the rows that changed (a quiet night, a handful instead of every member).
+        "last_seen_on_roster_at": rows["led_last_seen_on_roster_at"].where(
+            ~(on_roster | is_member) | (_flag(rows, "led_on_roster") & rows["led_last_seen_on_roster_at"].notna()),
+            now),
+        "last_eligible_at": rows["led_last_eligible_at"].where(
+            ~is_eligible | (_flag(rows, "led_eligible") & rows["led_last_eligible_at"].notna()), now),
         "left_at": pd.NaT if is_member else rows["led_left_at"].where(~newly_off, now),
         "left_expires": pd.NaT if is_member else rows["led_left_expires"].where(
             ~w.newly_left.loc[idx], rows["expires"]),
