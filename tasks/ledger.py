@@ -792,19 +792,8 @@ def _remember_crashed(conn, applied: pd.DataFrame, key: str, now: datetime) -> N
     applied removals as removed: what its record would have stored of them."""
     for status, action in ((Status.MEMBER, Action.SUBSCRIBE), (Status.REMOVED, Action.UNSUBSCRIBE)):
         rows = applied.loc[applied["action"] == action]
-        for list_id, mine in rows.groupby("list_id"):
-            conn.execute(delete(addresses_table).where((addresses_table.c.list_id == list_id)
-                                                       & addresses_table.c.match_key.in_(list(mine["match_key"]))))
-        if rows.empty:
-            continue
-        member = status == Status.MEMBER
-        _insert(conn, addresses_table, pd.DataFrame({
-            "list_id": rows["list_id"], "match_key": rows["match_key"], "email": rows["email"],
-            "novi_id": rows["novi_id"], "status": status, "how": How.SUBSCRIBED, "on_roster": member,
-            "eligible": member, "first_managed_at": now, "last_seen_on_roster_at": now,
-            "last_eligible_at": now if member else pd.NaT, "left_at": pd.NaT if member else now, "left_expires": pd.NaT,
-            **{c: rows[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
-
+        _forget(conn, rows)
+        _remember(conn, rows, status, now, key)
 
 def _attempt_key(conn, run_id: str) -> tuple[str, int]:
     """The key and number of this run's attempt: the UI's Retry keeps the flow-run id."""
@@ -836,17 +825,28 @@ def _settle_undone(conn, changes: pd.DataFrame, at: pd.Timestamp, key: str) -> N
     One Novi never knew goes back as it was: unmanaged."""
     done = changes.loc[(changes["outcome"] == Outcome.APPLIED)
                        & changes["action"].isin([Action.SUBSCRIBE, Action.UNSUBSCRIBE])]
-    for list_id, mine in done.groupby("list_id"):
+    _forget(conn, done)
+    _remember(conn, done.loc[(done["action"] == Action.SUBSCRIBE) & done["novi_id"].notna()], Status.MEMBER, at, key)
+
+
+def _forget(conn, rows: pd.DataFrame) -> None:
+    """Delete the ledger rows of these (list_id, match_key) addresses."""
+    for list_id, mine in rows.groupby("list_id"):
         conn.execute(delete(addresses_table).where((addresses_table.c.list_id == list_id)
                                                    & addresses_table.c.match_key.in_(list(mine["match_key"]))))
-    back = done.loc[(done["action"] == Action.SUBSCRIBE) & done["novi_id"].notna()]
-    _insert(conn, addresses_table, pd.DataFrame({
-        "list_id": back["list_id"], "match_key": back["match_key"], "email": back["email"],
-        "novi_id": back["novi_id"], "status": Status.MEMBER, "how": How.SUBSCRIBED, "on_roster": True,
-        "eligible": True, "first_managed_at": at, "last_seen_on_roster_at": at, "last_eligible_at": at,
-        "left_at": pd.NaT, "left_expires": pd.NaT,
-        **{c: back[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
 
+
+def _remember(conn, rows: pd.DataFrame, status: str, at, key: str) -> None:
+    """Ledger rows for changes a run applied outside a plan's memory (an undo, a dead run's):
+    members on the roster and eligible since `at`, or removed at `at`; their Novi id and
+    preferences as the changes carry them."""
+    member = status == Status.MEMBER
+    _insert(conn, addresses_table, pd.DataFrame({
+        "list_id": rows["list_id"], "match_key": rows["match_key"], "email": rows["email"],
+        "novi_id": rows["novi_id"], "status": status, "how": How.SUBSCRIBED, "on_roster": member,
+        "eligible": member, "first_managed_at": at, "last_seen_on_roster_at": at,
+        "last_eligible_at": at if member else pd.NaT, "left_at": pd.NaT if member else at, "left_expires": pd.NaT,
+        **{c: rows[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
 
 # Columns added since a ledger was first created (create_all adds tables, not columns).
 _ADDED_COLUMNS = {
