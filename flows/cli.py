@@ -79,7 +79,12 @@ def one_line(command):
             httpx = sys.modules.get("httpx")
             if DEBUG["on"] or httpx is None or not isinstance(exc, httpx.HTTPError):
                 raise
-            where = os.environ.get("PREFECT_API_URL") or "the Prefect server"
+            from urllib.parse import urlsplit
+
+            given = urlsplit(os.environ.get("PREFECT_API_URL") or "")
+            # Shown without any user or password a URL may carry
+            where = given._replace(netloc=given.hostname + (f":{given.port}" if given.port else "")).geturl() \
+                if given.hostname else "the Prefect server"
             err.print(f"{command.__name__.replace('_', ' ')} failed: the Prefect API at {where} did not answer "
                       f"properly ({type(exc).__name__}); is it running and reachable?", style="red")
             raise typer.Exit(EXIT_FAILED) from None

@@ -115,17 +115,19 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
         found, missing = _records_for(novi, ids, companies=any(
             rule.contacts_of_companies or rule.inheriting for rule in run.rules.lists))
         members = members_frame(list(found.values()), list(run.rules.novi.address_fields))
+        # What a run that died mid-apply left intended on these lists is settled first, from reads
+        # of its own addresses; what follows (the plan, the record) is this run's members' alone.
+        leftover = sorted(run.leftover_keys())
+        if leftover:
+            run.settle_leftovers({lid: mailman.membership(lid, leftover) for lid in run.list_ids},
+                                 read_moderators(mailman, run.ledger, run.rules, leftover))
         remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),
                                      match_keys=list(members["match_key"].dropna()))
-        # ... and what a run that died mid-apply left intended on these lists, to settle first
-        keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]) | run.leftover_keys())
+        keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
         requests = read_requests(mailman, run.list_ids)
         moderators = read_moderators(mailman, run.ledger, run.rules, keys)
-        if run.settle_leftovers(rosters, moderators):
-            remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),
-                                         match_keys=list(members["match_key"].dropna()))
         # Novi cannot be asked which companies name a person as their contact: whether someone
         # is one is judged by the full sync alone (a member run never removes on less).
         the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,

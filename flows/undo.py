@@ -139,7 +139,8 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
         with run.phase("extract_rosters"):  # with who is held: the undo of a hold or a release reads it
             rosters = read_rosters(mailman, list_ids, workers, with_held=list_ids)
         if run.settle_leftovers(rosters):  # a run that died mid-apply: its attempt may be the undone run's
-            applied = ledger.applied_changes(run_to_undo(ledger, ref)["keys"])
+            target = run_to_undo(ledger, ref)
+            applied = ledger.applied_changes(target["keys"])
         bans = read_bans(mailman, list_ids)
         with run.phase("extract_members"):
             novi = _records_now(novi_block, to_put_back(applied), run.rules)

@@ -689,7 +689,8 @@ class Ledger:
         verdict of tasks.core.intents.settle_intents), in one transaction: each dead attempt as a
         run of its own, ended `crashed`, with the changes that hold on Mailman; the addresses it
         subscribed managed (with the Novi id the intent carries), those it removed remembered as
-        removed; then its intents go. What could not be decided is said in its message. Each
+        removed; then those intents go. What could not be decided is said in its message and kept
+        for a run that reads what tells. Each
         dead attempt's {run_id, run_name, applied, not_applied, undecided}."""
         settled = []
         now = datetime.now(timezone.utc)
@@ -698,11 +699,14 @@ class Ledger:
                 verdict = verdicts.loc[mine.index]
                 applied = mine.loc[verdict == APPLIED]
                 counts = {v: int((verdict == v).sum()) for v in (APPLIED, NOT_APPLIED, UNDECIDED)}
+                if counts[UNDECIDED] == len(mine):  # nothing told here: left whole for a run that can
+                    continue
                 first = mine.iloc[0]
-                message = (f"crashed mid-apply; settled against the roster by the next run: {counts[APPLIED]} "
-                           f"changes had reached Mailman, {counts[NOT_APPLIED]} had not"
-                           + (f", {counts[UNDECIDED]} could not be told (left as Mailman has them)"
-                              if counts[UNDECIDED] else ""))
+                lists = ", ".join(sorted(set(mine["list_id"])))
+                message = (f"crashed mid-apply; settled against the roster of {lists} by the next run: "
+                           f"{counts[APPLIED]} changes had reached Mailman, {counts[NOT_APPLIED]} had not"
+                           + (f", {counts[UNDECIDED]} could not be told yet (a later run that reads what tells "
+                              "settles them)" if counts[UNDECIDED] else ""))
                 record = RunRecord(run_id=first["run_id"], run_name=first["run_name"] or first["run_id"],
                                    started_at=pd.Timestamp(first["started_at"]).to_pydatetime(),
                                    ended_at=pd.Timestamp(mine["at"].max()).to_pydatetime(), state=RunState.CRASHED,
@@ -712,7 +716,11 @@ class Ledger:
                 _insert(conn, changes_table, applied.assign(run_id=key, outcome=Outcome.APPLIED,
                                                             detail="found on Mailman after the run died")[
                     [c.name for c in changes_table.columns if c.name != "id"]])
-                conn.execute(delete(intents_table).where(intents_table.c.lease == lease))
+                # Only what was told, on the lists read: a dead run's intents on other lists, or
+                # undecided, wait for the run that reads them.
+                told = mine.loc[verdict != UNDECIDED, "intent_id"].astype(int).tolist()
+                for first in range(0, len(told), 500):
+                    conn.execute(delete(intents_table).where(intents_table.c.intent_id.in_(told[first:first + 500])))
                 settled.append({"run_id": key, "run_name": record.run_name, **counts})
         return settled
 

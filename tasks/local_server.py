@@ -72,12 +72,18 @@ def auth_string() -> str:
     except FileNotFoundError:
         pass
     home().mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another command made it a moment ago
-        return path.read_text().strip()
+    # Written whole under another name, then linked into place: a command reading it at the same
+    # moment finds either no file or the whole string, never an empty one.
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(f"novi-mailman:{secrets.token_urlsafe(24)}\n")
+    try:
+        os.link(draft, path)
+    except FileExistsError:  # another command made it a moment ago: theirs is the one
+        pass
+    finally:
+        draft.unlink(missing_ok=True)
     return path.read_text().strip()
 
 
@@ -215,6 +221,15 @@ def status() -> dict | None:
     return None
 
 
+def _wait_healthy(url: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return True
+        time.sleep(1)
+    return False
+
+
 def _state() -> dict | None:
     try:
         state = json.loads(_state_file().read_text())
@@ -250,7 +265,13 @@ def start(say: Callable[[str], None]) -> str:
 
 
 def _start(say: Callable[[str], None]) -> str:
-    stop()  # one this home started without the auth string, or one that stopped answering
+    state = _state()
+    if state and _ours(state):
+        if state.get("auth"):  # ours, and listening: busy (a loaded machine), not gone
+            if _wait_healthy(state["url"], 60):
+                return state["url"]
+        else:  # started by a release before the auth string: it answers anyone
+            stop()
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"

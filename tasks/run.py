@@ -366,8 +366,9 @@ class Run:
         if self.lease is None:
             intents = self.ledger.leftover_intents(self.list_ids, Lease([], "")) if self.dry_run else None
             if intents is not None and not intents.empty:
-                get_run_logger().warning("%d changes of a run that died mid-apply wait to be settled: the next "
-                                         "real run does it", len(intents))
+                get_run_logger().warning("%d changes another run sent are not settled yet (a run under way, or "
+                                         "one that died mid-apply: the next real run settles them); this dry "
+                                         "run plans without them", len(intents))
             return False
         intents = self.ledger.leftover_intents(self.list_ids, self.lease)
         if intents.empty:

@@ -108,3 +108,25 @@ def test_the_ledger_holds_intents_until_the_run_ends_and_settles_a_dead_runs(led
     ledger.record(record, [L], None, outcomes, p.figures, lease=live)
     assert ledger.leftover_intents([L], Lease([L], "another")).empty
     assert isinstance(record, RunRecord)
+
+
+def test_a_dead_runs_intents_on_lists_the_settling_run_does_not_hold_wait_for_one_that_does(ledger_url):
+    """A batch of one address's subscribes spans its lists: a run holding one of them settles
+    that one, and leaves the other's intents for the run that reads it (review of issue 28)."""
+    from tasks.ledger import Journal, Lease, Ledger
+
+    ledger = Ledger(ledger_url)
+    other = "other.example.org"
+    dead = Journal(ledger, Lease([L, other], "dead-lease"), "flow-dead", "dead-otter", "full", T0)
+    change = {"email": "z@example.org", "match_key": "z@example.org", "novi_id": "n-z", "display_name": "Z",
+              "previous": None, "reason": "eligible, not on the list", "delivery_mode": "regular",
+              "moderation_action": "", "delivery_status": "enabled", "member_id": None, "mail": False, "request": None}
+    dead.intend("b1", Action.SUBSCRIBE, [{**change, "list_id": L}, {**change, "list_id": other}])
+    mine = ledger.leftover_intents([L], Lease([L], "live"))
+    assert list(mine["list_id"]) == [L]
+    ledger.settle_crashed(mine, settle_intents(mine, {L: roster_frame(L, [("z@example.org", "Z")])}))
+    waiting = ledger.leftover_intents([other], Lease([other], "later"))
+    assert list(waiting["list_id"]) == [other]  # not lost with the first list's settling
+    ledger.settle_crashed(waiting, settle_intents(waiting, {other: roster_frame(other, [("z@example.org", "Z")])}))
+    assert set(ledger.read([L, other])["list_id"]) == {L, other}
+    assert len(ledger.history("z@example.org")) == 2

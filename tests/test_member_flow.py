@@ -302,3 +302,36 @@ def test_a_webhook_never_removes_a_contact_the_full_sync_keeps(member_blocks, tm
     assert not state.result()["outcomes"]  # nothing written
     again = full(novi, mailman, tmp_path, rules)
     assert again.name == "Skipped", again.message  # no flap: the full sync has nothing to add back
+
+
+def test_a_webhook_after_a_run_that_died_settles_it_and_plans_only_its_members(member_blocks, tmp_path):
+    """Review of issue 28: the member run read the dead run's addresses into its plan, where
+    Novi's records for them were missing: on a mirror list it removed them as "not in Novi"."""
+    import yaml
+    from datetime import datetime, timezone
+
+    from tasks.core.schema import Action, RunState
+    from tasks.ledger import Journal, Lease, Ledger
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST, "scope": "mirror"}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    assert full(novi, mailman, tmp_path, rules).is_completed()
+    # A run died after Mailman took its subscribe of m3 (renewed meanwhile) and before it recorded it
+    novi.records[3]["MemberStatus"] = "current"
+    mailman.rosters[LIST]["m3@example.org"] = mailman.new_member(LIST, "m3@example.org", "Mem 3")
+    dead = Journal(Ledger(), Lease([LIST], "dead-lease"), "flow-dead", "dead-otter", "full",
+                   datetime.now(timezone.utc))
+    dead.intend("b1", Action.SUBSCRIBE, [{"list_id": LIST, "email": "m3@example.org", "match_key": "m3@example.org",
+                                          "novi_id": guid(3), "display_name": "Mem 3", "previous": None,
+                                          "reason": "eligible, not on the list", "delivery_mode": "regular",
+                                          "moderation_action": "", "delivery_status": "enabled"}])
+    before = set(mailman.rosters[LIST])
+    state, _ = one(novi, mailman, [guid(6)], rules)
+    assert state.is_completed(), state.message
+    assert set(mailman.rosters[LIST]) == before  # nobody removed on the dead run's account
+    assert not state.result()["outcomes"]
+    ledger = Ledger()
+    assert ledger.last_run(RunState.CRASHED)["message"].startswith("crashed mid-apply")
+    (row,) = ledger.read([LIST], match_keys=["m3@example.org"]).to_dict("records")
+    assert row["novi_id"] == guid(3) and row["how"] == "subscribed"

@@ -408,3 +408,13 @@ def test_a_checkbox_sent_as_true_or_yes_is_excluded_alike(value):
         "custom field Student is")
     assert why({"custom_fields": {"Student": ["true"]}}, CustomFields=field("Student", value)) == ""
     assert why({"custom_fields_not": {"Student": ["yes"]}}, CustomFields=field("Student", False)) == ""
+
+
+def test_an_unjudged_record_keeps_its_address_also_from_a_record_that_shares_it():
+    """A chair whose seat cannot be read shares an address with their company: the company's
+    record must not remove the address on the chair's behalf (review of issue 27, item 4)."""
+    chair = novi_record("p", "p@example.org", status="non_member", Committees=[seat(position="Chair", start="TBD")])
+    acme = company("acme", "Acme Ltd", email="p@example.org")
+    changes, alone = judged({"committees": ["Finance"], "statuses": "any"}, [chair, acme], ["p@example.org"])
+    assert changes.empty, changes[["action", "reason"]].to_dict("records")
+    assert "quarantined" in alone["reason"].iloc[0] and "not a date" in alone["reason"].iloc[0]

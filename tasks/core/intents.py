@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tasks.core.schema import Action, Delivery, missing_as_none
+from tasks.core.schema import Action, Delivery, Outcome, missing_as_none
 
-APPLIED, NOT_APPLIED, UNDECIDED = "applied", "not applied", "undecided"
+# Whether an intent's change holds on Mailman: as a change's outcome says it, or not (yet) told.
+APPLIED, NOT_APPLIED, UNDECIDED = Outcome.APPLIED, "not applied", "undecided"
 # What the ledger keeps of each intent (tasks.ledger.intents_table), the change it was.
 INTENT_COLUMNS = ["intent_id", "run_id", "run_name", "kind", "lease", "started_at", "at", "list_id", "action",
                   "email", "match_key", "novi_id", "display_name", "previous", "reason", "delivery_mode",

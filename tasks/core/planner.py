@@ -421,10 +421,13 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
     shared = usable["match_key"].duplicated(keep=False) if shared is None else shared
     why_not, unsure = judge(usable, rule, now, companies, every_company)
     unjudged = (unsure != "").to_numpy(dtype=bool)
-    if unjudged.any():  # quarantined on this list: what cannot be judged is never subscribed nor removed
+    if unjudged.any():
+        # Quarantined on this list, with their address: what cannot be judged is never
+        # subscribed nor removed, also not by another record that shares the address.
         quarantined = pd.concat([quarantined, usable.loc[unjudged, ["novi_id", "email", "match_key"]].assign(
             quarantine=unsure[unjudged])], ignore_index=True)
-        usable, why_not, shared = usable.loc[~unjudged], why_not.loc[~unjudged], shared.loc[~unjudged]
+        kept = ~usable["match_key"].isin(usable.loc[unjudged, "match_key"]).to_numpy(dtype=bool)
+        usable, why_not, shared = usable.loc[kept], why_not.loc[kept], shared.loc[kept]
     # A narrow list (a committee, a chapter) is planned from the records that can matter to it:
     # eligible ones, those whose address is on its roster or in its ledger, and those sharing an
     # address (the duplicate report). Any other record would join as "not eligible, not on the
@@ -484,13 +487,13 @@ def moderator_changes(winners: pd.DataFrame, rule: ListRule, now: pd.Timestamp,
 
 def one_name_per_address(usable: pd.DataFrame, shared: pd.Series) -> pd.DataFrame:
     """Where records share an address, every one of them carries the same name: a person's
-    before a company's, then the smallest id's. Mailman keeps one name per address across its
+    before a company's, an active record's before an inactive one's, then the smallest id's. Mailman keeps one name per address across its
     lists, so two lists picking different records renamed it back and forth every run."""
     if not shared.any():
         return usable
     rows = usable.loc[shared]
     named = rows.loc[rows["display_name"].fillna("") != ""].sort_values(
-        ["is_person", "novi_id"], ascending=[False, True], kind="stable").drop_duplicates("match_key")
+        ["is_person", "active", "novi_id"], ascending=[False, False, True], kind="stable").drop_duplicates("match_key")
     usable = usable.copy()
     usable.loc[shared, "display_name"] = rows["match_key"].map(named.set_index("match_key")["display_name"])
     return usable

@@ -69,6 +69,7 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
             keys = mine["match_key"].astype("string")
             banned_now |= {(list_id, key) for key in keys[banned(keys, bans[list_id]).to_numpy(dtype=bool)]}
     changes, skipped = [], []
+    kept_off = set()  # (list, Novi id) whose old address Novi's record now keeps off the list
     for row in applied.itertuples(index=False):
         if row.action in ROLE_ACTIONS:  # the positions decide who moderates: the next run puts it back
             skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id, "action": row.action,
@@ -81,8 +82,12 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
                        and (row.list_id, row.match_key) in banned_now else None)
                    or ("protected address" if inverse in (Action.UNSUBSCRIBE, Action.HOLD)
                        and row.match_key in rule_of[row.list_id].protected else None)
-                   or (_not_to_put_back(row, records.get(str(row.novi_id).lower()), rule_of[row.list_id])
-                       if inverse in PUTTING_BACK else None))
+                   or None)
+        novi_says = (_not_to_put_back(row, records.get(str(row.novi_id).lower()), rule_of[row.list_id])
+                     if inverse in PUTTING_BACK and not why_not else None)
+        if novi_says and inverse == Action.SUBSCRIBE and row.novi_id is not None:
+            kept_off.add((row.list_id, row.novi_id))
+        why_not = why_not or novi_says
         if why_not:
             skipped.append({"list_id": row.list_id, "email": row.email, "novi_id": row.novi_id,
                             "action": inverse, "reason": why_not})
@@ -99,7 +104,7 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
         elif inverse == Action.RENAME:
             change.update(display_name=row.previous)
         changes.append(change)
-    changes = _keep_moves_whole(changes, skipped)
+    changes = _keep_moves_whole(changes, skipped, kept_off)
     return Undo(pd.DataFrame(changes, columns=CHANGE_COLUMNS).astype("string"),
                 pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).astype("string"))
 
@@ -124,12 +129,12 @@ def _not_to_put_back(row, record: dict | None, rule: ListRule) -> str | None:
     return None
 
 
-def _keep_moves_whole(changes: list[dict], skipped: list[dict]) -> list[dict]:
-    """An address change is undone whole or not at all: where the old address is not put back,
-    the new one the run subscribed stays (removed, the member would be on neither). Moves the
-    new address's removal from `changes` to `skipped`; the changes left."""
-    kept_off = {(s["list_id"], s["novi_id"]) for s in skipped
-                if s["action"] == Action.SUBSCRIBE and s["novi_id"] is not None}
+def _keep_moves_whole(changes: list[dict], skipped: list[dict], kept_off: set[tuple[str, str]]) -> list[dict]:
+    """An address change is undone whole or not at all: where Novi keeps the old address off
+    (`kept_off`: list and Novi id), the new one the run subscribed stays (removed, the member
+    would be on neither). Where the old address is back already (by hand, by a later run) the
+    new one goes as any undone subscribe does. Moves the new address's removal from `changes`
+    to `skipped`; the changes left."""
     stays = [c["action"] == Action.UNSUBSCRIBE and (c["list_id"], c["novi_id"]) in kept_off for c in changes]
     skipped += [{"list_id": c["list_id"], "email": c["email"], "novi_id": c["novi_id"], "action": c["action"],
                  "reason": "the member's old address is not put back (see it): this one stays"}

@@ -19,9 +19,11 @@ def expected(records: list[dict], statuses=("current", "grace_period"), group: s
     """Who should be on a list (address → display name), worked out here independently of the planner.
 
     An address several records share has one name on every list (Mailman keeps one an address):
-    a person's before a company's, then the smallest id's, among `everyone` (default `records`)."""
+    a person's before a company's, an active record's first, then the smallest id's, among
+    `everyone` (default `records`)."""
     names: dict[str, str] = {}
-    for r in sorted(everyone or records, key=lambda r: (r["CustomerType"] != "Person", r["UniqueID"])):
+    for r in sorted(everyone or records, key=lambda r: (r["CustomerType"] != "Person", r["Active"] is not True,
+                                                         r["UniqueID"])):
         name = " ".join(p for p in (r["FirstName"], r["LastName"]) if p) or r["Name"] or ""
         if name:
             names.setdefault(_address(r), name)
