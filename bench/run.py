@@ -352,6 +352,8 @@ def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None,
         "phases_s": summary["phases_s"], "flow_s": summary["duration_s"], "process_s": run["wall_s"],
         "prefect_overhead_s": round(run["wall_s"] - summary["duration_s"], 3),
         "peak_rss_mb": run["peak_rss_mb"], "flow_run_id": summary["flow_run_id"],
+        # the ledger rows the run's record wrote (only those that changed, since issue 28)
+        "ledger_rows_written": summary.get("ledger_rows_written"),
         "old_bridge": bridge, "alone": alone, "bare_calls": bare_calls,
         "floor": floor_of(alone, summary, bare_s),
     }
@@ -585,14 +587,15 @@ def markdown(result: dict) -> str:
                 f"{spread([r['flow_s'] / r['floor']['floor_s'] for r in runs], 2, '×')} | "
                 f"{spread([r['process_s'] for r in runs])} |")
 
-    out += ["", "## Memory and Prefect task runs", "",
-            "| members | day | changes | peak RSS, tool process | peak RSS, old bridge | task runs |",
-            "|---:|---|---:|---:|---:|---:|"]
+    out += ["", "## Memory, Prefect task runs and ledger rows written", "",
+            "| members | day | changes | peak RSS, tool process | peak RSS, old bridge | task runs | ledger rows written |",
+            "|---:|---|---:|---:|---:|---:|---:|"]
     for (size, day), runs in groups.items():
         out.append(f"| {size:,} | {day} | {spread([r['changes'] for r in runs], 0)} | "
                    f"{spread([r['peak_rss_mb'] for r in runs], 0, ' MB')} | "
                    f"{spread([r['old_bridge']['peak_rss_mb'] for r in runs if r['old_bridge']], 0, ' MB')} | "
-                   f"{spread([r['task_runs'] for r in runs if 'task_runs' in r], 0)} |")
+                   f"{spread([r['task_runs'] for r in runs if 'task_runs' in r], 0)} | "
+                   f"{spread([r['ledger_rows_written'] for r in runs if r.get('ledger_rows_written') is not None], 0)} |")
     compared = [r for r in result["runs"] if "rosters_compared" in r and r["old_bridge"]]  # B lived the same days
     if compared:
         out += ["", "Rosters after the last day (tool on core A, old bridge on core B): " + "; ".join(
