@@ -130,3 +130,29 @@ def test_a_dead_runs_intents_on_lists_the_settling_run_does_not_hold_wait_for_on
     ledger.settle_crashed(waiting, settle_intents(waiting, {other: roster_frame(other, [("z@example.org", "Z")])}))
     assert set(ledger.read([L, other])["list_id"]) == {L, other}
     assert len(ledger.history("z@example.org")) == 2
+
+
+def test_a_ledger_from_before_intents_upgrades_and_a_dry_run_reads_it_as_it_is(tmp_path):
+    """Ledgers out there have no intents table: a dry run (which creates nothing) finds none to
+    settle, a real run's open adds the table, and the run's intents then work."""
+    import sqlite3
+
+    from sqlalchemy import inspect
+
+    from tasks.ledger import Journal, Lease, Ledger
+    from tests.test_ledger import planned_run
+
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(f"sqlite:///{path}")
+    p, outcomes, run = planned_run(L, 2)
+    ledger.record(run, [L], None, outcomes, p.figures)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE intents")
+    dry = Ledger(f"sqlite:///{path}", create=False)
+    assert dry.leftover_intents([L], Lease([L], "x")).empty
+    assert not inspect(dry.engine).has_table("intents")  # a dry run wrote nothing
+    real = Ledger(f"sqlite:///{path}")
+    assert inspect(real.engine).has_table("intents")
+    Journal(real, Lease([L], "dead"), "flow-x", "x", "full", T0).intend(
+        "b", Action.SUBSCRIBE, [{"list_id": L, "email": "a@example.org", "match_key": "a@example.org"}])
+    assert len(real.leftover_intents([L], Lease([L], "live"))) == 1
