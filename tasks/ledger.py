@@ -670,17 +670,20 @@ class Ledger:
                 conn.execute(update(intents_table).where((intents_table.c.batch == batch)
                                                          & intents_table.c.email.in_(emails)).values(outcome=outcome))
 
-    def leftover_intents(self, list_ids: Sequence[str], lease: Lease) -> pd.DataFrame:
-        """The intents on these lists of runs other than the one holding `lease`: under its
-        hold, they can only be dead runs' (INTENT_COLUMNS)."""
+    def leftover_intents(self, list_ids: Sequence[str], lease: Lease | None) -> pd.DataFrame:
+        """The intents on these lists of runs other than the one holding `lease` (None: of any
+        run, as a dry run, which holds none, sees them): under its hold, they can only be dead
+        runs' (INTENT_COLUMNS)."""
         if not self.exists:
             return pd.DataFrame(columns=INTENT_COLUMNS)
         with self._connect() as conn:
             if not inspect(conn).has_table(intents_table.name):  # a dry run's older ledger
                 return pd.DataFrame(columns=INTENT_COLUMNS)
-            rows = conn.execute(select(*[intents_table.c[c] for c in INTENT_COLUMNS]).where(
-                intents_table.c.list_id.in_(list(list_ids)) & (intents_table.c.lease != lease.token))
-                .order_by(intents_table.c.intent_id)).all()
+            scope = intents_table.c.list_id.in_(list(list_ids))
+            if lease is not None:
+                scope &= intents_table.c.lease != lease.token
+            rows = conn.execute(select(*[intents_table.c[c] for c in INTENT_COLUMNS]).where(scope)
+                                .order_by(intents_table.c.intent_id)).all()
         frame = _frame(rows, INTENT_COLUMNS)
         return frame.astype({c: "string" for c in INTENT_COLUMNS if c not in ("intent_id", "started_at", "at")})
 

@@ -363,9 +363,9 @@ class Run:
         against the rosters this run has just read: each is recorded as a crashed run with what
         it is known to have applied, and what it subscribed is managed. Whether anything was
         settled (the caller then reads the ledger again). A dry run only says it."""
-        if self.lease is None:
-            intents = self.ledger.leftover_intents(self.list_ids, Lease([], "")) if self.dry_run else None
-            if intents is not None and not intents.empty:
+        if self.lease is None:  # a dry run: it holds no lock, settles nothing, and says what waits
+            intents = self.ledger.leftover_intents(self.list_ids, None)
+            if not intents.empty:
                 get_run_logger().warning("%d changes another run sent are not settled yet (a run under way, or "
                                          "one that died mid-apply: the next real run settles them); this dry "
                                          "run plans without them", len(intents))
