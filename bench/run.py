@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run [--sizes 1000 10000 100000] [--repeat 3] [--churn 0.01]
                                   [--throughput 1000] [--workers 1 2 4 8]
                                   [--planner-sizes 100000 1000000] [--json .bench/bench.json]
+                                  [--ledger sqlite|postgresql] [--tool path/to/novi-mailman]
 
 Starts its own Prefect server, Novi sandbox and two real Mailman cores (A for the tool, B for
 the old bridge) on 127.0.0.1, all in `.bench/`, and stops them at the end. For each size:
@@ -28,6 +29,11 @@ same core, for several worker counts) and the planner alone (bench/planner.py).
 Every figure is a median over the repetitions with its min and max. The script prints markdown
 tables and writes every raw measurement as JSON. It asserts nothing about time: performance is
 read here, never in a test.
+
+`--ledger postgresql` keeps the tool's ledger in a throwaway PostgreSQL cluster the bench starts
+(fsync off) instead of a SQLite file. `--tool` measures another build's `novi-mailman` (e.g. a
+worktree of an older commit, for before and after on the same peers); its pre-fill is its own
+snapshot, as its dry run decides who belongs.
 """
 
 from __future__ import annotations
@@ -43,12 +49,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
 
-from sandbox import servers
+from sandbox import postgres, servers
 from sandbox.mailman import ADMIN_PASS, ADMIN_USER, MailmanAdmin, MailmanCore
 from sandbox.novi import DEFAULT_KEY
 from tasks.core.rules import NoviSettings
@@ -104,10 +112,33 @@ def measured(command: list[str], env: dict[str, str]) -> dict:
             "peak_rss_mb": round(int(peak.read_text()) / 1024, 1)}
 
 
-def tool(*args: str, ledger: Path) -> dict:
+class Setup:
+    """What is measured: which build's `novi-mailman` (`--tool`), on which kind of ledger (`--ledger`)."""
+
+    tool = BIN / "novi-mailman"
+    postgres: str | None = None   # the throwaway cluster's URL, when the ledger is PostgreSQL
+
+    @classmethod
+    def snapshot(cls, size: int) -> Path:
+        """Where a size's pre-fill is kept: another build's dry run may pick other names, so its own."""
+        # another build's tool is <checkout>/.venv/bin/novi-mailman: its snapshot is named after the checkout
+        build = "" if cls.tool == BIN / "novi-mailman" else f"-{cls.tool.resolve().parents[2].name}"
+        return STATE / "snapshots" / f"{size}-seed{SEED}-v{SNAPSHOT_VERSION}{build}"
+
+    @classmethod
+    def fresh_ledger(cls, name: str) -> str:
+        """An empty ledger called `name`: a SQLite file in .bench/, or a database in the cluster."""
+        if cls.postgres:
+            return postgres.fresh_database(cls.postgres, name.replace("-", "_"))
+        path = STATE / f"{name}.sqlite"
+        path.unlink(missing_ok=True)
+        return str(path)
+
+
+def tool(*args: str, ledger: str) -> dict:
     """One `novi-mailman sync --json` process: its summary plus the process figures."""
-    env = {**environment(), "NOVI_MAILMAN_LEDGER": str(ledger)}
-    run = measured([str(BIN / "novi-mailman"), *args, "--json"], env)
+    env = {**environment(), "NOVI_MAILMAN_LEDGER": ledger}
+    run = measured([str(Setup.tool), *args, "--json"], env)
     summary = json.loads(run["stdout"])
     if summary.get("state") != "completed":
         raise SystemExit(f"the sync did not complete: {summary.get('message')}")
@@ -197,7 +228,7 @@ class Peers:
         servers.start("novi-sandbox", [sys.executable, "-m", "sandbox.novi", "--port", str(NOVI_PORT), "--size", "10",
                                        "--page-cap", str(NOVI_PAGE)], f"{NOVI_URL}/_sandbox/state", STATE,
                       environment(), headers=NOVI_HEADERS)
-        subprocess.run([str(BIN / "novi-mailman"), "blocks", "--novi-url", NOVI_URL, "--mailman-url",
+        subprocess.run([str(Setup.tool), "blocks", "--novi-url", NOVI_URL, "--mailman-url",
                         self.a.rest_url, "--mailman-user", ADMIN_USER], env=environment(), check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
@@ -222,7 +253,7 @@ class Peers:
     def prepare(self, size: int) -> None:
         """The sandbox at `size` members; both cores holding the same roster, in step with it."""
         self.novi("reset", {"size": size, "seed": SEED})
-        snapshot = STATE / "snapshots" / f"{size}-seed{SEED}-v{SNAPSHOT_VERSION}"
+        snapshot = Setup.snapshot(size)
         if not (snapshot / "data" / "mailman.db").exists():
             self._prefill(size, snapshot)
         for core in (self.a, self.b, self.c):
@@ -236,7 +267,7 @@ class Peers:
         core = self.a
         core.reset()
         MailmanAdmin(core.rest_url).recreate_list(LIST)
-        plan = tool("plan", "--rules", str(RULES), ledger=STATE / "prefill-ledger.sqlite")
+        plan = tool("plan", "--rules", str(RULES), ledger=Setup.fresh_ledger("prefill-ledger"))
         with open(plan["summary"]["plan_csv"], newline="") as source:
             rows = [r for r in csv.DictReader(source) if r["action"] == "subscribe"]
         members = STATE / "prefill.txt"
@@ -323,7 +354,7 @@ def floor_of(alone: dict, summary: dict, bare_s: float) -> dict:
             "floor_s": round(max(novi_paced, roster) + bare_s, 3)}
 
 
-def one_day(peers: Peers, size: int, ledger: Path, churn: dict[str, int] | None, label: str, with_bridge: bool,
+def one_day(peers: Peers, size: int, ledger: str, churn: dict[str, int] | None, label: str, with_bridge: bool,
             bridge_first: bool, every_way: bool = True) -> dict:
     """A day of churn (or none), then the tool on core A and (`with_bridge`) the old bridge on core B.
 
@@ -363,8 +394,7 @@ def size_runs(peers: Peers, size: int, repeat: int, share: float, bridge_quiet_u
               bridge_up_to: int | None = None) -> list[dict]:
     say(f"{size:,} members: preparing the sandbox and both cores")
     peers.prepare(size)
-    ledger = STATE / f"ledger-{size}.sqlite"
-    ledger.unlink(missing_ok=True)
+    ledger = Setup.fresh_ledger(f"ledger-{size}")
     adopt = tool("sync", "--rules", str(RULES), ledger=ledger)["summary"]
     if adopt["changes"]:
         raise SystemExit(f"the pre-filled roster was not in step: {adopt['changes']} changes on the first run")
@@ -397,8 +427,7 @@ def throughput(peers: Peers, members: int, workers: list[int], repeat: int) -> l
     say(f"Apply throughput: a new list, {members:,} Novi members, workers {workers}, against a bare loop")
     peers.novi("reset", {"size": members, "seed": SEED})
     admin = MailmanAdmin(peers.a.rest_url)
-    ledger = STATE / "ledger-throughput.sqlite"
-    ledger.unlink(missing_ok=True)
+    ledger = Setup.fresh_ledger("ledger-throughput")
     # Unmeasured: makes sure Mailman knows every address, so no trial pays for creating them;
     # its plan names the addresses every trial subscribes.
     warm_up = admin.recreate_list("warm-up@example.org")
@@ -435,6 +464,20 @@ def bare_loop(core: MailmanCore, list_id: str, subscribes: list[dict]) -> float:
     for row in subscribes:
         admin.add_member(list_id, row["email"], row["display_name"])  # raises unless 201
     return round(time.monotonic() - started, 3)
+
+
+@contextmanager
+def ledger_server(kind: str) -> Iterator[None]:
+    """For a PostgreSQL ledger, a throwaway cluster for the bench's whole run."""
+    if kind == "sqlite":
+        yield
+        return
+    bindir = postgres.server_bin()
+    if bindir is None:
+        raise SystemExit("--ledger postgresql needs PostgreSQL's server programs (apt install postgresql)")
+    with postgres.cluster(bindir) as Setup.postgres:
+        yield
+    Setup.postgres = None
 
 
 # task runs (Prefect records them with a lag) -------------------------------------------------
@@ -648,6 +691,10 @@ def main() -> None:
     parser.add_argument("--throughput", type=int, default=1_000, help="Novi members of the throughput runs (0: skip)")
     parser.add_argument("--workers", nargs="*", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--planner-sizes", nargs="*", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--ledger", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the tool's ledger: a SQLite file, or a PostgreSQL cluster the bench starts")
+    parser.add_argument("--tool", type=Path, default=Setup.tool,
+                        help="the novi-mailman to measure (default: this checkout's)")
     parser.add_argument("--json", type=Path, default=STATE / "bench.json")
     parser.add_argument("--markdown", nargs="+", type=Path, metavar="JSON",
                         help="only print the tables of saved results (several files are merged)")
@@ -661,11 +708,13 @@ def main() -> None:
     (STATE / "commands.log").unlink(missing_ok=True)
     # 1% daily churn of 100,000 members removes ~500 a day: the default cap of 500 would refuse it.
     RULES.write_text(f"novi:\n  page_size: {NOVI_PAGE}\nlists:\n  - list_id: {LIST}\n    max_removals: 5000\n")
+    Setup.tool = args.tool
     result = {"started_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.machine()}",
+              "ledger": args.ledger, "tool": str(args.tool),
               "repeat": args.repeat, "churn": args.churn, "runs": [], "throughput": [], "planner": []}
     save = lambda: args.json.write_text(json.dumps(result, indent=1))  # noqa: E731 - after every step
-    with Peers() as peers:
+    with Peers() as peers, ledger_server(args.ledger):
         for size in args.sizes:
             result["runs"] += size_runs(peers, size, args.repeat, args.churn, args.bridge_quiet_days_up_to,
                                         args.bridge_up_to)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
-from pathlib import Path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -16,6 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import pandas as pd
 import pytest
 
+from sandbox import postgres
 from tasks.core import addresses
 from tasks.core.schema import REGULAR, ROSTER_COLUMNS, Delivery
 
@@ -79,14 +75,6 @@ def isolated_ledger(tmp_path, monkeypatch):
     return path
 
 
-def _postgres_bin() -> Path | None:
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
     """A throwaway PostgreSQL cluster on 127.0.0.1, stopped when the session ends.
@@ -94,28 +82,11 @@ def postgres_server():
     Skipped (with the reason) where no PostgreSQL server binaries are installed; the
     SQLite variant of every ledger test still runs.
     """
-    bindir = _postgres_bin()
+    bindir = postgres.server_bin()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
-    data = Path(tempfile.mkdtemp(prefix="novi-mailman-pg-"))
-    run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
-        shutil.chown(data, "postgres", "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres",
-                    "--no-sync"], check=True, capture_output=True)
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data} -c fsync=off"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", options, "-l",
-                    str(data / "server.log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
+    with postgres.cluster(bindir) as server:
+        yield server
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -124,9 +95,4 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger-under-test.sqlite'}"
     server = request.getfixturevalue("postgres_server")
-    import psycopg
-
-    name = f"ledger_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{server.replace('postgresql+psycopg', 'postgresql')}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{server}/{name}"
+    return postgres.fresh_database(server, f"ledger_{uuid.uuid4().hex[:12]}")
