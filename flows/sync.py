@@ -107,27 +107,28 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
     novi = saved(NoviCredentials, novi_block).get_client()
     mailman = saved(MailmanCredentials, mailman_block).get_client()
     wait_for_lock = timedelta(0)
-    while True:
-        with run.hold(wait=wait_for_lock):
-            summary, outcomes = reconcile(run, novi, mailman, override_guards, approve, batch_size, workers,
-                                          reports_dir, table_rows)
-        if not (run.refusal and waits):
-            break
-        answer = approval.await_approval(run.tripped, run.fingerprint, approval_wait_s, command, approve)
-        if not answer:
-            summary["message"] = ("Rejected by the operator. " if answer is False
-                                  else f"No approval within {approval_wait_s:,} s. ") + summary["message"]
-            break
-        approve = run.fingerprint
-        run.again()
-        # An operator's approval comes in working hours, when member runs hold the lists for
-        # seconds at a time: wait for them rather than lose the approval.
-        wait_for_lock = APPROVED_LOCK_WAIT
-    # How the time went and which calls were made: what an operator tunes, and what the
-    # benchmark compares with the lower bound.
-    summary["phases_s"] = {name: round(seconds, 3) for name, seconds in run.phases.items()}
-    summary["http_calls"] = dict(sorted({**novi.http.calls, **mailman.http.calls}.items()))
-    return run.finish(summary, outcomes)
+    with approval.DeploymentSlot() as slot:  # kept from a pause to the run's end
+        while True:
+            with run.hold(wait=wait_for_lock):
+                summary, outcomes = reconcile(run, novi, mailman, override_guards, approve, batch_size, workers,
+                                              reports_dir, table_rows)
+            if not (run.refusal and waits):
+                break
+            answer = approval.await_approval(run.tripped, run.fingerprint, approval_wait_s, command, slot, approve)
+            if not answer:
+                summary["message"] = ("Rejected by the operator. " if answer is False
+                                      else f"No approval within {approval_wait_s:,} s. ") + summary["message"]
+                break
+            approve = run.fingerprint
+            run.again()
+            # An operator's approval comes in working hours, when member runs hold the lists for
+            # seconds at a time: wait for them rather than lose the approval.
+            wait_for_lock = APPROVED_LOCK_WAIT
+        # How the time went and which calls were made: what an operator tunes, and what the
+        # benchmark compares with the lower bound.
+        summary["phases_s"] = {name: round(seconds, 3) for name, seconds in run.phases.items()}
+        summary["http_calls"] = dict(sorted({**novi.http.calls, **mailman.http.calls}.items()))
+        return run.finish(summary, outcomes)
 
 
 def reconcile(run: Run, novi, mailman, override_guards: bool, approve: str | None, batch_size: int,
