@@ -241,6 +241,9 @@ def _state() -> dict | None:
 def _free_port() -> int:
     for port in (PREFERRED_PORT, 0):
         with socket.socket() as probe:
+            # As the server binds (uvicorn sets it): a port left in TIME_WAIT by a server just
+            # stopped is free to it, and 4200 stays where people look for the UI.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -275,13 +278,15 @@ def _start(say: Callable[[str], None]) -> str:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     prefect = Path(sys.executable).parent / "prefect"
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-    # PREFECT_UI_URL: the links in alerts (`{{ flow_run|ui_url }}`) are made by the server; its
-    # host and port: the UI's own API address is made from them, not from --port.
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_AUTH_STRING"}
+    # The server tells the browser where its API is (PREFECT_UI_API_URL, by default its own
+    # PREFECT_API_URL, which a profile, .env or prefect.toml may point at another server: the
+    # UI then said "Can't connect" or showed that server's runs), and makes the alerts' links
+    # from PREFECT_UI_URL: all three name this server, whatever port it got.
     env.update(PREFECT_HOME=str(home() / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_UI_URL=f"http://127.0.0.1:{port}", PREFECT_SERVER_API_HOST="127.0.0.1",
-               PREFECT_SERVER_API_PORT=str(port), PREFECT_SERVER_API_AUTH_STRING=auth_string())
+               PREFECT_API_URL=url, PREFECT_UI_API_URL=url, PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+               PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_SERVER_API_AUTH_STRING=auth_string())
     say(f"Starting a local Prefect server at http://127.0.0.1:{port} for novi-mailman ({home()}); the first start "
         "takes up to a minute, later commands find it running.")
     started = time.monotonic()

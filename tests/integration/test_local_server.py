@@ -178,3 +178,61 @@ def test_a_prefect_api_that_drops_the_connection_is_one_line(tmp_path):
     said = (answer.stdout + answer.stderr).strip().splitlines()
     assert answer.returncode == 1 and "Traceback" not in answer.stderr
     assert len(said) <= 2 and f"the Prefect API at http://127.0.0.1:{port}/api did not answer properly" in said[-1]
+
+
+def test_the_ui_finds_its_own_api_on_whatever_port_the_server_got(tmp_path, monkeypatch):
+    """Issue 29, item 2: with 4200 taken and a Prefect profile naming a server there (what
+    `prefect config set` leaves), the server started on another port told the browser its API
+    was on 4200: every page said "Can't connect to Server API", or showed the other one's runs."""
+    import socket
+
+    from sandbox.browser import Browser
+    from sandbox.mailman import free_port
+    from tasks import local_server
+
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", local_server.PREFERRED_PORT))
+        taken.listen()
+    except OSError:  # someone else has it already: as good
+        pass
+    (tmp_path / "profiles.toml").write_text(
+        f'active = "default"\n[profiles.default]\nPREFECT_API_URL = "http://127.0.0.1:{local_server.PREFERRED_PORT}/api"\n')
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path / "home"))
+    try:
+        url = local_server.start(lambda line: None)
+        ui = url.removesuffix("/api")
+        assert not ui.endswith(f":{local_server.PREFERRED_PORT}")
+        assert requests.get(f"{ui}/ui-settings", timeout=30).json()["api_url"] == url
+        with Browser(free_port()) as browser:
+            browser.sign_in(ui, local_server.auth_string())
+            browser.open(f"{ui}/runs", wait_for="Run a task or flow to get started", seconds=90)
+            assert "Can't connect" not in browser.evaluate("document.body.innerText")
+    finally:
+        local_server.stop()
+        taken.close()
+
+
+def test_a_port_left_in_time_wait_is_free_for_the_server(monkeypatch):
+    """Issue 29, item 2: after `make down; make ui` port 4200 lingers in TIME_WAIT; the probe,
+    binding without SO_REUSEADDR, took it for busy and the UI moved to a random port."""
+    import socket
+
+    from tasks import local_server
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server's side closes first: its port waits in TIME_WAIT
+    listener.close()
+    client.close()
+    with socket.socket() as naive:  # what the probe did: the port looked busy
+        with pytest.raises(OSError):
+            naive.bind(("127.0.0.1", port))
+    monkeypatch.setattr(local_server, "PREFERRED_PORT", port)
+    assert local_server._free_port() == port
