@@ -292,7 +292,7 @@ def _summary_of(state) -> tuple[dict, int]:
     if state.is_completed():
         return state.result(), 0
     exc = state.result(raise_on_failure=False)
-    summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": str(exc)}
+    summary = getattr(exc, "summary", None) or {"state": RunState.FAILED, "message": state.message or str(exc)}
     return summary, EXIT_REFUSED if isinstance(exc, GuardRefused) else EXIT_FAILED
 
 

@@ -24,7 +24,7 @@ from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_finge
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
 from tasks.errors import BadParameter, SyncError
-from tasks.run import Run, failed, plan_lists, read_moderators, tell_staff
+from tasks.run import Run, failed, heard, plan_lists, read_moderators, tell_staff
 
 
 def _records_for(novi, member_ids: list[str], companies: bool = False) -> tuple[dict[str, dict], list[str]]:
@@ -94,7 +94,7 @@ def sync_member(
         return _sync_member(member_ids, rules_path, list_id, novi_block, mailman_block, ledger_block, dry_run,
                             override_guards, approve, wait_for_lock_s)
     except SyncError as exc:
-        return failed(exc)
+        return failed(exc, novi_block, mailman_block)
 
 
 def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | None, novi_block: str,
@@ -110,6 +110,7 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
                           "(or let the full sync make the changes).")
     novi = saved(NoviCredentials, novi_block).get_client()
     mailman = saved(MailmanCredentials, mailman_block).get_client()
+    heard(novi, mailman)
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         mailman.supported_version()
         found, missing = _records_for(novi, ids, companies=any(

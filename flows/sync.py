@@ -25,8 +25,8 @@ from tasks.http import halting
 from tasks.mailman import extract_bans, extract_requests
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
-from tasks.run import (MAX_WORKERS, Run, failed, flow_run_id, plan_lists, read_ledger, read_moderators, read_together,
-                       roster_reads, run_name, sync_command, tell_staff)
+from tasks.run import (MAX_WORKERS, Run, failed, flow_run_id, heard, plan_lists, read_ledger, read_moderators,
+                       read_together, roster_reads, run_name, sync_command, tell_staff)
 
 REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"
 APPROVAL_WAIT_S = 8 * 3600  # a refused nightly run waits for the working day to begin
@@ -83,7 +83,7 @@ def sync_lists(
         return _sync_lists(rules_path, list_id, novi_block, mailman_block, ledger_block, dry_run, override_guards,
                            approve, approval_wait_s, batch_size, workers, reports_dir, table_rows)
     except SyncError as exc:
-        return failed(exc)
+        return failed(exc, novi_block, mailman_block)
 
 
 def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, mailman_block: str,
@@ -106,6 +106,7 @@ def _sync_lists(rules_path: str | None, list_id: str | None, novi_block: str, ma
                           + ("" if waits else ", or in the Prefect UI a custom run with approve = {plan}") + ".").strip()
     novi = saved(NoviCredentials, novi_block).get_client()
     mailman = saved(MailmanCredentials, mailman_block).get_client()
+    heard(novi, mailman)
     wait_for_lock = timedelta(0)
     with approval.DeploymentSlot() as slot:  # kept from a pause to the run's end
         while True:

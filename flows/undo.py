@@ -29,7 +29,7 @@ from tasks.core.undo import plan_undo, to_put_back
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
 from tasks.novi import members_frame
-from tasks.run import MAX_WORKERS, Run, failed, label, open_ledger, read_rosters
+from tasks.run import MAX_WORKERS, Run, failed, heard, label, open_ledger, read_rosters
 
 UNDO_KEY = "novi-mailman-undo"
 
@@ -82,7 +82,7 @@ def undo_run(
         return _undo_run(run, dry_run, rules_path, mailman_block, ledger_block, override_guards, approve,
                          batch_size, workers, novi_block)
     except SyncError as exc:
-        return failed(exc)
+        return failed(exc, novi_block, mailman_block)
 
 
 def run_to_undo(ledger, ref: str) -> dict:
@@ -134,6 +134,7 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
                           f"{' --ledger-block ' + ledger_block if ledger_block else ''}, or in the Prefect UI a "
                           "custom run of undo-run with approve = {plan} and dry_run off.")
     mailman = saved(MailmanCredentials, mailman_block).get_client()
+    heard(mailman)
     with run.hold():
         mailman.supported_version()
         with run.phase("extract_rosters"):  # with who is held: the undo of a hold or a release reads it
@@ -167,6 +168,7 @@ def _records_now(novi_block: str, novi_ids: list[str], rules: Rules) -> pd.DataF
     if not novi_ids:
         return members_frame([], list(rules.novi.address_fields))
     novi = saved(NoviCredentials, novi_block).get_client()
+    heard(novi)
     return members_frame(list(novi.members_by_id(novi_ids).values()), list(rules.novi.address_fields))
 
 

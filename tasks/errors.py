@@ -16,6 +16,11 @@ class HTTPFailure(SyncError):
         self.path = path
         self.status = status
 
+    @property
+    def system(self) -> str:
+        """Which peer ("Novi", "Mailman"): every message of ours starts with its name (tasks.http)."""
+        return str(self).split(":", 1)[0]
+
 
 class TransientHTTPError(HTTPFailure):
     """Worth retrying: 429, 5xx, a timeout or a refused connection."""
@@ -90,3 +95,22 @@ class ChangesFailed(SyncError):
 def is_transient(exc: BaseException) -> bool:
     """Whether a retry could succeed where this attempt failed."""
     return isinstance(exc, TransientHTTPError)
+
+
+def what_now(error: SyncError, blocks: dict[str, str]) -> str:
+    """What the operator does about a peer's failure that stopped a run before it wrote anything:
+    the sentence the run's message ends with (other errors say it themselves). `blocks` names
+    each peer's block as the run used it, e.g. {"Novi": "NoviCredentials block 'novi'"}."""
+    if isinstance(error, HTTPFailure):
+        block = blocks.get(error.system, f"{error.system} block")
+        if isinstance(error, CredentialsRefused):
+            what = "API key" if error.system == "Novi" else "username and password"
+            return (f"Nothing was written. Put the right {what} in the {block} (Prefect UI → Blocks, or "
+                    "`novi-mailman blocks`), then Retry this run.")
+        if isinstance(error, TransientHTTPError):
+            return (f"Nothing was written. Retry this run once {error.system} answers again; the next scheduled "
+                    "run tries again too.")
+        return f"Nothing was written. Check the URL in the {block}, then Retry this run."
+    if isinstance(error, (IncompleteSweep, UnexpectedResponse)):
+        return "Nothing was written: nothing is planned from a partial read. Retry this run."
+    return ""

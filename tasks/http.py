@@ -162,6 +162,8 @@ class ApiSession:
         # Set while this session's reads run beside others (`halting`): once it is set, another
         # read failed, and this session's next request, or its wait before a retry, stops.
         self.halt: threading.Event | None = None
+        # Who hears of a retry's wait as it starts (a run's log, tasks.run.heard): nobody by default.
+        self.tell: Callable[[str], None] | None = None
         self._counter_lock = threading.Lock()
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **headers})
@@ -201,6 +203,9 @@ class ApiSession:
                 if attempt == retries:
                     raise
                 delay = error.retry_after if error.retry_after is not None else backoff(attempt)
+                if self.tell is not None:
+                    self.tell(f"{str(error).rstrip('.')}; trying again in {delay:.0f} s (retry {attempt + 1} of "
+                              f"{retries})")
                 if self.halt is None:
                     self._sleep(delay)
                 else:

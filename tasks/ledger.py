@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -549,7 +549,7 @@ class Ledger:
 
     @contextmanager
     def lock(self, list_ids: Sequence[str], run_id: str, stale_after: timedelta = STALE_AFTER,
-             wait: timedelta = timedelta(0)) -> Iterator[Lease]:
+             wait: timedelta = timedelta(0), tell: Callable[[str], None] | None = None) -> Iterator[Lease]:
         """Hold the lists for one run, renewing the hold while the run lasts; yields its `Lease`.
 
         A lock is taken over when its holder is a dead process on this host, or has not renewed
@@ -561,6 +561,7 @@ class Ledger:
         holder = f"{socket.gethostname()}:{os.getpid()}"
         lease = Lease(list_ids, uuid.uuid4().hex)
         give_up = time.monotonic() + wait.total_seconds()
+        said = None  # when the wait was last said (`tell`): at its start, then every minute
         while True:
             try:
                 self._acquire(lease, run_id, holder, stale_after)
@@ -568,6 +569,10 @@ class Ledger:
             except ListBusy:
                 if time.monotonic() >= give_up:
                     raise
+                if tell is not None and (said is None or time.monotonic() - said >= 60):
+                    said = time.monotonic()
+                    tell(f"Waiting for the lock of {', '.join(list_ids)}: another run holds it; "
+                         f"{(give_up - said) / 60:.0f} min more at most.")
                 time.sleep(min(5.0, max(0.1, give_up - time.monotonic())))
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(lease, stop, stale_after), daemon=True,

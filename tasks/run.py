@@ -30,7 +30,8 @@ from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
-from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError
+from tasks import logs
+from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
 from tasks.http import halting
 from tasks.core.intents import settle_intents
 from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
@@ -38,6 +39,7 @@ from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, 
                            waves, with_preferences)
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
+logs.quiet_expected_failures()  # every flow imports this module before the engine logs its run
 
 
 def label(*tags: str) -> None:
@@ -64,13 +66,22 @@ def run_name() -> str:
     return f"dry-run-{name}" if dry and not name.startswith("dry-run-") else name
 
 
-def failed(error: SyncError) -> State:
-    """An expected failure as the run's final state: one line saying what and what to do (the
-    state message the UI shows); the traceback is logged at debug level."""
+def failed(error: SyncError, novi_block: str | None = None, mailman_block: str | None = None) -> State:
+    """An expected failure as the run's final state: one line saying what, what was written and
+    what to do, naming the run's blocks (the state message the UI shows, logged once at ERROR);
+    the traceback is logged at debug level."""
+    blocks = {"Novi": f"NoviCredentials block '{novi_block}'", "Mailman": f"MailmanCredentials block '{mailman_block}'"}
+    message = f"{error} {what_now(error, blocks)}".strip()
     log = get_run_logger()
-    log.error("%s", error)
+    log.error("%s", message)
     log.debug("The failure's traceback", exc_info=error)
-    return Failed(message=str(error), data=error)
+    return Failed(message=message, data=error)
+
+
+def heard(*clients) -> None:
+    """A peer's retries said in the run's log as they happen (a minute of Novi's 500s was silent)."""
+    for client in clients:
+        client.http.tell = get_run_logger().warning
 
 
 def sync_command(rules_path: str | None, list_id: str | None, novi_block: str, mailman_block: str,
@@ -336,7 +347,8 @@ class Run:
         with ExitStack() as stack:
             if not self.dry_run:
                 try:
-                    self.lease = stack.enter_context(self.ledger.lock(self.list_ids, flow_run_id(), wait=wait))
+                    self.lease = stack.enter_context(self.ledger.lock(self.list_ids, flow_run_id(), wait=wait,
+                                                                      tell=get_run_logger().info))
                 except SyncError as exc:
                     self.record_failure(exc)
                     raise
@@ -471,6 +483,7 @@ class Run:
             self.unrecorded.summary = summary
             return Failed(message=message, data=self.unrecorded)
         if self.refusal:
+            get_run_logger().warning(message)  # the figures and how to approve, as a line of the log
             return Failed(name="Refused", message=message, data=GuardRefused(message, summary))
         if (outcomes["outcome"] == Outcome.FAILED).any():
             return Failed(message=message, data=ChangesFailed(message, summary))

@@ -134,6 +134,21 @@ def test_reads_retry_transient_failures_with_backoff(first):
 
 
 @responses.activate
+def test_each_retry_is_said_as_its_wait_begins():
+    """Issue 29, item 3: a minute of Novi's 500s left the run's log silent."""
+    responses.get(f"{BASE}/members", status=500)
+    responses.get(f"{BASE}/members", status=503)
+    responses.get(f"{BASE}/members", json={"ok": True})
+    said: list[str] = []
+    session = ApiSession(BASE, headers={}, read_retries=3, system="Novi", sleep=lambda s: None)
+    session.tell = said.append
+    session.request("GET", "members", bucket="read")
+    assert [line.split(";")[0].rsplit(" ", 1)[1] for line in said] == ["500", "503"]
+    assert said[0].endswith("(retry 1 of 3)") and said[1].endswith("(retry 2 of 3)")
+    assert "trying again in " in said[0]
+
+
+@responses.activate
 def test_writes_are_never_retried_here():
     responses.post(f"{BASE}/members", status=503)
     session = ApiSession(BASE, headers={}, read_retries=5, sleep=lambda s: pytest.fail("slept"))

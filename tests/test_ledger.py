@@ -205,6 +205,21 @@ def test_a_list_is_held_by_one_run_at_a_time(ledger_url):
         pass  # released at the end of the first run
 
 
+def test_a_run_waiting_for_a_lock_says_so(ledger_url):
+    """Issue 29, item 3: a member run or an approved plan waits up to 15 minutes for the lists'
+    lock; its log said nothing meanwhile."""
+    from datetime import timedelta
+
+    from tasks.ledger import ListBusy
+
+    said: list[str] = []
+    with Ledger(ledger_url).lock(["a.example.org"], "run-1"):
+        with pytest.raises(ListBusy):
+            with Ledger(ledger_url).lock(["a.example.org"], "run-2", wait=timedelta(seconds=0.3), tell=said.append):
+                pytest.fail("two runs held one list")
+    assert said == ["Waiting for the lock of a.example.org: another run holds it; 0 min more at most."]
+
+
 def test_locks_of_dead_runs_are_taken_over(ledger_url):
     import socket
     import subprocess

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from contextlib import contextmanager
 from unittest import mock
 
 import yaml
@@ -81,3 +83,28 @@ def wait_for(predicate, seconds: float = 45.0):
 def mail_to(core, domain: str) -> list[str]:
     """Recipients at `domain` of every message that reached the SMTP sink."""
     return [str(m["X-RcptTo"]).lower() for m in core.messages() if str(m["X-RcptTo"]).lower().endswith("@" + domain)]
+
+
+@contextmanager
+def worker_deployment(world, tmp_path, rules, ledger: str, pool: str, **parameters):
+    """prefect.yaml's deployments under this test's names and pool (no schedules), the run's
+    parameters naming `rules` and the tests' blocks, and a real process worker for them, every
+    process on `ledger`; yields the nightly full sync's deployment name."""
+    from prefect.settings import PREFECT_API_URL
+
+    from sandbox import deploy as deployments
+    from sandbox.mailman import free_port
+    from sandbox.servers import stop
+
+    tag = world["tag"]
+    prefect_file = deployments.deployment_file(
+        tmp_path / "prefect.yaml", {"rules_path": str(rules), "novi_block": "it-novi", "mailman_block": "it-mailman",
+                                    **parameters}, pool=f"{pool}-{tag}", suffix=f"-{tag}", schedules=False)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "NOVI_MAILMAN_LEDGER": ledger,
+           "NOVI_MAILMAN_REPORTS": str(tmp_path / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    deployments.deploy(prefect_file, env, pool=f"{pool}-{tag}")
+    deployments.start_worker(tmp_path, env, free_port(), pool=f"{pool}-{tag}")
+    try:
+        yield f"sync-lists/nightly-full-sync-{tag}"
+    finally:
+        stop("worker", tmp_path)
