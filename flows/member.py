@@ -74,7 +74,7 @@ def sync_member(
 
     The same run as the full sync from the plan on (tasks.run): the guards that mean
     something for a few members (removal count, roster collapse), the lock, the ledger, the
-    final state. A refused member run ends Refused at once: a webhook's members do not wait
+    final state. A refused member run ends refused at once: a webhook's members do not wait
     hours for an operator.
 
     Args:

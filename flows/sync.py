@@ -71,7 +71,7 @@ def sync_lists(
         approve: Apply a plan the guards refused, if a fresh plan is still that plan: the 12-digit
             fingerprint the refused run showed. A plan that moved is refused again, with its figures.
         approval_wait_s: How long a refused deployment run waits, paused, for an approval in its Resume
-            form (seconds, up to 7 days; 0: it ends Refused at once). The lists' lock is released meanwhile.
+            form (seconds, up to 7 days; 0: it ends refused at once). The lists' lock is released meanwhile.
         batch_size: Changes per batch task (1-500).
         workers: Tasks in flight at once (1-8): the reads (Novi, the rosters, bans, requests, the ledger),
             then the write batches.

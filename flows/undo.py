@@ -125,7 +125,8 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     label(Tag.UNDO, *[Tag.DRY_RUN] * dry_run)
     if applied.empty:
         message = f"Run {name} applied no change: nothing to undo"
-        return Completed(name="Skipped", message=message,
+        label(Tag.NO_CHANGES)
+        return Completed(message=message,
                          data={"state": RunState.COMPLETED, "message": message, "dry_run": dry_run, "undoes": name,
                                "changes": [], "skipped": []})
     list_ids = sorted(set(applied["list_id"]))

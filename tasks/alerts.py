@@ -8,11 +8,13 @@ the event. Prefect Cloud adds to that (metric triggers over its own data, e-mail
 block of your own, webhooks in), none of which this needs.
 
 Every flow run state change is an event named after the state: `prefect.flow-run.Failed`,
-`.Crashed`, and ours `.Refused` (a Failed state named Refused), `.Paused` (waiting for an
-approval), `.Completed` and `.Skipped` (a run with nothing to do); a dry run ends `.Planned`,
-which no alert takes for a completed sync. The automations match
-those events for the runs of the chosen deployments, and are named and tagged so that a
-second `alerts install` updates them rather than adding more.
+`.Crashed`, `.Paused` (waiting for an approval), `.Completed`. Our runs keep Prefect's own
+state names (the UI's deployment page lists no other) and say what they were in their
+message, which the event carries as its resource's `prefect.state-message`: a refusal's starts
+"Refused: " (or "Rejected by the operator. Refused: …"), a waiting run's "Waiting for approval",
+a dry run's "Dry run, nothing written". The automations match those events and messages for the
+runs of the chosen deployments, and are named and tagged so that a second `alerts install`
+updates them rather than adding more.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ FULL_SYNC_FLOW = "sync-lists"
 GRACE = timedelta(hours=2)  # a full sync may run late by this much before anyone is told
 
 FAILED = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
-REFUSED = {"prefect.flow-run.Refused", "prefect.flow-run.Paused"}
-DONE = {"prefect.flow-run.Completed", "prefect.flow-run.Skipped"}  # not "Planned": a dry run synced nothing
+DONE = {"prefect.flow-run.Completed"}
+# What the run was, in its state's message (label patterns: fnmatch, "!" negates).
+REFUSAL = {"prefect.state-message": ["*Refused: *", "Waiting for approval*"]}
+NOT_A_REFUSAL = {"prefect.state-message": "!*Refused: *"}
+NOT_A_DRY_RUN = {"prefect.state-message": "!Dry run*"}  # a dry run synced nothing
 
 RUN = "{{ flow_run.name }} ({{ deployment.name }})"
 # A crashed run's process died (killed, out of memory, its machine lost): what it was sending is
@@ -124,19 +129,20 @@ def automations(deployments: list[Target], block_id: UUID, grace: timedelta = GR
 
     found = [
         automation("run failed", "A sync or member-sync run failed or crashed: the reason and the fix.",
-                   _on(deployments, FAILED),
+                   _on(deployments, FAILED, match=NOT_A_REFUSAL),
                    [_notify(block_id, f"novi-mailman: {RUN} {{{{ flow_run.state.name }}}}",
                             f"{RUN} ended {{{{ flow_run.state.name }}}}: {{{{ flow_run.state.message }}}}\n\n"
                             f"{{% if flow_run.state.name == 'Crashed' %}}{CRASHED_NOTE}\n\n{{% endif %}}"
                             f"The run and its logs: {LINK}")]),
         automation("run refused", "A guard refused a run's plan, or a run waits for an operator's approval.",
-                   _on(deployments, REFUSED),
+                   _on(deployments, {"prefect.flow-run.Failed", "prefect.flow-run.Paused"}, match=REFUSAL),
                    [_notify(block_id, f"novi-mailman: {RUN} needs an operator",
-                            f"{RUN} is {{{{ flow_run.state.name }}}}: {{{{ flow_run.state.message }}}}\n\n"
+                            f"{RUN} is {{{{ 'waiting for approval' if flow_run.state.name == 'Paused' else 'refused' }}}}: "
+                            f"{{{{ flow_run.state.message }}}}\n\n"
                             "Nothing was written. Read the plan's tables and approve it (Resume, tick approve) "
                             f"or leave it: {LINK}")]),
         automation("recovered", "A run completed after a failed or refused one of the same deployment.",
-                   _on(deployments, DONE, after=FAILED | {"prefect.flow-run.Refused"},
+                   _on(deployments, DONE, match=NOT_A_DRY_RUN, after=FAILED,
                        for_each={"related:deployment:prefect.resource.id"}, within=timedelta(days=30)),
                    [_notify(block_id, f"novi-mailman: {RUN} recovered",
                             f"{RUN} completed after an earlier failed or refused run: "
@@ -151,7 +157,7 @@ def automations(deployments: list[Target], block_id: UUID, grace: timedelta = GR
         found.append(automation(
             f"no completed sync of {target.name}",
             f"No Completed full sync of {target.name} within its schedule's interval + {grace}.",
-            _on([target], DONE, posture=Posture.Proactive, within=window),
+            _on([target], DONE, match=NOT_A_DRY_RUN, posture=Posture.Proactive, within=window),
             [_notify(block_id, f"novi-mailman: no completed sync of {target.name} in {hours}",
                      f"No run of {target.name} has completed in the last {hours} (its schedule's interval and "
                      "a grace period): the lists may be out of step with Novi. Look at its runs and its "

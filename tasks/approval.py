@@ -45,7 +45,7 @@ class Approval(RunInput):
 
     approve: bool = Field(False, description="Tick to apply the plan shown above. It is planned again first and "
                                              "applied only if it is still the same plan (same fingerprint). "
-                                             "Leave unticked to reject: the run ends Refused.")
+                                             "Leave unticked to reject: the run ends refused.")
 
 
 def can_wait() -> bool:
@@ -141,7 +141,7 @@ def await_approval(tripped: list[str], plan_fingerprint: str, wait_s: int, comma
              "\n\n" if approved and approved != plan_fingerprint else "")
     description = (f"## Approve plan `{plan_fingerprint}`?\n\n{moved}A safety guard refused it; nothing was written "
                    f"to any list.\n\n{found}\n\nThe run's artifacts show this plan: the summary, and every change "
-                   f"per list. Without an answer in {hours} the run ends Refused. The same from a shell: "
+                   f"per list. Without an answer in {hours} the run ends refused. The same from a shell: "
                    f"`{command} --approve {plan_fingerprint}`")
     form = Approval.with_initial_data(description=description, approve=False)
     until = datetime.now(timezone.utc) + timedelta(seconds=wait_s)
@@ -165,7 +165,7 @@ def await_approval(tripped: list[str], plan_fingerprint: str, wait_s: int, comma
             return bool(form.load(keyset).approve)
         # Past its pause's deadline the server turns any state the run proposes into "Failed:
         # the flow was paused and never resumed" (core_policy.py). The run takes its state back
-        # so that it ends as what it is: Refused, with its figures.
+        # so that it ends as what it is: refused, with its figures.
         client.set_flow_run_state(run_id, Running(message="No approval in time"), force=True)
     return None
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 import pandas as pd
 
-from tasks.core.schema import Status
+from tasks.core.schema import Outcome, RunKind, Status
 from tasks.core.text import markdown_cell
 from tasks.ledger import Ledger
 
@@ -73,3 +74,60 @@ def markdown(history: AddressHistory) -> str:
             lines += ["", f"The newest {SHOWN} of {len(history.changes):,} are shown; "
                       "`novi-mailman history ADDRESS --json` prints all."]
     return "\n".join(lines) + "\n"
+
+
+LIST_HISTORY_KEY = "novi-mailman-list-history"
+
+
+@dataclass
+class ListHistory:
+    """What changed on one list over a period: every change any run recorded (full syncs,
+    member runs, undos), applied or not, as one table: "what changed on list Y this week?"."""
+
+    list_id: str
+    since: datetime
+    until: datetime
+    ledger: str
+    changes: pd.DataFrame       # Ledger.list_history: newest first
+
+    @classmethod
+    def read(cls, ledger: Ledger, list_id: str, since: datetime, until: datetime) -> ListHistory:
+        return cls(list_id, since, until, ledger.location, ledger.list_history(list_id, since, until))
+
+    def period(self) -> str:
+        return f"{self.since:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC"
+
+    def summary(self) -> str:
+        """One line: the run's state message. Counts by outcome, then the applied ones by action."""
+        if self.changes.empty:
+            return f"Nothing recorded on {self.list_id} from {self.period()}"
+        applied = self.changes[self.changes["outcome"] == Outcome.APPLIED]
+        actions = ", ".join(f"{n:,} {action}" for action, n in applied["action"].value_counts().sort_index().items())
+        others = ", ".join(f"{n:,} {outcome}" for outcome, n in
+                           self.changes.loc[self.changes["outcome"] != Outcome.APPLIED, "outcome"]
+                           .value_counts().sort_index().items())
+        runs = self.changes["run_id"].nunique()
+        return (f"{len(self.changes):,} changes on {self.list_id} from {self.period()} by {runs:,} "
+                f"run{'s' * (runs != 1)}: {len(applied):,} applied ({actions or 'none'})"
+                + (f"; {others}" if others else ""))
+
+    def as_json(self) -> dict:
+        return {"list_id": self.list_id, "since": self.since.isoformat(), "until": self.until.isoformat(),
+                "ledger": self.ledger, "changes": json.loads(self.changes.to_json(orient="records", date_format="iso"))}
+
+    def markdown(self) -> str:
+        """One table, newest first: who, what and why first (what fits at 1,440 px), the run last."""
+        lines = [f"# What changed on {markdown_cell(self.list_id)}", "", f"**{markdown_cell(self.summary())}**", "",
+                 f"Ledger: `{self.ledger}`. Every run that touched the list is here: full syncs, member runs "
+                 "(webhooks) and undos; refused changes were planned and not written.", ""]
+        if self.changes.empty:
+            return "\n".join(lines)
+        lines += ["| when (UTC) | address | action | outcome | reason | run |", "|---|---|---|---|---|---|"]
+        for row in self.changes.head(SHOWN).itertuples():
+            run = run_label(row) + (f", {row.kind}" if row.kind and row.kind != RunKind.FULL else "")
+            cells = [row.at.strftime("%Y-%m-%d %H:%M"), row.email, row.action, row.outcome, row.reason or "", run]
+            lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
+        if len(self.changes) > SHOWN:
+            lines += ["", f"The newest {SHOWN} of {len(self.changes):,} are shown; ask for a shorter period "
+                      "to see the rest."]
+        return "\n".join(lines) + "\n"

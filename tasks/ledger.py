@@ -443,6 +443,27 @@ class Ledger:
         frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
         return frame
 
+    def list_history(self, list_id: str, since: datetime, until: datetime) -> pd.DataFrame:
+        """Every change recorded on a list between `since` and `until`, by every kind of run and
+        whatever its outcome (applied, refused, failed…), newest first, with the run that made it."""
+        columns = ["at", "email", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name", "kind",
+                   "attempt"]
+        if not self.exists:
+            return pd.DataFrame(columns=columns)
+        query = (select(changes_table.c.at, changes_table.c.email, changes_table.c.action, changes_table.c.outcome,
+                        changes_table.c.reason, changes_table.c.detail, changes_table.c.novi_id,
+                        changes_table.c.run_id, runs_table.c.run_name, runs_table.c.kind, runs_table.c.attempt)
+                 .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
+                 .where(changes_table.c.list_id == list_id, changes_table.c.at >= since,
+                        changes_table.c.at < until)
+                 .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
+        with self._connect() as conn:
+            rows = conn.execute(query).all()
+        frame = _frame(rows, columns)
+        frame["at"] = pd.to_datetime(frame["at"], utc=True)
+        frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
+        return frame
+
     def find_runs(self, ref: str) -> list[dict]:
         """The flow runs a reference names (a ledger key, a flow run id or a run's name), newest
         first, each with every attempt's key: {flow_run_id, run_name, kind, ended_at, keys}.

@@ -466,10 +466,10 @@ class Run:
         """A run's final state from its outcome: the truth the UI shows (see README "Final state").
 
         Every outcome is expected, so none raises (a raise puts a traceback in the run's logs):
-        a refusal is a Failed state named Refused, failed changes or an unrecorded run a Failed
+        a refusal ("Refused: …", tagged refused), failed changes or an unrecorded run a Failed
         state, each carrying its error with the summary attached (what the CLI prints); a dry run
-        is Completed named Planned; a run with nothing to do Completed named Skipped; the rest
-        Completed, with the counts.
+        ("Dry run, nothing written …", tagged dry-run), a run with nothing to do ("No changes …",
+        tagged no-changes) and the rest Completed, with the counts.
         """
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
         summary["flow_run_id"] = flow_run_id()
@@ -484,11 +484,13 @@ class Run:
             return Failed(message=message, data=self.unrecorded)
         if self.refusal:
             get_run_logger().warning(message)  # the figures and how to approve, as a line of the log
-            return Failed(name="Refused", message=message, data=GuardRefused(message, summary))
+            return Failed(message=message, data=GuardRefused(message, summary))
         if (outcomes["outcome"] == Outcome.FAILED).any():
             return Failed(message=message, data=ChangesFailed(message, summary))
         get_run_logger().info(message)
-        # A dry run wrote nothing: named apart, it is neither a completed sync nor a recovery to
-        # the alerts (tasks.alerts.DONE), which listen for these names.
-        name = "Planned" if self.dry_run else "Skipped" if outcomes.empty else "Completed"
-        return Completed(message=message, name=name, data=summary)
+        if outcomes.empty and not self.dry_run:
+            label(Tag.NO_CHANGES)
+        # Prefect's own state names: the deployment page's Runs tab filters on them and hid ours
+        # (Planned, Skipped, Refused). What a run was is in its message ("Dry run, nothing
+        # written …", "No changes …", "Refused: …") and its tags; the alerts match the message.
+        return Completed(message=message, data=summary)

@@ -3,6 +3,7 @@
 import inspect
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.sync import sync_lists
@@ -85,14 +86,18 @@ def test_the_multi_association_example_deploys_each_association_on_its_own():
         assert len(set(values)) == len(values), key
 
 
-def test_the_address_history_deployment_points_at_its_flow():
-    from flows.history import address_history
+@pytest.mark.parametrize(("deployment_name", "flow_name"), [("address-history", "address_history"),
+                                                            ("list-history", "list_history")])
+def test_the_history_deployments_point_at_their_flows(deployment_name, flow_name):
+    import flows.history
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = [d for d in config["deployments"] if d["name"] == "address-history"]
+    (deployment,) = [d for d in config["deployments"] if d["name"] == deployment_name]
     path, name = deployment["entrypoint"].split(":")
-    assert (ROOT / path).exists() and name == address_history.fn.__name__
+    assert (ROOT / path).exists() and name == getattr(flows.history, flow_name).fn.__name__ == flow_name
     assert "schedules" not in deployment and deployment["work_pool"]["name"] == "novi-mailman"
+    asked = {"address_history": {"address": "a@example.org"}, "list_history": {"list_id": "m@example.org"}}[flow_name]
+    getattr(flows.history, flow_name).validate_parameters({**asked, **deployment.get("parameters", {})})
 
 
 def test_the_undo_deployment_points_at_its_flow_and_looks_first():
@@ -107,11 +112,11 @@ def test_the_undo_deployment_points_at_its_flow_and_looks_first():
 
 
 def test_every_flow_parameter_has_a_description_the_ui_form_shows():
-    from flows.history import address_history
+    from flows.history import address_history, list_history
     from flows.member import sync_member
     from flows.undo import undo_run
 
-    for flow in (sync_lists, sync_member, address_history, undo_run):
+    for flow in (sync_lists, sync_member, address_history, list_history, undo_run):
         properties = flow.parameters.model_dump()["properties"]
         assert properties and all(p.get("description") for p in properties.values()), flow.name
     sync = sync_lists.parameters.model_dump()["properties"]

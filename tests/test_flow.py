@@ -6,6 +6,7 @@ import json
 import math
 
 import pandas as pd
+from prefect.client.orchestration import get_client
 import pytest
 import responses
 from prefect.artifacts import Artifact
@@ -84,7 +85,7 @@ def test_dry_run_reports_and_writes_nothing(blocks, tmp_path):
     assert {row["outcome"] for row in table[:-1]} == {"planned (dry run)"}
     assert table[3]["change"] == "Old Name → Cur 1" and table[3]["novi_id"] == "cur-1"
     assert state.message == "Dry run, nothing written; planned: +3 −3 renamed 1 on members.example.org"
-    assert state.is_completed() and state.name == "Planned"  # not a completed sync to the alerts
+    assert state.is_completed() and state.message.startswith("Dry run, nothing written")  # not a sync to the alerts
     csv = open(summary["plan_csv"]).read()
     assert "staff@example.org" in csv and "unmanaged" in csv
 
@@ -114,7 +115,7 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
         "staff@example.org": "Staff"}
 
     again, calls = run(novi, mailman, tmp_path, batch_size=2)
-    assert again.is_completed() and again.name == "Skipped"
+    assert again.is_completed() and again.message.startswith("No changes")
     assert again.result()["message"] == "No changes: every list is already in step with Novi"
     assert writes(calls) == []
     # reads only: Mailman's version, ceil(8 / 3) Novi pages, one roster page and its bounced
@@ -551,7 +552,7 @@ def test_a_refusal_reads_as_a_refusal_with_its_figures_and_the_command_that_appl
     _, novi, mailman = half_lapsed(tmp_path)
     caplog.clear()
     state, calls = run(novi, mailman, tmp_path)
-    assert state.is_failed() and state.name == "Refused" and writes(calls) == []
+    assert state.is_failed() and state.message.startswith("Refused: ") and writes(calls) == []
     fingerprint = state.result(raise_on_failure=False).summary["plan_fingerprint"]
     assert len(fingerprint) == 12
     assert state.message.startswith(f"Refused: {LIST}: 15 removals planned, 50% of its 30 managed members")
@@ -568,7 +569,7 @@ def test_an_approved_plan_is_applied_only_while_it_is_the_same_plan(blocks, tmp_
 
     records[15]["MemberStatus"] = "expired"  # the data moves before the operator approves
     moved, calls = run(novi, mailman, tmp_path, approve=fingerprint)
-    assert moved.name == "Refused" and writes(calls) == []
+    assert moved.is_failed() and moved.message.startswith("Refused: ") and writes(calls) == []
     now = moved.result(raise_on_failure=False).summary["plan_fingerprint"]
     assert now != fingerprint
     assert f"The plan changed since plan {fingerprint} was approved (the data moved); this is plan {now}" in moved.message
@@ -684,7 +685,7 @@ def test_approval_after_the_data_moved_refuses_again_with_the_new_figures(blocks
         records[15]["MemberStatus"] = "expired"
     operator = Operator([True, False], meanwhile=one_more_lapses)
     state, calls = paused_run(monkeypatch, novi, mailman, tmp_path, operator)
-    assert state.name == "Refused" and writes(calls) == [] and len(mailman.names(LIST)) == 30
+    assert state.is_failed() and writes(calls) == [] and len(mailman.names(LIST)) == 30
     first, second = operator.descriptions
     assert "15 removals planned" in first and "16 removals planned" in second
     assert "The plan changed since plan" in second and state.message.startswith("Rejected by the operator. Refused:")
@@ -694,10 +695,10 @@ def test_approval_after_the_data_moved_refuses_again_with_the_new_figures(blocks
 def test_a_rejected_or_unanswered_approval_ends_refused(blocks, tmp_path, monkeypatch):
     _, novi, mailman = half_lapsed(tmp_path)
     rejected, calls = paused_run(monkeypatch, novi, mailman, tmp_path, Operator([False]))
-    assert rejected.name == "Refused" and rejected.message.startswith("Rejected by the operator. Refused:")
+    assert rejected.is_failed() and rejected.message.startswith("Rejected by the operator. Refused:")
     assert writes(calls) == []
     unanswered, calls = paused_run(monkeypatch, novi, mailman, tmp_path, Operator([None]), approval_wait_s=3)
-    assert unanswered.name == "Refused" and unanswered.message.startswith("No approval within 3 s. Refused:")
+    assert unanswered.is_failed() and unanswered.message.startswith("No approval within 3 s. Refused:")
     assert writes(calls) == [] and len(mailman.names(LIST)) == 30
 
 
@@ -717,6 +718,45 @@ def test_address_history_answers_why_someone_was_removed_in_the_ui(blocks, tmp_p
     assert nobody.is_completed() and nobody.message == "Nothing recorded for nobody@example.org"
     bad = address_history(address="not an address", return_state=True)
     assert bad.is_failed() and bad.message == "address must be one email address"
+
+
+def test_list_history_answers_what_changed_on_a_list_this_week(blocks, tmp_path):
+    """Issue 29, item 8: it took opening every version of a list's plan table."""
+    from flows.history import list_history
+    from tasks.history import LIST_HISTORY_KEY
+
+    records, roster = population()
+    novi, mailman = FakeNovi(records), FakeMailman({LIST: roster})
+    first, _ = run(novi, mailman, tmp_path)
+    assert first.is_completed()
+    applied = Ledger().list_history(LIST, pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=1),
+                                    pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=1))
+    state = list_history(list_id=LIST.replace(".", "@", 1), return_state=True)
+    assert state.is_completed() and state.message.startswith(f"{len(applied)} changes on {LIST} from ")
+    assert f"by 1 run: {len(applied)} applied (" in state.message
+    markdown = Artifact.get(LIST_HISTORY_KEY).data
+    assert markdown.count("| applied |") == len(applied) > 0
+    assert "| exp0@example.org | unsubscribe | applied | status expired |" in markdown.lower()
+    nothing = list_history(list_id="other@example.org", days=1, return_state=True)
+    assert nothing.is_completed() and nothing.message.startswith("Nothing recorded on other.example.org from ")
+    bad = list_history(list_id="not a list/../x", return_state=True)
+    assert bad.is_failed() and "not a Mailman list id" in bad.message
+
+
+def test_a_history_run_is_named_after_what_it_was_asked(blocks, monkeypatch):
+    """Issue 29, item 7: every address-history run had one name; a name typed in the form is kept."""
+    from types import SimpleNamespace
+
+    import flows.history
+    from flows.history import address_history, asked_name
+
+    asked = address_history(address="jane@example.org", return_state=True)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(asked.state_details.flow_run_id).name == "address-history-jane@example.org"
+    for given, named in [("why jane", "why jane"), ("jane-q3", "jane-q3"), ("wise-cheetah", "list-history-m.example.org-7")]:
+        monkeypatch.setattr(flows.history, "flow_run", SimpleNamespace(
+            get_name=lambda given=given: given, get_parameters=lambda: {"list_id": "m.example.org", "days": 7}))
+        assert asked_name("list-history", "list_id", "days") == named
 
 
 def test_a_block_that_is_not_saved_is_one_line_saying_where_and_how(blocks, tmp_path, caplog):
@@ -859,7 +899,7 @@ def test_a_night_with_nothing_to_do_writes_no_ledger_row(blocks, tmp_path):
     first, _ = run(novi, mailman, tmp_path)
     assert first.is_completed() and first.result()["ledger_rows_written"] == 30
     quiet, calls = run(novi, mailman, tmp_path)
-    assert quiet.name == "Skipped" and writes(calls) == []
+    assert quiet.message.startswith("No changes") and writes(calls) == []
     assert quiet.result()["ledger_rows_written"] == 0 and len(Ledger().read([LIST])) == 30
     novi.records[0]["Email"] = "moved@example.org"
     moved, _ = run(novi, mailman, tmp_path)

@@ -62,6 +62,7 @@ class Tag:
     OVERRIDDEN = "guards-overridden"
     MEMBER_SYNC = "member-sync"
     UNDO = "undo"
+    NO_CHANGES = "no-changes"
 
 
 class RunKind:

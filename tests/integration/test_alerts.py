@@ -103,18 +103,20 @@ def test_alerts_reach_a_webhook_for_failed_refused_recovered_and_missed_runs(rea
                 assert "records what was applied" not in json.dumps(
                     [b for b in receiver.bodies if failed.name in json.dumps(b)])  # said for a crash only
 
-                refused = run_of(member, Failed(name="Refused", message="Refused: members.example.org: 600 removals "
-                                                                        "planned, more than max_removals = 500."))
-                body = receiver.wait_for(f"{refused.name} (webhook-member-sync) is Refused")
+                refused = run_of(member, Failed(message="Refused: members.example.org: 600 removals planned, more "
+                                                        "than max_removals = 500."))
+                body = receiver.wait_for(f"{refused.name} (webhook-member-sync) is refused")
                 assert "600 removals planned" in body["body"] and "approve" in body["body"]
 
                 # An operator's dry run after the failure synced nothing: no recovery
-                dry = run_of(nightly, Completed(name="Planned", message="Dry run, nothing written; planned: +3 −2 "
-                                                                        "on members.example.org"))
+                dry = run_of(nightly, Completed(message="Dry run, nothing written; planned: +3 −2 on "
+                                                        "members.example.org"))
                 recovered = run_of(nightly, Completed(message="+3 −2 on members.example.org (5 changes applied)"))
                 body = receiver.wait_for(f"{recovered.name} (nightly-full-sync) recovered")
                 assert "+3 −2 on members.example.org" in body["body"]
                 assert not [b for b in receiver.bodies if dry.name in json.dumps(b)]
+                # a refusal is told as one, not as a failure (both are Failed states)
+                assert not [b for b in receiver.bodies if f"{refused.name} (webhook-member-sync) ended" in json.dumps(b)]
             for body in receiver.bodies:
                 assert SECRET not in json.dumps(body)
 

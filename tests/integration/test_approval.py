@@ -106,7 +106,7 @@ def test_a_rejected_deployment_run_ends_refused_and_writes_nothing(world, deploy
     _paused(started.id)
     resume_flow_run(started.id, run_input={"approve": False})
     done = _final(started.id)
-    assert done.state.name == "Refused" and done.state.message.startswith("Rejected by the operator. Refused:")
+    assert done.state.name == "Failed" and done.state.message.startswith("Rejected by the operator. Refused:")
     assert world["admin"].roster(deployed["list"]) == before
 
 

@@ -129,10 +129,10 @@ def test_a_refused_run_retried_from_the_ui_is_refused_again_and_both_are_recorde
     before = world["admin"].roster(served["list"])
     remembered = Ledger().read([served["list"]])
     refused = run_deployment(served["deployment"], timeout=180)
-    assert refused.state.is_failed() and refused.state.name == "Refused"
+    assert refused.state.is_failed() and refused.state.name == "Failed"
     assert refused.state.message.startswith(f"Refused: {served['list']}:")
     retried = _retry(refused.id)
-    assert retried.name == "Refused" and retried.message.startswith("Refused:"), retried.message
+    assert retried.name == "Failed" and retried.message.startswith("Refused:"), retried.message
     assert "ledger" not in retried.message  # a refusal, not a contradiction
     assert [(a["state"], a["attempt"]) for a in _attempts(refused.id)] == [("refused", 1), ("refused", 2)]
     assert world["admin"].roster(served["list"]) == before

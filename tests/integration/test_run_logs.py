@@ -11,7 +11,8 @@ import time
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
+                                           FlowRunFilterStateName, LogFilter, LogFilterFlowRunId)
 from prefect.deployments import run_deployment
 
 from tasks.blocks import MailmanCredentials, NoviCredentials
@@ -76,7 +77,34 @@ def test_a_failed_or_refused_run_logs_its_one_line_and_no_traceback(world, deplo
         world["novi"].edit(record["UniqueID"], MemberStatus="expired")
     refused = run_deployment(deployed["deployment"], timeout=180, parameters={"approval_wait_s": 0})
     logs = _logs(refused.id)
-    assert refused.state.name == "Refused" and _errors(logs) == []
+    assert refused.state.name == "Failed" and refused.state.message.startswith("Refused: ") and _errors(logs) == []
     assert [log.message for log in logs if log.level == logging.WARNING] == [refused.state.message]
     assert "--approve" in refused.state.message
     assert not any("Traceback" in log.message for log in logs)
+
+    # Every run shows on the deployment's page: its Runs tab lists the runs whose state *name* is
+    # one of Prefect's own (the UI's default filter, read from the installed UI), and ours were
+    # named otherwise (Planned, Skipped, Refused) and were not listed.
+    dry = run_deployment(deployed["deployment"], timeout=180, parameters={"dry_run": True})
+    assert dry.state.is_completed() and dry.state.message.startswith("Dry run, nothing written")
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployed["deployment"])
+        every = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        listed = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=_ui_state_names()))))
+    assert len(every) == 4 and {run.id for run in listed} == {run.id for run in every}
+
+
+def _ui_state_names() -> list[str]:
+    """The state names the Prefect UI's runs lists filter on by default, from its own bundle."""
+    import re
+    from pathlib import Path
+
+    import prefect
+
+    for bundle in (Path(prefect.__file__).parent / "server" / "ui" / "assets").glob("*.js"):
+        found = re.search(r"\[`Scheduled`,`Late`,[^\]]*\]", bundle.read_text(errors="ignore"))
+        if found:
+            return re.findall(r"`(\w+)`", found.group(0))
+    raise AssertionError("the UI's default state filter was not found in its bundle")
