@@ -42,7 +42,8 @@ def artifact_key(key: str, dry_run: bool, list_id: str | None = None) -> str:
 def done_message(outcomes: pd.DataFrame, dry_run: bool) -> str:
     """A completed run's message."""
     if outcomes.empty:
-        return "No changes: every list is already in step with Novi"
+        # A dry run's message always starts so: the alerts tell it from a sync by that (tasks.alerts)
+        return ("Dry run, nothing written: " if dry_run else "No changes: ") + "every list is already in step with Novi"
     if dry_run:
         return f"Dry run, nothing written; planned: {changes_line(outcomes)}"
     applied = int((outcomes["outcome"] == Outcome.APPLIED).sum())

@@ -74,6 +74,9 @@ def test_counts_and_messages():
     assert done_message(changes, dry_run=True) == ("Dry run, nothing written; planned: "
                                                    "+2 −1 held 1 renamed 1 on l.example.org")
     assert done_message(changes.iloc[0:0], dry_run=False) == "No changes: every list is already in step with Novi"
+    # a dry run says so first whatever it found: the alerts do not take it for a sync (issue 29)
+    assert done_message(changes.iloc[0:0], dry_run=True) == ("Dry run, nothing written: every list is already in "
+                                                             "step with Novi")
     # Mailman had them already (a rerun's): not said to be applied (issue 27, item 12)
     already = changes.head(2).assign(outcome="already so")
     assert done_message(already, dry_run=False) == "+2 on l.example.org (2 already so in Mailman)"

@@ -72,6 +72,10 @@ def test_a_failed_or_refused_run_logs_its_one_line_and_no_traceback(world, deplo
         refused_key.state.message
     assert _errors(_logs(refused_key.id)) == [refused_key.state.message]
 
+    # a dry run (it was named Planned, and its Completed state was not listed either)
+    dry = run_deployment(deployed["deployment"], timeout=180, parameters={"dry_run": True})
+    assert dry.state.is_completed() and dry.state.message.startswith("Dry run, nothing written")
+
     # a guard refuses the plan: its figures and how to approve, and no traceback
     for record in world["novi"].records()[::2]:
         world["novi"].edit(record["UniqueID"], MemberStatus="expired")
@@ -85,8 +89,6 @@ def test_a_failed_or_refused_run_logs_its_one_line_and_no_traceback(world, deplo
     # Every run shows on the deployment's page: its Runs tab lists the runs whose state *name* is
     # one of Prefect's own (the UI's default filter, read from the installed UI), and ours were
     # named otherwise (Planned, Skipped, Refused) and were not listed.
-    dry = run_deployment(deployed["deployment"], timeout=180, parameters={"dry_run": True})
-    assert dry.state.is_completed() and dry.state.message.startswith("Dry run, nothing written")
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(deployed["deployment"])
         every = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
