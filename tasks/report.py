@@ -237,9 +237,13 @@ def capped(table: pd.DataFrame, table_rows: int) -> tuple[pd.DataFrame, str]:
     changes = table["action"].isin([*ACTIONS, ADDRESS_CHANGE])
     kept = table.loc[vital | (~vital).cumsum().le(max(table_rows - int(vital.sum()), 0))]
     shown = changes.loc[kept.index]
+    moved = int((table["action"] == ADDRESS_CHANGE).sum())
     note = (f"{int(shown.sum()):,} of {int(changes.sum()):,} changes (every failure, removal, hold and address "
             "change), "
             f"{int((~shown).sum()):,} of {int((~changes).sum()):,} other rows (left alone, bouncing)")
+    if moved:  # the run's message counts both halves: "15 changes applied" beside 13 rows read as a gap
+        note += (f"; {moved:,} address change{'s are' if moved > 1 else ' is'} one row for two changes (the old "
+                 "address off, the new on), as the run's message counts them")
     return kept, note + ("" if len(kept) == len(table) else
                          f"; cut at {table_rows:,} rows for the browser, which draws every row at once "
                          f"({UI_TABLE_COST}); all are in the plan CSV")

@@ -116,6 +116,8 @@ def test_address_changes_are_never_cut():
     items += [row("subscribe", f"s{i}@x.org", novi_id=f"s{i}") for i in range(5)]
     kept, note = capped(plan_table(rows(*items)), 2)
     assert (kept["action"] == ADDRESS_CHANGE).sum() == 5 and "cut at 2" in note
+    # the table's 10 rows are the run's 15 changes: said, as the message counts them (issue 29, item 7)
+    assert "5 address changes are one row for two changes (the old address off, the new on)" in note
 
 
 def test_novi_text_in_the_summary_is_text_not_markup():
