@@ -42,16 +42,16 @@ MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at m
 logs.quiet_expected_failures()  # every flow imports this module before the engine logs its run
 
 
-def label(*tags: str) -> None:
-    """Add tags to this flow run. A label is not the run's work: a Prefect API that refuses it
-    is logged, and the run goes on."""
+def label(*tags: str, drop: Collection[str] = ()) -> None:
+    """Add tags to this flow run (and take off those in `drop`). A label is not the run's work:
+    a Prefect API that refuses it is logged, and the run goes on."""
     run_id = flow_run.get_id()
     if not run_id:
         return
     try:
         with get_client(sync_client=True) as client:
             current = client.read_flow_run(run_id).tags
-            client.update_flow_run(run_id, tags=sorted(set(current) | set(tags)))
+            client.update_flow_run(run_id, tags=sorted((set(current) - set(drop)) | set(tags)))
     except httpx.HTTPError as exc:
         get_run_logger().warning("The run's tags could not be set: %s", type(exc).__name__)
 
@@ -419,7 +419,8 @@ class Run:
             label(Tag.OVERRIDDEN)
         elif self.approved:
             log.warning("Plan %s applied as approved by the operator: %s", self.fingerprint, " ".join(self.tripped))
-            label(Tag.APPROVED)
+            # what the run ended as: a filter on `refused` lists the runs that ended refused
+            label(Tag.APPROVED, drop=[Tag.REFUSED])
         elif self.tripped:
             self.refusal = guards.refusal_message(self.tripped, self.fingerprint,
                                                   self.how_to_approve.format(plan=self.fingerprint),

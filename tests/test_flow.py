@@ -676,6 +676,7 @@ def test_a_deployment_run_waits_for_approval_and_applies_the_plan_reviewed(block
     # the ledger holds both: the refusal, then the approved plan applied, under one flow run
     attempts = Ledger().history("m0@example.org")
     assert list(attempts["outcome"])[:2] == ["applied", "refused by a guard"]
+    assert "approved" in tags_of(state) and "refused" not in tags_of(state)  # what it ended as
 
 
 def test_approval_after_the_data_moved_refuses_again_with_the_new_figures(blocks, tmp_path, monkeypatch):
