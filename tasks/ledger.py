@@ -424,42 +424,28 @@ class Ledger:
 
     def history(self, address: str) -> pd.DataFrame:
         """Every change recorded for an address, across lists and runs, newest first."""
-        key = address.strip().casefold()
-        columns = ["at", "list_id", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name",
-                   "attempt"]
-        if not self.exists:
-            return pd.DataFrame(columns=columns)
-        query = (select(changes_table.c.at, changes_table.c.list_id, changes_table.c.action,
-                        changes_table.c.outcome, changes_table.c.reason, changes_table.c.detail,
-                        changes_table.c.novi_id, changes_table.c.run_id, runs_table.c.run_name,
-                        runs_table.c.attempt)
-                 .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
-                 .where(changes_table.c.match_key == key)
-                 .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
-        with self._connect() as conn:
-            rows = conn.execute(query).all()
-        frame = _frame(rows, columns)
-        frame["at"] = pd.to_datetime(frame["at"], utc=True)
-        frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
-        return frame
+        return self._changes_with_runs(["list_id"], changes_table.c.match_key == address.strip().casefold())
 
     def list_history(self, list_id: str, since: datetime, until: datetime) -> pd.DataFrame:
         """Every change recorded on a list between `since` and `until`, by every kind of run and
         whatever its outcome (applied, refused, failed…), newest first, with the run that made it."""
-        columns = ["at", "email", "action", "outcome", "reason", "detail", "novi_id", "run_id", "run_name", "kind",
-                   "attempt"]
+        return self._changes_with_runs(["email"], changes_table.c.list_id == list_id, changes_table.c.at >= since,
+                                       changes_table.c.at < until, kind=True)
+
+    def _changes_with_runs(self, which: list[str], *where, kind: bool = False) -> pd.DataFrame:
+        """The changes `where` holds, newest first: when, `which` (list or address), what, why, and
+        the run (its name, attempt and, with `kind`, its kind)."""
+        change_columns = ["at", *which, "action", "outcome", "reason", "detail", "novi_id", "run_id"]
+        run_columns = ["run_name", *["kind"] * kind, "attempt"]
         if not self.exists:
-            return pd.DataFrame(columns=columns)
-        query = (select(changes_table.c.at, changes_table.c.email, changes_table.c.action, changes_table.c.outcome,
-                        changes_table.c.reason, changes_table.c.detail, changes_table.c.novi_id,
-                        changes_table.c.run_id, runs_table.c.run_name, runs_table.c.kind, runs_table.c.attempt)
+            return pd.DataFrame(columns=change_columns + run_columns)
+        query = (select(*(changes_table.c[c] for c in change_columns), *(runs_table.c[c] for c in run_columns))
                  .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
-                 .where(changes_table.c.list_id == list_id, changes_table.c.at >= since,
-                        changes_table.c.at < until)
+                 .where(*where)
                  .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
         with self._connect() as conn:
             rows = conn.execute(query).all()
-        frame = _frame(rows, columns)
+        frame = _frame(rows, change_columns + run_columns)
         frame["at"] = pd.to_datetime(frame["at"], utc=True)
         frame["attempt"] = frame["attempt"].fillna(1).astype(int)  # rows from before attempts were kept
         return frame
