@@ -26,16 +26,21 @@ BOUNCING_KEY = "novi-mailman-bouncing"
 TABLE_ROWS, MAX_TABLE_ROWS = 1000, 5000
 UI_TABLE_COST = "measured on 2 cores: 1,000 rows in 5 s, 2,000 in 12 s, 5,000 in 45 s"  # make screenshots
 DRY_RUN_PREFIX = "novi-mailman-dry-run-"  # a dry run's artifacts never become a real run's latest
+REFUSED_PREFIX = "novi-mailman-refused-"  # nor a refused plan's
 
 # The per-list plan table: what an analyst reads in the browser, worst first.
 PLAN_TABLE_COLUMNS = ["action", "email", "outcome", "reason", "change", "name", "novi_id", "detail"]
 ADDRESS_CHANGE = "address change"   # an unsubscribe of the old address and a subscribe of the new, one row
 
 
-def artifact_key(key: str, dry_run: bool, list_id: str | None = None) -> str:
-    """A keyed artifact's key: a dry run's are its own; a list's table carries the list id."""
+def artifact_key(key: str, dry_run: bool, list_id: str | None = None, refused: bool = False) -> str:
+    """A keyed artifact's key: a dry run's and a refused plan's are their own (a run refused, then
+    approved, held two versions of each key in no order, and a refused plan read like an applied
+    one); a list's table carries the list id."""
     if dry_run:
         key = DRY_RUN_PREFIX + key.removeprefix("novi-mailman-")
+    elif refused:
+        key = REFUSED_PREFIX + key.removeprefix("novi-mailman-")
     return key if list_id is None else f"{key}-{re.sub(r'[^a-z0-9]+', '-', list_id.lower()).strip('-')}"
 
 
@@ -109,6 +114,9 @@ def shown_actions(lists: list[dict]) -> list[str]:
 
 def summary_markdown(summary: dict) -> str:
     """The run's summary for an analyst: per list, counts by action, outcome and reason."""
+    def own(key: str) -> str:  # this run's key of an artifact (a dry run's and a refusal's are their own)
+        return artifact_key(key, summary["dry_run"], refused=summary["state"] == RunState.REFUSED)
+
     if summary["dry_run"]:
         mode = "Dry run: nothing was written."
     elif summary["state"] == RunState.REFUSED:
@@ -148,15 +156,15 @@ def summary_markdown(summary: dict) -> str:
     if summary.get("bouncing"):
         lines += ["", "## Novi addresses that bounce (correct them in Novi)", "", "| Mailman | records |", "|---|---:|"]
         lines += [f"| {md(state)} | {n:,} |" for state, n in summary["bouncing"].items()]
-        lines += ["", f"Each record, with its Novi id and list, is in the `{BOUNCING_KEY}` artifact. The tool never "
+        lines += ["", f"Each record, with its Novi id and list, is in the `{own(BOUNCING_KEY)}` artifact. The tool never "
                   "re-enables a bouncing address, and does not subscribe again one Mailman removed for bounces "
                   "until Novi holds another address for the person."]
     if summary["quarantine_reasons"]:
         lines += ["", "## Quarantined Novi records (fix them in Novi)", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {md(reason)} | {n:,} |" for reason, n in summary["quarantine_reasons"].items()]
-        lines += ["", f"Each record, with its Novi id, is in the `{QUARANTINE_KEY}` artifact and the plan CSV."]
+        lines += ["", f"Each record, with its Novi id, is in the `{own(QUARANTINE_KEY)}` artifact and the plan CSV."]
     lines += ["", "Every change and every row left alone, per list, failures and removals first: the "
-              f"`{artifact_key(PLAN_KEY, summary['dry_run'])}-<list>` tables of this run."]
+              f"`{own(PLAN_KEY)}-<list>` tables of this run."]
     if summary["plan_csv"]:
         lines += ["", f"The same as one CSV, on the machine that ran this run: `{summary['plan_csv']}`."]
     lines += ["", "Why was someone removed? Run the `address-history` deployment with their address (it "
@@ -254,32 +262,33 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records")) if not frame.empty else []
 
 
-def publish_plan_tables(rows: pd.DataFrame, dry_run: bool, table_rows: int) -> None:
+def publish_plan_tables(rows: pd.DataFrame, dry_run: bool, table_rows: int, refused: bool = False) -> None:
     """One table artifact per list: every change and every row left alone (see `capped`)."""
     for list_id, mine in rows.loc[rows["list_id"] != ""].groupby("list_id", sort=True):
         kept, note = capped(plan_table(mine), table_rows)
         create_table_artifact(json_rows(kept) or [dict.fromkeys(PLAN_TABLE_COLUMNS, "")],
-                              key=artifact_key(PLAN_KEY, dry_run, list_id), description=f"{list_id}: {note}")
+                              key=artifact_key(PLAN_KEY, dry_run, list_id, refused),
+                              description=f"{list_id}: {'refused, not written: ' * refused}{note}")
 
 
 def publish(summary: dict, rows: pd.DataFrame, table_rows: int, quarantined: pd.DataFrame | None = None,
             bouncing: pd.DataFrame | None = None) -> None:
     """Keyed artifacts: the summary, each list's plan table, and, for membership staff to fix in
     Novi, the quarantined records with their reasons and the records whose address bounces."""
-    dry_run = summary["dry_run"]
-    create_markdown_artifact(summary_markdown(summary), key=artifact_key(SUMMARY_KEY, dry_run),
+    dry_run, refused = summary["dry_run"], summary["state"] == RunState.REFUSED
+    create_markdown_artifact(summary_markdown(summary), key=artifact_key(SUMMARY_KEY, dry_run, refused=refused),
                              description=f"novi-mailman {'dry run' if dry_run else 'run'}: {summary['message']}"[:500])
-    publish_plan_tables(rows, dry_run, table_rows)
+    publish_plan_tables(rows, dry_run, table_rows, refused)
     if quarantined is not None and not quarantined.empty:
         shown = quarantined.head(table_rows).rename(columns={"quarantine": "reason"})[["novi_id", "email", "reason"]]
-        create_table_artifact(json_rows(shown), key=artifact_key(QUARANTINE_KEY, dry_run),
+        create_table_artifact(json_rows(shown), key=artifact_key(QUARANTINE_KEY, dry_run, refused=refused),
                               description=f"{len(quarantined):,} Novi records not synced until fixed in Novi"
                               + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                  if len(quarantined) > table_rows else ""))
     if bouncing is not None and not bouncing.empty:
         shown = bouncing.sort_values(["novi_id", "list_id"], kind="stable").head(table_rows)
         create_table_artifact(json_rows(shown[["novi_id", "display_name", "email", "list_id", "state"]]),
-                              key=artifact_key(BOUNCING_KEY, dry_run),
+                              key=artifact_key(BOUNCING_KEY, dry_run, refused=refused),
                               description=f"{len(bouncing):,} memberships whose address bounces: correct the "
                               "address in Novi" + (f" (first {table_rows:,} shown; all are in the plan CSV)"
                                                    if len(bouncing) > table_rows else ""))

@@ -443,7 +443,11 @@ def test_guard_refusal_writes_nothing_reports_and_override_is_one_shot(blocks, t
     error = state.result(raise_on_failure=False)
     assert isinstance(error, GuardRefused) and "15 removals planned, 50% of its 30 managed members" in str(error)
     assert error.summary["state"] == "refused" and error.summary["lists"][0]["changes"]["unsubscribe"] == 15
-    assert "Refused by a safety guard" in Artifact.get(SUMMARY_KEY).data
+    # a refusal's artifacts have keys of their own: the latest applied summary stays the last run's
+    # that applied, and an approved run does not hold two versions of one key (issue 29, item 7)
+    assert "Refused by a safety guard" in Artifact.get(artifact_key(SUMMARY_KEY, False, refused=True)).data
+    assert "Refused by a safety guard" not in Artifact.get(SUMMARY_KEY).data
+    assert "`novi-mailman-refused-plan-<list>` tables" in Artifact.get(artifact_key(SUMMARY_KEY, False, refused=True)).data
     assert Ledger().history("m0@example.org")["outcome"].iloc[0] == "refused by a guard"
 
     lifted, _ = run(novi, mailman, tmp_path, override_guards=True)

@@ -97,6 +97,7 @@ def test_a_dry_runs_artifacts_have_keys_of_their_own():
     assert artifact_key("novi-mailman-summary", dry_run=False) == "novi-mailman-summary"
     assert artifact_key("novi-mailman-summary", dry_run=True) == "novi-mailman-dry-run-summary"
     assert artifact_key("novi-mailman-plan", True, "Members@Example.org") == "novi-mailman-dry-run-plan-members-example-org"
+    assert artifact_key("novi-mailman-plan", False, "m@x.org", refused=True) == "novi-mailman-refused-plan-m-x-org"
 
 
 def test_a_second_old_address_of_one_person_stays_a_row_of_its_own():
