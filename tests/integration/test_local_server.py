@@ -191,10 +191,13 @@ def test_the_ui_finds_its_own_api_on_whatever_port_the_server_got(tmp_path, monk
     from tasks import local_server
 
     taken = socket.socket()
+    # SO_REUSEADDR: a server this suite stopped a moment ago may leave 4200 in TIME_WAIT, which
+    # would fail a plain bind while the port is free to the server; only a listener holds it.
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         taken.bind(("127.0.0.1", local_server.PREFERRED_PORT))
         taken.listen()
-    except OSError:  # someone else has it already: as good
+    except OSError:  # a listener has it already: as good
         pass
     (tmp_path / "profiles.toml").write_text(
         f'active = "default"\n[profiles.default]\nPREFECT_API_URL = "http://127.0.0.1:{local_server.PREFERRED_PORT}/api"\n')
