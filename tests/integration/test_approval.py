@@ -6,7 +6,6 @@ figures in its Resume form, and the answer given through Prefect's API as the UI
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
@@ -16,14 +15,11 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.deployments import run_deployment
 from prefect.flow_runs import resume_flow_run
 from prefect.input.run_input import keyset_from_paused_state
-from prefect.settings import PREFECT_API_URL
 
 from sandbox import deploy as deployments
-from sandbox.mailman import free_port
-from sandbox.servers import stop
 from tasks.ledger import Ledger
 from tasks.report import PLAN_KEY, artifact_key
-from tests.integration.helpers import expected, lists_for, sync
+from tests.integration.helpers import expected, lists_for, sync, worker_deployment
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
@@ -33,20 +29,10 @@ def deployed(world, tmp_path, isolated_ledger):
     """prefect.yaml's deployments under names and a pool of this test's own, and a worker for them."""
     (members,) = lists_for(world, "approved")
     rules = tmp_path / "rules.yaml"
-    tag = world["tag"]
-    prefect_file = deployments.deployment_file(
-        tmp_path / "prefect.yaml", {"rules_path": str(rules), "novi_block": "it-novi", "mailman_block": "it-mailman"},
-        pool=f"it-pool-{tag}", suffix=f"-{tag}", schedules=False)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "NOVI_MAILMAN_LEDGER": str(isolated_ledger),
-           "NOVI_MAILMAN_REPORTS": str(tmp_path / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    deployments.deploy(prefect_file, env, pool=f"it-pool-{tag}")
     first, _ = sync(tmp_path, [{"list_id": members}])  # writes rules.yaml, and the list starts in step
     assert first.is_completed(), first.message
-    deployments.start_worker(tmp_path, env, free_port(), pool=f"it-pool-{tag}")
-    try:
-        yield {"list": members, "deployment": f"sync-lists/nightly-full-sync-{tag}"}
-    finally:
-        stop("worker", tmp_path)
+    with worker_deployment(world, tmp_path, rules, str(isolated_ledger), "it-pool") as deployment:
+        yield {"list": members, "deployment": deployment}
 
 
 def _paused(flow_run_id):

@@ -21,12 +21,10 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import State
 
 from sandbox import deploy as deployments
-from sandbox.mailman import free_port
-from sandbox.servers import stop
 from tasks.core.planner import REASON_ADDRESS_CHANGED
 from tasks.core.schema import Action, Outcome, RunState
 from tasks.ledger import Ledger
-from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for
+from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for, worker_deployment
 from tests.integration.test_interrupted import settled
 
 pytestmark = [pytest.mark.flow, pytest.mark.integration]
@@ -43,19 +41,8 @@ def deployed(world, tmp_path, ledger_url, monkeypatch):
     (members,) = lists_for(world, "crashed")
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"lists": [{"list_id": members}]}))
-    tag = world["tag"]
-    prefect_file = deployments.deployment_file(
-        tmp_path / "prefect.yaml", {"rules_path": str(rules), "novi_block": "it-novi", "mailman_block": "it-mailman",
-                                    "batch_size": BATCH}, pool=f"crash-pool-{tag}", suffix=f"-{tag}", schedules=False)
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "NOVI_MAILMAN_LEDGER": ledger_url,
-           "NOVI_MAILMAN_REPORTS": str(tmp_path / "reports"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    deployments.deploy(prefect_file, env, pool=f"crash-pool-{tag}")
-    deployments.start_worker(tmp_path, env, free_port(), pool=f"crash-pool-{tag}")
-    try:
-        yield {"list": members, "deployment": f"sync-lists/nightly-full-sync-{tag}", "rules": rules,
-               "worker_log": tmp_path / "worker.log"}
-    finally:
-        stop("worker", tmp_path)
+    with worker_deployment(world, tmp_path, rules, ledger_url, "crash-pool", batch_size=BATCH) as deployment:
+        yield {"list": members, "deployment": deployment, "rules": rules, "worker_log": tmp_path / "worker.log"}
 
 
 def _killed_mid_apply(world, deployed) -> tuple[object, dict[str, str]]:
