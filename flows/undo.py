@@ -133,7 +133,7 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     run = Run(kind=RunKind.UNDO, rules=_rules_for(list_ids, rules_path), ledger=ledger, dry_run=dry_run)
     run.how_to_approve = (f"`novi-mailman undo {name} --apply --approve {{plan}}`"
                           f"{' --ledger-block ' + ledger_block if ledger_block else ''}, or in the Prefect UI a "
-                          "custom run of undo-run with approve = {plan} and dry_run off.")
+                          "custom run of undo-run/on-demand with approve = {plan} and dry_run off.")
     mailman = saved(MailmanCredentials, mailman_block).get_client()
     heard(mailman)
     with run.hold():

@@ -173,8 +173,8 @@ def deploy() -> None:
     prefect_file = deployments.deployment_file(STATE / "prefect.yaml", {"rules_path": str(RULES.relative_to(ROOT))})
     deployments.deploy(prefect_file, environment())
     deployments.start_worker(STATE, environment(), WORKER_PORT)
-    print(f"""Deployed sync-lists/nightly-full-sync, sync-member/webhook-member-sync, address-history/address-history,
-list-history/list-history and undo-run/undo-run
+    print(f"""Deployed sync-lists/nightly-full-sync, sync-member/webhook-member-sync, address-history/on-demand,
+list-history/on-demand and undo-run/on-demand
 (pool {deployments.POOL});
 the worker runs them with the demo's ledger (.demo/ledger.sqlite) and reports (.demo/reports/).
 Prefect UI: {prefect_ui(start=False)}/deployments  (Run → Quick run, or Custom run for the form;

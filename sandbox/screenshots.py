@@ -95,7 +95,7 @@ def screenshots() -> None:
                 flow_run_id=ArtifactFilterFlowRunId(any_=[done.id]),
                 key=ArtifactFilterKey(any_=["novi-mailman-plan-members-example-org"])))[0]
         address = next(row["email"] for row in json.loads(plan.data) if row["action"] == "unsubscribe")
-        asked = run_deployment("address-history/address-history", parameters={"address": address}, timeout=300)
+        asked = run_deployment("address-history/on-demand", parameters={"address": address}, timeout=300)
         browser.open(f"{ui}/artifacts/artifact/{artifact_id(asked.id, 'novi-mailman-address-history')}",
                      "History of")
         shot(browser, "7-address-history.png")

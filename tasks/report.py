@@ -167,7 +167,7 @@ def summary_markdown(summary: dict) -> str:
               f"`{own(PLAN_KEY)}-<list>` tables of this run."]
     if summary["plan_csv"]:
         lines += ["", f"The same as one CSV, on the machine that ran this run: `{summary['plan_csv']}`."]
-    lines += ["", "Why was someone removed? Run the `address-history` deployment with their address (it "
+    lines += ["", "Why was someone removed? Run the `address-history/on-demand` deployment with their address (it "
               f"publishes the answer here), or `novi-mailman history ADDRESS` (ledger: `{summary['ledger']}`)."]
     return "\n".join(lines) + "\n"
 

@@ -86,15 +86,31 @@ def test_the_multi_association_example_deploys_each_association_on_its_own():
         assert len(set(values)) == len(values), key
 
 
-@pytest.mark.parametrize(("deployment_name", "flow_name"), [("address-history", "address_history"),
-                                                            ("list-history", "list_history")])
-def test_the_history_deployments_point_at_their_flows(deployment_name, flow_name):
-    import flows.history
+def deployment_of(entrypoint: str) -> dict:
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (deployment,) = [d for d in config["deployments"] if d["entrypoint"] == entrypoint]
+    assert (ROOT / entrypoint.split(":")[0]).exists()
+    return deployment
+
+
+def test_no_deployment_is_named_like_its_flow():
+    """The UI shows flow/deployment: "address-history/address-history" said the name twice and
+    nothing about the deployment (issue 29)."""
+    import importlib
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = [d for d in config["deployments"] if d["name"] == deployment_name]
-    path, name = deployment["entrypoint"].split(":")
-    assert (ROOT / path).exists() and name == getattr(flows.history, flow_name).fn.__name__ == flow_name
+    for deployment in config["deployments"]:
+        path, name = deployment["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+        assert deployment["name"] != flow.name, deployment["name"]
+
+
+@pytest.mark.parametrize("flow_name", ["address_history", "list_history"])
+def test_the_history_deployments_point_at_their_flows(flow_name):
+    import flows.history
+
+    deployment = deployment_of(f"flows/history.py:{flow_name}")
+    assert deployment["name"] == "on-demand"
     assert "schedules" not in deployment and deployment["work_pool"]["name"] == "novi-mailman"
     asked = {"address_history": {"address": "a@example.org"}, "list_history": {"list_id": "m@example.org"}}[flow_name]
     getattr(flows.history, flow_name).validate_parameters({**asked, **deployment.get("parameters", {})})
@@ -103,10 +119,7 @@ def test_the_history_deployments_point_at_their_flows(deployment_name, flow_name
 def test_the_undo_deployment_points_at_its_flow_and_looks_first():
     from flows.undo import undo_run
 
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    (deployment,) = [d for d in config["deployments"] if d["name"] == "undo-run"]
-    path, name = deployment["entrypoint"].split(":")
-    assert (ROOT / path).exists() and name == undo_run.fn.__name__
+    deployment = deployment_of(f"flows/undo.py:{undo_run.fn.__name__}")
     undo_run.validate_parameters({"run": "some-run", **deployment["parameters"]})
     assert deployment["parameters"]["dry_run"] is True and "schedules" not in deployment
 
@@ -129,8 +142,9 @@ def test_a_demo_deployment_file_sets_only_the_parameters_each_flow_takes(tmp_pat
 
     written = yaml.safe_load(deployment_file(tmp_path / "p.yaml", {"rules_path": "x.yaml"}, pool="p", suffix="-t",
                                              schedules=False).read_text())
-    by_name = {d["name"]: d for d in written["deployments"]}
-    assert by_name["nightly-full-sync-t"]["parameters"]["rules_path"] == "x.yaml"
-    assert by_name["webhook-member-sync-t"]["parameters"]["rules_path"] == "x.yaml"
-    assert "parameters" not in by_name["address-history-t"] or not by_name["address-history-t"]["parameters"]
+    by_flow = {d["entrypoint"].split(":")[1]: d for d in written["deployments"]}
+    assert by_flow["sync_lists"]["name"] == "nightly-full-sync-t"
+    assert by_flow["sync_lists"]["parameters"]["rules_path"] == "x.yaml"
+    assert by_flow["sync_member"]["parameters"]["rules_path"] == "x.yaml"
+    assert not by_flow["address_history"].get("parameters")
     assert all(d["work_pool"]["name"] == "p" and "schedules" not in d for d in written["deployments"])

@@ -718,7 +718,7 @@ def test_address_history_answers_why_someone_was_removed_in_the_ui(blocks, tmp_p
     assert state.is_completed() and state.message == "1 change recorded for EXP0@example.org on 1 list"
     markdown = Artifact.get(HISTORY_KEY).data
     assert "| unsubscribe | applied | status expired |" in markdown.replace(f"| {LIST} ", "")
-    assert "address-history" in Artifact.get(SUMMARY_KEY).data  # the summary says how to ask
+    assert "`address-history/on-demand`" in Artifact.get(SUMMARY_KEY).data  # the summary says how to ask
     nobody = address_history(address="nobody@example.org", return_state=True)
     assert nobody.is_completed() and nobody.message == "Nothing recorded for nobody@example.org"
     bad = address_history(address="not an address", return_state=True)
