@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.core.digest import changes_line
+from tasks.core.digest import changes_line, counted
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
 from tasks.core.text import markdown_cell as md
 from tasks.core.schema import (ACTIONS, BOUNCING, MEMBER_ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
@@ -29,7 +29,9 @@ DRY_RUN_PREFIX = "novi-mailman-dry-run-"  # a dry run's artifacts never become a
 REFUSED_PREFIX = "novi-mailman-refused-"  # nor a refused plan's
 
 # The per-list plan table: what an analyst reads in the browser, worst first.
-PLAN_TABLE_COLUMNS = ["action", "email", "outcome", "reason", "change", "name", "novi_id", "detail"]
+# Who and what first, the outcome, then why (the one long column of the four), details after:
+# at 1,440 px the UI shows ~880 px of a table (tests/integration/test_artifact_layout.py).
+PLAN_TABLE_COLUMNS = ["email", "action", "outcome", "reason", "change", "name", "novi_id", "detail"]
 ADDRESS_CHANGE = "address change"   # an unsubscribe of the old address and a subscribe of the new, one row
 
 
@@ -78,9 +80,7 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "outcomes": _counts(mine["outcome"]),
             "reasons": {a: _counts(mine.loc[mine["action"] == a, "reason"])
                         for a in ACTIONS if (mine["action"] == a).any()},
-            # duplicates name the record kept; count them as one reason
-            "left_alone": _counts(alone["reason"].str.replace(r"^duplicate address: .*$", "duplicate address",
-                                                              regex=True)),
+            "left_alone": _counts(alone["reason"]),
             # for the list owner: eligible members Mailman bans, who will not receive the list
             "banned_members": missing_as_none(alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]]
                                               .head(LISTED)).to_dict("records"),
@@ -132,13 +132,17 @@ def summary_markdown(summary: dict) -> str:
     lines = [f"# {title}: {summary['state']}", "", f"**{md(summary['message'])}**", "", mode, "",
              f"Novi members read: {summary['novi_members']:,} · quarantined: {summary['quarantined']:,} · "
              f"duration: {summary['duration_s']} s", ""]
-    actions = shown_actions(summary["lists"])
-    lines += ["| list | eligible | on roster | managed | in step | " + " | ".join(actions) + " | failed |",
-              "|---|---:|---:|---:|---:|" + "---:|" * len(actions) + "---:|"]
-    for item in summary["lists"]:
-        lines.append(f"| {md(item['list_id'])} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
-                     f"{item['in_step']:,} | " + " | ".join(f"{item['changes'].get(a, 0):,}" for a in actions)
-                     + f" | {item['outcomes'].get(Outcome.FAILED, 0):,} |")
+    # Two narrow tables, not one wide one: the browser draws a table as wide as its cells and the
+    # UI leaves ~880 px beside its panels at 1,440 px (measured, tests/integration/test_artifact_layout.py).
+    lines += ["| list | failed | changes |", "|---|---:|---|"]
+    lines += [f"| {md(item['list_id'])} | {item['outcomes'].get(Outcome.FAILED, 0):,} | "
+              f"{counted(item['changes']) or 'none'} |" for item in summary["lists"]]
+    lines += ["", "Changes as the run's message counts them: + subscribed, − unsubscribed, held, released, "
+              "renamed, moderators + and −" + (" (planned, not applied)." if summary["dry_run"] or
+                                              summary["state"] == RunState.REFUSED else "."), "",
+              "| list | eligible | on roster | managed | in step |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {md(item['list_id'])} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
+              f"{item['in_step']:,} |" for item in summary["lists"]]
     for item in summary["lists"]:
         if item["reasons"] or item["left_alone"]:
             lines += ["", f"## {md(item['list_id'])}", "", "| action | reason | count |", "|---|---|---:|"]
@@ -175,7 +179,7 @@ def summary_markdown(summary: dict) -> str:
 def plan_rows(plan: Plan, outcomes: pd.DataFrame) -> pd.DataFrame:
     """Every change with its outcome, every row left alone, every quarantined record and every
     membership whose address bounces."""
-    alone = plan.left_alone.assign(action=LEFT_ALONE, outcome="", detail="")
+    alone = plan.left_alone.assign(action=LEFT_ALONE, outcome="", detail=plan.left_alone["detail"].fillna(""))
     quarantined = pd.DataFrame({"list_id": "", "action": QUARANTINED, "email": plan.quarantined["email"],
                                 "novi_id": plan.quarantined["novi_id"], "reason": plan.quarantined["quarantine"],
                                 "outcome": "", "detail": ""})

@@ -177,7 +177,8 @@ def test_duplicate_address_eligible_record_wins_deterministically(order):
     p = run(records, [])
     assert changes(p) == [("subscribe", "DUP@x.org", REASON_SUBSCRIBE)]
     assert p.changes.iloc[0].novi_id == "a-new"
-    assert alone(p) == [("dup@x.org", "duplicate address: Novi record a-new is used")]
+    assert alone(p) == [("dup@x.org", "duplicate address")]
+    assert p.left_alone["detail"].tolist() == ["Novi record a-new is used"]
 
 
 def test_duplicate_ties_resolve_to_the_smallest_id():

@@ -60,6 +60,7 @@ REASON_ADDRESS_CHANGED = "address changed in Novi"
 REASON_GONE = "no longer in Novi"
 REASON_LEFT = "left the list themselves"
 REASON_BANNED = "banned in Mailman"
+REASON_DUPLICATE = "duplicate address"   # its detail names the Novi record whose address it is
 REASON_OPTED_OUT = "opted out of email in Novi"
 COMMITTEE_TERM_ENDED = "committee term ended"
 REASON_MODERATOR = "holds a position that moderates the list"
@@ -510,7 +511,7 @@ def one_record_per_address(judged: pd.DataFrame, rule: ListRule) -> tuple[pd.Dat
     winners = members.loc[~duplicate]
     dup_rows = members.loc[duplicate].merge(winners[["match_key", "novi_id"]], on="match_key", suffixes=("", "_kept"))
     duplicates = _frame(LEFT_ALONE_COLUMNS, list_id=rule.list_id, email=dup_rows["email"], novi_id=dup_rows["novi_id"],
-                        reason="duplicate address: Novi record " + dup_rows["novi_id_kept"] + " is used")
+                        reason=REASON_DUPLICATE, detail="Novi record " + dup_rows["novi_id_kept"] + " is used")
     return winners, duplicates
 
 

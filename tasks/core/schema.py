@@ -162,7 +162,7 @@ LEDGER_COLUMNS = ["list_id", "match_key", "email", "novi_id", "status", "how", "
 MEMORY_COLUMNS = [*LEDGER_COLUMNS, "waits_on"]
 TIMESTAMP_COLUMNS = ["first_managed_at", "last_seen_on_roster_at", "last_eligible_at", "left_at", "left_expires"]
 FLAG_COLUMNS = ["on_roster", "eligible"]
-LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason"]
+LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason", "detail"]
 # Per list: `remembered` are the members the ledger saw on the list at its last run,
 # `vanished` those of them the roster no longer holds (what the roster-collapse guard reads).
 # `bouncing`: members whose delivery Mailman disabled after bounces; `bounced`: eligible members
