@@ -396,14 +396,8 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
             ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
     """What happened to an address, across lists and runs, newest first (from the ledger)."""
     from tasks.history import AddressHistory, run_label, standing
-    from tasks.ledger import LEDGER_ENV, LedgerError, open_ledger
 
-    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
-        _prefect()
-    ledger = open_ledger(ledger_block, create=False)
-    if not ledger.exists and (ledger_block or os.environ.get(LEDGER_ENV)):  # named, and not there: a typo
-        raise LedgerError(f"no ledger at {ledger.location}: no run has stored one there (check "
-                          f"{'the LedgerDatabase block ' + repr(ledger_block) if ledger_block else LEDGER_ENV})")
+    ledger = _ledger_to_read(ledger_block)
     history = AddressHistory.read(ledger, address)
     if as_json:
         print(json.dumps(history.as_json()))
@@ -422,6 +416,44 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
         table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome, row.reason or "",
                       run_label(row))
     out.print(table)
+
+
+@app.command("list-history")
+@one_line
+def list_history(list_id: Annotated[str, typer.Argument(help="The list (members@example.org or members.example.org).")],
+                 days: Annotated[int, typer.Option(min=1, max=366, help="How far back to look, in days.")] = 7,
+                 ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
+    """What changed on one list over the last days, newest first, by every kind of run (from the ledger)."""
+    from tasks.history import ListHistory, run_and_kind
+
+    history = ListHistory.last_days(_ledger_to_read(ledger_block), list_id, days)
+    if as_json:
+        print(json.dumps(history.as_json()))
+        return
+    out.print(f"Ledger: {history.ledger}")
+    out.print(history.summary())
+    if history.changes.empty:
+        return
+    table = Table(title=f"{history.list_id}, newest first")
+    for column in ("when", "address", "action", "outcome", "reason", "run"):
+        table.add_column(column)
+    for row in history.changes.itertuples():
+        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.email, row.action, row.outcome, row.reason or "",
+                      run_and_kind(row))
+    out.print(table)
+
+
+def _ledger_to_read(ledger_block: str | None):
+    """The ledger a history command reads; one that was named and is not there is a typo, said."""
+    from tasks.ledger import LEDGER_ENV, LedgerError, open_ledger
+
+    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
+        _prefect()
+    ledger = open_ledger(ledger_block, create=False)
+    if not ledger.exists and (ledger_block or os.environ.get(LEDGER_ENV)):
+        raise LedgerError(f"no ledger at {ledger.location}: no run has stored one there (check "
+                          f"{'the LedgerDatabase block ' + repr(ledger_block) if ledger_block else LEDGER_ENV})")
+    return ledger
 
 
 @app.command()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from prefect import flow
@@ -13,7 +12,6 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from pydantic import Field
 
-from tasks.core.schema import dot_list_id
 from tasks.errors import BadParameter, SyncError
 from tasks.history import HISTORY_KEY, LIST_HISTORY_KEY, AddressHistory, ListHistory, markdown
 from tasks.ledger import open_ledger
@@ -63,13 +61,7 @@ def list_history(list_id: str, days: Annotated[int, Field(ge=1, le=366)] = 7,
         ledger_block: Name of a saved LedgerDatabase block; empty: the worker's default SQLite ledger.
     """
     try:
-        try:
-            canonical = dot_list_id(list_id)
-        except ValueError as exc:
-            raise BadParameter(str(exc)) from None
-        until = datetime.now(timezone.utc)
-        history = ListHistory.read(open_ledger(ledger_block, create=False), canonical, until - timedelta(days=days),
-                                   until)
+        history = ListHistory.last_days(open_ledger(ledger_block, create=False), list_id, days)
     except SyncError as exc:
         return failed(exc)
     create_markdown_artifact(history.markdown(), key=LIST_HISTORY_KEY, description=history.summary())

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from tasks.core.schema import Outcome, RunKind, Status
+from tasks.core.schema import Outcome, RunKind, Status, dot_list_id
 from tasks.core.text import markdown_cell
+from tasks.errors import BadParameter
 from tasks.ledger import Ledger
 
 HISTORY_KEY = "novi-mailman-address-history"
@@ -60,6 +61,11 @@ def run_label(row) -> str:
     return (row.run_name or row.run_id) + (f" (attempt {row.attempt})" if row.attempt > 1 else "")
 
 
+def run_and_kind(row) -> str:
+    """A list history's run column: the run, and what kind of run when not a full sync."""
+    return run_label(row) + (f", {row.kind}" if row.kind and row.kind != RunKind.FULL else "")
+
+
 def markdown(history: AddressHistory) -> str:
     """The answer as the UI shows it: where the address stands, then every change, newest first."""
     lines = [f"# History of {markdown_cell(history.address)}", "", f"**{markdown_cell(history.summary())}**", "", f"Ledger: `{history.ledger}`", ""]
@@ -94,6 +100,16 @@ class ListHistory:
     def read(cls, ledger: Ledger, list_id: str, since: datetime, until: datetime) -> ListHistory:
         return cls(list_id, since, until, ledger.location, ledger.list_history(list_id, since, until))
 
+    @classmethod
+    def last_days(cls, ledger: Ledger, list_id: str, days: int) -> ListHistory:
+        """The last `days` days up to now, for a list given either way (members@… or members.…)."""
+        try:
+            canonical = dot_list_id(list_id)
+        except ValueError as exc:
+            raise BadParameter(str(exc)) from None
+        until = datetime.now(timezone.utc)
+        return cls.read(ledger, canonical, until - timedelta(days=days), until)
+
     def period(self) -> str:
         return f"{self.since:%Y-%m-%d %H:%M} to {self.until:%Y-%m-%d %H:%M} UTC"
 
@@ -124,10 +140,10 @@ class ListHistory:
             return "\n".join(lines)
         lines += ["| when (UTC) | address | action | outcome | reason | run |", "|---|---|---|---|---|---|"]
         for row in self.changes.head(SHOWN).itertuples():
-            run = run_label(row) + (f", {row.kind}" if row.kind and row.kind != RunKind.FULL else "")
-            cells = [row.at.strftime("%Y-%m-%d %H:%M"), row.email, row.action, row.outcome, row.reason or "", run]
+            cells = [row.at.strftime("%Y-%m-%d %H:%M"), row.email, row.action, row.outcome, row.reason or "",
+                     run_and_kind(row)]
             lines.append("| " + " | ".join(markdown_cell(c) for c in cells) + " |")
         if len(self.changes) > SHOWN:
             lines += ["", f"The newest {SHOWN} of {len(self.changes):,} are shown; ask for a shorter period "
-                      "to see the rest."]
+                      "to see the rest, or `novi-mailman list-history LIST --days N --json` prints all."]
         return "\n".join(lines) + "\n"

@@ -162,6 +162,24 @@ def test_history_shows_what_happened_to_an_address_newest_first(cli_blocks, tmp_
     assert "status expired" in shown.output and shown.output.index("unsubscribe") < shown.output.index("subscribe ")
 
 
+def test_list_history_shows_what_changed_on_a_list_from_the_command_line(cli_blocks, tmp_path, monkeypatch):
+    """Issue 29, item 8: "what changed on list Y this week?" at the terminal, as the flow answers it."""
+    monkeypatch.setenv("NOVI_MAILMAN_REPORTS", str(tmp_path))
+    subscribe_then_lapse(cli_blocks, "expired")
+
+    result = cli_blocks.invoke(app, ["list-history", LIST.replace(".", "@", 1), "--days", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["list_id"] == LIST and len(found["changes"]) == 11
+    assert (found["changes"][0]["email"], found["changes"][0]["action"]) == ("a@example.org", "unsubscribe")
+    shown = cli_blocks.invoke(app, ["list-history", LIST], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert f"11 changes on {LIST}" in shown.output and "status expired" in shown.output
+    assert cli_blocks.invoke(app, ["list-history", "not a list"]).exit_code == EXIT_FAILED
+    nothing = cli_blocks.invoke(app, ["list-history", "other@example.org"])
+    assert nothing.exit_code == 0 and "Nothing recorded on other.example.org" in nothing.output
+
+
 def test_history_of_an_unknown_address_with_no_ledger_yet(prefect_server, isolated_ledger, monkeypatch):
     monkeypatch.delenv("NOVI_MAILMAN_LEDGER")  # the default ledger, in a home with no run yet
     result = CliRunner().invoke(app, ["history", "nobody@example.org"])
