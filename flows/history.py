@@ -7,13 +7,12 @@ import re
 from typing import Annotated
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 from pydantic import Field
 
 from tasks.errors import BadParameter, SyncError
-from tasks.history import HISTORY_KEY, LIST_HISTORY_KEY, AddressHistory, ListHistory, markdown
+from tasks.history import AddressHistory, ListHistory, publish
 from tasks.ledger import open_ledger
 from tasks.run import failed
 
@@ -44,7 +43,7 @@ def address_history(address: str, ledger_block: str | None = None) -> State:
         history = AddressHistory.read(open_ledger(ledger_block, create=False), address.strip())
     except SyncError as exc:
         return failed(exc)
-    create_markdown_artifact(markdown(history), key=HISTORY_KEY, description=history.summary())
+    publish(history)
     return Completed(message=history.summary(), data=history.as_json())
 
 
@@ -64,5 +63,5 @@ def list_history(list_id: str, days: Annotated[int, Field(ge=1, le=366)] = 7,
         history = ListHistory.last_days(open_ledger(ledger_block, create=False), list_id, days)
     except SyncError as exc:
         return failed(exc)
-    create_markdown_artifact(history.markdown(), key=LIST_HISTORY_KEY, description=history.summary())
+    publish(history)
     return Completed(message=history.summary(), data=history.as_json())

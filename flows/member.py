@@ -27,36 +27,6 @@ from tasks.errors import BadParameter, SyncError
 from tasks.run import Run, failed, heard, plan_lists, read_moderators, tell_staff
 
 
-def _records_for(novi, member_ids: list[str], companies: bool = False) -> tuple[dict[str, dict], list[str]]:
-    """The members' records and every record sharing one of their addresses; and who was not found.
-
-    Where a rule judges people by their company (`companies`), each person's parent company
-    is read too, and for a company its people and named contacts, so the plan is the full
-    sync's: a lapsed company's contacts come off in the run its webhook starts."""
-    found: dict[str, dict] = {}
-    missing: list[str] = []
-    for member_id in member_ids:
-        record = novi.member(member_id)
-        if record is None:  # Novi's "not found" is a 200 with no body: leave it to the full sync
-            missing.append(member_id)
-        else:
-            found[str(record["UniqueID"]).lower()] = record
-    if companies:
-        for record in list(found.values()):
-            if str(record.get("CustomerType") or "").casefold() != "person":
-                for person in novi.people_of(record):
-                    found.setdefault(str(person["UniqueID"]).lower(), person)
-                wanted = [record.get("PrimaryContactUniqueId"), record.get("BillingContactUniqueId")]
-            else:
-                wanted = [record.get("ParentCustomerUniqueID")]
-            found |= novi.members_by_id({w.strip().lower() for w in wanted if isinstance(w, str)} - set(found))
-    emails = {r.get("Email") for r in found.values() if isinstance(r.get("Email"), str) and r["Email"].strip()}
-    for email in sorted(emails):
-        for record in novi.members_with_email(email.strip()):
-            found.setdefault(str(record.get("UniqueID", "")).lower(), record)
-    return found, missing
-
-
 @flow(name="sync-member", task_runner=ThreadPoolTaskRunner(max_workers=4))
 def sync_member(
     member_ids: list[str],
@@ -113,7 +83,7 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
     heard(novi, mailman)
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         mailman.supported_version()
-        found, missing = _records_for(novi, ids, companies=any(
+        found, missing = novi.records_around(ids, companies=any(
             rule.contacts_of_companies or rule.inheriting for rule in run.rules.lists))
         members = members_frame(list(found.values()), list(run.rules.novi.address_fields))
         # What a run that died mid-apply left intended on these lists is settled first, from reads

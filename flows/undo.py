@@ -12,7 +12,6 @@ from typing import Annotated
 import pandas as pd
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
@@ -22,7 +21,6 @@ from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core import guards
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules, load_rules, parse_rules
-from tasks.core.text import markdown_cell as md
 from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag,
                                approved_fingerprint)
 from tasks.core.undo import plan_undo, to_put_back
@@ -30,9 +28,6 @@ from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
 from tasks.novi import members_frame
 from tasks.run import MAX_WORKERS, Run, failed, heard, label, open_ledger, read_rosters
-
-UNDO_KEY = "novi-mailman-undo"
-
 
 def undo_run_name() -> str:
     """An undo's run says what it undoes, in the runs list and in `history`: `undo-<run>`
@@ -159,7 +154,7 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     summary = {"state": state, "message": message, "dry_run": dry_run, "undoes": name,
                "changes": report.json_rows(outcomes), "skipped": report.json_rows(undo.skipped), "guards": run.tripped,
                "ledger": ledger.location}
-    _publish(summary, dry_run)
+    report.publish_undo(summary)
     return run.finish(summary, outcomes)
 
 
@@ -179,24 +174,3 @@ def _as_plan(changes: pd.DataFrame) -> Plan:
     return Plan(changes=changes, left_alone=pd.DataFrame(columns=LEFT_ALONE_COLUMNS),
                 figures=pd.DataFrame(columns=FIGURE_COLUMNS), quarantined=empty,
                 memory=pd.DataFrame(columns=MEMORY_COLUMNS), bouncing=empty, wanting=empty)
-
-
-UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "reason"]
-
-
-def _publish(summary: dict, dry_run: bool) -> None:
-    """The undo's summary and its changes and skipped rows, as keyed artifacts."""
-    lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {md(summary['undoes'])}", "", f"**{md(summary['message'])}**",
-             ""]
-    if summary["guards"]:
-        lines += ["Guards: " + " ".join(summary["guards"]), ""]
-    if summary["skipped"]:
-        lines += ["## Changed since, left as they are", "", "| list | email | would | why |", "|---|---|---|---|"]
-        lines += [f"| {md(s['list_id'])} | {md(s['email'])} | {s['action']} | {md(s['reason'])} |"
-                  for s in summary["skipped"]]
-    create_markdown_artifact("\n".join(lines) + "\n", key=report.artifact_key(UNDO_KEY, dry_run),
-                             description=summary["message"][:500])
-    rows = [{c: change.get(c) or "" for c in UNDO_TABLE_COLUMNS} for change in summary["changes"]]
-    create_table_artifact(rows or [dict.fromkeys(UNDO_TABLE_COLUMNS, "")],
-                          key=report.artifact_key(UNDO_KEY + "-changes", dry_run),
-                          description=f"Undo of {summary['undoes']}: every change, with its outcome")

@@ -15,6 +15,7 @@ Facts and traps: reference/mailman-rest.md (SQLAlchemy < 2.1, never pipe `mailma
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import mailbox
 import os
@@ -82,17 +83,21 @@ class MailmanCore:
         stamp = self.venv / ".requirements-sha256"
         requirements = REQUIREMENTS[self.core]
         wanted = hashlib.sha256(requirements.read_bytes()).hexdigest()
-        if stamp.exists() and stamp.read_text() == wanted and (self.venv / "bin" / "mailman").exists():
-            return
         self.venv.parent.mkdir(parents=True, exist_ok=True)
-        log = self.venv.parent / f"install-{self.core}.log"
-        with open(log, "wb") as sink:
-            for step in ([sys.executable, "-m", "venv", "--clear", str(self.venv)],
-                         [str(self.venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-r",
-                          str(requirements)]):
-                if subprocess.run(step, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink).returncode:
-                    raise RuntimeError(f"installing Mailman failed; see {log}")
-        stamp.write_text(wanted)
+        # One install at a time: the test workers (pytest-xdist), the demo and the bench may all
+        # ask at once on a fresh clone, and a second `venv --clear` would empty the first's.
+        with open(self.venv.parent / f"install-{self.core}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if stamp.exists() and stamp.read_text() == wanted and (self.venv / "bin" / "mailman").exists():
+                return
+            log = self.venv.parent / f"install-{self.core}.log"
+            with open(log, "wb") as sink:
+                for step in ([sys.executable, "-m", "venv", "--clear", str(self.venv)],
+                             [str(self.venv / "bin" / "pip"), "install", "--disable-pip-version-check", "-r",
+                              str(requirements)]):
+                    if subprocess.run(step, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink).returncode:
+                        raise RuntimeError(f"installing Mailman failed; see {log}")
+            stamp.write_text(wanted)
 
     # configure ----------------------------------------------------------------------------
     def write_config(self) -> None:

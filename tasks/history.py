@@ -147,3 +147,13 @@ class ListHistory:
             lines += ["", f"The newest {SHOWN} of {len(self.changes):,} are shown; ask for a shorter period "
                       "to see the rest, or `novi-mailman list-history LIST --days N --json` prints all."]
         return "\n".join(lines) + "\n"
+
+
+def publish(history: AddressHistory | ListHistory) -> None:
+    """A history's answer as its keyed artifact (what the history flows leave in the UI)."""
+    from prefect.artifacts import create_markdown_artifact  # the command line's history needs no Prefect
+
+    if isinstance(history, AddressHistory):
+        create_markdown_artifact(markdown(history), key=HISTORY_KEY, description=history.summary())
+    else:
+        create_markdown_artifact(history.markdown(), key=LIST_HISTORY_KEY, description=history.summary())

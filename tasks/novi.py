@@ -125,6 +125,35 @@ class NoviClient:
                                   "holds: the full sync handles them")
         return [r for r in page.entries if _id(r.get("ParentCustomerUniqueID")) == company_id]
 
+    def records_around(self, member_ids: list[str], companies: bool = False) -> tuple[dict[str, dict], list[str]]:
+        """The members' records and every record sharing one of their addresses; and who was not found.
+
+        Where a rule judges people by their company (`companies`), each person's parent company
+        is read too, and for a company its people and named contacts, so the plan is the full
+        sync's: a lapsed company's contacts come off in the run its webhook starts."""
+        found: dict[str, dict] = {}
+        missing: list[str] = []
+        for member_id in member_ids:
+            record = self.member(member_id)
+            if record is None:  # Novi's "not found" is a 200 with no body: leave it to the full sync
+                missing.append(member_id)
+            else:
+                found[str(record["UniqueID"]).lower()] = record
+        if companies:
+            for record in list(found.values()):
+                if str(record.get("CustomerType") or "").casefold() != "person":
+                    for person in self.people_of(record):
+                        found.setdefault(str(person["UniqueID"]).lower(), person)
+                    wanted = [record.get("PrimaryContactUniqueId"), record.get("BillingContactUniqueId")]
+                else:
+                    wanted = [record.get("ParentCustomerUniqueID")]
+                found |= self.members_by_id({w.strip().lower() for w in wanted if isinstance(w, str)} - set(found))
+        emails = {r.get("Email") for r in found.values() if isinstance(r.get("Email"), str) and r["Email"].strip()}
+        for email in sorted(emails):
+            for record in self.members_with_email(email.strip()):
+                found.setdefault(str(record.get("UniqueID", "")).lower(), record)
+        return found, missing
+
     def members_by_id(self, unique_ids) -> dict[str, dict]:
         """Records by lowercase UniqueID, one call each; ids Novi does not know are left out."""
         found = {}

@@ -22,6 +22,7 @@ LISTED = 100  # rows of one kind a summary names one by one; all are in the plan
 PLAN_KEY = "novi-mailman-plan"   # + the list, one table per list: novi-mailman-plan-members-example-org
 QUARANTINE_KEY = "novi-mailman-quarantine"
 BOUNCING_KEY = "novi-mailman-bouncing"
+UNDO_KEY = "novi-mailman-undo"
 # Rows of a list's plan table at most (README "Reading the artifacts": where the browser copes).
 TABLE_ROWS, MAX_TABLE_ROWS = 1000, 5000
 UI_TABLE_COST = "measured on 2 cores: 1,000 rows in 5 s, 2,000 in 12 s, 5,000 in 45 s"  # make screenshots
@@ -314,3 +315,25 @@ def member_markdown(summary: dict, outcomes: pd.DataFrame) -> str:
 def publish_member(summary: dict, outcomes: pd.DataFrame) -> None:
     create_markdown_artifact(member_markdown(summary, outcomes), key=MEMBER_SUMMARY_KEY,
                              description=summary["message"][:200])
+
+
+UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "reason"]
+
+
+def publish_undo(summary: dict) -> None:
+    """An undo's summary and its changes and skipped rows, as keyed artifacts."""
+    dry_run = summary["dry_run"]
+    lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {md(summary['undoes'])}", "", f"**{md(summary['message'])}**",
+             ""]
+    if summary["guards"]:
+        lines += ["Guards: " + " ".join(summary["guards"]), ""]
+    if summary["skipped"]:
+        lines += ["## Changed since, left as they are", "", "| list | email | would | why |", "|---|---|---|---|"]
+        lines += [f"| {md(s['list_id'])} | {md(s['email'])} | {s['action']} | {md(s['reason'])} |"
+                  for s in summary["skipped"]]
+    create_markdown_artifact("\n".join(lines) + "\n", key=artifact_key(UNDO_KEY, dry_run),
+                             description=summary["message"][:500])
+    rows = [{c: change.get(c) or "" for c in UNDO_TABLE_COLUMNS} for change in summary["changes"]]
+    create_table_artifact(rows or [dict.fromkeys(UNDO_TABLE_COLUMNS, "")],
+                          key=artifact_key(UNDO_KEY + "-changes", dry_run),
+                          description=f"Undo of {summary['undoes']}: every change, with its outcome")
