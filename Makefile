@@ -33,12 +33,15 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced
 
-# The wheel test builds and installs the package with the same pinned uv.
+# The wheel test builds and installs the package with the same pinned uv. Three workers on
+# two cores (pytest-xdist): most integration tests wait on a peer, a worker or a timer, so a
+# third keeps the cores busy; a file's tests stay on one worker (their module fixtures).
+PYTEST_WORKERS ?= 3
 test: install
-	NOVI_MAILMAN_UV=$(abspath $(UV)) $(VENV)/bin/pytest
+	NOVI_MAILMAN_UV=$(abspath $(UV)) $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 unit: install
-	$(VENV)/bin/pytest -m "not flow"
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not flow"
 
 demo: install
 	$(VENV)/bin/python -m sandbox.demo demo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -57,6 +58,21 @@ def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
     }, columns=ROSTER_COLUMNS)
 
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Markers from where a test lives and what it needs, never set by hand: `integration` for
+    the tests under tests/integration (real peers), `flow` for those and for every test that
+    needs a Prefect server (the `prefect_server` fixture). `make unit` runs the rest."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.flow)
+        elif "prefect_server" in item.fixturenames:
+            item.add_marker(pytest.mark.flow)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for every flow test in the session (it takes ~15 s to start)."""
@@ -72,7 +88,15 @@ def isolated_ledger(tmp_path, monkeypatch):
     path = tmp_path / "ledger.sqlite"
     monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(path))
     monkeypatch.setenv("NOVI_MAILMAN_HOME", str(tmp_path / "home"))
-    return path
+    yield path
+    # A command invoked with no Prefect server configured starts the local one in this home: a
+    # test that did so by mistake would leave it running after the suite. Stopped, and said.
+    from tasks import local_server
+
+    if local_server.status() is not None:
+        local_server.stop()
+        pytest.fail("this test started the local Prefect server without meaning to: give it the prefect_server "
+                    "fixture", pytrace=False)
 
 
 @pytest.fixture(scope="session")

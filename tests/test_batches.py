@@ -1,7 +1,6 @@
 """How the flow cuts a plan into batch tasks."""
 
 import pandas as pd
-import pytest
 
 from tasks.core.schema import CHANGE_COLUMNS
 from tasks.mailman import batches, waves
@@ -48,7 +47,6 @@ def test_moderator_changes_come_after_every_membership_batch():
     assert waves(batches(changes(rows[1:2] + rows[3:]), batch_size=1))[1:] == []  # no moderators: one wave
 
 
-@pytest.mark.flow
 def test_a_new_chair_is_made_moderator_only_once_their_subscribe_is_done(prefect_server):
     """A real core fails one of two requests creating the same new address at once (a 500 seen
     in test_routing when a chair's subscribe and moderator role went out side by side)."""

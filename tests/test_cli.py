@@ -13,7 +13,6 @@ from tasks.blocks import MailmanCredentials, NoviCredentials
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
-pytestmark = pytest.mark.flow
 
 NOVI_KEY = "CLI-NOVI-KEY-abcdef"
 MAILMAN_PASSWORD = "CLI-MAILMAN-PW-uvwxyz"

@@ -21,7 +21,6 @@ from tasks.report import PLAN_KEY, SUMMARY_KEY, artifact_key
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
-pytestmark = pytest.mark.flow
 
 NOVI_KEY = "NOVI-SECRET-KEY-0123456789"
 MAILMAN_PASSWORD = "MAILMAN-SECRET-PW-987"

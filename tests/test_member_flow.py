@@ -15,7 +15,6 @@ from tasks.report import MEMBER_SUMMARY_KEY as SUMMARY_KEY
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
-pytestmark = pytest.mark.flow
 
 LIST = "members.example.org"
 

@@ -25,7 +25,6 @@ from tasks.report import PLAN_KEY, SUMMARY_KEY, artifact_key
 from tests.conftest import novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
-pytestmark = pytest.mark.flow
 
 NOVI_KEY = "nk-7Hq2-SECRET-novi-9f3a"
 MAILMAN_PASSWORD = "mp-Zx81-SECRET-mailman-c4d2"
@@ -177,7 +176,7 @@ def test_a_key_that_reaches_requests_with_a_line_break_is_masked_anyway():
     assert NOVI_KEY not in told and "InvalidHeader" in told
 
 
-def test_blocks_refuses_a_url_with_credentials_in_one_line_without_showing_it():
+def test_blocks_refuses_a_url_with_credentials_in_one_line_without_showing_it(prefect_server):
     result = CliRunner().invoke(app, ["blocks", "--novi-url", "https://admin:hunter2-SECRET@novi.test",
                                       "--mailman-url", MAILMAN_REST],
                                 env={"NOVI_API_KEY": NOVI_KEY, "MAILMAN_PASSWORD": MAILMAN_PASSWORD})

@@ -17,7 +17,6 @@ import pytest
 
 from tests.fakes import WebhookReceiver
 
-pytestmark = pytest.mark.integration
 
 COMMAND = str(Path(sys.executable).parent / "novi-mailman")
 SECRET = "webhook-token-QWERTY-123"  # the receiver's token: must never appear in a message

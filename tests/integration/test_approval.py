@@ -21,7 +21,6 @@ from tasks.ledger import Ledger
 from tasks.report import PLAN_KEY, artifact_key
 from tests.integration.helpers import expected, lists_for, sync, worker_deployment
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -17,7 +16,6 @@ from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary
 from tasks.core.schema import PLAN_ROW_COLUMNS, Action, Outcome
 from tasks.report import PLAN_KEY, SUMMARY_KEY, artifact_key, publish_plan_tables, summary_markdown
 
-pytestmark = pytest.mark.integration
 
 WIDTH = 1440
 # As long as a lived-in site's values run: a 51-character list, a 50-character address.

@@ -16,7 +16,6 @@ import yaml
 from sandbox.mailman import free_port
 from tests.integration.helpers import lists_for
 
-pytestmark = pytest.mark.integration
 
 COMMAND = str(Path(sys.executable).parent / "novi-mailman")
 # What Prefect's internals print when they talk to the user: tracebacks, their own ERROR lines,

@@ -27,7 +27,6 @@ from tasks.ledger import Ledger
 from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for, worker_deployment
 from tests.integration.test_interrupted import settled
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 BATCH = 20
 

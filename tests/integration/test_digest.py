@@ -3,12 +3,10 @@ to), one message per run and destination, to the right people per list; a dry ru
 
 from __future__ import annotations
 
-import pytest
 from prefect_email import EmailServerCredentials
 
 from tests.integration.helpers import lists_for, sync
 
-pytestmark = pytest.mark.integration
 
 
 def subject(message) -> str:

@@ -20,7 +20,6 @@ from tasks.blocks import MailmanCredentials, NoviCredentials
 from tests.integration.conftest import SANDBOX_KEY
 from tests.integration.helpers import expected, lists_for, mail_to, sync
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")

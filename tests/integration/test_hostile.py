@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import yaml
 
 from flows.member import sync_member
 from tests.integration.helpers import lists_for, sync
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 def test_a_wildcard_address_from_novi_never_matches_other_members(world, tmp_path):

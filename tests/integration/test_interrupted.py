@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 
-import pytest
 import yaml
 from prefect.settings import PREFECT_API_URL
 
@@ -20,7 +19,6 @@ from tasks.ledger import Ledger
 from tasks.mailman import apply_batch
 from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 def settled(read, quiet: float = 1.5):

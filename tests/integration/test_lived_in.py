@@ -11,8 +11,7 @@ from tests.integration.conftest import EACH_CORE
 from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for
 
 # Every state a lived-in list carries, on the current core and on the oldest supported one.
-pytestmark = [pytest.mark.flow, pytest.mark.integration,
-              pytest.mark.parametrize("core_under_test", EACH_CORE, indirect=True)]
+pytestmark = pytest.mark.parametrize("core_under_test", EACH_CORE, indirect=True)
 
 
 def run(world, tmp_path, lists, **params):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import requests
 
-pytestmark = pytest.mark.integration
 
 COMMAND = [str(Path(sys.executable).parent / "novi-mailman")]
 

@@ -8,7 +8,6 @@ from tasks.errors import IncompleteSweep, TransientHTTPError, UnexpectedResponse
 from tasks.novi import READ_RETRIES, NoviClient
 from tests.integration.conftest import SANDBOX_KEY
 
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

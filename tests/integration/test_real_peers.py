@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from prefect.artifacts import Artifact
 
 from tasks.report import PLAN_KEY, artifact_key
 from tests.integration.helpers import expected, lists_for, sync, wait_for
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 def test_first_sync_fills_empty_lists_with_exactly_the_eligible_and_their_names(world, tmp_path):
     members, board = lists_for(world, "members", "board")

@@ -26,7 +26,6 @@ from tasks.ledger import Ledger, runs_table
 from tests.integration.conftest import SANDBOX_KEY
 from tests.integration.helpers import expected, lists_for, sync, wait_for
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 
 from tests.integration.helpers import expected, lists_for, mail_to, sync
 
-pytestmark = pytest.mark.integration
 
 
 def seated(records: list[dict], committees: set[str], positions: set[str] | None = None) -> dict[str, str]:

@@ -19,7 +19,6 @@ from tasks.blocks import MailmanCredentials, NoviCredentials
 from tests.integration.conftest import SANDBOX_KEY
 from tests.integration.helpers import lists_for, sync, wait_for, worker_deployment
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import yaml
 
 from flows.undo import undo_run
@@ -12,7 +11,6 @@ from tasks.core.schema import Action, Outcome, RunState
 from tasks.ledger import Ledger
 from tests.integration.helpers import expected, lists_for, sync, wait_for
 
-pytestmark = pytest.mark.integration
 
 
 def test_a_mass_lapse_applied_with_the_guards_lifted_is_undone_as_it_was(world, tmp_path):

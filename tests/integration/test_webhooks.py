@@ -17,7 +17,6 @@ from prefect.settings import PREFECT_API_URL
 from sandbox.mailman import free_port
 from tests.integration.helpers import expected, lists_for, sync, wait_for
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]
 
 RELAY_TOKEN = "e2e-relay-token-0123456789abcdef"
 

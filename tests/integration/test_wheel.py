@@ -17,7 +17,6 @@ from prefect.settings import PREFECT_API_URL
 
 from tests.integration.helpers import expected, lists_for
 
-pytestmark = [pytest.mark.flow, pytest.mark.integration]  # the dry run needs the Prefect server
 ROOT = Path(__file__).resolve().parents[2]
 
 
