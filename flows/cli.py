@@ -229,7 +229,7 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
         raise typer.Exit(EXIT_FAILED)
 
 
-def _run(dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
+def _run(*, dry_run: bool, rules: str | None, list_id: str | None, novi_block: str, mailman_block: str,
          ledger_block: str | None, batch_size: int, workers: int, as_json: bool,
          override_guards: bool = False, approve: str | None = None) -> None:
     from tasks.core.rules import resolve_rules
@@ -323,7 +323,8 @@ def plan(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
          batch_size: BatchSize = 100, workers: Workers = 2, as_json: AsJson = False,
          ) -> None:
     """Dry run: read both sides and the ledger, plan and report; write nothing anywhere."""
-    _run(True, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json)
+    _run(dry_run=True, rules=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
+         ledger_block=ledger_block, batch_size=batch_size, workers=workers, as_json=as_json)
 
 
 @app.command()
@@ -340,8 +341,9 @@ def sync(rules: RulesOpt = None, list_id: ListOpt = None, novi_block: NoviBlock 
          ) -> None:
     """Apply: bring every list in the rules in step with Novi."""
     approve = approved_fingerprint(approve, override_guards=override_guards)
-    _run(False, rules, list_id, novi_block, mailman_block, ledger_block, batch_size, workers, as_json,
-         override_guards, approve)
+    _run(dry_run=False, rules=rules, list_id=list_id, novi_block=novi_block, mailman_block=mailman_block,
+         ledger_block=ledger_block, batch_size=batch_size, workers=workers, as_json=as_json,
+         override_guards=override_guards, approve=approve)
 
 
 @app.command()
@@ -380,12 +382,9 @@ def unlock(list_id: Annotated[str, typer.Argument(help="The list whose lock to r
                "--force", help="Release it even though its run looks alive (its process on this machine, or a "
                                "heartbeat in the last 10 minutes): only when you know that run died.")] = False) -> None:
     """Release a list's lock left by a run that died (runs release their own locks); a live run's is refused."""
-    from tasks.ledger import open_ledger
     from tasks.core.schema import dot_list_id
 
-    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
-        _prefect()
-    released = open_ledger(ledger_block, create=False).unlock(dot_list_id(list_id), force=force)
+    released = _ledger(ledger_block).unlock(dot_list_id(list_id), force=force)
     out.print(f"Released {released} lock(s) on {dot_list_id(list_id)}." if released
               else f"{dot_list_id(list_id)} was not locked.")
 
@@ -443,13 +442,24 @@ def list_history(list_id: Annotated[str, typer.Argument(help="The list (members@
     out.print(table)
 
 
+def _ledger(ledger_block: str | None):
+    """The ledger a command reads: a block's, from the commands' Prefect server; else the
+    default one, without starting Prefect at all (history and unlock answer at once)."""
+    if not ledger_block:
+        from tasks.ledger import Ledger
+
+        return Ledger(create=False)
+    _prefect()  # a block lives on a Prefect server: the one the commands use, not a temporary one
+    from tasks.blocks import open_ledger
+
+    return open_ledger(ledger_block, create=False)
+
+
 def _ledger_to_read(ledger_block: str | None):
     """The ledger a history command reads; one that was named and is not there is a typo, said."""
-    from tasks.ledger import LEDGER_ENV, LedgerError, open_ledger
+    from tasks.ledger import LEDGER_ENV, LedgerError
 
-    if ledger_block:  # a block lives on a Prefect server: the one the commands use, not a temporary one
-        _prefect()
-    ledger = open_ledger(ledger_block, create=False)
+    ledger = _ledger(ledger_block)
     if not ledger.exists and (ledger_block or os.environ.get(LEDGER_ENV)):
         raise LedgerError(f"no ledger at {ledger.location}: no run has stored one there (check "
                           f"{'the LedgerDatabase block ' + repr(ledger_block) if ledger_block else LEDGER_ENV})")
@@ -482,8 +492,7 @@ def undo(run: Annotated[str, typer.Argument(help="The run to undo: its name (as 
             load_rules(rules)
         _prefect()
         from flows.undo import run_to_undo
-        from tasks.blocks import MailmanCredentials, NoviCredentials, saved
-        from tasks.ledger import open_ledger
+        from tasks.blocks import MailmanCredentials, NoviCredentials, open_ledger, saved
 
         saved(MailmanCredentials, mailman_block)
         saved(NoviCredentials, novi_block)
@@ -529,8 +538,8 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
     import pandas as pd
 
     from tasks.blocks import NoviCredentials, saved
-    from tasks.core.planner import companies_of
-    from tasks.core.planner import explain as explained
+    from tasks.core.eligibility import companies_of
+    from tasks.core.eligibility import explain as explained
     from tasks.core.schema import GUID
     from tasks.novi import members_frame
 

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from tasks.errors import BadParameter, SyncError
 from tasks.history import AddressHistory, ListHistory, publish
-from tasks.ledger import open_ledger
+from tasks.blocks import open_ledger
 from tasks.run import failed
 
 

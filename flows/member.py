@@ -20,11 +20,11 @@ from pydantic import Field
 
 from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials, saved
-from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind, approved_fingerprint
+from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
 from tasks.mailman import read_bans, read_requests
 from tasks.novi import members_frame
 from tasks.errors import BadParameter, SyncError
-from tasks.run import Run, failed, heard, plan_lists, read_moderators, tell_staff
+from tasks.run import Run, RunOptions, failed, heard, plan_lists, read_moderators, tell_staff
 
 
 @flow(name="sync-member", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -61,25 +61,24 @@ def sync_member(
         wait_for_lock_s: How long a real run waits for a full sync holding the lists (seconds).
     """
     try:
-        return _sync_member(member_ids, rules_path, list_id, novi_block, mailman_block, ledger_block, dry_run,
-                            override_guards, approve, wait_for_lock_s)
+        options = RunOptions(rules_path=rules_path, list_id=list_id, novi_block=novi_block,
+                             mailman_block=mailman_block, ledger_block=ledger_block, dry_run=dry_run,
+                             override_guards=override_guards, approve=approve)
+        return _sync_member(member_ids, options, wait_for_lock_s=wait_for_lock_s)
     except SyncError as exc:
         return failed(exc, novi_block, mailman_block)
 
 
-def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | None, novi_block: str,
-                 mailman_block: str, ledger_block: str | None, dry_run: bool, override_guards: bool,
-                 approve: str | None, wait_for_lock_s: int) -> State:
+def _sync_member(member_ids: list[str], options: RunOptions, *, wait_for_lock_s: int) -> State:
     ids = sorted({m.strip().lower() for m in member_ids})
     bad = [m for m in ids if not GUID.fullmatch(m)]
     if bad or not ids or len(ids) > MAX_MEMBERS_PER_RUN:
         raise BadParameter(f"member_ids must be 1 to {MAX_MEMBERS_PER_RUN} Novi UniqueIDs ({len(bad)} are not)")
-    approve = approved_fingerprint(approve, override_guards=override_guards)
-    run = Run.begin(RunKind.MEMBER, rules_path, list_id, ledger_block, dry_run)
+    run = Run.begin(RunKind.MEMBER, options)
     run.how_to_approve = ("in the Prefect UI, a custom run of this member run with approve = {plan} "
                           "(or let the full sync make the changes).")
-    novi = saved(NoviCredentials, novi_block).get_client()
-    mailman = saved(MailmanCredentials, mailman_block).get_client()
+    novi = saved(NoviCredentials, options.novi_block).get_client()
+    mailman = saved(MailmanCredentials, options.mailman_block).get_client()
     heard(novi, mailman)
     with run.hold(wait=timedelta(seconds=wait_for_lock_s)):
         mailman.supported_version()
@@ -101,23 +100,18 @@ def _sync_member(member_ids: list[str], rules_path: str | None, list_id: str | N
         moderators = read_moderators(mailman, run.ledger, run.rules, keys)
         # Novi cannot be asked which companies name a person as their contact: whether someone
         # is one is judged by the full sync alone (a member run never removes on less).
-        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, pd.Timestamp(run.started_at), bans,
-                              requests, moderators, every_company=False)
+        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, now=pd.Timestamp(run.started_at),
+                              bans=bans, requests=requests, moderators=moderators, every_company=False)
 
-        run.judge(the_plan, None, override_guards, approve)
-        outcomes = run.apply(mailman, the_plan, batch_size=100, workers=2)
-        done = (f"{len(ids) - len(missing)} members: {report.done_message(outcomes, dry_run)}"
+        run.judge(the_plan, None)
+        outcomes = run.apply(mailman, the_plan)
+        done = (f"{len(ids) - len(missing)} members: {report.done_message(outcomes, run.dry_run)}"
                 + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         state, message = run.verdict(outcomes, done)
         state, message = run.record(the_plan, outcomes, state, message, len(found), only_keys=keys)
         message = tell_staff(run, the_plan, outcomes, mailman, message)
 
-    summary = report.summarise(the_plan, outcomes, dry_run=dry_run, state=state, message=message,
-                               novi_members=len(found), duration_s=run.elapsed(), plan_csv=None,
-                               ledger=run.ledger.location, guards=run.tripped, guards_overridden=run.overridden,
-                               approved=run.fingerprint if run.approved else None)
-    summary.update(members=ids, not_found=missing,
-                   phases_s={name: round(seconds, 3) for name, seconds in run.phases.items()},
-                   http_calls=dict(sorted({**novi.http.calls, **mailman.http.calls}.items())))
+    summary = run.summarise(the_plan, outcomes, state, message, novi_members=len(found), members=ids,
+                            not_found=missing)
     report.publish_member(summary, outcomes)
-    return run.finish(summary, outcomes)
+    return run.finish(summary, outcomes, clients=(novi, mailman))

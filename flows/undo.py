@@ -21,13 +21,12 @@ from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core import guards
 from tasks.core.planner import Plan
 from tasks.core.rules import Rules, load_rules, parse_rules
-from tasks.core.schema import (FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag,
-                               approved_fingerprint)
+from tasks.core.schema import FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS, RunKind, RunState, Tag
 from tasks.core.undo import plan_undo, to_put_back
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
 from tasks.novi import members_frame
-from tasks.run import MAX_WORKERS, Run, failed, heard, label, open_ledger, read_rosters
+from tasks.run import MAX_WORKERS, Run, RunOptions, failed, heard, label, open_ledger, read_rosters
 
 def undo_run_name() -> str:
     """An undo's run says what it undoes, in the runs list and in `history`: `undo-<run>`
@@ -74,8 +73,10 @@ def undo_run(
         novi_block: Name of the saved NoviCredentials block: whoever the undo would put back is read from Novi.
     """
     try:
-        return _undo_run(run, dry_run, rules_path, mailman_block, ledger_block, override_guards, approve,
-                         batch_size, workers, novi_block)
+        options = RunOptions(rules_path=rules_path, novi_block=novi_block, mailman_block=mailman_block,
+                             ledger_block=ledger_block, dry_run=dry_run, override_guards=override_guards,
+                             approve=approve, batch_size=batch_size, workers=workers)
+        return _undo_run(run, options)
     except SyncError as exc:
         return failed(exc, novi_block, mailman_block)
 
@@ -110,9 +111,8 @@ def _rules_for(list_ids: list[str], rules_path: str | None) -> Rules:
     return defaults.model_copy(update={"lists": silent, **({"novi": given.novi} if given else {})})
 
 
-def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: str, ledger_block: str | None,
-              override_guards: bool, approve: str | None, batch_size: int, workers: int, novi_block: str) -> State:
-    approve = approved_fingerprint(approve, override_guards=override_guards)
+def _undo_run(ref: str, options: RunOptions) -> State:
+    dry_run, ledger_block = options.dry_run, options.ledger_block
     ledger = open_ledger(ledger_block, create=not dry_run)  # a real undo upgrades an older ledger first
     target = run_to_undo(ledger, ref)
     name = target["run_name"]
@@ -121,41 +121,37 @@ def _undo_run(ref: str, dry_run: bool, rules_path: str | None, mailman_block: st
     if applied.empty:
         message = f"Run {name} applied no change: nothing to undo"
         label(Tag.NO_CHANGES)
-        return Completed(message=message,
-                         data={"state": RunState.COMPLETED, "message": message, "dry_run": dry_run, "undoes": name,
-                               "changes": [], "skipped": []})
+        return Completed(message=message, data=report.undo_summary(name, RunState.COMPLETED, message, dry_run=dry_run))
     list_ids = sorted(set(applied["list_id"]))
-    run = Run(kind=RunKind.UNDO, rules=_rules_for(list_ids, rules_path), ledger=ledger, dry_run=dry_run)
+    run = Run(kind=RunKind.UNDO, rules=_rules_for(list_ids, options.rules_path), ledger=ledger, options=options)
     run.how_to_approve = (f"`novi-mailman undo {name} --apply --approve {{plan}}`"
                           f"{' --ledger-block ' + ledger_block if ledger_block else ''}, or in the Prefect UI a "
                           "custom run of undo-run/on-demand with approve = {plan} and dry_run off.")
-    mailman = saved(MailmanCredentials, mailman_block).get_client()
+    mailman = saved(MailmanCredentials, options.mailman_block).get_client()
     heard(mailman)
     with run.hold():
         mailman.supported_version()
         with run.phase("extract_rosters"):  # with who is held: the undo of a hold or a release reads it
-            rosters = read_rosters(mailman, list_ids, workers, with_held=list_ids)
+            rosters = read_rosters(mailman, list_ids, options.workers, with_held=list_ids)
         if run.settle_leftovers(rosters):  # a run that died mid-apply: its attempt may be the undone run's
             target = run_to_undo(ledger, ref)
             applied = ledger.applied_changes(target["keys"])
         bans = read_bans(mailman, list_ids)
         with run.phase("extract_members"):
-            novi = _records_now(novi_block, to_put_back(applied), run.rules)
-        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), name, novi,
-                         run.rules, bans)
+            novi = _records_now(options.novi_block, to_put_back(applied), run.rules)
+        undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), run_name=name,
+                         novi=novi, rules=run.rules, bans=bans)
         the_plan = _as_plan(undo.changes)
-        run.judge(the_plan, None, override_guards, approve,
-                  tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
-        outcomes = run.apply(mailman, the_plan, batch_size, workers)
+        run.judge(the_plan, None, tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
+        outcomes = run.apply(mailman, the_plan)
         skipped = f"; {len(undo.skipped):,} changed since, left as they are" if len(undo.skipped) else ""
         done = report.done_message(outcomes, dry_run) if len(outcomes) else "nothing left to undo"
         state, message = run.verdict(outcomes, f"Undo of {name}: {done}{skipped}")
         state, message = run.record(the_plan, outcomes, state, message, None)
-    summary = {"state": state, "message": message, "dry_run": dry_run, "undoes": name,
-               "changes": report.json_rows(outcomes), "skipped": report.json_rows(undo.skipped), "guards": run.tripped,
-               "ledger": ledger.location}
+    summary = report.undo_summary(name, state, message, dry_run=dry_run, outcomes=outcomes, skipped=undo.skipped,
+                                  guards=run.tripped, ledger=ledger.location)
     report.publish_undo(summary)
-    return run.finish(summary, outcomes)
+    return run.finish(summary, outcomes, clients=(mailman,))
 
 
 def _records_now(novi_block: str, novi_ids: list[str], rules: Rules) -> pd.DataFrame:

@@ -129,7 +129,7 @@ def _release(lease: UUID) -> None:
                                      f"{LEASE_S // 60} minutes.")
 
 
-def await_approval(tripped: list[str], plan_fingerprint: str, wait_s: int, command: str, slot: DeploymentSlot,
+def await_approval(tripped: list[str], plan_fingerprint: str, *, wait_s: int, command: str, slot: DeploymentSlot,
                    approved: str | None = None) -> bool | None:
     """Pause until an operator answers: True approved, False rejected, None no answer in `wait_s`.
     The form shows the guards that tripped, with their figures (`tripped`), the plan's fingerprint,

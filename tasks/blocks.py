@@ -168,3 +168,11 @@ class LedgerDatabase(Block):
 
     def get_ledger(self, *, create: bool = True) -> Ledger:
         return Ledger(self.url.get_secret_value(), create=create)
+
+
+def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
+    """The ledger a LedgerDatabase block names, else the default location
+    (tasks.ledger.default_url)."""
+    if not ledger_block:
+        return Ledger(create=create)
+    return saved(LedgerDatabase, ledger_block).get_ledger(create=create)

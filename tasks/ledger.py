@@ -521,19 +521,6 @@ class Ledger:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame([dict(r) for r in rows])
 
-    def last_run(self, state: str = RunState.COMPLETED, kind: str = RunKind.FULL) -> dict | None:
-        """The newest run of a kind in the given final state, with its per-list figures."""
-        if not self.exists:
-            return None
-        with self._connect() as conn:
-            run = conn.execute(select(runs_table).where((runs_table.c.state == state) & (runs_table.c.kind == kind))
-                               .order_by(runs_table.c.ended_at.desc()).limit(1)).mappings().first()
-            if run is None:
-                return None
-            lists = conn.execute(select(run_lists_table).where(run_lists_table.c.run_id == run["run_id"])
-                                 ).mappings().all()
-        return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}
-
     def last_figures(self, list_ids: Sequence[str]) -> dict[str, dict]:
         """Per list, its figures at the newest completed full run that covered it.
 
@@ -922,14 +909,3 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
-
-
-def open_ledger(ledger_block: str | None, *, create: bool = True) -> Ledger:
-    """The ledger a block names, else the default location (see `default_url`). Prefect is
-    imported only where a block is named: `history` and `unlock` on the default ledger start
-    without it."""
-    if not ledger_block:
-        return Ledger(create=create)
-    from tasks.blocks import LedgerDatabase, saved
-
-    return saved(LedgerDatabase, ledger_block).get_ledger(create=create)

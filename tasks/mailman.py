@@ -8,7 +8,7 @@ member, 202 for a pending request, and a case-sensitive mass unsubscribe.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from urllib.parse import quote
 
@@ -21,7 +21,6 @@ from tasks.core import addresses
 from tasks.core.schema import (
     REGULAR,
     REQUEST_COLUMNS,
-    ROLE_ACTIONS,
     ROSTER_COLUMNS,
     Action,
     Delivery,
@@ -29,7 +28,7 @@ from tasks.core.schema import (
     Outcome,
     dot_list_id,
 )
-from tasks.errors import ListNotFound, UnexpectedResponse, UnsupportedMailman
+from tasks.errors import ListNotFound, SyncError, UnexpectedResponse, UnsupportedMailman
 from tasks.http import ApiSession, json_body
 from tasks.paging import Numbers, Page, sweep
 from tasks.retry import retry_if_transient
@@ -143,28 +142,39 @@ class MailmanClient:
                                      f"({NEEDS_OLDEST} need {oldest}): upgrade the Mailman core")
         return version
 
+    # reads -------------------------------------------------------------------------------
+    def _pages(self, path: str, what: str, *, bucket: str, page_size: int = 100, params: Sequence = (),
+               missing: SyncError | None = None, in_flight: int = 1) -> Iterator[list]:
+        """The one reader of a Mailman collection (as mailmanclient's `Page`): each page's entries
+        through the one sweep (tasks.paging: stop rules, count checks); a 404 is `missing`."""
+        def fetch(paging: dict) -> Page:
+            response = self.http.request("GET", path, bucket=bucket, params=[*params, *paging.items()],
+                                         accept=(404,) if missing else ())
+            if missing is not None and response.status_code == 404:
+                raise missing
+            return _page(response, what)
+        return (entries for _, entries in sweep(fetch, Numbers(page_size), f"Mailman {what}", in_flight))
+
+    def _entries(self, path: str, what: str, *, needs: Sequence[str] = ("email",), **read) -> list[dict]:
+        """Every entry of a collection, each checked to carry `needs` as text."""
+        entries = [e for page in self._pages(path, what, **read) for e in page]
+        if not all(isinstance(e, dict) and all(isinstance(e.get(key), str) for key in needs) for e in entries):
+            raise UnexpectedResponse(f"Mailman {what}: an entry has no {' or '.join(needs)}")
+        return entries
+
     def list_ids(self) -> list[str]:
         """Every list on the server, by dot-form id."""
-        def fetch(params: dict) -> Page:
-            return _page(self.http.request("GET", "lists", bucket="mailman_read", params=params), "list of lists")
-        return [e["list_id"] for _, entries in sweep(fetch, Numbers(100), "Mailman list of lists") for e in entries]
+        return [e["list_id"] for e in self._entries("lists", "list of lists", needs=("list_id",),
+                                                    bucket="mailman_read")]
 
     def owners(self, list_id: str) -> list[str]:
         """The list's owners' addresses (who a change digest goes to by default)."""
-        def fetch(params: dict) -> Page:
-            return _page(self.http.request("GET", f"lists/{list_id}/roster/owner", bucket="mailman_read",
-                                           params=params), f"{list_id}'s owners")
-        return sorted({e["email"].lower() for _, entries in sweep(fetch, Numbers(100), f"{list_id}'s owners")
-                       for e in entries})
+        return sorted({e["email"].lower() for e in self._entries(f"lists/{list_id}/roster/owner",
+                                                                 f"{list_id}'s owners", bucket="mailman_read")})
 
     def moderators(self, list_id: str) -> pd.DataFrame:
         """The list's moderators (role=moderator, a roster of its own): email, match_key, member_id."""
-        def fetch(params: dict) -> Page:
-            return _page(self.http.request("GET", f"lists/{list_id}/roster/moderator", bucket="mailman_read",
-                                           params=params), f"{list_id}'s moderators")
-        entries = [e for _, page in sweep(fetch, Numbers(100), f"{list_id}'s moderators") for e in page]
-        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) for e in entries):
-            raise UnexpectedResponse(f"Mailman {list_id}'s moderators: an entry has no email")
+        entries = self._entries(f"lists/{list_id}/roster/moderator", f"{list_id}'s moderators", bucket="mailman_read")
         email = pd.Series([e["email"].lower() for e in entries], dtype="string")
         return pd.DataFrame({"email": email, "match_key": addresses.match_key(email),
                              "member_id": pd.Series([str(e.get("member_id") or "") for e in entries], dtype="string")})
@@ -197,20 +207,15 @@ class MailmanClient:
         holds matter only where the rule holds lapsed members.
         """
         list_id = dot_list_id(list_id)
-
-        def fetch(params: dict) -> Page:
-            query = [*params.items(), *(("fields", f) for f in ROSTER_FIELDS)]
-            response = self.http.request("GET", f"lists/{list_id}/roster/member", bucket="roster_page",
-                                         params=query, accept=(404,))
-            if response.status_code == 404:
-                raise ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id in the rules")
-            return _page(response, f"roster of {list_id}")
-
+        pages = self._pages(f"lists/{list_id}/roster/member", f"roster of {list_id}", bucket="roster_page",
+                            page_size=page_size, params=[("fields", f) for f in ROSTER_FIELDS],
+                            missing=ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id "
+                                                 "in the rules"), in_flight=self.pages_in_flight)
         statuses = (*ALWAYS_FOUND, *((HELD,) if with_held else ()))
         entries: list = []
         with ThreadPoolExecutor(len(statuses), thread_name_prefix="search") as pool:
             searches: dict[str, Future] = {}
-            for _, page in sweep(fetch, Numbers(page_size), f"Mailman roster of {list_id}", self.pages_in_flight):
+            for page in pages:
                 # The searches run beside the pages, once the first page shows the list is not empty.
                 searches = searches or {s: pool.submit(self.member_ids_with, list_id, s, page_size) for s in statuses}
                 entries += page
@@ -267,27 +272,14 @@ class MailmanClient:
         starting with `^`. Mailman refuses to subscribe a banned address (400, every run)."""
         path = "bans" if list_id is None else f"lists/{dot_list_id(list_id)}/bans"
         what = "global bans" if list_id is None else f"bans of {list_id}"
-
-        def fetch(params: dict) -> Page:
-            return _page(self.http.request("GET", path, bucket="ban_page", params=params), what)
-        entries = [e for _, page in sweep(fetch, Numbers(ROSTER_PAGE_SIZE), f"Mailman {what}") for e in page]
-        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) for e in entries):
-            raise UnexpectedResponse(f"Mailman {what}: an entry has no email")
-        return [e["email"] for e in entries]
+        return [e["email"] for e in self._entries(path, what, bucket="ban_page", page_size=ROSTER_PAGE_SIZE)]
 
     def subscription_requests(self, list_id: str) -> pd.DataFrame:
         """The list's pending subscription requests (tasks.core.schema.REQUEST_COLUMNS): who asked,
         the token, and whose move it is (`moderator`, or `subscriber` for a confirmation)."""
         list_id = dot_list_id(list_id)
-
-        def fetch(params: dict) -> Page:
-            return _page(self.http.request("GET", f"lists/{list_id}/requests", bucket="request_page", params=params),
-                         f"requests of {list_id}")
-        entries = [e for _, page in sweep(fetch, Numbers(ROSTER_PAGE_SIZE), f"Mailman requests of {list_id}")
-                   for e in page]
-        if not all(isinstance(e, dict) and isinstance(e.get("email"), str) and isinstance(e.get("token"), str)
-                   for e in entries):
-            raise UnexpectedResponse(f"Mailman requests of {list_id}: an entry has no email or token")
+        entries = self._entries(f"lists/{list_id}/requests", f"requests of {list_id}", needs=("email", "token"),
+                                bucket="request_page", page_size=ROSTER_PAGE_SIZE)
         wanted = [e for e in entries if e.get("type") == "subscription"]
         return pd.DataFrame({"match_key": addresses.match_key(pd.Series([e["email"] for e in wanted], dtype="string")),
                              "token": pd.Series([e["token"] for e in wanted], dtype="string"),
@@ -296,13 +288,10 @@ class MailmanClient:
 
     def member_ids_with(self, list_id: str, delivery_status: str, page_size: int = ROSTER_PAGE_SIZE) -> set[str]:
         """The ids of the list's members in one delivery status; the roster itself does not say."""
-        def fetch(params: dict) -> Page:
-            query = {"list_id": list_id, "role": "member", "delivery_status": delivery_status, **params}
-            return _page(self.http.request("GET", "members/find", bucket=FIND_BUCKET[delivery_status], params=query),
-                         f"members/find ({delivery_status} members of {list_id})")
-        return {str(e.get("member_id")) for _, page in sweep(fetch, Numbers(page_size),
-                                                              f"Mailman {delivery_status} members of {list_id}")
-                for e in page}
+        query = [("list_id", list_id), ("role", "member"), ("delivery_status", delivery_status)]
+        return {str(e.get("member_id")) for page in self._pages(
+            "members/find", f"members/find ({delivery_status} members of {list_id})", bucket=FIND_BUCKET[delivery_status],
+            page_size=page_size, params=query) for e in page}
 
     # writes ------------------------------------------------------------------------------
     def discard_request(self, list_id: str, token: str) -> None:
@@ -512,64 +501,6 @@ def subscribe(client: MailmanClient, change: dict) -> tuple[str, str]:
         if moderated[0] != Outcome.APPLIED:
             return Outcome.FAILED, f"subscribed, but the moderation action was not restored: {moderated[1]}"
     return outcome
-
-
-def batches(changes: pd.DataFrame, batch_size: int) -> list[tuple[str, pd.DataFrame]]:
-    """The changes as batches of one action each, of about `batch_size` rows.
-
-    Subscribes of one address to several lists share a batch and run one after another:
-    Mailman answers 400 (an IntegrityError) when two requests create the same new address at
-    once (measured: 59 of 60 concurrent pairs). A name lives on the address, so each address
-    is renamed once whatever the number of lists. Other actions are per list (mass
-    unsubscribe is a per-list call; member ids belong to one list).
-    """
-    out: list[tuple[str, pd.DataFrame]] = []
-    for action, group in changes.groupby("action", sort=False):
-        if action == Action.SUBSCRIBE:
-            group = group.sort_values(["match_key", "list_id"], kind="stable")
-            new_address = group["match_key"].ne(group["match_key"].shift()).fillna(True).astype(int)
-            address_number = new_address.cumsum() - 1
-            out += [(action, rows) for _, rows in group.groupby(address_number // batch_size, sort=True)]
-            continue
-        if action == Action.RENAME:
-            group = group.drop_duplicates("match_key")
-            out += [(action, group.iloc[i:i + batch_size]) for i in range(0, len(group), batch_size)]
-            continue
-        for _, per_list in group.groupby("list_id", sort=True):
-            out += [(action, per_list.iloc[i:i + batch_size]) for i in range(0, len(per_list), batch_size)]
-    return out
-
-
-def waves(work: list[tuple[str, pd.DataFrame]]) -> list[list[tuple[str, pd.DataFrame]]]:
-    """The batches in the order they may run, each wave after the one before has ended: every
-    membership batch, then the moderator roles. A new chair is subscribed and made moderator in
-    one run, and Mailman fails one of two requests creating the same new address at once (see
-    `batches`; a 500 on a real core when the two went out side by side)."""
-    members = [batch for batch in work if batch[0] not in ROLE_ACTIONS]
-    roles = [batch for batch in work if batch[0] in ROLE_ACTIONS]
-    return [wave for wave in (members, roles) if wave]
-
-
-def batch_outcomes(changes: pd.DataFrame, work: list[tuple[str, pd.DataFrame]], results: list) -> pd.DataFrame:
-    """Each change with its outcome, from its batch's result (`apply_changes`' rows, or the
-    exception that failed the whole batch). A rename was sent once per address: every list's
-    rename row of that address shares its outcome."""
-    done = []
-    for (_, rows), result in zip(work, results):
-        if isinstance(result, BaseException):
-            outcome = pd.DataFrame({"outcome": Outcome.FAILED, "detail": str(result)}, index=rows.index)
-        else:
-            outcome = pd.DataFrame(result, index=rows.index)[["outcome", "detail"]]
-        done.append(outcome.assign(action=rows["action"], match_key=rows["match_key"]))
-    done = pd.concat(done)
-    outcomes = changes.join(done[["outcome", "detail"]])
-    is_rename = outcomes["action"] == Action.RENAME
-    if is_rename.any():
-        renamed = done.loc[done["action"] == Action.RENAME].set_index("match_key")[["outcome", "detail"]]
-        keys = outcomes.loc[is_rename, "match_key"]
-        outcomes.loc[is_rename, "outcome"] = keys.map(renamed["outcome"]).to_numpy()
-        outcomes.loc[is_rename, "detail"] = keys.map(renamed["detail"]).to_numpy()
-    return outcomes
 
 
 def batch_name() -> str:

@@ -4,18 +4,23 @@ changes table and the plan CSV."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
+import httpx
 import pandas as pd
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.core.digest import changes_line, counted
-from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED, Plan
+from tasks.core.planner import Plan
 from tasks.core.text import markdown_cell as md
 from tasks.core.schema import (ACTIONS, BOUNCING, MEMBER_ACTIONS, LEFT_ALONE, PLAN_ROW_COLUMNS, QUARANTINED, REMOVING, Action,
-                                Outcome, RunState, missing_as_none)
+                                REASON_ADDRESS_CHANGED, REASON_BANNED, Outcome, RunState, RunSummary, UndoSummary,
+                                missing_as_none, note)
 
+REPORTS_DIR_ENV = "NOVI_MAILMAN_REPORTS"  # where plan CSVs go when a run names no reports_dir
 SUMMARY_KEY = "novi-mailman-summary"
 MEMBER_SUMMARY_KEY = "novi-mailman-member-sync"
 LISTED = 100  # rows of one kind a summary names one by one; all are in the plan CSV
@@ -68,8 +73,9 @@ def _counts(series: pd.Series) -> dict[str, int]:
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
               novi_members: int, duration_s: float, plan_csv: str | None, ledger: str,
               guards: list[str] | None = None, guards_overridden: bool = False,
-              approved: str | None = None) -> dict:
-    """The run as one plain dict: what the flow returns and `--json` prints."""
+              approved: str | None = None) -> RunSummary:
+    """The run as one plain dict (the `RunSummary` contract): what the flow returns and `--json`
+    prints. `Run.finish` adds what the run knows at its end."""
     lists = []
     for figure in plan.figures.to_dict("records"):
         list_id = figure["list_id"]
@@ -86,7 +92,7 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "banned_members": missing_as_none(alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]]
                                               .head(LISTED)).to_dict("records"),
         })
-    return {
+    return {  # type: ignore[typeddict-item]  # the run's own facts come at its end (Run.finish)
         "state": state,
         "message": message,
         "dry_run": dry_run,
@@ -197,6 +203,18 @@ def safe_file_name(run_name: str) -> str:
     return name or "run"
 
 
+def save_plan(rows: pd.DataFrame, reports_dir: str | None, run_name: str, run_id: str) -> tuple[str | None, str]:
+    """The plan CSV written where the run's reports go (`reports_dir`, else $NOVI_MAILMAN_REPORTS,
+    else ./reports): its path, or None and why not. The report never fails a run: Mailman may
+    already hold its changes."""
+    folder = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
+    try:
+        return str(write_plan_csv(rows, folder, run_name, run_id)), ""
+    except OSError as exc:
+        get_run_logger().warning("The plan CSV could not be written: %s", type(exc).__name__)
+        return None, f"the plan CSV could not be written to {folder}: {exc.strerror or type(exc).__name__}"
+
+
 def write_plan_csv(rows: pd.DataFrame, reports_dir: Path, run_name: str, run_id: str) -> Path:
     """The full plan as `reports_dir/plan-<run name>-<run id's first 8>.csv`, always inside
     `reports_dir`: Prefect's names repeat (and a name given by hand may), the id does not."""
@@ -276,10 +294,21 @@ def publish_plan_tables(rows: pd.DataFrame, dry_run: bool, table_rows: int, refu
                               description=f"{list_id}: {'refused, not written: ' * refused}{note}")
 
 
-def publish(summary: dict, rows: pd.DataFrame, table_rows: int, quarantined: pd.DataFrame | None = None,
+def publish(summary: RunSummary, rows: pd.DataFrame, table_rows: int, quarantined: pd.DataFrame | None = None,
             bouncing: pd.DataFrame | None = None) -> None:
     """Keyed artifacts: the summary, each list's plan table, and, for membership staff to fix in
-    Novi, the quarantined records with their reasons and the records whose address bounces."""
+    Novi, the quarantined records with their reasons and the records whose address bounces.
+    A Prefect API that refuses one is said in the summary's message and logged, never raised:
+    Mailman may already hold the run's changes."""
+    try:
+        _publish(summary, rows, table_rows, quarantined, bouncing)
+    except (httpx.HTTPError, ValueError) as exc:
+        note(summary, f"the run's artifacts could not be published: {type(exc).__name__}")
+        get_run_logger().error("The run's artifacts could not be published: %s", type(exc).__name__)
+
+
+def _publish(summary: RunSummary, rows: pd.DataFrame, table_rows: int, quarantined: pd.DataFrame | None,
+             bouncing: pd.DataFrame | None) -> None:
     dry_run, refused = summary["dry_run"], summary["state"] == RunState.REFUSED
     create_markdown_artifact(summary_markdown(summary), key=artifact_key(SUMMARY_KEY, dry_run, refused=refused),
                              description=f"novi-mailman {'dry run' if dry_run else 'run'}: {summary['message']}"[:500])
@@ -320,7 +349,19 @@ def publish_member(summary: dict, outcomes: pd.DataFrame) -> None:
 UNDO_TABLE_COLUMNS = ["list_id", "action", "email", "display_name", "outcome", "reason"]
 
 
-def publish_undo(summary: dict) -> None:
+def undo_summary(undoes: str, state: str, message: str, *, dry_run: bool, outcomes: pd.DataFrame | None = None,
+                 skipped: pd.DataFrame | None = None, guards: list[str] | None = None,
+                 ledger: str | None = None) -> UndoSummary:
+    """An undo as one plain dict (the `UndoSummary` contract); with nothing to undo, only what it was asked."""
+    summary: UndoSummary = {"state": state, "message": message, "dry_run": dry_run, "undoes": undoes,
+                            "changes": json_rows(outcomes) if outcomes is not None else [],
+                            "skipped": json_rows(skipped) if skipped is not None else []}
+    if ledger is not None:
+        summary.update(guards=guards or [], ledger=ledger)
+    return summary
+
+
+def publish_undo(summary: UndoSummary) -> None:
     """An undo's summary and its changes and skipped rows, as keyed artifacts."""
     dry_run = summary["dry_run"]
     lines = [f"# {'Dry run: u' if dry_run else 'U'}ndo of {md(summary['undoes'])}", "", f"**{md(summary['message'])}**",

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
@@ -29,14 +29,16 @@ from prefect.states import Completed, Failed, State
 from tasks.core import guards
 from tasks.core.planner import Plan, plan, settle
 from tasks.core.rules import Rules, resolve_rules
-from tasks.core.schema import PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, Tag, missing_as_none
-from tasks import logs
-from tasks.errors import ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
+from tasks.core.schema import (PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, RunSummary, Tag,
+                               UndoSummary, approved_fingerprint, missing_as_none, note)
+from tasks import logs, report
+from tasks.errors import BadParameter, ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
 from tasks.http import halting
 from tasks.core.intents import settle_intents
-from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord, open_ledger
-from tasks.mailman import (MailmanClient, apply_batch, batch_outcomes, batches, extract_roster, read_preferences,
-                           waves, with_preferences)
+from tasks.blocks import open_ledger
+from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord
+from tasks.core.batching import batch_outcomes, batches, waves
+from tasks.mailman import MailmanClient, apply_batch, extract_roster, read_preferences, with_preferences
 
 MAX_WORKERS = 8  # the task runner's ceiling; the `workers` parameter picks at most this many
 logs.quiet_expected_failures()  # every flow imports this module before the engine logs its run
@@ -84,17 +86,6 @@ def heard(*clients) -> None:
         client.http.tell = get_run_logger().warning
 
 
-def sync_command(rules_path: str | None, list_id: str | None, novi_block: str, mailman_block: str,
-                 ledger_block: str | None) -> str:
-    """The command line that runs this sync again, copy-ready (the same rules, list and blocks)."""
-    words = ["novi-mailman", "sync"]
-    words += ["--rules", rules_path] if rules_path else ["--list", list_id or ""]
-    words += ["--novi-block", novi_block] if novi_block != "novi" else []
-    words += ["--mailman-block", mailman_block] if mailman_block != "mailman" else []
-    words += ["--ledger-block", ledger_block] if ledger_block else []
-    return shlex.join(words)
-
-
 def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int) -> list:
     """Submit one task per item with at most `workers` in flight; the futures, in item order."""
     futures: list[PrefectFuture] = []
@@ -110,7 +101,7 @@ def bounded(submit: Callable[[object], PrefectFuture], items: list, workers: int
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame,
+def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules, ledger: pd.DataFrame, *,
               now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
               requests: dict[str, pd.DataFrame] | None = None,
               moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
@@ -119,18 +110,19 @@ def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Ru
 
 
 def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules,
-               ledger: pd.DataFrame, now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
+               ledger: pd.DataFrame, *, now: pd.Timestamp, bans: dict[str, list[str]] | None = None,
                requests: dict[str, pd.DataFrame] | None = None,
                moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """The plan. Where it removes, holds or moves members whose preferences the roster read did
     not bring (`Plan.wanting`: a day's churn, not the roster), those are read, one call each,
     and the lists planned again with them. `every_company`: see `tasks.core.planner.plan`."""
-    the_plan = make_plan(members, rosters, rules, ledger, now, bans, requests, moderators, every_company)
+    context = {"now": now, "bans": bans, "requests": requests, "moderators": moderators,
+               "every_company": every_company}
+    the_plan = make_plan(members, rosters, rules, ledger, **context)
     if the_plan.wanting.empty:
         return the_plan
     read = read_preferences(mailman, the_plan.wanting)
-    return make_plan(members, with_preferences(rosters, read), rules, ledger, now, bans, requests, moderators,
-                     every_company)
+    return make_plan(members, with_preferences(rosters, read), rules, ledger, **context)
 
 
 def read_moderators(mailman: MailmanClient, ledger: Ledger, rules: Rules,
@@ -295,6 +287,40 @@ def unrecorded_message(outcomes: pd.DataFrame, message: str, error: Exception) -
     return f"{message.rstrip('.')}. The ledger could not record this run ({error})"
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """What a run was asked to do, as every flow's parameters come to it: built once, by keyword
+    (the flows passed a dozen positional arguments, `dry_run` beside `override_guards`), and
+    checked here. `approve` is kept as a checked fingerprint."""
+
+    rules_path: str | None = None
+    list_id: str | None = None
+    novi_block: str = "novi"
+    mailman_block: str = "mailman"
+    ledger_block: str | None = None
+    dry_run: bool = False
+    override_guards: bool = False
+    approve: str | None = None
+    batch_size: int = 100
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 500:
+            raise BadParameter("batch_size must be between 1 and 500")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise BadParameter(f"workers must be between 1 and {MAX_WORKERS}")
+        object.__setattr__(self, "approve", approved_fingerprint(self.approve, override_guards=self.override_guards))
+
+    def sync_command(self) -> str:
+        """The command line that runs this sync again, copy-ready (the same rules, list and blocks)."""
+        words = ["novi-mailman", "sync"]
+        words += ["--rules", self.rules_path] if self.rules_path else ["--list", self.list_id or ""]
+        words += ["--novi-block", self.novi_block] if self.novi_block != "novi" else []
+        words += ["--mailman-block", self.mailman_block] if self.mailman_block != "mailman" else []
+        words += ["--ledger-block", self.ledger_block] if self.ledger_block else []
+        return shlex.join(words)
+
+
 @dataclass
 class Run:
     """One run of either flow, from its rules to its final state."""
@@ -302,7 +328,7 @@ class Run:
     kind: str
     rules: Rules
     ledger: Ledger
-    dry_run: bool
+    options: RunOptions
     started: float = field(default_factory=time.monotonic)
     started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     lease: Lease | None = None
@@ -319,17 +345,21 @@ class Run:
     how_to_approve: str = "a custom run with approve = {plan}"
 
     @classmethod
-    def begin(cls, kind: str, rules_path: str | None, list_id: str | None, ledger_block: str | None,
-              dry_run: bool) -> Run:
+    def begin(cls, kind: str, options: RunOptions) -> Run:
         started, started_at = time.monotonic(), datetime.now(timezone.utc)
-        label(*[Tag.DRY_RUN] * dry_run, *[Tag.MEMBER_SYNC] * (kind == RunKind.MEMBER))
-        rules = resolve_rules(rules_path, list_id)
-        return cls(kind=kind, rules=rules, ledger=open_ledger(ledger_block, create=not dry_run), dry_run=dry_run,
-                   started=started, started_at=started_at)
+        label(*[Tag.DRY_RUN] * options.dry_run, *[Tag.MEMBER_SYNC] * (kind == RunKind.MEMBER))
+        rules = resolve_rules(options.rules_path, options.list_id)
+        return cls(kind=kind, rules=rules, ledger=open_ledger(options.ledger_block, create=not options.dry_run),
+                   options=options, started=started, started_at=started_at)
 
-    def again(self) -> None:
-        """Start another attempt of this run (after an approval): a new clock for its phases,
-        the same run."""
+    @property
+    def dry_run(self) -> bool:
+        return self.options.dry_run
+
+    def again(self, approve: str) -> None:
+        """Start another attempt of this run, approving the plan `approve` (its fingerprint): a
+        new clock for its phases, the same run."""
+        self.options = replace(self.options, approve=approve)
         self.phases, self.refusal, self.tripped, self.unrecorded = {}, None, [], None
         self.started_at = datetime.now(timezone.utc)
 
@@ -403,14 +433,14 @@ class Run:
         if not self.dry_run:
             self.ledger.record_failure(self.record_of(RunState.FAILED, str(error), None))
 
-    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, override_guards: bool,
-              approve: str | None = None, tripped: list[str] | None = None) -> None:
+    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, tripped: list[str] | None = None) -> None:
         """Ask the guards about the plan (or take their verdict, `tripped`, from an undo's own);
         a refusal stops every write, unless the operator approved this very plan (`approve`,
         its fingerprint) or lifted the guards for this run."""
         self.tripped = tripped if tripped is not None else guards.refusals(
             the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
         self.fingerprint = guards.fingerprint(the_plan, self.rules)
+        override_guards, approve = self.options.override_guards, self.options.approve
         self.overridden = bool(self.tripped and override_guards)
         self.approved = bool(self.tripped and not override_guards and approve == self.fingerprint)
         log = get_run_logger()
@@ -427,14 +457,15 @@ class Run:
                                                   approved=approve)
             label(Tag.REFUSED)
 
-    def apply(self, client: MailmanClient, the_plan: Plan, batch_size: int, workers: int) -> pd.DataFrame:
+    def apply(self, client: MailmanClient, the_plan: Plan) -> pd.DataFrame:
         """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""
         if self.dry_run or self.refusal:
             return the_plan.changes.assign(outcome=Outcome.PLANNED if self.dry_run else Outcome.REFUSED, detail="")
         journal = Journal(self.ledger, self.lease, flow_run_id(), flow_run.get_name() or "local", self.kind,
                           self.started_at) if self.lease is not None else None
         with self.phase("apply"):
-            return apply_plan(client, the_plan, self.rules, batch_size, workers, self.lease, journal)
+            return apply_plan(client, the_plan, self.rules, self.options.batch_size, self.options.workers, self.lease,
+                              journal)
 
     def verdict(self, outcomes: pd.DataFrame, done: str) -> tuple[str, str]:
         """The run's state and message from its outcomes; `done` is the message of a completed run."""
@@ -463,7 +494,21 @@ class Run:
             return RunState.FAILED, str(self.unrecorded)
         return state, message
 
-    def finish(self, summary: dict, outcomes: pd.DataFrame) -> State:
+    def summarise(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, *, novi_members: int,
+                  plan_csv: str | None = None, members: list[str] | None = None,
+                  not_found: list[str] | None = None) -> RunSummary:
+        """The run's summary (tasks.report.summarise) with what this run knows of itself; a
+        member run's with the members it was asked for."""
+        summary = report.summarise(the_plan, outcomes, dry_run=self.dry_run, state=state, message=message,
+                                   novi_members=novi_members, duration_s=self.elapsed(), plan_csv=plan_csv,
+                                   ledger=self.ledger.location, guards=self.tripped,
+                                   guards_overridden=self.overridden,
+                                   approved=self.fingerprint if self.approved else None)
+        if members is not None:
+            summary.update(members=members, not_found=not_found or [])
+        return summary
+
+    def finish(self, summary: RunSummary | UndoSummary, outcomes: pd.DataFrame, clients: Sequence = ()) -> State:
         """A run's final state from its outcome: the truth the UI shows (see README "Final state").
 
         Every outcome is expected, so none raises (a raise puts a traceback in the run's logs):
@@ -473,12 +518,16 @@ class Run:
         tagged no-changes) and the rest Completed, with the counts.
         """
         summary["duration_s"] = self.elapsed()  # now with the artifacts published
+        if clients:  # how the time went and which calls were made: what an operator tunes, and
+            # what the benchmark compares with the lower bound
+            summary["phases_s"] = {name: round(seconds, 3) for name, seconds in self.phases.items()}
+            summary["http_calls"] = dict(sorted(call for client in clients for call in client.http.calls.items()))
         summary["flow_run_id"] = flow_run_id()
         summary["plan_fingerprint"] = self.fingerprint
         summary["ledger_rows_written"] = self.ledger_rows_written
         if self.lease is not None and self.lease.unreleased:
             get_run_logger().warning("The run's lock was not released: %s", self.lease.unreleased)
-            summary["message"] += f" ({self.lease.unreleased})"
+            note(summary, self.lease.unreleased)
         message = summary["message"]
         if self.unrecorded is not None:
             self.unrecorded.summary = summary

@@ -120,3 +120,21 @@ def ledger_url(request, tmp_path):
         return f"sqlite:///{tmp_path / 'ledger-under-test.sqlite'}"
     server = request.getfixturevalue("postgres_server")
     return postgres.fresh_database(server, f"ledger_{uuid.uuid4().hex[:12]}")
+
+
+def last_run(ledger, state: str = "completed", kind: str = "full") -> dict | None:
+    """The newest run of a kind in a final state, with its per-list figures, read straight from
+    the ledger's tables (what a test checks; the tool itself never asks this)."""
+    from sqlalchemy import select
+
+    from tasks.ledger import run_lists_table, runs_table
+
+    if not ledger.exists:
+        return None
+    with ledger._connect() as conn:
+        run = conn.execute(select(runs_table).where((runs_table.c.state == state) & (runs_table.c.kind == kind))
+                           .order_by(runs_table.c.ended_at.desc()).limit(1)).mappings().first()
+        if run is None:
+            return None
+        lists = conn.execute(select(run_lists_table).where(run_lists_table.c.run_id == run["run_id"])).mappings().all()
+    return {**dict(run), "lists": {r["list_id"]: dict(r) for r in lists}}

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from tasks.core.schema import CHANGE_COLUMNS
-from tasks.mailman import batches, waves
+from tasks.core.batching import batches, waves
 
 
 def changes(rows):

@@ -18,7 +18,7 @@ from tasks.errors import ChangesFailed, GuardRefused
 from tasks.ledger import Ledger, LedgerError
 from tasks.mailman import apply_batch
 from tasks.report import PLAN_KEY, SUMMARY_KEY, artifact_key
-from tests.conftest import novi_record
+from tests.conftest import last_run, novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
 
@@ -250,7 +250,7 @@ def test_real_run_records_the_run_and_every_change(blocks, tmp_path):
     state, _ = run(FakeNovi(records), FakeMailman({LIST: roster}), tmp_path)
     assert state.is_completed()
     ledger = Ledger()
-    last = ledger.last_run()
+    last = last_run(ledger)
     assert last["state"] == "completed" and last["changes"] == 7 and last["novi_members"] == 8
     assert last["lists"][LIST]["eligible"] == 5
     history = ledger.history("exp0@example.org")
@@ -362,7 +362,7 @@ def test_run_that_cannot_read_novi_is_recorded_as_failed(blocks, tmp_path):
         state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
                            reports_dir=str(tmp_path), return_state=True)
     assert state.is_failed()
-    last = Ledger().last_run("failed")
+    last = last_run(Ledger(), "failed")
     assert "refused" in last["message"] and NOVI_KEY not in last["message"]
 
 
@@ -426,7 +426,7 @@ def test_a_list_another_run_holds_is_not_touched(blocks, tmp_path):
     assert "being synced by another run" in state.message and "alive on this machine: wait" in state.message
     assert "unlock" not in state.message  # a live run's lock is not to be freed by hand
     assert calls == [] and not mailman.writes  # it did not even read
-    assert Ledger().last_run("failed")["message"].startswith(LIST)
+    assert last_run(Ledger(), "failed")["message"].startswith(LIST)
     again, _ = run(novi, mailman, tmp_path)  # the lock went with the other run
     assert again.is_completed()
 
@@ -528,7 +528,7 @@ def test_a_report_that_cannot_be_written_does_not_fail_an_applied_run(blocks, tm
         state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
                            reports_dir=str(blocked), return_state=True)
     assert state.is_completed() and "the plan CSV could not be written" in state.result()["message"]
-    assert "a@example.org" in mailman.names(LIST) and Ledger().last_run()["state"] == "completed"
+    assert "a@example.org" in mailman.names(LIST) and last_run(Ledger())["state"] == "completed"
     assert "could not be written" in Artifact.get(SUMMARY_KEY).data
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tasks.core.intents import APPLIED, INTENT_COLUMNS, NOT_APPLIED, UNDECIDED, settle_intents
 from tasks.core.schema import Action, Delivery, Outcome, RunState
-from tests.conftest import roster_frame
+from tests.conftest import last_run, roster_frame
 
 L = "members.example.org"
 T0 = datetime(2026, 12, 7, 2, 15, tzinfo=timezone.utc)
@@ -97,7 +97,7 @@ def test_the_ledger_holds_intents_until_the_run_ends_and_settles_a_dead_runs(led
     assert remembered.loc["m0@example.org", "delivery_mode"] == "mime_digests"
     (run,) = ledger.find_runs("dead-otter")
     assert run["flow_run_id"] == "flow-dead" and len(ledger.applied_changes(run["keys"])) == 2
-    assert ledger.last_run(RunState.CRASHED)["message"].startswith("crashed mid-apply")
+    assert last_run(ledger, RunState.CRASHED)["message"].startswith("crashed mid-apply")
     history = ledger.history("m0@example.org")
     assert list(history["run_name"]) == ["dead-otter"] and list(history["outcome"]) == [Outcome.APPLIED]
 

@@ -13,7 +13,7 @@ from tasks.ledger import Ledger, LedgerError, RunRecord
 from tasks.novi import members_frame
 from tasks.core.planner import LEDGER_COLUMNS, plan, settle
 from tasks.core.rules import parse_rules
-from tests.conftest import novi_record, roster_frame
+from tests.conftest import last_run, novi_record, roster_frame
 
 T0 = datetime(2026, 11, 1, 2, 15, tzinfo=timezone.utc)
 
@@ -63,7 +63,7 @@ def test_schema_is_created_once_and_an_empty_ledger_reads_empty(ledger_url):
     frame = first.read(["a.example.org"])
     assert frame.empty and list(frame.columns) == LEDGER_COLUMNS
     Ledger(ledger_url)  # opening again is harmless
-    assert first.last_run() is None
+    assert last_run(first) is None
 
 
 def test_a_run_round_trips(ledger_url):
@@ -73,7 +73,7 @@ def test_a_run_round_trips(ledger_url):
     stored = ledger.read(["a.example.org"]).sort_values("match_key", ignore_index=True)
     expected = settle(p.memory, outcomes).sort_values("match_key", ignore_index=True)
     pd.testing.assert_frame_equal(stored, expected[LEDGER_COLUMNS], check_dtype=False)
-    last = ledger.last_run()
+    last = last_run(ledger)
     assert last["run_id"] == "run-1" and last["changes"] == 3 and last["novi_members"] == 3
     assert last["lists"]["a.example.org"]["eligible"] == 3
     assert ledger.read(["other.example.org"]).empty
@@ -116,7 +116,7 @@ def test_each_list_is_compared_with_its_own_last_completed_run(ledger_url):
     p, outcomes, run = planned_run("a.example.org", 3, T0 + timedelta(days=2), "r3")
     ledger.record(replace(run, state="failed"), ["a.example.org"], settle(p.memory, outcomes), outcomes, p.figures)
 
-    assert ledger.last_run()["run_id"] == "r2"  # the newest run overall knows nothing of list a
+    assert last_run(ledger)["run_id"] == "r2"  # the newest run overall knows nothing of list a
     figures = ledger.last_figures(["a.example.org", "b.example.org", "c.example.org"])
     assert figures["a.example.org"]["run_id"] == "r1" and figures["a.example.org"]["eligible"] == 5
     assert figures["b.example.org"]["eligible"] == 2 and "c.example.org" not in figures
@@ -170,7 +170,7 @@ def test_a_write_failing_half_way_leaves_the_ledger_as_it_was(ledger_url):
     with pytest.raises(LedgerError, match="nothing of this run was stored"):
         ledger.record(run2, ["a.example.org"], settle(p2.memory, outcomes2), broken, p2.figures)
     pd.testing.assert_frame_equal(ledger.read(["a.example.org"]), before)
-    assert ledger.last_run()["run_id"] == "run-1"
+    assert last_run(ledger)["run_id"] == "run-1"
 
 
 def test_unreachable_database_is_a_clear_error_without_its_password():
@@ -308,7 +308,7 @@ def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
                    "INTEGER, changes INTEGER, failed INTEGER)")
         db.execute("INSERT INTO runs VALUES ('r0', 'old', '2026-11-01', '2026-11-01', 'completed', '', 1, 0, 0)")
     ledger = Ledger(f"sqlite:///{path}")
-    assert ledger.last_run()["run_id"] == "r0"
+    assert last_run(ledger)["run_id"] == "r0"
 
 
 def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url):

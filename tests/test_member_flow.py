@@ -12,7 +12,7 @@ from flows.member import sync_member
 from flows.sync import sync_lists
 from tasks.blocks import MailmanCredentials, NoviCredentials
 from tasks.report import MEMBER_SUMMARY_KEY as SUMMARY_KEY
-from tests.conftest import novi_record
+from tests.conftest import last_run, novi_record
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 
 
@@ -231,7 +231,7 @@ def test_a_member_sync_over_max_removals_is_refused_and_approving_or_lifting_the
     assert {"m5@example.org", "m6@example.org"} <= set(mailman.names(LIST)) and mailman.writes == writes
     refused = state.result(raise_on_failure=False).summary
     assert refused["state"] == "refused" and refused["guards"] and refused["members"] == [guid(5), guid(6)]
-    run = Ledger().last_run(state="refused", kind="member")
+    run = last_run(Ledger(), state="refused", kind="member")
     assert run is not None and run["changes"] == 2 and run["failed"] == 0
     assert set(Ledger().read([LIST]).query("match_key in ['m5@example.org', 'm6@example.org']")["status"]) == {
         "member"}
@@ -331,6 +331,34 @@ def test_a_webhook_after_a_run_that_died_settles_it_and_plans_only_its_members(m
     assert set(mailman.rosters[LIST]) == before  # nobody removed on the dead run's account
     assert not state.result()["outcomes"]
     ledger = Ledger()
-    assert ledger.last_run(RunState.CRASHED)["message"].startswith("crashed mid-apply")
+    assert last_run(ledger, RunState.CRASHED)["message"].startswith("crashed mid-apply")
     (row,) = ledger.read([LIST], match_keys=["m3@example.org"]).to_dict("records")
     assert row["novi_id"] == guid(3) and row["how"] == "subscribed"
+
+
+def test_every_summary_is_its_documented_contract(member_blocks, tmp_path):
+    """Issue 30: the summary is what `--json` prints and users script against; its keys are
+    named once (tasks.core.schema.RunSummary, UndoSummary) and every kind of run keeps to them."""
+    import yaml
+
+    from flows.undo import undo_run
+    from tasks.core.schema import ListSummary, RunSummary, UndoSummary
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"lists": [{"list_id": LIST}]}))
+    novi, mailman = FakeNovi(population()), FakeMailman({LIST: {}})
+    synced = full(novi, mailman, tmp_path, rules).result()
+    assert set(synced) == RunSummary.__required_keys__
+    assert synced["lists"] and all(set(item) == set(ListSummary.__annotations__) for item in synced["lists"])
+    lapse(novi.records[5])
+    member, _ = one(novi, mailman, [guid(5)], rules)
+    assert set(member.result()) == RunSummary.__required_keys__ | RunSummary.__optional_keys__
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        novi.install(mock)
+        mailman.install(mock)
+        # the first run subscribed everyone: its undo removes them all, which the guards refuse
+        undone = undo_run(run=synced["flow_run_id"], dry_run=True, override_guards=True, mailman_block="m-mailman",
+                          novi_block="m-novi", return_state=True)
+    assert undone.is_completed(), undone.message
+    summary = undone.result()
+    assert summary["changes"] and set(summary) == UndoSummary.__required_keys__ | UndoSummary.__optional_keys__

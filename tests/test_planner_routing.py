@@ -6,7 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tasks.core.planner import COMMITTEE_TERM_ENDED, ineligibility, plan, unknown_custom_fields
+from tasks.core.eligibility import ineligibility, unknown_custom_fields
+from tasks.core.planner import plan
+from tasks.core.schema import COMMITTEE_TERM_ENDED
 from tasks.core.rules import parse_rules
 from tasks.core.schema import Action
 from tasks.novi import members_frame

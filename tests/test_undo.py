@@ -8,7 +8,7 @@ import pytest
 from tasks.core import addresses, guards
 from tasks.core.rules import parse_rules
 from tasks.core.schema import Action, Delivery, Outcome
-from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_OPTED_OUT
+from tasks.core.schema import REASON_ADDRESS_CHANGED, REASON_OPTED_OUT
 from tasks.core.undo import plan_undo, to_put_back
 from tasks.novi import members_frame
 from tests.conftest import novi_record, roster_frame
@@ -56,7 +56,8 @@ def novi_now(changes: pd.DataFrame, **edits) -> pd.DataFrame:
 def undo_of(changes: pd.DataFrame, roster: list[tuple], later: pd.DataFrame = NONE_LATER,
             novi: pd.DataFrame | None = None, rules=RULES, bans: dict | None = None):
     novi = novi_now(changes) if novi is None else novi
-    return plan_undo(changes, {LIST: roster_frame(LIST, roster)}, later, "brave-otter", novi, rules, bans)
+    return plan_undo(changes, {LIST: roster_frame(LIST, roster)}, later, run_name="brave-otter", novi=novi,
+                     rules=rules, bans=bans)
 
 
 def by_email(frame: pd.DataFrame) -> dict[str, dict]:

@@ -13,8 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_BANNED
-from tasks.core.schema import ACTIONS, Action, Outcome, missing_as_none
+from tasks.core.schema import ACTIONS, REASON_ADDRESS_CHANGED, REASON_BANNED, Action, Outcome, missing_as_none
 
 # The sections of a list's part, in the order staff read them.
 SECTIONS = ("Joined", "Left", "Moved to a new address", "Held (delivery stopped)", "Released", "Renamed",

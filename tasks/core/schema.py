@@ -1,5 +1,5 @@
-"""The contracts every part shares, named once: frame columns, actions, outcomes, run states,
-the list-id form, Novi's GUID and the defaults several modules read.
+"""The contracts every part shares, named once: frame columns, actions, outcomes, reasons, run
+states, the run summary, the list-id form, Novi's GUID and the defaults several modules read.
 
 Nothing heavy is imported here (not even pandas, but inside `empty_ledger`): the command
 line's help reads these names and must answer at once.
@@ -8,7 +8,7 @@ line's help reads these names and must answer at once.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, TypedDict
 
 
 class Action:
@@ -40,7 +40,32 @@ class Outcome:
     REFUSED = "refused by a guard"
 
 
-OUTCOMES = (Outcome.APPLIED, Outcome.ALREADY, Outcome.PENDING, Outcome.FAILED)
+# Why a change is made or a row left alone, as the plan, the ledger's history and the artifacts
+# say it (the planner composes the rest: "status expired", "company Acme is expired", …).
+REASON_SUBSCRIBE = "eligible, not on the list"
+REASON_RELEASE = "eligible again, delivery was held"
+REASON_RENAME = "name changed in Novi"
+REASON_NOT_IN_NOVI = "not in Novi"
+REASON_UNMANAGED = "unmanaged: not in Novi"
+REASON_PROTECTED = "protected address"
+REASON_ADDRESS_CHANGED = "address changed in Novi"
+REASON_GONE = "no longer in Novi"
+REASON_LEFT = "left the list themselves"
+REASON_BANNED = "banned in Mailman"
+REASON_DUPLICATE = "duplicate address"   # its detail names the Novi record whose address it is
+REASON_OPTED_OUT = "opted out of email in Novi"
+COMMITTEE_TERM_ENDED = "committee term ended"
+REASON_MODERATOR = "holds a position that moderates the list"
+REASON_NOT_MODERATOR = "no longer holds a position that moderates the list"
+REASON_MODERATOR_GONE = "no longer a moderator in Mailman: not this tool's to track"
+REASON_REQUEST = "eligible; their request waiting for the moderator is resolved"
+REASON_AWAITING = "their own request waits for their confirmation"
+BOUNCE_DISABLED = "delivery disabled by bounces"
+BOUNCE_REMOVED = "removed by Mailman after bounces"
+REASON_BOUNCED = f"{BOUNCE_REMOVED}: correct the address in Novi"
+REASON_STOPPED = "delivery already stopped"
+
+
 TOOK = (Outcome.APPLIED, Outcome.ALREADY)  # the change holds in Mailman now
 
 
@@ -173,6 +198,95 @@ LEFT_ALONE_COLUMNS = ["list_id", "email", "novi_id", "reason", "detail"]
 FIGURE_COLUMNS = ["list_id", "eligible", "roster", "managed", "in_step", "quarantined_on_roster", "duplicates",
                   "remembered", "vanished", "banned", "requests_for_moderator", "requests_for_member",
                   "bouncing", "bounced"]
+# --- the run summary: what a flow returns and `--json` prints (README "The run summary") ------
+class ListSummary(TypedDict):
+    """One list of a run: its figures (FIGURE_COLUMNS), then what the run did to it."""
+
+    list_id: str
+    eligible: int
+    roster: int
+    managed: int
+    in_step: int
+    quarantined_on_roster: int
+    duplicates: int
+    remembered: int
+    vanished: int
+    banned: int
+    requests_for_moderator: int
+    requests_for_member: int
+    bouncing: int
+    bounced: int
+    changes: dict[str, int]               # by action, every action
+    outcomes: dict[str, int]              # by outcome
+    reasons: dict[str, dict[str, int]]    # by action, then reason
+    left_alone: dict[str, int]            # by reason
+    banned_members: list[dict]            # eligible members Mailman bans: email, novi_id (the first 100)
+
+
+class _RunFacts(TypedDict):
+    """What every finished run says of itself (tasks.run.Run.finish)."""
+
+    state: str                 # RunState
+    message: str               # the state message: what happened, and what to do
+    dry_run: bool
+    duration_s: float
+    ledger: str                # where the ledger is (a path, or a URL without its password)
+    guards: list[str]          # the guards that tripped, with their figures
+    flow_run_id: str | None
+    plan_fingerprint: str
+    ledger_rows_written: int
+    phases_s: dict[str, float]     # where the time went
+    http_calls: dict[str, int]     # calls by kind
+
+
+class _SyncSummary(_RunFacts):
+    novi_members: int
+    quarantined: int
+    quarantine_reasons: dict[str, int]
+    bouncing: dict[str, int]       # memberships whose address bounces, by what Mailman did
+    changes: int
+    outcomes: dict[str, int]
+    lists: list[ListSummary]
+    plan_csv: str | None
+    guards_overridden: bool
+    approved_plan: str | None      # the fingerprint an operator approved, when the guards had refused it
+
+
+class RunSummary(_SyncSummary, total=False):
+    """A full or member run's summary. A member run adds the members it was asked for."""
+
+    members: list[str]
+    not_found: list[str]
+
+
+class _UndoSummary(TypedDict):
+    state: str
+    message: str
+    dry_run: bool
+    undoes: str                    # the undone run's name
+    changes: list[dict]            # each change with its outcome
+    skipped: list[dict]            # what changed since, left as it is
+
+
+class UndoSummary(_UndoSummary, total=False):
+    """An undo's summary; one with nothing to undo has only the keys above."""
+
+    duration_s: float
+    ledger: str
+    guards: list[str]
+    flow_run_id: str | None
+    plan_fingerprint: str
+    ledger_rows_written: int
+    phases_s: dict[str, float]
+    http_calls: dict[str, int]
+
+
+def note(summary: RunSummary | UndoSummary, text: str, *, first: bool = False) -> None:
+    """Add to a summary's message: in brackets after it, or (`first`) as a sentence before it.
+    The one way a summary changes once built."""
+    summary["message"] = f"{text} {summary['message']}" if first else f"{summary['message']} ({text})"
+
+
 # For membership staff: Novi records whose address Mailman disabled or removed after bounces.
 BOUNCING_COLUMNS = ["list_id", "email", "novi_id", "display_name", "state"]
 # Members whose preferences a plan needs and the roster read did not bring.

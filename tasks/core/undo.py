@@ -20,9 +20,9 @@ from typing import NamedTuple
 import pandas as pd
 
 from tasks.core.addresses import banned
-from tasks.core.planner import REASON_OPTED_OUT
 from tasks.core.rules import ListRule, Rules
-from tasks.core.schema import CHANGE_COLUMNS, PREFERENCE_COLUMNS, ROLE_ACTIONS, Action, Delivery, missing_as_none
+from tasks.core.schema import (CHANGE_COLUMNS, PREFERENCE_COLUMNS, REASON_OPTED_OUT, ROLE_ACTIONS, Action, Delivery,
+                               missing_as_none)
 
 # Each applied change's inverse. An address change is an unsubscribe and a subscribe: each half
 # is undone on its own, so the old address comes back and the new one goes.
@@ -44,7 +44,7 @@ def to_put_back(applied: pd.DataFrame) -> list[str]:
     return sorted(set(applied.loc[putting_back, "novi_id"].dropna()))
 
 
-def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd.DataFrame,
+def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd.DataFrame, *,
               run_name: str, novi: pd.DataFrame, rules: Rules, bans: dict[str, list[str]] | None = None) -> Undo:
     """The undo of one run.
 

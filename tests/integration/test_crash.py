@@ -26,6 +26,7 @@ from tasks.core.schema import Action, Outcome, RunState
 from tasks.ledger import Ledger
 from tests.integration.helpers import expected, lists_for, mail_to, sync, wait_for, worker_deployment
 from tests.integration.test_interrupted import settled
+from tests.conftest import last_run
 
 
 BATCH = 20
@@ -86,7 +87,7 @@ def test_a_killed_run_leaves_nothing_unmanaged_when_nobody_retries_it(world, dep
     assert mail_to(world["core"], world["domain"]) == []
     ledger = Ledger()
     (dead,) = ledger.find_runs(crashed.name)
-    assert [ledger.last_run(RunState.CRASHED)["run_id"]] == dead["keys"]
+    assert [last_run(ledger, RunState.CRASHED)["run_id"]] == dead["keys"]
     applied = ledger.applied_changes(dead["keys"])
     assert set(applied["match_key"]) == set(partial) and set(applied["action"]) == {Action.SUBSCRIBE}
     for old in movers:  # history names the crashed run, then the move
@@ -141,6 +142,6 @@ def test_a_run_killed_between_mailmans_answer_and_the_ledger_is_settled_by_the_n
     assert world["admin"].roster(members) == target
     assert state.result()["outcomes"] == {Outcome.APPLIED: len(target) - BATCH}  # nothing twice
     ledger = Ledger()
-    (dead,) = [r for r in ledger.find_runs(ledger.last_run(RunState.CRASHED)["run_id"])]
+    (dead,) = [r for r in ledger.find_runs(last_run(ledger, RunState.CRASHED)["run_id"])]
     assert set(ledger.applied_changes(dead["keys"])["match_key"]) == set(partial)
     assert len(ledger.read([members])) == len(target)
