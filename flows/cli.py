@@ -408,13 +408,7 @@ def history(address: Annotated[str, typer.Argument(help="The email address to lo
         out.print(f"No change recorded for {address}."
                   + ("" if ledger.exists else " No run has been recorded on this machine yet."))
         return
-    table = Table(title=f"History of {address}, newest first")
-    for column in ("when", "list", "action", "outcome", "reason", "run"):
-        table.add_column(column)
-    for row in history.changes.itertuples():
-        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.list_id, row.action, row.outcome, row.reason or "",
-                      run_label(row))
-    out.print(table)
+    _print_changes(f"History of {address}, newest first", history.changes, ("list", "list_id"), run_label)
 
 
 @app.command("list-history")
@@ -433,12 +427,19 @@ def list_history(list_id: Annotated[str, typer.Argument(help="The list (members@
     out.print(history.summary())
     if history.changes.empty:
         return
-    table = Table(title=f"{history.list_id}, newest first")
-    for column in ("when", "address", "action", "outcome", "reason", "run"):
+    _print_changes(f"{history.list_id}, newest first", history.changes, ("address", "email"), run_and_kind)
+
+
+def _print_changes(title: str, changes, second: tuple[str, str], run_of) -> None:
+    """A history's changes as one table, newest first: when, the list or the address (`second`:
+    its heading and field), what, with what outcome, why, and the run (`run_of`)."""
+    heading, field = second
+    table = Table(title=title)
+    for column in ("when", heading, "action", "outcome", "reason", "run"):
         table.add_column(column)
-    for row in history.changes.itertuples():
-        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), row.email, row.action, row.outcome, row.reason or "",
-                      run_and_kind(row))
+    for row in changes.itertuples():
+        table.add_row(row.at.strftime("%Y-%m-%d %H:%M"), getattr(row, field), row.action, row.outcome,
+                      row.reason or "", run_of(row))
     out.print(table)
 
 
