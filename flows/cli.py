@@ -542,7 +542,7 @@ def explain(who: Annotated[str, typer.Argument(help="An e-mail address (Novi's E
     from tasks.core.eligibility import companies_of
     from tasks.core.eligibility import explain as explained
     from tasks.core.schema import GUID
-    from tasks.novi import members_frame
+    from tasks.core.members import members_frame
 
     client = saved(NoviCredentials, novi_block).get_client()
     client.http.interactive()

@@ -22,7 +22,7 @@ from tasks import report
 from tasks.blocks import MailmanCredentials, NoviCredentials, saved
 from tasks.core.schema import GUID, MAX_MEMBERS_PER_RUN, RunKind
 from tasks.mailman import read_bans, read_requests
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.errors import BadParameter, SyncError
 from tasks.run import Run, RunOptions, failed, heard, plan_lists, read_moderators, tell_staff
 

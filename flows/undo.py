@@ -25,7 +25,7 @@ from tasks.core.schema import FIGURE_COLUMNS, LEFT_ALONE_COLUMNS, MEMORY_COLUMNS
 from tasks.core.undo import plan_undo, to_put_back
 from tasks.errors import BadParameter, SyncError
 from tasks.mailman import read_bans
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.run import MAX_WORKERS, Run, RunOptions, failed, heard, label, open_ledger, read_rosters
 
 def undo_run_name() -> str:

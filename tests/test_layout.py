@@ -172,3 +172,15 @@ def test_no_two_modules_of_tasks_import_each_other():
     """Issue 30: tasks/blocks.py and tasks/ledger.py imported each other (one of them inside a function)."""
     assert _circles(_imports_of_tasks()) == []
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_the_cores_tests_run_without_prefect_requests_or_sqlalchemy():
+    """Issue 30: the core is pure, and so are its tests (tests/core): run on their own, in a fresh
+    interpreter, they pass and leave none of the edge's packages loaded."""
+    probe = ("import json, sys, pytest\n"
+             "code = pytest.main(['tests/core', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist', '--no-header'])\n"
+             "print(json.dumps([int(code), sorted(m for m in ('prefect', 'requests', 'sqlalchemy', 'httpx')"
+             " if m in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    code, loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (code, loaded) == (0, []), done.stdout[-3000:]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from tasks.ledger import Ledger, LedgerError, RunRecord
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.core.planner import LEDGER_COLUMNS, plan, settle
 from tasks.core.rules import parse_rules
 from tests.conftest import last_run, novi_record, roster_frame

@@ -4,7 +4,8 @@ import responses
 from responses import matchers
 
 from tasks.errors import CredentialsRefused, IncompleteSweep, TransientHTTPError, UnexpectedResponse
-from tasks.novi import NoviClient, api_base, extract_members, members_frame
+from tasks.core.members import members_frame
+from tasks.novi import NoviClient, api_base, extract_members
 from tests.conftest import novi_record
 from tests.fakes import InFlight
 

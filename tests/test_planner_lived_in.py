@@ -10,7 +10,7 @@ from tasks.core.planner import (
     REASON_STOPPED,
 )
 from tests.conftest import novi_record
-from tests.test_planner_ledger import T0, T1, alone, changes, rows, step
+from tests.core.test_planner_ledger import T0, T1, alone, changes, rows, step
 
 T2 = pd.Timestamp("2026-11-03T02:15:00Z")
 T3 = pd.Timestamp("2026-11-04T02:15:00Z")
@@ -124,9 +124,9 @@ def test_the_plan_asks_for_the_preferences_of_the_members_it_removes_holds_or_mo
     from tasks.core.planner import plan
     from tasks.core.rules import parse_rules
     from tasks.mailman import with_preferences
-    from tasks.novi import members_frame
+    from tasks.core.members import members_frame
     from tests.conftest import roster_frame
-    from tests.test_planner_ledger import L
+    from tests.core.test_planner_ledger import L
 
     _, ledger = step([novi_record(k, f"{k}@x.org") for k in "dms"], [], now=T0)
     members = members_frame([novi_record("d", "d@x.org", status="expired"), novi_record("m", "new@x.org"),

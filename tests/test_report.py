@@ -126,7 +126,7 @@ def test_novi_text_in_the_summary_is_text_not_markup():
     markdown as markup (a `|` broke its table)."""
     from tasks.core.planner import plan
     from tasks.core.rules import parse_rules
-    from tasks.novi import members_frame
+    from tasks.core.members import members_frame
     from tasks.report import summarise, summary_markdown
     from tests.conftest import novi_record, roster_frame
 

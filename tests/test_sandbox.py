@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from sandbox import data
 from sandbox.novi import Sandbox, create_app
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 
 KEY = "test-key"
 

@@ -10,7 +10,7 @@ from tasks.core.rules import parse_rules
 from tasks.core.schema import Action, Delivery, Outcome
 from tasks.core.schema import REASON_ADDRESS_CHANGED, REASON_OPTED_OUT
 from tasks.core.undo import plan_undo, to_put_back
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tests.conftest import novi_record, roster_frame
 
 LIST = "members.example.org"
@@ -194,7 +194,7 @@ def test_a_removal_of_someone_novi_does_not_know_reads_their_preferences_first()
     planner reads them before every removal, not only for members Novi still knows (a purge
     or a bad export removes people as "no longer in Novi")."""
     from tasks.core.planner import plan
-    from tasks.novi import members_frame
+    from tasks.core.members import members_frame
     from tests.conftest import novi_record
 
     rules = parse_rules({"lists": [{"list_id": LIST, "scope": "mirror"}]}, "test")

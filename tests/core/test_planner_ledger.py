@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_GONE, REASON_LEFT, REASON_SUBSCRIBE, plan, settle
 from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame

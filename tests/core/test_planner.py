@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.core.planner import (
     REASON_AWAITING,
     REASON_REQUEST,

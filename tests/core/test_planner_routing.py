@@ -11,7 +11,7 @@ from tasks.core.planner import plan
 from tasks.core.schema import COMMITTEE_TERM_ENDED
 from tasks.core.rules import parse_rules
 from tasks.core.schema import Action
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tests.conftest import novi_record, roster_frame
 
 L = "finance-committee.example.org"

@@ -4,7 +4,7 @@ import pytest
 
 from tasks.core.guards import fingerprint, refusal_message, refusals
 from tasks.core.schema import approved_fingerprint
-from tasks.novi import members_frame
+from tasks.core.members import members_frame
 from tasks.core.planner import plan
 from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
