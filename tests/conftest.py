@@ -58,18 +58,22 @@ def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
     }, columns=ROSTER_COLUMNS)
 
 
+# The tests by depth: core/ (the pure core, no Prefect), edge/ (clients, ledger, report, layout;
+# HTTP mocked), runs/ (flows and the command line under a Prefect test server; not "flows/",
+# which would shadow the product's package under pytest's imports), integration/ (real peers).
 INTEGRATION = Path(__file__).parent / "integration"
+RUNS = Path(__file__).parent / "runs"
 
 
 def pytest_collection_modifyitems(items) -> None:
     """Markers from where a test lives and what it needs, never set by hand: `integration` for
-    the tests under tests/integration (real peers), `flow` for those and for every test that
-    needs a Prefect server (the `prefect_server` fixture). `make unit` runs the rest."""
+    the tests under tests/integration (real peers), `flow` for those, for tests/runs and for
+    every test that needs a Prefect server (the `prefect_server` fixture). `make unit` runs the rest."""
     for item in items:
         if INTEGRATION in item.path.parents:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.flow)
-        elif "prefect_server" in item.fixturenames:
+        elif RUNS in item.path.parents or "prefect_server" in item.fixturenames:
             item.add_marker(pytest.mark.flow)
 
 

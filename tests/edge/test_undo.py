@@ -226,7 +226,7 @@ def test_the_ledger_finds_every_attempt_of_a_run_and_each_run_a_name_could_mean(
     from tasks.core.planner import settle
     from tasks.core.schema import RunKind
     from tasks.ledger import Ledger
-    from tests.test_ledger import T0, planned_run
+    from tests.edge.test_ledger import T0, planned_run
 
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     p, outcomes, run = planned_run(LIST, 3, run_id="flow-1")
@@ -259,7 +259,7 @@ def test_an_undo_reads_a_ledger_from_before_names_were_kept(tmp_path):
     import sqlite3
 
     from tasks.ledger import Ledger
-    from tests.test_ledger import planned_run
+    from tests.edge.test_ledger import planned_run
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(f"sqlite:///{path}")

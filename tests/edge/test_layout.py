@@ -12,7 +12,7 @@ import pytest
 
 from tasks.core import schema
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORE = sorted(p.stem for p in (ROOT / "tasks" / "core").glob("*.py") if p.stem != "__init__")
 
 

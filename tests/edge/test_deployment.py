@@ -9,7 +9,7 @@ import yaml
 from flows.sync import sync_lists
 from tasks.core.rules import load_rules
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_nightly_deployment_points_at_the_flow_with_valid_parameters():

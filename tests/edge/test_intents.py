@@ -69,7 +69,7 @@ def test_the_ledger_holds_intents_until_the_run_ends_and_settles_a_dead_runs(led
     run's (a dead one: the lock says so) are settled in one transaction: the crashed run with what
     reached Mailman, whom it subscribed managed with the intent's Novi id, its intents gone."""
     from tasks.ledger import Journal, Lease, Ledger, RunRecord
-    from tests.test_ledger import planned_run
+    from tests.edge.test_ledger import planned_run
 
     ledger = Ledger(ledger_url)
     dead = Journal(ledger, Lease([L], "dead-lease"), "flow-dead", "dead-otter", "full", T0)
@@ -140,7 +140,7 @@ def test_a_ledger_from_before_intents_upgrades_and_a_dry_run_reads_it_as_it_is(t
     from sqlalchemy import inspect
 
     from tasks.ledger import Journal, Lease, Ledger
-    from tests.test_ledger import planned_run
+    from tests.edge.test_ledger import planned_run
 
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(f"sqlite:///{path}")

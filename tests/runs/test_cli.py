@@ -280,7 +280,7 @@ def test_a_table_printed_to_a_pipe_is_never_cut(tmp_path):
     import sys
 
     from tasks.ledger import Ledger
-    from tests.test_ledger import planned_run
+    from tests.edge.test_ledger import planned_run
 
     ledger_path = tmp_path / "ledger.sqlite"
     ledger = Ledger(f"sqlite:///{ledger_path}")
