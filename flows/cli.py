@@ -419,12 +419,13 @@ def list_history(list_id: Annotated[str, typer.Argument(help="The list (members@
     """What changed on one list over the last days, newest first, by every kind of run (from the ledger)."""
     from tasks.history import ListHistory, run_and_kind
 
-    history = ListHistory.last_days(_ledger_to_read(ledger_block), list_id, days)
+    ledger = _ledger_to_read(ledger_block)
+    history = ListHistory.last_days(ledger, list_id, days)
     if as_json:
         print(json.dumps(history.as_json()))
         return
     out.print(f"Ledger: {history.ledger}")
-    out.print(history.summary())
+    out.print(history.summary() + ("" if ledger.exists else ". No run has been recorded on this machine yet."))
     if history.changes.empty:
         return
     _print_changes(f"{history.list_id}, newest first", history.changes, ("address", "email"), run_and_kind)
