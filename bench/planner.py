@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.planner 100000 1000000 [--repeat 3] [--routing]
 
 Each size runs in a fresh process (so peak memory is that size's own) and prints a markdown
-row: median, min and max seconds of `tasks.core.planner.plan`, and the process's peak RSS.
+row: median, min and max seconds of `tasks.core.planner.plan_changes`, and the process's peak RSS.
 The roster overlaps Novi by 99%; 10% of the records are not eligible; names match.
 `--routing` turns issue 17's rules on: every record has a Chapter custom field and one in 20 a
 Finance Committee seat (a quarter of them ended); the list selects by Chapter, and a second list
@@ -27,7 +27,7 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
 
     from tasks.core import addresses
     from tasks.core.schema import MEMBER_COLUMNS, REGULAR, ROSTER_COLUMNS, Delivery
-    from tasks.core.planner import plan
+    from tasks.core.planner import plan_changes
     from tasks.core.rules import parse_rules
 
     CHAPTERS = ["North", "South", "East", "West"]
@@ -73,7 +73,7 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
     seconds, changes = [], 0
     for _ in range(repeat):
         start = time.perf_counter()
-        result = plan(members, rosters, rules)
+        result = plan_changes(members, rosters, rules)
         seconds.append(time.perf_counter() - start)
         changes = len(result.changes)
     return {"records": n, "roster": n, "changes": changes, "median_s": statistics.median(seconds),

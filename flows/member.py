@@ -100,18 +100,18 @@ def _sync_member(member_ids: list[str], options: RunOptions, *, wait_for_lock_s:
         moderators = read_moderators(mailman, run.ledger, run.rules, keys)
         # Novi cannot be asked which companies name a person as their contact: whether someone
         # is one is judged by the full sync alone (a member run never removes on less).
-        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, now=pd.Timestamp(run.started_at),
+        plan = plan_lists(mailman, members, rosters, run.rules, remembered, now=pd.Timestamp(run.started_at),
                               bans=bans, requests=requests, moderators=moderators, every_company=False)
 
-        run.judge(the_plan, None)
-        outcomes = run.apply(mailman, the_plan)
+        run.judge(plan, None)
+        outcomes = run.apply(mailman, plan)
         done = (f"{len(ids) - len(missing)} members: {report.done_message(outcomes, run.dry_run)}"
                 + (f"; {len(missing)} not found in Novi, left to the full sync" if missing else ""))
         state, message = run.verdict(outcomes, done)
-        state, message = run.record(the_plan, outcomes, state, message, len(found), only_keys=keys)
-        message = tell_staff(run, the_plan, outcomes, mailman, message)
+        state, message = run.record(plan, outcomes, state, message, len(found), only_keys=keys)
+        message = tell_staff(run, plan, outcomes, mailman, message)
 
-    summary = run.summarise(the_plan, outcomes, state, message, novi_members=len(found), members=ids,
+    summary = run.summarise(plan, outcomes, state, message, novi_members=len(found), members=ids,
                             not_found=missing)
     report.publish_member(summary, outcomes)
     return run.finish(summary, outcomes, clients=(novi, mailman))

@@ -136,25 +136,25 @@ def reconcile(run: Run, novi, mailman, *, reports_dir: str | None,
         log.warning("Rules: %s", problem)
 
     with run.phase("plan"):
-        the_plan = plan_lists(mailman, members, rosters, run.rules, remembered, now=pd.Timestamp(run.started_at),
+        plan = plan_lists(mailman, members, rosters, run.rules, remembered, now=pd.Timestamp(run.started_at),
                               bans=bans, requests=requests, moderators=moderators)
-    log.info("Planned %d changes on %d lists", the_plan.count(), len(run.list_ids))
-    run.judge(the_plan, last_figures)
-    outcomes = run.apply(mailman, the_plan)
+    log.info("Planned %d changes on %d lists", plan.count(), len(run.list_ids))
+    run.judge(plan, last_figures)
+    outcomes = run.apply(mailman, plan)
     state, message = run.verdict(outcomes, report.done_message(outcomes, run.dry_run))
     # `remembered` is what the lists' rows were when read under this run's lock: only the rows
     # that changed are written
-    state, message = run.record(the_plan, outcomes, state, message, len(members), before=remembered)
-    message = tell_staff(run, the_plan, outcomes, mailman, message)
+    state, message = run.record(plan, outcomes, state, message, len(members), before=remembered)
+    message = tell_staff(run, plan, outcomes, mailman, message)
     # Published before the lock is released: a release that fails (the ledger down) must
     # not lose the report, which is then the only record of what was applied.
     with run.phase("report"):
-        rows = report.plan_rows(the_plan, outcomes)
+        rows = report.plan_rows(plan, outcomes)
         plan_csv, unwritten = report.save_plan(rows, reports_dir, flow_run.get_name() or "local", flow_run_id())
-        summary = run.summarise(the_plan, outcomes, state, message, novi_members=len(members), plan_csv=plan_csv)
+        summary = run.summarise(plan, outcomes, state, message, novi_members=len(members), plan_csv=plan_csv)
         if unwritten:
             note(summary, unwritten)
-        report.publish(summary, rows, table_rows, the_plan.quarantined, the_plan.bouncing)
+        report.publish(summary, rows, table_rows, plan.quarantined, plan.bouncing)
     return summary, outcomes
 
 

@@ -141,13 +141,13 @@ def _undo_run(ref: str, options: RunOptions) -> State:
             novi = _records_now(options.novi_block, to_put_back(applied), run.rules)
         undo = plan_undo(applied, rosters, ledger.applied_since(target["ended_at"], list_ids), run_name=name,
                          novi=novi, rules=run.rules, bans=bans)
-        the_plan = _as_plan(undo.changes)
-        run.judge(the_plan, None, tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
-        outcomes = run.apply(mailman, the_plan)
+        plan = _as_plan(undo.changes)
+        run.judge(plan, None, tripped=guards.undo_refusals(undo.changes, rosters, run.rules))
+        outcomes = run.apply(mailman, plan)
         skipped = f"; {len(undo.skipped):,} changed since, left as they are" if len(undo.skipped) else ""
         done = report.done_message(outcomes, dry_run) if len(outcomes) else "nothing left to undo"
         state, message = run.verdict(outcomes, f"Undo of {name}: {done}{skipped}")
-        state, message = run.record(the_plan, outcomes, state, message, None)
+        state, message = run.record(plan, outcomes, state, message, None)
     summary = report.undo_summary(name, state, message, dry_run=dry_run, outcomes=outcomes, skipped=undo.skipped,
                                   guards=run.tripped, ledger=ledger.location)
     report.publish_undo(summary)

@@ -80,7 +80,10 @@ def _one_line(value: SecretStr, what: str) -> SecretStr:
 
 
 class NoviCredentials(Block):
-    """A Novi AMS site and an API key for it (Settings → Advanced → API Keys)."""
+    """A Novi AMS site and an API key for it (Settings → Advanced → API Keys).
+
+    Saved by `novi-mailman blocks` or the UI's Blocks page; see the README, "Configuration".
+    """
 
     # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
     model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
@@ -88,6 +91,11 @@ class NoviCredentials(Block):
     _block_type_name = "Novi Credentials"
     _block_type_slug = "novi-credentials"  # fixed: renaming it would orphan saved blocks
     _description = "Site URL and API key of a Novi AMS site, for novi-mailman."
+    _code_example = """
+        from tasks.blocks import NoviCredentials
+
+        novi = NoviCredentials.load("BLOCK_NAME").get_client()
+        """
 
     site_url: str = Field(description="The site root, e.g. https://www.example.org (with or without /api).")
     api_key: SecretStr = Field(description="The API key, exactly as Novi shows it.")
@@ -119,7 +127,10 @@ class NoviCredentials(Block):
 
 
 class MailmanCredentials(Block):
-    """A Mailman 3 core's REST API and its admin login."""
+    """A Mailman 3 core's REST API and its admin login.
+
+    Saved by `novi-mailman blocks` or the UI's Blocks page; see the README, "Configuration".
+    """
 
     # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
     model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
@@ -127,10 +138,15 @@ class MailmanCredentials(Block):
     _block_type_name = "Mailman Credentials"
     _block_type_slug = "mailman-credentials"
     _description = "REST URL and admin login of a GNU Mailman 3 core, for novi-mailman."
+    _code_example = """
+        from tasks.blocks import MailmanCredentials
+
+        mailman = MailmanCredentials.load("BLOCK_NAME").get_client()
+        """
 
     rest_url: str = Field(description="The core's REST root, e.g. http://127.0.0.1:8001 (with or without /3.1).")
-    username: str = Field(default="restadmin", description="[webservice] admin_user")
-    password: SecretStr = Field(description="[webservice] admin_pass")
+    username: str = Field(default="restadmin", description="The REST admin user: [webservice] admin_user.")
+    password: SecretStr = Field(description="The REST admin password: [webservice] admin_pass.")
 
     timeout_seconds: float = Field(default=60, gt=0, le=600, description="How long to wait for one answer.")
     pages_in_flight: int = Field(
@@ -155,7 +171,10 @@ class MailmanCredentials(Block):
 
 
 class LedgerDatabase(Block):
-    """Where the ledger lives when it is not the default SQLite file (e.g. a shared PostgreSQL)."""
+    """Where the ledger lives when it is not the default SQLite file (e.g. a shared PostgreSQL).
+
+    Saved from Python or the UI's Blocks page; see the README, "Configuration" (3. The ledger).
+    """
 
     # pydantic quotes the input of a refused field in its errors: never a secret or a URL.
     model_config = ConfigDict(**Block.model_config, hide_input_in_errors=True)
@@ -163,6 +182,11 @@ class LedgerDatabase(Block):
     _block_type_name = "novi-mailman Ledger"
     _block_type_slug = "novi-mailman-ledger"
     _description = "SQLAlchemy URL of the novi-mailman ledger, e.g. postgresql+psycopg://user:pw@host/db."
+    _code_example = """
+        from tasks.blocks import LedgerDatabase
+
+        ledger = LedgerDatabase.load("BLOCK_NAME").get_ledger()
+        """
 
     url: SecretStr = Field(description="SQLAlchemy URL; it may hold a password, so it is kept secret.")
 

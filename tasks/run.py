@@ -27,7 +27,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from tasks.core import guards
-from tasks.core.planner import Plan, plan, settle
+from tasks.core.planner import Plan, plan_changes, settle
 from tasks.core.rules import Rules, resolve_rules
 from tasks.core.schema import (PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, RunSummary, Tag,
                                UndoSummary, approved_fingerprint, missing_as_none, note)
@@ -106,7 +106,7 @@ def make_plan(members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Ru
               requests: dict[str, pd.DataFrame] | None = None,
               moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """The pure planner, as a task so its duration shows in the run."""
-    return plan(members, rosters, rules, ledger, now, bans, requests, moderators, every_company)
+    return plan_changes(members, rosters, rules, ledger, now, bans, requests, moderators, every_company)
 
 
 def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str, pd.DataFrame], rules: Rules,
@@ -115,13 +115,13 @@ def plan_lists(mailman: MailmanClient, members: pd.DataFrame, rosters: dict[str,
                moderators: dict[str, pd.DataFrame] | None = None, every_company: bool = True) -> Plan:
     """The plan. Where it removes, holds or moves members whose preferences the roster read did
     not bring (`Plan.wanting`: a day's churn, not the roster), those are read, one call each,
-    and the lists planned again with them. `every_company`: see `tasks.core.planner.plan`."""
+    and the lists planned again with them. `every_company`: see `tasks.core.planner.plan_changes`."""
     context = {"now": now, "bans": bans, "requests": requests, "moderators": moderators,
                "every_company": every_company}
-    the_plan = make_plan(members, rosters, rules, ledger, **context)
-    if the_plan.wanting.empty:
-        return the_plan
-    read = read_preferences(mailman, the_plan.wanting)
+    plan = make_plan(members, rosters, rules, ledger, **context)
+    if plan.wanting.empty:
+        return plan
+    read = read_preferences(mailman, plan.wanting)
     return make_plan(members, with_preferences(rosters, read), rules, ledger, **context)
 
 
@@ -144,7 +144,7 @@ def read_moderators(mailman: MailmanClient, ledger: Ledger, rules: Rules,
     return out
 
 
-def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: int, workers: int,
+def apply_plan(client: MailmanClient, plan: Plan, rules: Rules, batch_size: int, workers: int,
                lease: Lease | None = None, journal: Journal | None = None) -> pd.DataFrame:
     """Apply every change in batch tasks; each change's outcome, including whole batches that failed.
 
@@ -152,7 +152,7 @@ def apply_plan(client: MailmanClient, the_plan: Plan, rules: Rules, batch_size: 
     stops there (its remaining batches fail with `LockLost`). With a `journal`, each batch is
     in the ledger as intended before it is sent (a run killed mid-apply leaves nothing that
     nobody manages: the next run settles it, `Run.settle_leftovers`)."""
-    changes = the_plan.changes
+    changes = plan.changes
     if changes.empty:
         return changes.assign(outcome=pd.Series(dtype="string"), detail=pd.Series(dtype="string"))
     welcome = {r.list_id: r.send_welcome for r in rules.lists}
@@ -184,7 +184,7 @@ def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict
 
 
 @task(name="record-ledger", cache_policy=NO_CACHE)
-def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_plan: Plan,
+def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], plan: Plan,
                   outcomes: pd.DataFrame, lease: Lease | None, only_keys: list[str] | None = None,
                   before: pd.DataFrame | None = None) -> int:
     """Store the lists' next state (as the changes actually turned out), the changes and the run.
@@ -196,8 +196,8 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], the_pl
     if lease is not None:
         lease.check()
     memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
-              else settle(the_plan.memory, outcomes))
-    return ledger.record(record, list_ids, memory, outcomes, the_plan.figures, only_keys=only_keys, lease=lease,
+              else settle(plan.memory, outcomes))
+    return ledger.record(record, list_ids, memory, outcomes, plan.figures, only_keys=only_keys, lease=lease,
                          before=before)
 
 
@@ -253,7 +253,7 @@ def read_rosters(mailman: MailmanClient, list_ids: Sequence[str], workers: int,
     return rosters
 
 
-def tell_staff(run: "Run", the_plan: Plan, outcomes: pd.DataFrame, mailman: MailmanClient, message: str) -> str:
+def tell_staff(run: "Run", plan: Plan, outcomes: pd.DataFrame, mailman: MailmanClient, message: str) -> str:
     """A real run's change digest to the people its rules name (tasks.digest); the run's
     message, with what could not be sent."""
     if run.dry_run or not any(rule.digest for rule in run.rules.lists):
@@ -261,7 +261,7 @@ def tell_staff(run: "Run", the_plan: Plan, outcomes: pd.DataFrame, mailman: Mail
     from tasks.digest import send_digests  # prefect-email only where a digest is asked for
 
     with run.phase("digest"):
-        problems = send_digests(run.rules, outcomes, the_plan.left_alone, the_plan.bouncing, the_plan.quarantined,
+        problems = send_digests(run.rules, outcomes, plan.left_alone, plan.bouncing, plan.quarantined,
                                 mailman, flow_run.get_name() or "local")
     return message + "".join(f" ({problem})" for problem in problems)
 
@@ -433,13 +433,13 @@ class Run:
         if not self.dry_run:
             self.ledger.record_failure(self.record_of(RunState.FAILED, str(error), None))
 
-    def judge(self, the_plan: Plan, previous: dict[str, dict] | None, tripped: list[str] | None = None) -> None:
+    def judge(self, plan: Plan, previous: dict[str, dict] | None, tripped: list[str] | None = None) -> None:
         """Ask the guards about the plan (or take their verdict, `tripped`, from an undo's own);
         a refusal stops every write, unless the operator approved this very plan (`approve`,
         its fingerprint) or lifted the guards for this run."""
         self.tripped = tripped if tripped is not None else guards.refusals(
-            the_plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
-        self.fingerprint = guards.fingerprint(the_plan, self.rules)
+            plan, self.rules, previous, few=self.kind == RunKind.MEMBER)
+        self.fingerprint = guards.fingerprint(plan, self.rules)
         override_guards, approve = self.options.override_guards, self.options.approve
         self.overridden = bool(self.tripped and override_guards)
         self.approved = bool(self.tripped and not override_guards and approve == self.fingerprint)
@@ -457,14 +457,14 @@ class Run:
                                                   approved=approve)
             label(Tag.REFUSED)
 
-    def apply(self, client: MailmanClient, the_plan: Plan) -> pd.DataFrame:
+    def apply(self, client: MailmanClient, plan: Plan) -> pd.DataFrame:
         """The plan's changes with their outcomes: applied, or only planned (dry run) or refused."""
         if self.dry_run or self.refusal:
-            return the_plan.changes.assign(outcome=Outcome.PLANNED if self.dry_run else Outcome.REFUSED, detail="")
+            return plan.changes.assign(outcome=Outcome.PLANNED if self.dry_run else Outcome.REFUSED, detail="")
         journal = Journal(self.ledger, self.lease, flow_run_id(), flow_run.get_name() or "local", self.kind,
                           self.started_at) if self.lease is not None else None
         with self.phase("apply"):
-            return apply_plan(client, the_plan, self.rules, self.options.batch_size, self.options.workers, self.lease,
+            return apply_plan(client, plan, self.rules, self.options.batch_size, self.options.workers, self.lease,
                               journal)
 
     def verdict(self, outcomes: pd.DataFrame, done: str) -> tuple[str, str]:
@@ -478,7 +478,7 @@ class Run:
             done += f"; plan {self.fingerprint} applied as approved by the operator"
         return RunState.COMPLETED, done
 
-    def record(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,
+    def record(self, plan: Plan, outcomes: pd.DataFrame, state: str, message: str, novi_members: int,
                only_keys: Sequence[str] | None = None, before: pd.DataFrame | None = None) -> tuple[str, str]:
         """Store a real run in the ledger; the state and message to report (a failed write fails
         the run, but its report is still published: it is then the only record of what was applied)."""
@@ -487,19 +487,19 @@ class Run:
         try:
             with self.phase("record_ledger"):
                 self.ledger_rows_written = record_ledger(
-                    self.ledger, self.record_of(state, message, novi_members), self.list_ids, the_plan, outcomes,
+                    self.ledger, self.record_of(state, message, novi_members), self.list_ids, plan, outcomes,
                     self.lease, list(only_keys) if only_keys is not None else None, before)
         except (LedgerError, LockLost) as exc:
             self.unrecorded = type(exc)(unrecorded_message(outcomes, message, exc))
             return RunState.FAILED, str(self.unrecorded)
         return state, message
 
-    def summarise(self, the_plan: Plan, outcomes: pd.DataFrame, state: str, message: str, *, novi_members: int,
+    def summarise(self, plan: Plan, outcomes: pd.DataFrame, state: str, message: str, *, novi_members: int,
                   plan_csv: str | None = None, members: list[str] | None = None,
                   not_found: list[str] | None = None) -> RunSummary:
         """The run's summary (tasks.report.summarise) with what this run knows of itself; a
         member run's with the members it was asked for."""
-        summary = report.summarise(the_plan, outcomes, dry_run=self.dry_run, state=state, message=message,
+        summary = report.summarise(plan, outcomes, dry_run=self.dry_run, state=state, message=message,
                                    novi_members=novi_members, duration_s=self.elapsed(), plan_csv=plan_csv,
                                    ledger=self.ledger.location, guards=self.tripped,
                                    guards_overridden=self.overridden,

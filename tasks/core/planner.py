@@ -112,11 +112,11 @@ def plan_list(usable: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame, 
               requests: pd.DataFrame | None = None, shared: pd.Series | None = None,
               companies: pd.DataFrame | None = None, moderators: pd.DataFrame | None = None,
               every_company: bool = True) -> ListPlan:
-    """Changes, rows left alone, next ledger rows and figures for one list (see `plan`).
+    """Changes, rows left alone, next ledger rows and figures for one list (see `plan_changes`).
 
     `shared` marks the records whose address another record has too, `companies` are the
     sweep's companies (`companies_of`): both made once for every list. `moderators` and
-    `every_company`: see `plan`."""
+    `every_company`: see `plan_changes`."""
     shared = usable["match_key"].duplicated(keep=False) if shared is None else shared
     why_not, unsure = judge(usable, rule, now, companies, every_company)
     unjudged = (unsure != "").to_numpy(dtype=bool)
@@ -631,7 +631,7 @@ def _concat(parts: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-def plan(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rules,
+def plan_changes(members: pd.DataFrame, rosters: Mapping[str, pd.DataFrame], rules: Rules,
          ledger: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
          bans: Mapping[str, Sequence[str]] | None = None,
          requests: Mapping[str, pd.DataFrame] | None = None,

@@ -5,7 +5,7 @@ import pytest
 from tasks.core.guards import fingerprint, refusal_message, refusals
 from tasks.core.schema import approved_fingerprint
 from tasks.core.members import members_frame
-from tasks.core.planner import plan
+from tasks.core.planner import plan_changes
 from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
@@ -17,7 +17,7 @@ def planned(n_current: int, n_lapsed: int, roster_all: bool = True, **rule):
     records += [novi_record(f"e{i}", f"e{i}@x.org", status="expired") for i in range(n_lapsed)]
     roster = [(r["Email"], f"Pat {r['UniqueID'].upper()}") for r in records] if roster_all else []
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
-    return plan(members_frame(records), {L: roster_frame(L, roster)}, rules), rules
+    return plan_changes(members_frame(records), {L: roster_frame(L, roster)}, rules), rules
 
 
 def scenario(n_current: int, n_lapsed: int, roster_all: bool = True, last_eligible: int | None = None, **rule):

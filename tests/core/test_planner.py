@@ -14,7 +14,7 @@ from tasks.core.planner import (
     REASON_RENAME,
     REASON_SUBSCRIBE,
     REASON_UNMANAGED,
-    plan,
+    plan_changes,
 )
 from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
@@ -24,7 +24,7 @@ L = "members.example.org"
 
 def run(records, roster_rows, **rule):
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
-    return plan(members_frame(records), {L: roster_frame(L, roster_rows)}, rules)
+    return plan_changes(members_frame(records), {L: roster_frame(L, roster_rows)}, rules)
 
 
 def changes(p):
@@ -202,11 +202,11 @@ def test_an_address_two_records_share_has_one_name_on_every_list():
                                                    "persons_only": True}]})
     rosters = {L: roster_frame(L, [("ann@x.org", "Ann Lee")]),
                "people.x.org": roster_frame("people.x.org", [("ann@x.org", "Ann Lee")])}
-    p = plan(members_frame(records), rosters, rules)
+    p = plan_changes(members_frame(records), rosters, rules)
     assert p.changes.empty, p.changes[["list_id", "action", "display_name"]].to_dict("records")
     moved = {L: roster_frame(L, [("ann@x.org", "Acme Ltd")]),
              "people.x.org": roster_frame("people.x.org", [("ann@x.org", "Acme Ltd")])}
-    again = plan(members_frame(records), moved, rules)  # from the company's name, both lists agree on hers
+    again = plan_changes(members_frame(records), moved, rules)  # from the company's name, both lists agree on hers
     assert sorted((r.list_id, r.action, r.display_name) for r in again.changes.itertuples()) == [
         (L, "rename", "Ann Lee"), ("people.x.org", "rename", "Ann Lee")]
 
@@ -224,7 +224,7 @@ def test_quarantined_records_are_never_subscribed_nor_cause_a_removal(scope):
 def test_several_lists_from_one_members_frame():
     members = members_frame([novi_record("a", "a@x.org", groups=["Board"]), novi_record("b", "b@x.org")])
     rules = parse_rules({"lists": [{"list_id": "all@x.org"}, {"list_id": "board@x.org", "groups": ["Board"]}]})
-    p = plan(members, {"all.x.org": roster_frame("all.x.org", []),
+    p = plan_changes(members, {"all.x.org": roster_frame("all.x.org", []),
                        "board.x.org": roster_frame("board.x.org", [("b@x.org", "Pat B")])}, rules)
     got = sorted((r.list_id, r.action, r.email) for r in p.changes.itertuples())
     assert got == [("all.x.org", "subscribe", "a@x.org"), ("all.x.org", "subscribe", "b@x.org"),
@@ -243,8 +243,8 @@ def test_planner_is_pure_and_leaves_its_inputs_alone():
     roster = roster_frame(L, [("b@x.org", "Pat B")])
     before = (members.copy(deep=True), roster.copy(deep=True))
     rules = parse_rules({"lists": [{"list_id": L}]})
-    first = plan(members, {L: roster}, rules)
-    second = plan(members, {L: roster}, rules)
+    first = plan_changes(members, {L: roster}, rules)
+    second = plan_changes(members, {L: roster}, rules)
     pd.testing.assert_frame_equal(members, before[0])
     pd.testing.assert_frame_equal(roster, before[1])
     pd.testing.assert_frame_equal(first.changes, second.changes)
@@ -254,7 +254,7 @@ def test_planner_is_pure_and_leaves_its_inputs_alone():
 
 def banned_run(records, roster_rows, bans, **rule):
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
-    return plan(members_frame(records), {L: roster_frame(L, roster_rows)}, rules, bans={L: bans})
+    return plan_changes(members_frame(records), {L: roster_frame(L, roster_rows)}, rules, bans={L: bans})
 
 
 def test_a_banned_eligible_member_is_left_alone_never_subscribed():
@@ -295,7 +295,7 @@ def test_an_eligible_members_request_waiting_for_the_moderator_is_resolved_by_th
     rules = parse_rules({"lists": [{"list_id": L}]})
     pending = requested([("ann@x.org", "t-ann", "moderator"), ("bob@x.org", "t-bob", "subscriber"),
                          ("cy@x.org", "t-cy", "moderator"), ("stranger@y.org", "t-s", "moderator")])
-    p = plan(members_frame(records), {L: roster_frame(L, [])}, rules, requests={L: pending})
+    p = plan_changes(members_frame(records), {L: roster_frame(L, [])}, rules, requests={L: pending})
     assert [(r.action, r.email, r.request, r.reason) for r in p.changes.itertuples()] == [
         ("subscribe", "Ann@x.org", "t-ann", REASON_REQUEST)]
     assert alone(p) == [("bob@x.org", REASON_AWAITING)]  # their own confirmation: theirs to answer

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.members import members_frame
-from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_GONE, REASON_LEFT, REASON_SUBSCRIBE, plan, settle
+from tasks.core.planner import REASON_ADDRESS_CHANGED, REASON_GONE, REASON_LEFT, REASON_SUBSCRIBE, plan_changes, settle
 from tasks.core.rules import parse_rules
 from tests.conftest import novi_record, roster_frame
 
@@ -16,7 +16,7 @@ T1 = pd.Timestamp("2026-11-02T02:15:00Z")
 def step(records, roster_rows, ledger=None, now=T1, failed=(), **rule):
     """Plan one run, apply every change except `failed` addresses, and settle the ledger."""
     rules = parse_rules({"lists": [{"list_id": L, **rule}]})
-    p = plan(members_frame(records), {L: roster_frame(L, roster_rows)}, rules, ledger, now)
+    p = plan_changes(members_frame(records), {L: roster_frame(L, roster_rows)}, rules, ledger, now)
     outcomes = p.changes.assign(outcome=["failed" if e in failed else "applied" for e in p.changes["email"]])
     return p, settle(p.memory, outcomes)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.core.eligibility import ineligibility, unknown_custom_fields
-from tasks.core.planner import plan
+from tasks.core.planner import plan_changes
 from tasks.core.schema import COMMITTEE_TERM_ENDED
 from tasks.core.rules import parse_rules
 from tasks.core.schema import Action
@@ -94,8 +94,8 @@ def test_when_a_term_ends_the_next_run_lapses_the_seat_with_its_reason():
                            Committees=[seat(start="2026-12-02T00:00:00Z")])]
     rules = parse_rules({"lists": [{"list_id": L, "committees": ["Finance"]}]}, "test")
     roster = roster_frame(L, [("ann@example.org", "Ann Lee"), ("bo@example.org", "Bo Kim")])
-    the_plan = plan(members_frame(records), {L: roster}, rules, now=NOW)
-    got = sorted((r.action, r.email, r.reason) for r in the_plan.changes.itertuples())
+    plan = plan_changes(members_frame(records), {L: roster}, rules, now=NOW)
+    got = sorted((r.action, r.email, r.reason) for r in plan.changes.itertuples())
     assert got == [(Action.SUBSCRIBE, "cy@example.org", "eligible, not on the list"),
                    (Action.UNSUBSCRIBE, "ann@example.org", COMMITTEE_TERM_ENDED)]
 
@@ -256,7 +256,7 @@ def test_a_company_without_an_address_still_makes_its_contacts_members():
     # Companies often have no address: quarantined as a record, still a company for its people.
     records = [company("acme", "Acme Ltd", primary="p1"), person("p1", "non_member", "acme")]
     rules = parse_rules({"lists": [{"list_id": L, "contacts_of_companies": "primary"}]}, "test")
-    p = plan(members_frame(records), {L: roster_frame(L, [])}, rules, now=NOW)
+    p = plan_changes(members_frame(records), {L: roster_frame(L, [])}, rules, now=NOW)
     assert list(p.changes["email"]) == ["p1@x.org"]
     assert list(p.quarantined["novi_id"]) == ["acme"]
 
@@ -302,7 +302,7 @@ def test_moderators_follow_positions_and_only_those_this_tool_made_are_unmade(re
     rules = parse_rules({"lists": [{"list_id": L, "committees": ["Finance"], "moderators_from_positions": ["chair"],
                                     "lapsed": "keep"}]}, "test")
     members = members_frame([novi_record("p", "p@x.org", **record)])
-    p = plan(members, {L: roster_frame(L, [("p@x.org", "Pat P")])}, rules, now=NOW,
+    p = plan_changes(members, {L: roster_frame(L, [("p@x.org", "Pat P")])}, rules, now=NOW,
              moderators={L: moderator_roster(moderators)})
     roles = p.changes.loc[p.changes["action"].isin([Action.MODERATE, Action.UNMODERATE])]
     assert [(r.action, r.reason) for r in roles.itertuples()] == expected
@@ -333,7 +333,7 @@ def judged(rule: dict, records: list[dict], on_roster: list[str]) -> tuple[pd.Da
              "first_managed_at": NOW - pd.Timedelta(days=30), "last_seen_on_roster_at": NOW - pd.Timedelta(days=1),
              "last_eligible_at": NOW - pd.Timedelta(days=1)} for a in on_roster]
     ledger = pd.concat([empty_ledger(), pd.DataFrame(rows)], ignore_index=True) if rows else empty_ledger()
-    result = plan(members, {L: roster}, rules, ledger, NOW)
+    result = plan_changes(members, {L: roster}, rules, ledger, NOW)
     return result.changes, result.left_alone
 
 

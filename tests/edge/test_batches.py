@@ -83,12 +83,12 @@ def test_a_new_chair_is_made_moderator_only_once_their_subscribe_is_done(prefect
     work = changes([("board.x.org", "subscribe", f"m{i}@x.org") for i in range(3)]
                    + [("board.x.org", "moderate", "m2@x.org")])
     nothing = pd.DataFrame()
-    the_plan = Plan(changes=work, left_alone=nothing, figures=nothing, quarantined=nothing, memory=nothing,
+    plan = Plan(changes=work, left_alone=nothing, figures=nothing, quarantined=nothing, memory=nothing,
                     bouncing=nothing, wanting=nothing)
 
     @flow
     def apply():
-        return apply_plan(MailmanClient(MAILMAN_REST, "restadmin", "pw"), the_plan,
+        return apply_plan(MailmanClient(MAILMAN_REST, "restadmin", "pw"), plan,
                           parse_rules({"lists": [{"list_id": "board.x.org"}]}), batch_size=1, workers=4)
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:

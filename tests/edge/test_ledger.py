@@ -11,7 +11,7 @@ import pytest
 
 from tasks.ledger import Ledger, LedgerError, RunRecord
 from tasks.core.members import members_frame
-from tasks.core.planner import LEDGER_COLUMNS, plan, settle
+from tasks.core.planner import LEDGER_COLUMNS, plan_changes, settle
 from tasks.core.rules import parse_rules
 from tests.conftest import last_run, novi_record, roster_frame
 
@@ -22,7 +22,7 @@ def planned_run(list_id: str, n: int, now: datetime = T0, run_id: str = "run-1")
     """A plan that subscribes n members to list_id, every change applied."""
     records = [novi_record(f"{list_id}-{i}", f"m{i}@example.org") for i in range(n)]
     rules = parse_rules({"lists": [{"list_id": list_id}]})
-    p = plan(members_frame(records), {list_id: roster_frame(list_id, [])}, rules, now=pd.Timestamp(now))
+    p = plan_changes(members_frame(records), {list_id: roster_frame(list_id, [])}, rules, now=pd.Timestamp(now))
     outcomes = p.changes.assign(outcome="applied", detail="")
     run = RunRecord(run_id=run_id, run_name=f"name-{run_id}", started_at=now, ended_at=now + timedelta(seconds=5),
                     state="completed", message=f"{n} changes applied", novi_members=n)
@@ -41,7 +41,7 @@ def test_a_quiet_night_writes_only_the_rows_that_changed(ledger_url):
 
     def night(when: datetime, people) -> int:
         before = ledger.read([list_id])
-        p = plan(members_frame(people), {list_id: roster}, rules, before, now=pd.Timestamp(when))
+        p = plan_changes(members_frame(people), {list_id: roster}, rules, before, now=pd.Timestamp(when))
         outcomes = p.changes.assign(outcome="applied", detail="")
         run = RunRecord(run_id=f"run-{when:%d%H}", run_name="night", started_at=when, ended_at=when, state="completed",
                         message="", novi_members=len(people))

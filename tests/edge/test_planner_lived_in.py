@@ -121,7 +121,7 @@ def test_a_bounced_address_is_forgotten_once_it_is_back_on_the_list():
 def test_the_plan_asks_for_the_preferences_of_the_members_it_removes_holds_or_moves_only():
     import pandas as pd
 
-    from tasks.core.planner import plan
+    from tasks.core.planner import plan_changes
     from tasks.core.rules import parse_rules
     from tasks.mailman import with_preferences
     from tasks.core.members import members_frame
@@ -134,10 +134,10 @@ def test_the_plan_asks_for_the_preferences_of_the_members_it_removes_holds_or_mo
     roster = roster_frame(L, [("d@x.org", "D"), ("m@x.org", "M"), ("s@x.org", "S")])
     roster["delivery_mode"] = pd.NA  # as the roster read leaves it (tasks.mailman.ROSTER_FIELDS)
     rules = parse_rules({"lists": [{"list_id": L}]})
-    first = plan(members, {L: roster}, rules, ledger, T1)
+    first = plan_changes(members, {L: roster}, rules, ledger, T1)
     assert sorted(first.wanting["member_id"]) == ["mid-d@x.org", "mid-m@x.org"]  # not the one staying
     read = first.wanting.assign(delivery_mode=["mime_digests", "summary_digests"], delivery_status="enabled")
-    second = plan(members, with_preferences({L: roster}, read), rules, ledger, T1)
+    second = plan_changes(members, with_preferences({L: roster}, read), rules, ledger, T1)
     assert second.wanting.empty
     assert prefs(second, "new@x.org") == ("summary_digests", "", "enabled")
     # the removal's two possible next rows: still a member if it fails, remembered if it takes

@@ -124,7 +124,7 @@ def test_address_changes_are_never_cut():
 def test_novi_text_in_the_summary_is_text_not_markup():
     """Issue 27, item 11: HTML, `javascript:` links and `|` from Novi reached the summary's
     markdown as markup (a `|` broke its table)."""
-    from tasks.core.planner import plan
+    from tasks.core.planner import plan_changes
     from tasks.core.rules import parse_rules
     from tasks.core.members import members_frame
     from tasks.report import summarise, summary_markdown
@@ -134,10 +134,10 @@ def test_novi_text_in_the_summary_is_text_not_markup():
     rules = parse_rules({"lists": [{"list_id": "l.example.org", "custom_fields": {"Chapter": ["North"]},
                                     "allow_empty": True}]})
     record = novi_record("p", "p@x.org", CustomFields={"Chapter": {"CustomFieldName": "Chapter", "Value": hostile}})
-    the_plan = plan(members_frame([record]), {"l.example.org": roster_frame("l.example.org", [("p@x.org", "P")])},
+    plan = plan_changes(members_frame([record]), {"l.example.org": roster_frame("l.example.org", [("p@x.org", "P")])},
                     rules)
-    outcomes = the_plan.changes.assign(outcome="applied", detail="")
-    text = summary_markdown(summarise(the_plan, outcomes, dry_run=False, state="completed", message="done",
+    outcomes = plan.changes.assign(outcome="applied", detail="")
+    text = summary_markdown(summarise(plan, outcomes, dry_run=False, state="completed", message="done",
                                       novi_members=1, duration_s=1.0, plan_csv=None, ledger="l"))
     (row,) = [line for line in text.splitlines() if "onerror" in line]
     assert row.count("|") - row.count("\\|") == 4  # three cells: action, reason, count

@@ -193,16 +193,16 @@ def test_a_removal_of_someone_novi_does_not_know_reads_their_preferences_first()
     """An undo restores a removed member's digest setting and a delivery they paused: the
     planner reads them before every removal, not only for members Novi still knows (a purge
     or a bad export removes people as "no longer in Novi")."""
-    from tasks.core.planner import plan
+    from tasks.core.planner import plan_changes
     from tasks.core.members import members_frame
     from tests.conftest import novi_record
 
     rules = parse_rules({"lists": [{"list_id": LIST, "scope": "mirror"}]}, "test")
     roster = roster_frame(LIST, [("known@example.org", "Known"), ("gone@example.org", "Gone", "enabled", None)])
-    the_plan = plan(members_frame([novi_record("k", "known@example.org", first="Known", last="")]), {LIST: roster},
+    plan = plan_changes(members_frame([novi_record("k", "known@example.org", first="Known", last="")]), {LIST: roster},
                     rules)
-    assert list(the_plan.changes["email"]) == ["gone@example.org"]
-    assert list(the_plan.wanting["member_id"]) == ["mid-gone@example.org"]
+    assert list(plan.changes["email"]) == ["gone@example.org"]
+    assert list(plan.wanting["member_id"]) == ["mid-gone@example.org"]
 
 
 def test_an_address_banned_since_is_not_subscribed_again():
