@@ -444,17 +444,18 @@ def _print_changes(title: str, changes, second: tuple[str, str], run_of) -> None
     out.print(table)
 
 
-def _ledger(ledger_block: str | None):
-    """The ledger a command reads: a block's, from the commands' Prefect server; else the
-    default one, without starting Prefect at all (history and unlock answer at once)."""
+def _ledger(ledger_block: str | None, *, create: bool = False):
+    """The ledger a command reads (or, with `create`, upgrades or makes): a block's, from the
+    commands' Prefect server; else the default one, without starting Prefect at all (history
+    and unlock answer at once)."""
     if not ledger_block:
         from tasks.ledger import Ledger
 
-        return Ledger(create=False)
+        return Ledger(create=create)
     _prefect()  # a block lives on a Prefect server: the one the commands use, not a temporary one
     from tasks.blocks import open_ledger
 
-    return open_ledger(ledger_block, create=False)
+    return open_ledger(ledger_block, create=create)
 
 
 def _ledger_to_read(ledger_block: str | None):
@@ -636,6 +637,63 @@ def alerts_remove() -> None:
 
     removed = the_alerts.remove()
     out.print("\n".join(f"removed: {name}" for name in removed) or "No novi-mailman alerts to remove.")
+
+
+ledger = typer.Typer(help="The ledger over the years: its schema and upgrades, what it holds, and members' "
+                          "personal data kept no longer than needed (README: Privacy).", no_args_is_help=True)
+app.add_typer(ledger, name="ledger")
+
+
+@ledger.command("status")
+@one_line
+def ledger_status(ledger_block: LedgerBlock = None, as_json: AsJson = False) -> None:
+    """Where the ledger is, its schema revision and this release's, its rows and its oldest history."""
+    from tasks import ledger_keeping
+
+    shown = ledger_keeping.status(_ledger(ledger_block))
+    if as_json:
+        out.print(json.dumps(shown), soft_wrap=True)
+        return
+    out.print(f"Ledger      {shown['ledger']}")
+    if not shown["exists"]:
+        out.print("            none yet: the first real run makes it")
+        return
+    due = ("; upgraded by the next real run, or now with `novi-mailman ledger upgrade`" if shown["upgrade_due"]
+           else "")
+    out.print(f"Schema      {shown['schema']} (this release, novi-mailman {shown['release']}: "
+              f"{shown['release_schema']}{due})")
+    out.print(f"Written by  novi-mailman {shown['written_by'] or '0.1.0 (before the ledger kept it)'}")
+    from tasks.ledger_keeping import TABLES
+
+    out.print("Rows        " + " · ".join(f"{TABLES[name]} {count:,}" for name, count in shown["rows"].items()))
+    out.print(f"History     oldest change {shown['oldest_change'] or '(none)'}, oldest run {shown['oldest_run'] or '(none)'}")
+
+
+@ledger.command("upgrade")
+@one_line
+def ledger_upgrade(ledger_block: LedgerBlock = None) -> None:
+    """Bring the ledger to this release's schema now, in one transaction (a real run does it by itself)."""
+    from tasks.ledger_schema import HEAD
+
+    opened = _ledger(ledger_block, create=True)
+    if opened.found_schema is None:
+        out.print(f"Made a new ledger at {opened.location} (schema {HEAD}).")
+    elif opened.upgraded_from:
+        out.print(f"Upgraded the ledger at {opened.location} from schema {opened.upgraded_from} to {HEAD}.")
+    else:
+        out.print(f"The ledger at {opened.location} is at schema {HEAD} already.")
+
+
+@ledger.command("export")
+@one_line
+def ledger_export(address: Annotated[Optional[str], typer.Argument(
+                      help="The e-mail address whose records to export; none: the whole ledger.")] = None,
+                  ledger_block: LedgerBlock = None) -> None:
+    """Everything the ledger holds about one address (or all of it) as JSON: an access request (GDPR art. 15)."""
+    from tasks import ledger_keeping
+
+    out.print(json.dumps(ledger_keeping.export(_ledger(ledger_block), address), indent=1),
+              soft_wrap=True)
 
 
 server = typer.Typer(help="The local Prefect server the commands use when PREFECT_API_URL is not set.",

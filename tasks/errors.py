@@ -39,6 +39,10 @@ class CredentialsRefused(PermanentHTTPError):
     """401/403: the API key or password was refused."""
 
 
+class LedgerError(SyncError):
+    """The ledger could not be read or written, or is of a schema this release cannot use."""
+
+
 class BlockNotFound(SyncError):
     """A block named in a run's parameters is not saved on the Prefect server the run talks to."""
 

@@ -17,18 +17,15 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import timezone
-from importlib.metadata import PackageNotFoundError, version
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import urllib3
 
 from tasks.errors import CredentialsRefused, PermanentHTTPError, ReadStopped, TransientHTTPError, UnexpectedResponse
+from tasks.release import RELEASE
 
-try:
-    USER_AGENT = f"novi-mailman/{version('novi-mailman')}"
-except PackageNotFoundError:  # running from a source tree that was never installed
-    USER_AGENT = "novi-mailman/dev"
+USER_AGENT = f"novi-mailman/{RELEASE}"
 
 # (connect, read) seconds. Novi pages of 1,000 full records and Mailman mass unsubscribes of
 # 500 addresses take about a second; a minute of silence means the peer is stuck.

@@ -22,19 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (
-    Boolean,
-    Column,
     DateTime,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     create_engine,
     delete,
     event,
     inspect,
+    literal,
     select,
     update,
 )
@@ -60,132 +54,25 @@ from tasks.core.schema import (
     missing_as_none,
 )
 from tasks.core.intents import APPLIED, INTENT_COLUMNS, NOT_APPLIED, UNDECIDED
-from tasks.errors import SyncError
+from tasks.errors import LedgerError, SyncError
+from tasks.ledger_schema import (
+    MISSING_AS,
+    addresses_table,
+    changes_table,
+    intents_table,
+    locks_table,
+    run_lists_table,
+    runs_table,
+    metadata,
+    readable,
+    upgrade,
+)
 from tasks.host import process_alive
 
 LEDGER_ENV = "NOVI_MAILMAN_LEDGER"   # a path or a SQLAlchemy URL
 HOME_ENV = "NOVI_MAILMAN_HOME"       # default ~/.novi-mailman
 
-metadata = MetaData()
-
-addresses_table = Table(
-    "managed_addresses", metadata,
-    Column("list_id", String(255), primary_key=True),
-    Column("match_key", String(320), primary_key=True),
-    Column("email", String(320), nullable=False),
-    Column("novi_id", String(64)),
-    Column("status", String(16), nullable=False),      # tasks.core.schema.Status
-    Column("how", String(16), nullable=False),         # subscribed | adopted
-    Column("on_roster", Boolean, nullable=False),
-    Column("eligible", Boolean, nullable=False),
-    Column("first_managed_at", DateTime(timezone=True), nullable=False),
-    Column("last_seen_on_roster_at", DateTime(timezone=True)),
-    Column("last_eligible_at", DateTime(timezone=True)),
-    Column("left_at", DateTime(timezone=True)),
-    Column("left_expires", DateTime(timezone=True)),
-    # The member's preferences on the list (tasks.core.schema.PREFERENCE_COLUMNS), as last seen.
-    Column("delivery_mode", String(32)),
-    Column("moderation_action", String(16)),
-    Column("delivery_status", String(16)),
-    Column("run_id", String(64)),
-)
-
-changes_table = Table(
-    "changes", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(64), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("list_id", String(255), nullable=False),
-    Column("match_key", String(320), nullable=False),
-    Column("email", String(320), nullable=False),
-    Column("novi_id", String(64)),
-    Column("action", String(16), nullable=False),
-    Column("outcome", String(32), nullable=False),
-    Column("reason", Text),
-    Column("detail", Text),
-    # What an undo of the run needs: the name it set and the one it replaced, and the
-    # preferences the address had on the list (the roster's, or those it was subscribed with).
-    Column("display_name", Text),
-    Column("previous", Text),
-    Column("delivery_mode", String(32)),
-    Column("moderation_action", String(16)),
-    Column("delivery_status", String(16)),
-    Index("ix_changes_match_key", "match_key", "at"),
-)
-
-runs_table = Table(
-    "runs", metadata,
-    # One row per attempt: the UI's Retry runs a flow run again under the same flow-run id, so
-    # the key is that id for the first attempt and `<id>.<n>` for attempt n (see `_attempt_key`).
-    Column("run_id", String(64), primary_key=True),
-    Column("flow_run_id", String(64)),
-    Column("attempt", Integer),
-    Column("run_name", String(128)),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("ended_at", DateTime(timezone=True), nullable=False),
-    Column("kind", String(16), nullable=False, default=RunKind.FULL),  # full | member (a webhook's few members)
-    Column("state", String(16), nullable=False),       # tasks.core.schema.RunState
-    Column("message", Text),
-    Column("novi_members", Integer),
-    Column("changes", Integer),
-    Column("failed", Integer),
-)
-
-run_lists_table = Table(
-    "run_lists", metadata,
-    Column("run_id", String(64), primary_key=True),
-    Column("list_id", String(255), primary_key=True),
-    Column("eligible", Integer, nullable=False),
-    Column("roster", Integer, nullable=False),
-    Column("managed", Integer, nullable=False),
-    Column("changes", Integer, nullable=False),
-    Column("failed", Integer, nullable=False),
-)
-
-
-locks_table = Table(
-    "list_locks", metadata,
-    Column("list_id", String(255), primary_key=True),
-    Column("run_id", String(64), nullable=False),
-    Column("holder", String(255), nullable=False),   # host:pid
-    Column("acquired_at", DateTime(timezone=True), nullable=False),
-    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
-    Column("lease", String(32)),                     # this hold's own token: renewals and release use it
-)
-
-# What a run is about to write, before it is written (tasks.core.intents): one row per change,
-# under the run's hold (`lease`). A run that ends removes its own with its record; those left
-# are a dead run's, settled by the next run that takes the list against the roster it read.
-intents_table = Table(
-    "intents", metadata,
-    Column("intent_id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(64), nullable=False),      # the flow run's id (a Retry keeps it)
-    Column("run_name", String(128)),
-    Column("kind", String(16), nullable=False),
-    Column("lease", String(32), nullable=False),       # the hold it was written under: one per attempt
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("list_id", String(255), nullable=False),
-    Column("action", String(16), nullable=False),
-    Column("email", String(320), nullable=False),
-    Column("match_key", String(320), nullable=False),
-    Column("novi_id", String(64)),
-    Column("display_name", Text),
-    Column("previous", Text),
-    Column("reason", Text),
-    Column("delivery_mode", String(32)),
-    Column("moderation_action", String(16)),
-    Column("delivery_status", String(16)),
-    Column("batch", String(32), nullable=False),        # the batch task it went out in
-    Column("outcome", String(32)),                      # set once its batch has answered
-    Index("ix_intents_list", "list_id"),
-)
-
 STALE_AFTER = timedelta(minutes=10)  # a lock whose holder stopped renewing it this long ago is dead
-
-
-class LedgerError(SyncError):
-    """The ledger could not be read or written."""
 
 
 class ListBusy(SyncError):
@@ -312,7 +199,10 @@ class Ledger:
                 from None
         self.location = self.redacted(parsed)
         self.exists = True
+        self.found_schema: str | None = None  # the schema revision it had when opened (None: a new ledger)
+        self.upgraded_from: str | None = None  # ... when this opening upgraded it from there
         self._columns = list(LEDGER_COLUMNS)
+        self._missing: set[str] = set()  # table.column an older ledger, read as it is, does not have yet
         try:
             if parsed.get_backend_name() == "sqlite":
                 on_disk = bool(parsed.database) and parsed.database != ":memory:"
@@ -327,13 +217,17 @@ class Ledger:
             else:
                 self.engine = create_engine(parsed, pool_pre_ping=True)
             if create:
-                metadata.create_all(self.engine)
-                _upgrade(self.engine)
+                self.found_schema, now = upgrade(self.engine, self.location)
+                self.upgraded_from = self.found_schema if self.found_schema not in (None, now) else None
             else:
-                self.exists = inspect(self.engine).has_table(addresses_table.name)
+                self.exists = readable(self.engine, self.location) is not None
                 if self.exists:  # a dry run does not upgrade an older ledger: it reads what is there
-                    present = {column["name"] for column in inspect(self.engine).get_columns(addresses_table.name)}
-                    self._columns = [c for c in LEDGER_COLUMNS if c in present]
+                    tables = inspect(self.engine)
+                    self._missing = {f"{table.name}.{column.name}" for table in metadata.sorted_tables
+                                     if tables.has_table(table.name)
+                                     for column in table.columns
+                                     if column.name not in {c["name"] for c in tables.get_columns(table.name)}}
+                    self._columns = [c for c in LEDGER_COLUMNS if f"{addresses_table.name}.{c}" not in self._missing]
         except SQLAlchemyError as exc:
             raise LedgerError(f"the ledger at {self.location} cannot be opened: {type(exc).__name__}") from None
 
@@ -346,6 +240,16 @@ class Ledger:
 
     def __repr__(self) -> str:
         return f"Ledger({self.location})"
+
+    def _c(self, table: Table, name: str):
+        """A column as this ledger has it: one an older ledger (read by a dry run or a command,
+        never upgraded by them) lacks reads as the value its upgrade would give it."""
+        if f"{table.name}.{name}" not in self._missing:
+            return table.c[name]
+        return literal(MISSING_AS.get(f"{table.name}.{name}"), type_=table.c[name].type).label(name)
+
+    def _all(self, table: Table) -> list:
+        return [self._c(table, column.name) for column in table.columns]
 
     def read(self, list_ids: Sequence[str], *, novi_ids: Sequence[str] | None = None,
              match_keys: Sequence[str] | None = None) -> pd.DataFrame:
@@ -439,7 +343,7 @@ class Ledger:
         run_columns = ["run_name", *["kind"] * kind, "attempt"]
         if not self.exists:
             return pd.DataFrame(columns=change_columns + run_columns)
-        query = (select(*(changes_table.c[c] for c in change_columns), *(runs_table.c[c] for c in run_columns))
+        query = (select(*(changes_table.c[c] for c in change_columns), *(self._c(runs_table, c) for c in run_columns))
                  .join(runs_table, runs_table.c.run_id == changes_table.c.run_id, isouter=True)
                  .where(*where)
                  .order_by(changes_table.c.at.desc(), changes_table.c.id.desc()))
@@ -457,8 +361,9 @@ class Ledger:
         if not self.exists:
             return []
         ref = ref.strip()
-        query = (select(runs_table)
-                 .where((runs_table.c.run_id == ref) | (runs_table.c.flow_run_id == ref) | (runs_table.c.run_name == ref))
+        query = (select(*self._all(runs_table))
+                 .where((runs_table.c.run_id == ref) | (self._c(runs_table, "flow_run_id") == ref)
+                        | (runs_table.c.run_name == ref))
                  .order_by(runs_table.c.ended_at))
         with self._connect() as conn:
             rows = [dict(row) for row in conn.execute(query).mappings()]
@@ -516,7 +421,7 @@ class Ledger:
         """What the ledger holds for an address now, one row per list."""
         if not self.exists:
             return pd.DataFrame()
-        query = select(addresses_table).where(addresses_table.c.match_key == address.strip().casefold())
+        query = select(*self._all(addresses_table)).where(addresses_table.c.match_key == address.strip().casefold())
         with self._connect() as conn:
             rows = conn.execute(query).mappings().all()
         return pd.DataFrame([dict(r) for r in rows])
@@ -532,7 +437,7 @@ class Ledger:
             return {}
         query = (select(run_lists_table, runs_table.c.ended_at)
                  .join(runs_table, runs_table.c.run_id == run_lists_table.c.run_id)
-                 .where((runs_table.c.state == RunState.COMPLETED) & (runs_table.c.kind == RunKind.FULL)
+                 .where((runs_table.c.state == RunState.COMPLETED) & (self._c(runs_table, "kind") == RunKind.FULL)
                         & run_lists_table.c.list_id.in_(list(list_ids)))
                  .order_by(runs_table.c.ended_at.desc()))
         newest: dict[str, dict] = {}
@@ -733,7 +638,7 @@ class Ledger:
         if not self.exists:
             return 0
         with self._begin() as conn:
-            row = conn.execute(select(locks_table).where(locks_table.c.list_id == list_id)).mappings().first()
+            row = conn.execute(select(*self._all(locks_table)).where(locks_table.c.list_id == list_id)).mappings().first()
             if row is None:
                 return 0
             if not force and not _lock_is_dead(row, datetime.now(timezone.utc), stale_after):
@@ -857,27 +762,6 @@ def _remember(conn, rows: pd.DataFrame, status: str, at, key: str) -> None:
         "eligible": member, "first_managed_at": at, "last_seen_on_roster_at": at,
         "last_eligible_at": at if member else pd.NaT, "left_at": pd.NaT if member else at, "left_expires": pd.NaT,
         **{c: rows[c] for c in PREFERENCE_COLUMNS}, "run_id": key}))
-
-# Columns added since a ledger was first created (create_all adds tables, not columns).
-_ADDED_COLUMNS = {
-    runs_table.name: {"kind": "VARCHAR(16) NOT NULL DEFAULT 'full'", "flow_run_id": "VARCHAR(64)",
-                      "attempt": "INTEGER"},
-    locks_table.name: {"lease": "VARCHAR(32)"},
-    changes_table.name: {"display_name": "TEXT", "previous": "TEXT", "delivery_mode": "VARCHAR(32)",
-                         "moderation_action": "VARCHAR(16)", "delivery_status": "VARCHAR(16)"},
-    addresses_table.name: {"delivery_mode": "VARCHAR(32)", "moderation_action": "VARCHAR(16)",
-                           "delivery_status": "VARCHAR(16)"},
-}
-
-
-def _upgrade(engine: Engine) -> None:
-    for table, columns in _ADDED_COLUMNS.items():
-        present = {c["name"] for c in inspect(engine).get_columns(table)}
-        for name, ddl in columns.items():
-            if name not in present:
-                with engine.begin() as conn:
-                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}")
-
 
 def _holder(row) -> str:
     """Who holds a lock, fit for a message: the run, its host and since when."""

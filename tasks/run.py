@@ -36,6 +36,7 @@ from tasks.errors import BadParameter, ChangesFailed, GuardRefused, ReadStopped,
 from tasks.http import halting
 from tasks.core.intents import settle_intents
 from tasks.blocks import open_ledger
+from tasks.ledger_schema import HEAD
 from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.core.batching import batch_outcomes, batches, waves
 from tasks.mailman import MailmanClient, apply_batch, extract_roster, read_preferences, with_preferences
@@ -349,8 +350,11 @@ class Run:
         started, started_at = time.monotonic(), datetime.now(timezone.utc)
         label(*[Tag.DRY_RUN] * options.dry_run, *[Tag.MEMBER_SYNC] * (kind == RunKind.MEMBER))
         rules = resolve_rules(options.rules_path, options.list_id)
-        return cls(kind=kind, rules=rules, ledger=open_ledger(options.ledger_block, create=not options.dry_run),
-                   options=options, started=started, started_at=started_at)
+        ledger = open_ledger(options.ledger_block, create=not options.dry_run)
+        if ledger.upgraded_from:
+            get_run_logger().info("The ledger at %s was upgraded from schema %s to %s", ledger.location,
+                                  ledger.upgraded_from, HEAD)
+        return cls(kind=kind, rules=rules, ledger=ledger, options=options, started=started, started_at=started_at)
 
     @property
     def dry_run(self) -> bool:
@@ -525,6 +529,8 @@ class Run:
         summary["flow_run_id"] = flow_run_id()
         summary["plan_fingerprint"] = self.fingerprint
         summary["ledger_rows_written"] = self.ledger_rows_written
+        if self.ledger.upgraded_from:
+            note(summary, f"the ledger was upgraded from schema {self.ledger.upgraded_from} to {HEAD}")
         if self.lease is not None and self.lease.unreleased:
             get_run_logger().warning("The run's lock was not released: %s", self.lease.unreleased)
             note(summary, self.lease.unreleased)

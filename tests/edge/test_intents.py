@@ -133,21 +133,18 @@ def test_a_dead_runs_intents_on_lists_the_settling_run_does_not_hold_wait_for_on
 
 
 def test_a_ledger_from_before_intents_upgrades_and_a_dry_run_reads_it_as_it_is(tmp_path):
-    """Ledgers out there have no intents table: a dry run (which creates nothing) finds none to
-    settle, a real run's open adds the table, and the run's intents then work."""
-    import sqlite3
+    """Ledgers out there have no intents table (tests/fixtures/ledgers, the last column set
+    before intents): a dry run (which creates nothing) finds none to settle, a real run's open
+    adds the table, and the run's intents then work."""
+    import shutil
 
     from sqlalchemy import inspect
 
     from tasks.ledger import Journal, Lease, Ledger
-    from tests.edge.test_ledger import planned_run
+    from tests.fixtures.ledgers.make import FIXTURES
 
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(f"sqlite:///{path}")
-    p, outcomes, run = planned_run(L, 2)
-    ledger.record(run, [L], None, outcomes, p.figures)
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP TABLE intents")
+    shutil.copy(FIXTURES / "ledger-7-315f0a6.sqlite", path)
     dry = Ledger(f"sqlite:///{path}", create=False)
     assert dry.leftover_intents([L], Lease([L], "x")).empty
     assert not inspect(dry.engine).has_table("intents")  # a dry run wrote nothing

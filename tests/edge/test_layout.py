@@ -85,7 +85,9 @@ def _literals(tree: ast.AST) -> list[tuple[int, str]]:
 def test_no_action_outcome_or_state_is_a_string_literal_outside_the_schema():
     found = []
     for path in sorted([*(ROOT / "flows").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]):
-        if path == ROOT / "tasks" / "core" / "schema.py":
+        # The migrations are history, written out as it was: they never import the schema,
+        # whose names may change after them (a column of runs is called "failed").
+        if path == ROOT / "tasks" / "core" / "schema.py" or ROOT / "tasks" / "migrations" in path.parents:
             continue
         found += [f"{path.relative_to(ROOT)}:{line}: {value!r}"
                   for line, value in _literals(ast.parse(path.read_text(encoding="utf-8")))]

@@ -297,18 +297,15 @@ def test_the_lock_is_renewed_while_the_run_lasts(ledger_url):
 
 
 def test_a_ledger_from_before_run_kinds_is_upgraded(tmp_path):
-    import sqlite3
+    """The runs table as the first two column sets had it (no kind, no attempts)."""
+    import shutil
+
+    from tests.fixtures.ledgers.make import FIXTURES
 
     path = tmp_path / "old.sqlite"
-    Ledger(f"sqlite:///{path}")
-    with sqlite3.connect(path) as db:  # the runs table as the first version created it
-        db.execute("DROP TABLE runs")
-        db.execute("CREATE TABLE runs (run_id VARCHAR(64) PRIMARY KEY, run_name VARCHAR(128), started_at DATETIME "
-                   "NOT NULL, ended_at DATETIME NOT NULL, state VARCHAR(16) NOT NULL, message TEXT, novi_members "
-                   "INTEGER, changes INTEGER, failed INTEGER)")
-        db.execute("INSERT INTO runs VALUES ('r0', 'old', '2026-11-01', '2026-11-01', 'completed', '', 1, 0, 0)")
+    shutil.copy(FIXTURES / "ledger-2-5625b09.sqlite", path)
     ledger = Ledger(f"sqlite:///{path}")
-    assert last_run(ledger)["run_id"] == "r0"
+    assert last_run(ledger)["run_id"] == "run-2"
 
 
 def test_two_runs_taking_over_one_stale_lock_at_once_never_both_hold_it(ledger_url):
@@ -376,22 +373,22 @@ def test_a_run_whose_heartbeat_keeps_failing_stops_writing(ledger_url, monkeypat
 
 
 def test_a_ledger_from_before_preferences_is_read_by_a_dry_run_and_upgraded_by_a_real_one(tmp_path):
+    """The addresses table before it remembered preferences (tests/fixtures/ledgers)."""
+    import shutil
     import sqlite3
 
+    from tests.fixtures.ledgers.make import FIXTURES
+
     path = tmp_path / "old.sqlite"
-    Ledger(f"sqlite:///{path}")
-    with sqlite3.connect(path) as db:  # the addresses table before it remembered preferences
-        for column in ("delivery_mode", "moderation_action", "delivery_status"):
-            db.execute(f"ALTER TABLE managed_addresses DROP COLUMN {column}")
-        db.execute("INSERT INTO managed_addresses (list_id, match_key, email, novi_id, status, how, on_roster, eligible, "
-                   "first_managed_at) VALUES ('l.x.org', 'a@x.org', 'a@x.org', 'a', 'member', 'adopted', 1, 1, "
-                   "'2026-11-01 00:00:00')")
-    dry = Ledger(f"sqlite:///{path}", create=False).read(["l.x.org"])
-    assert dry["match_key"].tolist() == ["a@x.org"] and dry["delivery_mode"].isna().all()
+    shutil.copy(FIXTURES / "ledger-4-8cf54b4.sqlite", path)
+    lid = "members.example.org"
+    dry = Ledger(f"sqlite:///{path}", create=False).read([lid])
+    assert sorted(dry["match_key"]) == ["ann@example.org", "bob@example.org", "cat@example.org", "dan@example.org"]
+    assert dry["delivery_mode"].isna().all()
     with sqlite3.connect(path) as db:
         assert "delivery_mode" not in {row[1] for row in db.execute("PRAGMA table_info(managed_addresses)")}
-    real = Ledger(f"sqlite:///{path}").read(["l.x.org"])
-    assert real["match_key"].tolist() == ["a@x.org"]
+    real = Ledger(f"sqlite:///{path}").read([lid])
+    assert sorted(real["match_key"]) == sorted(dry["match_key"])
     with sqlite3.connect(path) as db:
         assert {"delivery_mode", "moderation_action", "delivery_status"} <= {
             row[1] for row in db.execute("PRAGMA table_info(managed_addresses)")}

@@ -48,6 +48,8 @@ def test_the_wheel_ships_what_production_needs_and_nothing_of_the_workshop(insta
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"flows", "tasks"}
     assert "tasks/core/planner.py" in names
+    # The ledger's migrations travel inside the package: a real run's first open needs them.
+    assert {"tasks/migrations/env.py", "tasks/migrations/versions/0001_baseline.py"} <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "novi-sandbox" not in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -73,3 +75,6 @@ def test_the_installed_command_answers_help_and_plans_against_the_sandbox(instal
     where = subprocess.run([str(installed / "venv" / "bin" / "python"), "-c", "import tasks; print(tasks.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert str(installed / "venv") in where.stdout  # the installed package ran, not the checkout
+    upgraded = subprocess.run([command, "ledger", "upgrade"], cwd=tmp_path, timeout=120, capture_output=True, text=True,
+                              env={**env, "NOVI_MAILMAN_LEDGER": str(tmp_path / "wheel-ledger.sqlite")})
+    assert upgraded.returncode == 0 and "Made a new ledger" in upgraded.stdout, upgraded.stderr[-2000:]

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+
+import pandas as pd
+import pytest
 import responses
 
 from flows.sync import sync_lists
 from tasks.ledger import Ledger, LedgerError
+from tasks.ledger_schema import HEAD
 from tests.conftest import last_run, novi_record
+from tests.fixtures.ledgers.make import FIXTURES, SCHEMAS
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 from tests.runs.sync_harness import LIST, NOVI_KEY, population, run, writes
+
 
 
 def test_dry_run_leaves_the_ledger_untouched(blocks, tmp_path, isolated_ledger):
@@ -201,3 +207,43 @@ def test_a_night_with_nothing_to_do_writes_no_ledger_row(blocks, tmp_path):
     moved, _ = run(novi, mailman, tmp_path)
     assert moved.result()["ledger_rows_written"] == 1  # the new address; the old one's row is deleted
 
+
+
+# a ledger from an older release (issue 31) --------------------------------------------------
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_a_real_sync_on_every_shipped_ledger_upgrades_it_and_loses_nothing(name, blocks, tmp_path, isolated_ledger):
+    """Ann and Bob are members, Cat left by herself, Dan was removed for lapsing (the fixture's
+    history); Novi still has Ann, Bob and Cat active and Dan lapsed, and Eve has joined."""
+    import shutil
+
+    shutil.copy(FIXTURES / f"ledger-{name}.sqlite", isolated_ledger)
+    records = [novi_record(f"n-{who}", f"{who}@example.org") for who in ("ann", "bob", "cat", "eve")]
+    records.append(novi_record("n-dan", "dan@example.org", status="expired"))
+    mailman = FakeMailman({LIST: {"Ann@example.org": "Ann A", "bob@example.org": "Bob"}})
+    state, calls = run(FakeNovi(records), mailman, tmp_path)
+    assert state.is_completed(), state.message
+    assert sorted(mailman.rosters[LIST]) == ["ann@example.org", "bob@example.org", "eve@example.org"]  # Cat not re-added
+    ledger = Ledger()
+    memory = ledger.read([LIST]).set_index("match_key")["status"].to_dict()
+    assert memory == {"ann@example.org": "member", "bob@example.org": "member", "cat@example.org": "left",
+                      "dan@example.org": "removed", "eve@example.org": "member"}
+    assert sorted(ledger.history("dan@example.org")["action"]) == ["subscribe", "unsubscribe"]  # the old history
+    assert ledger.history("eve@example.org")["action"].tolist() == ["subscribe"]
+    assert f"the ledger was upgraded from schema unversioned to {HEAD}" in state.result()["message"]
+
+
+def test_a_dry_run_on_an_old_ledger_reads_it_and_leaves_it_byte_for_byte(blocks, tmp_path, isolated_ledger):
+    import hashlib
+    import shutil
+
+    shutil.copy(FIXTURES / "ledger-1-9ae8fd5.sqlite", isolated_ledger)
+    before = hashlib.sha256(isolated_ledger.read_bytes()).hexdigest()
+    records = [novi_record(f"n-{who}", f"{who}@example.org") for who in ("ann", "bob", "cat")]
+    mailman = FakeMailman({LIST: {"Ann@example.org": "Ann A", "bob@example.org": "Bob"}})
+    state, calls = run(FakeNovi(records), mailman, tmp_path, dry_run=True)
+    assert state.is_completed() and writes(calls) == []
+    plan = pd.read_csv(state.result()["plan_csv"]).set_index("email")
+    assert plan.loc["cat@example.org", "reason"] == "left the list themselves"  # read from the old ledger
+    assert "subscribe" not in set(plan["action"])
+    assert hashlib.sha256(isolated_ledger.read_bytes()).hexdigest() == before

@@ -1,0 +1,156 @@
+"""Keeping the ledger over the years: what it holds (status), everything it holds about one
+person (export, an access request), and no more than it needs (prune, forget)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import delete, func, inspect, select
+
+from tasks.core.schema import TOOK, Action, RunKind, RunState, Status
+from tasks.ledger import Ledger
+from tasks.ledger_schema import (
+    HEAD,
+    addresses_table,
+    changes_table,
+    intents_table,
+    locks_table,
+    metadata,
+    revision_of,
+    run_lists_table,
+    runs_table,
+    written_by,
+)
+from tasks.release import RELEASE
+
+# What each table is, in the words `status` uses.
+TABLES = {
+    addresses_table.name: "managed addresses",
+    changes_table.name: "changes",
+    runs_table.name: "runs",
+    run_lists_table.name: "run figures",
+    intents_table.name: "intents",
+    locks_table.name: "list locks",
+}
+
+
+def status(ledger: Ledger) -> dict:
+    """Where the ledger is, its schema and this release's, its rows and its oldest history."""
+    shown = {"ledger": ledger.location, "exists": ledger.exists, "release": RELEASE, "release_schema": HEAD}
+    if not ledger.exists:
+        return shown
+    with ledger._connect() as conn:
+        present = set(inspect(conn).get_table_names())
+        shown.update(schema=revision_of(conn), written_by=written_by(conn),
+                     rows={name: conn.execute(select(func.count()).select_from(metadata.tables[name])).scalar()
+                           for name in TABLES if name in present})
+        oldest = conn.execute(select(func.min(changes_table.c.at))).scalar()
+        oldest_run = conn.execute(select(func.min(runs_table.c.started_at))).scalar()
+    shown.update(oldest_change=_stamp(oldest), oldest_run=_stamp(oldest_run),
+                 upgrade_due=shown["schema"] != HEAD)
+    return shown
+
+
+def export(ledger: Ledger, address: str | None = None) -> dict:
+    """Everything the ledger holds about one address (every table that names it), or all of
+    it: an access request's answer, as plain JSON-ready data."""
+    key = address.strip().casefold() if address else None
+    found = {"ledger": ledger.location, "address": address, "exported_at": _stamp(datetime.now(timezone.utc))}
+    if not ledger.exists:
+        return found | {"tables": {}}
+    tables = {}
+    with ledger._connect() as conn:
+        present = set(inspect(conn).get_table_names())
+        for name in (n for n in TABLES if n in present):
+            table = metadata.tables[name]
+            if key is not None and "match_key" not in table.c:
+                continue
+            where = [table.c.match_key == key] if key is not None else []
+            tables[name] = _rows(conn, table, *where)
+        if key is not None:  # the runs that changed something for them, for context
+            run_ids = sorted({row["run_id"] for row in tables.get(changes_table.name, [])})
+            tables[runs_table.name] = _rows(conn, runs_table, runs_table.c.run_id.in_(run_ids))
+    return found | {"tables": tables}
+
+
+def _rows(conn, table, *where) -> list[dict]:
+    """The table's rows `where` holds, in the columns this ledger has (an older one has fewer)."""
+    present = [column["name"] for column in inspect(conn).get_columns(table.name)]
+    rows = conn.execute(select(*(table.c[name] for name in present)).where(*where)).mappings().all()
+    return [_plain(dict(row)) for row in rows]
+
+
+def _plain(row: dict) -> dict:
+    return {name: _stamp(value) if isinstance(value, datetime) else value for name, value in row.items()}
+
+
+def _stamp(value) -> str | None:
+    """A stored time as ISO 8601 in UTC (SQLite gives it back without its zone)."""
+    if value is None:
+        return None
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def prune(ledger: Ledger, keep_days: int, list_ids: Sequence[str] | None = None,
+          now: datetime | None = None) -> dict[str, int]:
+    """Remove, on these lists (all, when None), what is older than `keep_days` and no run needs:
+    rows deleted per table. One transaction.
+
+    Kept whatever its age, because the sync is wrong without it: each list's managed members,
+    the people who left a list by themselves (an opt-out is kept for good), the last moderator
+    change that made someone a moderator who still is one (the tool unmakes only its own), each
+    list's newest completed full run (the collapse guard compares with it) and the intents of a
+    run not yet settled. Removed: changes; removed members' rows and preferences once they
+    lapsed longer ago; rows of addresses that bounced off a list and are no longer eligible
+    since; each run's per-list figures; runs left with nothing."""
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=keep_days)
+    removed: dict[str, int] = {}
+    with ledger._begin() as conn:
+        lists = list(list_ids) if list_ids is not None else _lists(conn)
+        in_lists = changes_table.c.list_id.in_(lists)
+        moderators = conn.execute(
+            select(changes_table.c.id, changes_table.c.list_id, changes_table.c.match_key, changes_table.c.action)
+            .where(in_lists & changes_table.c.action.in_([Action.MODERATE, Action.UNMODERATE])
+                   & changes_table.c.outcome.in_(list(TOOK)))
+            .order_by(changes_table.c.id)).all()
+        last = {(row.list_id, row.match_key): row for row in moderators}
+        in_effect = [row.id for row in last.values() if row.action == Action.MODERATE]
+        removed[changes_table.name] = conn.execute(delete(changes_table).where(
+            in_lists & (changes_table.c.at < cutoff) & changes_table.c.id.not_in(in_effect))).rowcount
+        kept_figures = _newest_completed(conn, lists)
+        old_runs = select(runs_table.c.run_id).where(runs_table.c.ended_at < cutoff)
+        removed[run_lists_table.name] = conn.execute(delete(run_lists_table).where(
+            run_lists_table.c.list_id.in_(lists) & run_lists_table.c.run_id.in_(old_runs)
+            & run_lists_table.c.run_id.not_in(kept_figures))).rowcount
+        gone = addresses_table.c.list_id.in_(lists) & (
+            ((addresses_table.c.status == Status.REMOVED) & (addresses_table.c.left_at < cutoff))
+            | ((addresses_table.c.status == Status.BOUNCED) & (addresses_table.c.last_eligible_at < cutoff)))
+        removed[addresses_table.name] = conn.execute(delete(addresses_table).where(gone)).rowcount
+        removed[runs_table.name] = conn.execute(delete(runs_table).where(
+            (runs_table.c.ended_at < cutoff)
+            & runs_table.c.run_id.not_in(select(run_lists_table.c.run_id).distinct())
+            & runs_table.c.run_id.not_in(select(changes_table.c.run_id).distinct())
+            & func.coalesce(runs_table.c.flow_run_id, runs_table.c.run_id).not_in(
+                select(intents_table.c.run_id).distinct()))).rowcount
+    return removed
+
+
+def _lists(conn) -> list[str]:
+    """Every list the ledger knows."""
+    return sorted({row[0] for table in (addresses_table, changes_table, run_lists_table)
+                   for row in conn.execute(select(table.c.list_id).distinct())})
+
+
+def _newest_completed(conn, lists: Sequence[str]) -> list[str]:
+    """Per list, the newest completed full run that covered it (what `Ledger.last_figures` reads)."""
+    rows = conn.execute(select(run_lists_table.c.list_id, runs_table.c.run_id)
+                        .join(runs_table, runs_table.c.run_id == run_lists_table.c.run_id)
+                        .where((runs_table.c.state == RunState.COMPLETED) & (runs_table.c.kind == RunKind.FULL)
+                               & run_lists_table.c.list_id.in_(list(lists)))
+                        .order_by(runs_table.c.ended_at.desc())).all()
+    newest: dict[str, str] = {}
+    for list_id, run_id in rows:
+        newest.setdefault(list_id, run_id)
+    return sorted(set(newest.values()))
