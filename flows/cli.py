@@ -696,6 +696,106 @@ def ledger_export(address: Annotated[Optional[str], typer.Argument(
               soft_wrap=True)
 
 
+def _ledger_to_keep(ledger_block: str | None):
+    """The ledger prune and forget write to: there already (they make none), at this release's schema."""
+    from tasks.ledger import LedgerError
+
+    if not _ledger(ledger_block).exists:
+        raise LedgerError("no ledger there yet: no run has stored anything to prune or forget")
+    return _ledger(ledger_block, create=True)
+
+
+ReportsDir = Annotated[Optional[str], typer.Option(
+    "--reports-dir", help="The folder of the plan CSVs (default: $NOVI_MAILMAN_REPORTS, else ./reports).")]
+SkipPrefect = Annotated[bool, typer.Option(
+    "--skip-prefect", help="Leave the Prefect server's artifacts alone (only the ledger and the CSVs).")]
+
+
+@ledger.command("prune")
+@one_line
+def ledger_prune(rules: RulesOpt = None,
+                 days: Annotated[Optional[int], typer.Option(
+                     min=1, max=3650, help="Keep this many days (default: the rules' ledger.keep_history_days, "
+                                           "else 90).")] = None,
+                 reports_dir: ReportsDir = None, ledger_block: LedgerBlock = None,
+                 skip_prefect: SkipPrefect = False) -> None:
+    """Remove what is older than the retention period now (a real full run does it after itself)."""
+    from datetime import datetime, timedelta, timezone
+
+    from tasks import ledger_keeping, retention
+    from tasks.core.rules import resolve_rules
+    from tasks.core.schema import KEEP_HISTORY_DAYS
+    from tasks.report import reports_folder
+
+    chosen = resolve_rules(rules, None) if rules else None
+    days = days or (chosen.ledger.keep_history_days if chosen else KEEP_HISTORY_DAYS)
+    lists = [rule.list_id for rule in chosen.lists] if chosen else None
+    before = datetime.now(timezone.utc) - timedelta(days=days)
+    kept = _ledger_to_keep(ledger_block)
+    removed = ledger_keeping.prune(kept, days, lists)
+    removed["plan CSVs"] = retention.old_plan_files(reports_folder(reports_dir), before)
+    if not skip_prefect:
+        _prefect()
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            removed["artifacts"] = retention.old_artifacts(client, before)
+    out.print(f"Kept {days} days ({'the lists of ' + rules if rules else 'every list'}); removed: "
+              + (", ".join(f"{n:,} {ledger_keeping.TABLES.get(what, what)}" for what, n in removed.items() if n)
+                 or "nothing (nothing was older)"))
+
+
+@ledger.command("forget")
+@one_line
+def ledger_forget(address: Annotated[str, typer.Argument(help="The e-mail address to erase.")],
+                  yes: Annotated[bool, typer.Option("--yes", help="Do not ask: erasure cannot be undone.")] = False,
+                  reports_dir: ReportsDir = None, ledger_block: LedgerBlock = None,
+                  skip_prefect: SkipPrefect = False, as_json: AsJson = False) -> None:
+    """Erase one person everywhere this tool stored them (GDPR art. 17): the ledger, the plan CSVs, the artifacts."""
+    from tasks import ledger_keeping, retention
+    from tasks.report import reports_folder
+
+    if "@" not in address:
+        raise ValueError(f"not an e-mail address: {address!r}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ValueError("erasure cannot be undone: give --yes to confirm it")
+        typer.confirm(f"Erase {address} from the ledger, the plan CSVs and the Prefect server? It cannot be undone",
+                      abort=True)
+    kept = _ledger_to_keep(ledger_block)
+    found = ledger_keeping.forget(kept, address)
+    erased = retention.Erased()
+    retention.erase_from_plan_files(reports_folder(reports_dir), [address, *found["novi_ids"]], erased)
+    if not skip_prefect:
+        _prefect()
+        from prefect import get_client
+
+        with get_client(sync_client=True) as client:
+            retention.erase_from_prefect(client, address, found["novi_ids"], erased)
+    said = {**{k: v for k, v in found.items() if k != "novi_ids"}, "ledger": kept.location,
+            "csv_files": erased.csv_files, "csv_rows": erased.csv_rows, "artifacts": erased.artifacts,
+            "history_runs_deleted": erased.flow_runs, "logs_naming_them": erased.logs_naming,
+            "prefect": "skipped" if skip_prefect else "done"}
+    if as_json:
+        out.print(json.dumps(said), soft_wrap=True)
+        return
+    lists = ", ".join(f"{lid} ({status})" for lid, status in found["lists"].items()) or "no list"
+    out.print(f"Erased {address} from the ledger at {kept.location}: its memory on {lists}, {found['changes']:,} "
+              f"recorded changes, {found['intents']:,} intents, {found['details_blanked']:,} mentions in other rows.")
+    if found["opt_outs_kept"]:
+        out.print(f"Kept without the address (a keyed digest): that they left {', '.join(found['opt_outs_kept'])} "
+                  "by themselves, so that no run puts them back.")
+    out.print(f"Erased from {erased.csv_files} plan CSVs ({erased.csv_rows} rows)"
+              + ("" if skip_prefect else f", {erased.artifacts} artifacts and {erased.flow_runs} history runs on the "
+                                         "Prefect server") + ".")
+    if erased.logs_naming:
+        out.print(f"Still named in the logs of flow runs {', '.join(erased.logs_naming)}: Prefect cannot edit a log; "
+                  "delete those runs in the UI if the request covers them.")
+    out.print("Out of this tool's reach: Mailman itself (a list it is still on), Novi, mail already sent (digests, "
+              "alerts), backups of the ledger, and Prefect's event feed (run names and messages, kept for "
+              "PREFECT_EVENTS_RETENTION_PERIOD, 7 days by default).")
+
+
 server = typer.Typer(help="The local Prefect server the commands use when PREFECT_API_URL is not set.",
                      no_args_is_help=True)
 app.add_typer(server, name="server")

@@ -93,6 +93,7 @@ def _sync_member(member_ids: list[str], options: RunOptions, *, wait_for_lock_s:
                                  read_moderators(mailman, run.ledger, run.rules, leftover))
         remembered = run.ledger.read(run.list_ids, novi_ids=list(members["novi_id"]),
                                      match_keys=list(members["match_key"].dropna()))
+        remembered = run.with_stand_ins(remembered, members)  # erased people's opt-outs, without their address
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)

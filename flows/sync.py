@@ -128,6 +128,7 @@ def reconcile(run: Run, novi, mailman, *, reports_dir: str | None,
             moderators = read_moderators(mailman, run.ledger, run.rules)
         if run.settle_leftovers(rosters, moderators):  # a run that died mid-apply: what it did, now known
             remembered = run.ledger.read(run.list_ids)
+        remembered = run.with_stand_ins(remembered, members)  # erased people's opt-outs, without their address
     except SyncError as exc:
         run.record_failure(exc)
         raise
@@ -155,6 +156,7 @@ def reconcile(run: Run, novi, mailman, *, reports_dir: str | None,
         if unwritten:
             note(summary, unwritten)
         report.publish(summary, rows, table_rows, plan.quarantined, plan.bouncing)
+    run.keep_no_longer(reports_dir)
     return summary, outcomes
 
 

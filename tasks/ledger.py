@@ -59,6 +59,7 @@ from tasks.ledger_schema import (
     MISSING_AS,
     addresses_table,
     changes_table,
+    forgotten_table,
     intents_table,
     locks_table,
     run_lists_table,
@@ -278,9 +279,14 @@ class Ledger:
 
     def record(self, run: RunRecord, list_ids: Sequence[str], memory: pd.DataFrame | None, changes: pd.DataFrame,
                figures: pd.DataFrame, only_keys: Sequence[str] | None = None, lease: Lease | None = None,
-               before: pd.DataFrame | None = None) -> int:
+               before: pd.DataFrame | None = None, stand_ins: pd.DataFrame | None = None) -> int:
         """Store a run in one transaction: the lists' next memory (their rows), its changes, its
         figures; how many memory rows were written.
+
+        Rows that stood in for erased people's opt-outs (`stand_ins`: list_id, match_key,
+        marker; tasks.ledger_keeping.stand_ins) are not stored while they are opt-outs: the
+        address stays erased. One whose person is on the list again is stored as any member's,
+        and its opt-out marker goes.
 
         A full run replaces the lists' rows; given the rows they had when it read them (`before`,
         read under its lock) it writes only the rows that changed and deletes those that went. A
@@ -298,8 +304,13 @@ class Ledger:
         scope = addresses_table.c.list_id.in_(list(list_ids))
         if only_keys is not None:
             scope &= addresses_table.c.match_key.in_(list(only_keys))
+        released: list[int] = []
+        if memory is not None and stand_ins is not None and not stand_ins.empty:
+            memory, before, released = _without_opt_outs(memory, before, stand_ins)
         with self._begin() as conn:
             key = _insert_run(conn, run, changes=len(changes), failed=len(failed))
+            if released:
+                conn.execute(delete(forgotten_table).where(forgotten_table.c.id.in_(released)))
             if lease is not None:  # a run that ends leaves no intent behind
                 conn.execute(delete(intents_table).where(intents_table.c.lease == lease.token))
             written = memory
@@ -700,6 +711,22 @@ def _changed_rows(memory: pd.DataFrame, before: pd.DataFrame) -> tuple[pd.DataFr
     changed = both & ~same
     return merged.loc[(where == "right_only") | changed, key], merged.loc[(where == "left_only") | changed,
                                                                            LEDGER_COLUMNS]
+
+
+def _without_opt_outs(memory: pd.DataFrame, before: pd.DataFrame | None,
+                      stand_ins: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None, list[int]]:
+    """The memory and `before` without the stand-ins still opt-outs; the markers of those no longer."""
+    key = ["list_id", "match_key"]
+    now = stand_ins[[*key, "marker"]].merge(memory[[*key, "status"]], on=key, how="left")
+    still = now["status"].isna() | now["status"].isin([Status.LEFT, Status.BOUNCED])
+    hidden = now.loc[still, key]
+
+    def without(frame: pd.DataFrame) -> pd.DataFrame:
+        marked = frame.merge(hidden, on=key, how="left", indicator=True)
+        return frame.loc[(marked["_merge"] == "left_only").to_numpy()]
+
+    return (without(memory), None if before is None else without(before),
+            [int(marker) for marker in now.loc[~still, "marker"]])
 
 
 def _remember_crashed(conn, applied: pd.DataFrame, key: str, now: datetime) -> None:

@@ -3,19 +3,28 @@ person (export, an access request), and no more than it needs (prune, forget).""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
+import pandas as pd
 from sqlalchemy import delete, func, inspect, select
 
-from tasks.core.schema import TOOK, Action, RunKind, RunState, Status
+from tasks.core.schema import (FLAG_COLUMNS, LEDGER_COLUMNS, TIMESTAMP_COLUMNS, TOOK, Action, How, RunKind, RunState,
+                               Status, empty_ledger)
 from tasks.ledger import Ledger
 from tasks.ledger_schema import (
     HEAD,
     addresses_table,
     changes_table,
+    forgotten_table,
     intents_table,
     locks_table,
+    meta_table,
     metadata,
     revision_of,
     run_lists_table,
@@ -23,6 +32,7 @@ from tasks.ledger_schema import (
     written_by,
 )
 from tasks.release import RELEASE
+from tasks.retention import ERASED
 
 # What each table is, in the words `status` uses.
 TABLES = {
@@ -154,3 +164,105 @@ def _newest_completed(conn, lists: Sequence[str]) -> list[str]:
     for list_id, run_id in rows:
         newest.setdefault(list_id, run_id)
     return sorted(set(newest.values()))
+
+
+# --- erasure ----------------------------------------------------------------------------------
+FORGET_KEY = "forget_key"   # ledger_meta: the key of this ledger's opt-out digests
+
+
+def forget(ledger: Ledger, address: str, now: datetime | None = None) -> dict:
+    """Erase one address from the ledger, every list: its memory, its history and its intents;
+    the address in other rows' details blanked. An opt-out it held (left a list by themselves,
+    or bounced off it) stays as a digest without the address, so that the next run still does
+    not put them back (see `stand_ins`). Holds the lists' locks, so that no run writes them
+    back meanwhile. What it found and did, including the Novi ids it held (for erasing the
+    person from the Prefect server too)."""
+    key, now = address.strip().casefold(), now or datetime.now(timezone.utc)
+    with ledger._connect() as conn:
+        lists = sorted({row[0] for table in (addresses_table, changes_table, intents_table)
+                        for row in conn.execute(select(table.c.list_id).where(table.c.match_key == key).distinct())})
+    found: dict = {"address": address, "lists": {}, "changes": 0, "intents": 0, "opt_outs_kept": [],
+                   "details_blanked": 0, "novi_ids": []}
+    if not lists:
+        return found
+    with ledger.lock(lists, f"forget-{uuid.uuid4().hex[:12]}"), ledger._begin() as conn:
+        rows = conn.execute(select(addresses_table.c.list_id, addresses_table.c.novi_id, addresses_table.c.status,
+                                   addresses_table.c.left_at, addresses_table.c.left_expires)
+                            .where(addresses_table.c.match_key == key)).all()
+        novi_ids = {row[0] for table in (addresses_table, changes_table, intents_table) for row in conn.execute(
+            select(table.c.novi_id).where((table.c.match_key == key) & table.c.novi_id.is_not(None)).distinct())}
+        opt_outs = [row for row in rows if row.status in (Status.LEFT, Status.BOUNCED)]
+        if opt_outs:
+            secret = _forget_key(conn)
+            conn.execute(forgotten_table.insert(), [{
+                "list_id": row.list_id, "address_digest": _digest(secret, "address", key),
+                "novi_digest": _digest(secret, "novi", row.novi_id) if row.novi_id else None,
+                "status": row.status, "since": row.left_at or now, "until": row.left_expires, "forgotten_at": now,
+            } for row in opt_outs])
+        found["lists"] = {row.list_id: row.status for row in rows}
+        found["opt_outs_kept"] = sorted(row.list_id for row in opt_outs)
+        conn.execute(delete(addresses_table).where(addresses_table.c.match_key == key))
+        found["changes"] = conn.execute(delete(changes_table).where(changes_table.c.match_key == key)).rowcount
+        found["intents"] = conn.execute(delete(intents_table).where(intents_table.c.match_key == key)).rowcount
+        # Other rows may quote the address in their words (a duplicate's "Novi record … is used").
+        for table, column in ((changes_table, changes_table.c.detail), (runs_table, runs_table.c.message)):
+            quoting = conn.execute(select(table.primary_key.columns.values()[0], column)
+                                   .where(func.lower(column).contains(key))).all()
+            for row_id, text in quoting:
+                conn.execute(table.update().where(table.primary_key.columns.values()[0] == row_id)
+                             .values({column.name: re.sub(re.escape(key), ERASED, text, flags=re.IGNORECASE)}))
+            found["details_blanked"] += len(quoting)
+        found["novi_ids"] = sorted(novi_ids)
+    return found
+
+
+def stand_ins(ledger: Ledger, list_ids: Sequence[str], members: pd.DataFrame) -> pd.DataFrame:
+    """Ledger rows (LEDGER_COLUMNS, and the opt-out's `marker` id) standing in for the opt-outs
+    of erased people who are among Novi's members (matched by their address's or their Novi
+    id's digest), at the address Novi now gives them: the planner then leaves them off the
+    list, as it did before they were erased. A run never stores such a row back while it is
+    an opt-out (`Ledger.record`, `stand_ins=`)."""
+    none = empty_ledger().assign(marker=pd.Series(dtype="Int64"))
+    if not ledger.exists or members.empty:
+        return none
+    with ledger._connect() as conn:
+        if not inspect(conn).has_table(forgotten_table.name):
+            return none
+        markers = conn.execute(select(forgotten_table).where(forgotten_table.c.list_id.in_(list(list_ids)))).all()
+        secret = _forget_key(conn, make=False) if markers else None
+    if not markers or secret is None:
+        return none
+    people = members.loc[members["match_key"].notna(), ["match_key", "email", "novi_id"]].drop_duplicates("match_key")
+    by_address = {_digest(secret, "address", k): i for i, k in zip(people.index, people["match_key"])}
+    by_novi = {_digest(secret, "novi", n): i for i, n in zip(people.index, people["novi_id"]) if isinstance(n, str)}
+    rows = []
+    for marker in markers:
+        who = by_address.get(marker.address_digest)
+        who = who if who is not None else by_novi.get(marker.novi_digest)
+        if who is None:
+            continue
+        person = people.loc[who]
+        rows.append({"list_id": marker.list_id, "match_key": person["match_key"], "email": person["email"],
+                     "novi_id": person["novi_id"], "status": marker.status, "how": How.SUBSCRIBED,
+                     "on_roster": False, "eligible": True, "first_managed_at": marker.since,
+                     "last_seen_on_roster_at": marker.since, "last_eligible_at": marker.since,
+                     "left_at": marker.since, "left_expires": marker.until, "marker": marker.id})
+    if not rows:
+        return none
+    frame = pd.DataFrame(rows).reindex(columns=[*LEDGER_COLUMNS, "marker"]).drop_duplicates(["list_id", "match_key"])
+    for column in TIMESTAMP_COLUMNS:
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame.astype({**{c: "string" for c in LEDGER_COLUMNS if c not in TIMESTAMP_COLUMNS + FLAG_COLUMNS},
+                         "marker": "Int64"})
+
+
+def _forget_key(conn, *, make: bool = True) -> bytes | None:
+    value = conn.execute(select(meta_table.c.value).where(meta_table.c.key == FORGET_KEY)).scalar()
+    if value is None and make:
+        value = secrets.token_hex(32)
+        conn.execute(meta_table.insert(), [{"key": FORGET_KEY, "value": value}])
+    return bytes.fromhex(value) if value else None
+
+
+def _digest(secret: bytes, kind: str, value: str) -> str:
+    return hmac.new(secret, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()

@@ -203,11 +203,15 @@ def safe_file_name(run_name: str) -> str:
     return name or "run"
 
 
+def reports_folder(reports_dir: str | None) -> Path:
+    """Where a run's reports go: `reports_dir`, else $NOVI_MAILMAN_REPORTS, else ./reports."""
+    return Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
+
+
 def save_plan(rows: pd.DataFrame, reports_dir: str | None, run_name: str, run_id: str) -> tuple[str | None, str]:
-    """The plan CSV written where the run's reports go (`reports_dir`, else $NOVI_MAILMAN_REPORTS,
-    else ./reports): its path, or None and why not. The report never fails a run: Mailman may
-    already hold its changes."""
-    folder = Path(reports_dir or os.environ.get(REPORTS_DIR_ENV, "reports"))
+    """The plan CSV written where the run's reports go (`reports_folder`): its path, or None and
+    why not. The report never fails a run: Mailman may already hold its changes."""
+    folder = reports_folder(reports_dir)
     try:
         return str(write_plan_csv(rows, folder, run_name, run_id)), ""
     except OSError as exc:

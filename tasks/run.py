@@ -29,13 +29,14 @@ from prefect.states import Completed, Failed, State
 from tasks.core import guards
 from tasks.core.planner import Plan, plan_changes, settle
 from tasks.core.rules import Rules, resolve_rules
-from tasks.core.schema import (PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, RunSummary, Tag,
-                               UndoSummary, approved_fingerprint, missing_as_none, note)
+from tasks.core.schema import (LEDGER_COLUMNS, PREFERENCE_COLUMNS, Action, Outcome, RunKind, RunState, RunSummary,
+                               Tag, UndoSummary, approved_fingerprint, missing_as_none, note)
 from tasks import logs, report
 from tasks.errors import BadParameter, ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
 from tasks.http import halting
 from tasks.core.intents import settle_intents
 from tasks.blocks import open_ledger
+from tasks import ledger_keeping, retention
 from tasks.ledger_schema import HEAD
 from tasks.ledger import Journal, Lease, Ledger, LedgerError, LockLost, RunRecord
 from tasks.core.batching import batch_outcomes, batches, waves
@@ -187,7 +188,7 @@ def read_ledger(ledger: Ledger, list_ids: list[str]) -> tuple[pd.DataFrame, dict
 @task(name="record-ledger", cache_policy=NO_CACHE)
 def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], plan: Plan,
                   outcomes: pd.DataFrame, lease: Lease | None, only_keys: list[str] | None = None,
-                  before: pd.DataFrame | None = None) -> int:
+                  before: pd.DataFrame | None = None, stand_ins: pd.DataFrame | None = None) -> int:
     """Store the lists' next state (as the changes actually turned out), the changes and the run.
 
     A refused run stores its row and the refused changes, but leaves what the ledger remembers
@@ -199,7 +200,7 @@ def record_ledger(ledger: Ledger, record: RunRecord, list_ids: list[str], plan: 
     memory = (None if record.state == RunState.REFUSED or record.kind == RunKind.UNDO
               else settle(plan.memory, outcomes))
     return ledger.record(record, list_ids, memory, outcomes, plan.figures, only_keys=only_keys, lease=lease,
-                         before=before)
+                         before=before, stand_ins=stand_ins)
 
 
 def read_together(reads: dict[Hashable, Callable[[], PrefectFuture]], workers: int,
@@ -341,6 +342,7 @@ class Run:
     fingerprint: str = ""              # the plan's (guards.fingerprint)
     unrecorded: SyncError | None = None
     ledger_rows_written: int = 0      # the memory rows its record wrote (only those that changed)
+    stand_ins: pd.DataFrame | None = None  # erased people's opt-outs it planned with (with_stand_ins)
     # How an operator applies a refused plan, with `{plan}` for its fingerprint (the flow knows
     # its own command line and whether it can wait for the UI).
     how_to_approve: str = "a custom run with approve = {plan}"
@@ -359,6 +361,41 @@ class Run:
     @property
     def dry_run(self) -> bool:
         return self.options.dry_run
+
+    def keep_no_longer(self, reports_dir: str | None) -> None:
+        """Retention, after a real full run (README: Privacy): what is older than the rules'
+        `ledger.keep_history_days` goes from the ledger (these lists'), the reports folder and
+        this deployment's runs' artifacts. It never fails the run: the next one tries again."""
+        if self.dry_run or self.kind != RunKind.FULL:
+            return
+        from prefect.runtime import deployment
+
+        days = self.rules.ledger.keep_history_days
+        before = self.started_at - timedelta(days=days)
+        log = get_run_logger()
+        try:
+            with self.phase("retention"):
+                pruned = ledger_keeping.prune(self.ledger, days, self.list_ids, now=self.started_at)
+                pruned["plan CSVs"] = retention.old_plan_files(report.reports_folder(reports_dir), before)
+                with get_client(sync_client=True) as client:
+                    pruned["artifacts"] = retention.old_artifacts(
+                        client, before, uuid.UUID(deployment.id) if deployment.id else None)
+        except (SyncError, OSError, httpx.HTTPError) as exc:
+            log.warning("Retention (%d days) did not finish (%s); the next real run tries again", days,
+                        type(exc).__name__)
+            return
+        if any(pruned.values()):
+            log.info("Retention (%d days) removed: %s", days,
+                     ", ".join(f"{n:,} {what}" for what, n in pruned.items() if n))
+
+    def with_stand_ins(self, remembered: pd.DataFrame, members: pd.DataFrame) -> pd.DataFrame:
+        """What the ledger remembers of these lists and, for erased people among `members` who
+        had left one by themselves, rows that stand in for their opt-outs (never stored back)."""
+        found = ledger_keeping.stand_ins(self.ledger, self.list_ids, members)
+        key = ["list_id", "match_key"]
+        found = found.loc[~found.set_index(key).index.isin(remembered.set_index(key).index)]  # a stored row wins
+        self.stand_ins = found[[*key, "marker"]]
+        return remembered if found.empty else pd.concat([remembered, found[LEDGER_COLUMNS]], ignore_index=True)
 
     def again(self, approve: str) -> None:
         """Start another attempt of this run, approving the plan `approve` (its fingerprint): a
@@ -492,7 +529,7 @@ class Run:
             with self.phase("record_ledger"):
                 self.ledger_rows_written = record_ledger(
                     self.ledger, self.record_of(state, message, novi_members), self.list_ids, plan, outcomes,
-                    self.lease, list(only_keys) if only_keys is not None else None, before)
+                    self.lease, list(only_keys) if only_keys is not None else None, before, self.stand_ins)
         except (LedgerError, LockLost) as exc:
             self.unrecorded = type(exc)(unrecorded_message(outcomes, message, exc))
             return RunState.FAILED, str(self.unrecorded)

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.core.schema import (
+    KEEP_HISTORY_DAYS,
     LAPSE_UNSUBSCRIBE,
     NOVI_PAGE_SIZE,
     SCOPE_MANAGED,
@@ -35,6 +36,15 @@ class NoviSettings(_Strict):
 
     address_fields: list[AddressField] = Field(default=["Email", "AccountEmail"], min_length=1)
     page_size: int = Field(default=NOVI_PAGE_SIZE, ge=1, le=1000)
+
+
+class LedgerSettings(_Strict):
+    """How long the ledger and the run's reports keep members' personal data (README: Privacy)."""
+
+    # The change history, the runs' records and figures, removed members' preferences, the plan
+    # CSVs and the runs' table artifacts older than this are removed after each real full run
+    # and by `novi-mailman ledger prune`; what the sync needs to stay right is kept whatever its age.
+    keep_history_days: int = Field(default=KEEP_HISTORY_DAYS, ge=1, le=3650)
 
 
 class DigestSettings(_Strict):
@@ -149,6 +159,7 @@ class Rules(_Strict):
     """The whole rules file: Novi settings, defaults shared by every list, and the lists."""
 
     novi: NoviSettings = NoviSettings()
+    ledger: LedgerSettings = LedgerSettings()
     lists: list[ListRule] = Field(min_length=1)
 
     @model_validator(mode="before")

@@ -297,6 +297,7 @@ PLAN_ROW_COLUMNS = ["list_id", "action", "email", "display_name", "previous", "n
 # --- identifiers and defaults --------------------------------------------------------------
 GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 NOVI_PAGE_SIZE = 500             # records per Novi page (rules: novi.page_size)
+KEEP_HISTORY_DAYS = 90           # rules: ledger.keep_history_days (README: Privacy, for the choice)
 MAX_MEMBERS_PER_RUN = 1000       # a member run's ceiling; more is the full sync's job
 FINGERPRINT_LENGTH = 12          # a plan's fingerprint, in hex digits (tasks.core.guards.fingerprint)
 

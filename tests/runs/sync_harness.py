@@ -26,8 +26,8 @@ def run(novi, mailman, tmp_path, **params):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         novi.install(mock)
         mailman.install(mock)
-        state = sync_lists(list_id=LIST, novi_block="test-novi", mailman_block="test-mailman",
-                           reports_dir=str(tmp_path), return_state=True, **params)
+        state = sync_lists(**{"list_id": LIST, **params}, novi_block="test-novi", mailman_block="test-mailman",
+                           reports_dir=str(tmp_path), return_state=True)
         calls = [(c.request.method, c.request.url) for c in mock.calls]
     return state, calls
 
