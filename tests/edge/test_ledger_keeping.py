@@ -149,3 +149,49 @@ def test_an_erased_opt_out_stands_in_for_them_by_address_or_by_novi_id(lived_in)
     stranger = members_frame([novi_record("n-y", "y@example.org")])
     assert ledger_keeping.stand_ins(lived_in, [L], stranger).empty
     assert ledger_keeping.stand_ins(lived_in, [M], members).empty  # the opt-out was from L only
+
+
+def test_prune_and_forget_at_the_command_line(tmp_path, monkeypatch):
+    """The operator's commands, without a Prefect server (--skip-prefect): prune by the rules'
+    period; forget refuses without --yes when nobody can be asked; no ledger, one line."""
+    import os
+    import time
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", str(path))
+    runner = CliRunner()
+    missing = runner.invoke(app, ["ledger", "prune", "--days", "30", "--skip-prefect"])
+    assert missing.exit_code == 1 and "no ledger there yet" in missing.output and not path.exists()
+
+    ledger = Ledger(f"sqlite:///{path}")
+    with ledger.engine.begin() as conn:
+        conn.execute(runs_table.insert(), [run_row("r-old", ago(400))])
+        conn.execute(changes_table.insert(), [change("r-old", datetime.now(timezone.utc) - timedelta(days=45), L,
+                                                     "a@example.org", "subscribe")])
+        conn.execute(addresses_table.insert(), [address(L, "a@example.org", "member")])
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "plan-old-1.csv").write_text("list_id,email\n")
+    (reports / "plan-new-2.csv").write_text("list_id,email\n")
+    (reports / "notes.csv").write_text("not ours\n")
+    os.utime(reports / "plan-old-1.csv", (time.time() - 45 * 86400,) * 2)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"ledger": {"keep_history_days": 30}, "lists": [{"list_id": L}]}))
+
+    pruned = runner.invoke(app, ["ledger", "prune", "--rules", str(rules), "--reports-dir", str(reports),
+                                 "--skip-prefect"], env={"COLUMNS": "200"})
+    assert pruned.exit_code == 0, pruned.output
+    assert "Kept 30 days" in pruned.stdout and "1 changes" in pruned.stdout and "1 plan CSVs" in pruned.stdout
+    assert sorted(p.name for p in reports.iterdir()) == ["notes.csv", "plan-new-2.csv"]
+
+    refused = runner.invoke(app, ["ledger", "forget", "a@example.org", "--skip-prefect"])
+    assert refused.exit_code == 1 and "give --yes" in refused.output and len(Ledger().read([L])) == 1
+    forgotten = runner.invoke(app, ["ledger", "forget", "a@example.org", "--yes", "--skip-prefect",
+                                    "--reports-dir", str(reports)], env={"COLUMNS": "200"})
+    assert forgotten.exit_code == 0 and f"its memory on {L} (member)" in forgotten.stdout
+    assert "Out of this tool's reach" in forgotten.stdout and Ledger().read([L]).empty
