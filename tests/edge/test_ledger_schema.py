@@ -4,47 +4,19 @@ shipped, a newer ledger refused, the models and the migrations in agreement (Ale
 from __future__ import annotations
 
 import hashlib
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import DateTime, MetaData, create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, text
 
 from tasks.errors import LedgerError
 from tasks.ledger import Ledger
 from tasks.ledger_schema import HEAD, REVISIONS, UNVERSIONED, VERSION_TABLE, alembic_config, revision_of
-from tests.fixtures.ledgers.make import FIXTURES, ROWS, SCHEMAS
+from tests.fixtures.ledgers.make import ROWS, SCHEMAS, shipped
 
 LIST = "members.example.org"
-
-
-def shipped(name: str, tmp_path: Path, kind: str, request) -> str:
-    """A copy of a shipped ledger, as a URL: the SQLite file itself, or its tables and rows
-    made again on a fresh PostgreSQL database from the same DDL."""
-    copy = tmp_path / f"ledger-{name}.sqlite"
-    shutil.copy(FIXTURES / f"ledger-{name}.sqlite", copy)
-    if kind == "sqlite":
-        return f"sqlite:///{copy}"
-    from sandbox import postgres
-
-    url = postgres.fresh_database(request.getfixturevalue("postgres_server"), f"shipped_{name.replace('-', '_')}")
-    old, new = create_engine(f"sqlite:///{copy}"), create_engine(url)
-    tables = MetaData()
-    tables.reflect(old)
-    for table in tables.sorted_tables:  # SQLite's names for the types, in the models' generic ones
-        for column in table.columns:
-            generic = column.type.as_generic()
-            column.type = DateTime(timezone=True) if isinstance(generic, DateTime) else generic
-    tables.create_all(new)
-    with old.connect() as source, new.begin() as target:
-        for table in tables.sorted_tables:
-            rows = [dict(row) for row in source.execute(table.select()).mappings()]
-            if rows:
-                target.execute(table.insert(), rows)
-    old.dispose(), new.dispose()
-    return url
 
 
 def revision(url: str) -> str | None:

@@ -47,8 +47,11 @@ def everything_the_ledger_holds() -> str:
                            for t in metadata.sorted_tables if t.name != "ledger_meta"}).casefold()
 
 
-def test_forget_erases_a_person_everywhere_and_the_next_runs_do_right_by_each(blocks, tmp_path):
+def test_forget_erases_a_person_everywhere_and_the_next_runs_do_right_by_each(blocks, tmp_path, ledger_url,
+                                                                             monkeypatch):
     from flows.history import address_history
+
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", ledger_url)  # on SQLite and on PostgreSQL
 
     records = [novi_record("n-ann", ANN), novi_record("n-lap", LAP), novi_record("n-quit", QUIT),
                novi_record("n-stay", "stay-31@example.org")]

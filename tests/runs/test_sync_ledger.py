@@ -11,7 +11,7 @@ from flows.sync import sync_lists
 from tasks.ledger import Ledger, LedgerError
 from tasks.ledger_schema import HEAD
 from tests.conftest import last_run, novi_record
-from tests.fixtures.ledgers.make import FIXTURES, SCHEMAS
+from tests.fixtures.ledgers.make import FIXTURES, SCHEMAS, shipped
 from tests.fakes import MAILMAN_REST, NOVI_SITE, FakeMailman, FakeNovi
 from tests.runs.sync_harness import LIST, NOVI_KEY, population, run, writes
 
@@ -211,13 +211,14 @@ def test_a_night_with_nothing_to_do_writes_no_ledger_row(blocks, tmp_path):
 
 # a ledger from an older release (issue 31) --------------------------------------------------
 
-@pytest.mark.parametrize("name", list(SCHEMAS))
-def test_a_real_sync_on_every_shipped_ledger_upgrades_it_and_loses_nothing(name, blocks, tmp_path, isolated_ledger):
+@pytest.mark.parametrize("name, kind", [(name, "sqlite") for name in SCHEMAS]
+                         + [(name, "postgresql") for name in ("1-9ae8fd5", "8-5b94437")])
+def test_a_real_sync_on_every_shipped_ledger_upgrades_it_and_loses_nothing(name, kind, blocks, tmp_path, monkeypatch,
+                                                                           request):
     """Ann and Bob are members, Cat left by herself, Dan was removed for lapsing (the fixture's
-    history); Novi still has Ann, Bob and Cat active and Dan lapsed, and Eve has joined."""
-    import shutil
-
-    shutil.copy(FIXTURES / f"ledger-{name}.sqlite", isolated_ledger)
+    history); Novi still has Ann, Bob and Cat active and Dan lapsed, and Eve has joined. The
+    oldest and the newest column sets on PostgreSQL too (made there from the same DDL)."""
+    monkeypatch.setenv("NOVI_MAILMAN_LEDGER", shipped(name, tmp_path, kind, request))
     records = [novi_record(f"n-{who}", f"{who}@example.org") for who in ("ann", "bob", "cat", "eve")]
     records.append(novi_record("n-dan", "dan@example.org", status="expired"))
     mailman = FakeMailman({LIST: {"Ann@example.org": "Ann A", "bob@example.org": "Bob"}})
