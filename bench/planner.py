@@ -61,7 +61,8 @@ def measure(n: int, repeat: int, routing: bool = False) -> dict:
         # as the roster read brings them: regular delivery, the list's moderation, delivery on
         "delivery_mode": pd.Series(REGULAR, index=range(n), dtype="string"),
         "moderation_action": pd.Series("", index=range(n), dtype="string"),
-        "delivery_status": pd.Series(Delivery.ENABLED, index=range(n), dtype="string")})[ROSTER_COLUMNS]
+        "delivery_status": pd.Series(Delivery.ENABLED, index=range(n), dtype="string"),
+        "account": pd.Series(None, index=range(n), dtype="string")})[ROSTER_COLUMNS]
     lists = [{"list_id": "list.example.org"}]
     rosters = {"list.example.org": roster}
     if routing:

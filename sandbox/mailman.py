@@ -260,6 +260,19 @@ class MailmanAdmin:
             "list_id": list_id, "subscriber": email, "display_name": display_name, "pre_verified": "true",
             "pre_confirmed": "true", "pre_approved": "true", "send_welcome_message": "false"})
 
+    def subscribe_account(self, list_id: str, email: str, nickname: str) -> str:
+        """A member as Postorius makes one: a user (an account) with the name its owner chose,
+        its address verified and preferred, the user subscribed (`subscription_mode: as_user`);
+        returns the user's id."""
+        user = self._call("POST", "users", (201,), data={"email": email, "display_name": nickname})
+        user_id = user.headers["location"].rstrip("/").rpartition("/")[2]
+        self._call("POST", f"addresses/{quote(email, safe='')}/verify", (204,))
+        self._call("POST", f"users/{user_id}/preferred_address", (201,), data={"email": email})
+        self._call("POST", "members", (201,), data={
+            "list_id": list_id, "subscriber": user_id, "pre_verified": "true", "pre_confirmed": "true",
+            "pre_approved": "true", "send_welcome_message": "false"})
+        return user_id
+
     def roster(self, list_id: str) -> dict[str, str]:
         """Every member's email → display name, read page by page."""
         members, page = {}, 1

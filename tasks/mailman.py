@@ -51,7 +51,7 @@ HELD = Delivery.BY_MODERATOR
 # at 100,000 members, 1.38x the read (100 s against 72 s on a loaded machine). That and a
 # delivery the member stopped themselves are read only for the members a plan removes, holds
 # or moves (`preferences`): a few hundred on a day of churn, bounded by the removal guard.
-ROSTER_FIELDS = ("email", "display_name", "member_id", "moderation_action")
+ROSTER_FIELDS = ("email", "display_name", "member_id", "moderation_action", "subscription_mode", "user")
 # Whose delivery Mailman disabled after bounces: one search per list (members/find, which
 # Mailman answers by looking at every member: 0.42x a roster read), as the report lists them all.
 ALWAYS_FOUND = (Delivery.BY_BOUNCES,)
@@ -94,7 +94,17 @@ def roster_frame(list_id: str, entries: list[dict], delivery: dict[str, str]) ->
         "delivery_mode": pd.Series([e.get("delivery_mode") for e in entries], dtype="string"),
         "moderation_action": pd.Series([e.get("moderation_action") or "" for e in entries], dtype="string"),
         "delivery_status": pd.Series([delivery.get(m, Delivery.ENABLED) for m in member_ids], dtype="string"),
+        "account": pd.Series([_account(e) for e in entries], dtype="string"),
     }, columns=ROSTER_COLUMNS)
+
+
+def _account(entry: dict) -> str | None:
+    """The user id a membership is held through (`subscription_mode: as_user`, how Postorius
+    subscribes a signed-up member), else None. Every address has a user; only these memberships
+    show the user's name."""
+    if entry.get("subscription_mode") != "as_user" or not isinstance(entry.get("user"), str):
+        return None
+    return entry["user"].rstrip("/").rpartition("/")[2] or None
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -364,9 +374,11 @@ class MailmanClient:
             return Outcome.FAILED, self.http.reason(response) or "Mailman refused the moderation action"
         return Outcome.APPLIED, ""
 
-    def rename(self, email: str, display_name: str) -> tuple[str, str]:
-        """Set the address's display name (PATCH on the member itself answers 400)."""
-        response = self.http.request("PATCH", f"addresses/{quote(email, safe='')}", bucket=Action.RENAME,
+    def rename(self, email: str, display_name: str, account: str | None = None) -> tuple[str, str]:
+        """Set the address's display name (PATCH on the member itself answers 400); for a
+        membership held through an account, the account's, which is what the roster shows."""
+        where = f"users/{quote(account, safe='')}" if account else f"addresses/{quote(email, safe='')}"
+        response = self.http.request("PATCH", where, bucket=Action.RENAME,
                                      data={"display_name": display_name}, accept=(400, 404))
         if response.status_code == 404:
             return Outcome.FAILED, "the address is no longer known to Mailman"
@@ -465,7 +477,7 @@ def apply_changes(client: MailmanClient, action: str, changes: Iterable[dict]) -
         one = {
             Action.SUBSCRIBE: lambda r: subscribe(client, r),
             Action.UNSUBSCRIBE: lambda r: client.unsubscribe_one(r["list_id"], r["email"]),
-            Action.RENAME: lambda r: client.rename(r["email"], r["display_name"] or ""),
+            Action.RENAME: lambda r: client.rename(r["email"], r["display_name"] or "", r.get("account")),
             Action.HOLD: lambda r: client.set_delivery(r["member_id"], HELD),
             Action.RELEASE: lambda r: client.set_delivery(r["member_id"], "enabled"),
             Action.MODERATE: lambda r: client.add_moderator(r["list_id"], r["email"], r["display_name"] or ""),

@@ -168,7 +168,7 @@ def apply_plan(client: MailmanClient, plan: Plan, rules: Rules, batch_size: int,
         # The batch task writes these as intended before it sends any: with what an intent keeps
         # (the address's key, its Novi id, why, the name it replaces).
         records = rows[["list_id", "email", "display_name", "member_id", "mail", "request", *PREFERENCE_COLUMNS,
-                        "match_key", "novi_id", "reason", "previous"]]
+                        "match_key", "novi_id", "reason", "previous", "account"]]
         records = missing_as_none(records).to_dict("records")
         return apply_batch.submit(client, action, records, lease, journal, uuid.uuid4().hex)
 

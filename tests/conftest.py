@@ -55,6 +55,7 @@ def roster_frame(list_id: str, rows: list[tuple]) -> pd.DataFrame:
         "delivery_mode": pd.Series([r[3] if len(r) > 3 else REGULAR for r in rows], dtype="string"),
         "moderation_action": pd.Series([r[4] if len(r) > 4 else "" for r in rows], dtype="string"),
         "delivery_status": pd.Series([status(r) for r in rows], dtype="string"),
+        "account": pd.Series([None] * len(rows), dtype="string"),
     }, columns=ROSTER_COLUMNS)
 
 

@@ -217,7 +217,7 @@ def join_sides(winners: pd.DataFrame, roster: pd.DataFrame, ledger: pd.DataFrame
     """One row per address any side knows: Novi's columns, the roster's (`_roster`), the ledger's (`led_`)."""
     side = winners[["match_key", "email", "novi_id", "display_name", "eligible", "why_not", "expires"]].assign(
         in_novi=True)
-    on_list = roster[["match_key", "email", "display_name", "member_id", *PREFERENCE_COLUMNS]].assign(
+    on_list = roster[["match_key", "email", "display_name", "member_id", *PREFERENCE_COLUMNS, "account"]].assign(
         on_roster_now=True)
     remembered = ledger.drop(columns=["list_id"]).add_prefix("led_").rename(columns={"led_match_key": "match_key"})
     joined = (side.merge(on_list, on="match_key", how="outer", suffixes=("", "_roster"))
@@ -315,7 +315,8 @@ class Standing:
         released = staying & held & (rule.lapsed == LAPSE_HOLD)
         novi_name = joined["display_name"].fillna("")
         renamed = staying & rule.update_names & (novi_name != "") & (
-            novi_name != joined["display_name_roster"].fillna(""))
+            novi_name != joined["display_name_roster"].fillna("")) & (
+            joined["account"].isna() | rule.update_account_names)
         # A subscription request pending for this address: one waiting for the moderator is
         # resolved by the subscribe (Novi already says they belong); one waiting for the
         # person's own confirmation is theirs to answer, and is left alone.
@@ -437,7 +438,8 @@ def changes(joined: pd.DataFrame, where: Standing, rule: ListRule) -> pd.DataFra
                 # A subscribe carries the preferences to subscribe with; a removal or hold those the
                 # roster had, which an undo of the run restores (tasks.core.undo).
                 **{c: where.preferences.loc[mask, c] if action == Action.SUBSCRIBE else rows[c]
-                   for c in PREFERENCE_COLUMNS}))
+                   for c in PREFERENCE_COLUMNS},
+                account=rows["account"] if action != Action.SUBSCRIBE else pd.Series(dtype="string")))
     return _concat(parts, CHANGE_COLUMNS)
 
 

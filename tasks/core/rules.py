@@ -93,6 +93,9 @@ class ListRule(_Strict):
     scope: Scope = SCOPE_MANAGED
     protected: list[str] = []        # addresses never removed or held
     update_names: bool = True
+    # A membership held through a Mailman account (Postorius) shows the name its owner chose
+    # there; correcting it renames the account, on every list and in Postorius: only if asked.
+    update_account_names: bool = False
     send_welcome: bool = False
     send_goodbye: bool = False
     allow_empty: bool = False        # an empty eligible set is an error unless this is true

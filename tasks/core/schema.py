@@ -165,15 +165,17 @@ COMMITTEES = "Committees"
 CUSTOM_FIELDS = "CustomFields"
 INHERITING = "inheriting"  # Novi's MemberStatus of a person whose membership comes from a company
 STATUSES_ANY = "any"  # a rule's `statuses: any`: whatever their membership (a committee of non-members)
-# A roster frame (tasks.mailman): one row per member of one list.
-ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS]
+# A roster frame (tasks.mailman): one row per member of one list. `account`: the Mailman user
+# (a Postorius account) the membership is held through, when it is (subscription_mode as_user):
+# the roster then shows the name the person chose in their account, not the address's.
+ROSTER_COLUMNS = ["list_id", "email", "match_key", "display_name", "member_id", *PREFERENCE_COLUMNS, "account"]
 # The plan's changes; `match_key` travels with each so nobody recomputes it; `request` is the
 # token of a subscription request a subscribe resolves (one waiting for the moderator).
 # A subscribe carries the preferences to subscribe with (the member's earlier ones, or Mailman's defaults);
 # a change to a roster row (unsubscribe, hold, release, rename) the preferences and the name
 # (`previous`) the roster had: what a rename replaces, and what an undo of the run restores.
 CHANGE_COLUMNS = ["list_id", "action", "email", "match_key", "reason", "novi_id", "display_name", "member_id",
-                  "request", "previous", *PREFERENCE_COLUMNS]
+                  "request", "previous", *PREFERENCE_COLUMNS, "account"]
 # A list's pending subscription requests (tasks.mailman): `owner` is who must act on it.
 REQUEST_COLUMNS = ["match_key", "token", "owner"]
 OWNER_MODERATOR, OWNER_SUBSCRIBER = "moderator", "subscriber"

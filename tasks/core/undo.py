@@ -95,8 +95,9 @@ def plan_undo(applied: pd.DataFrame, rosters: dict[str, pd.DataFrame], later: pd
         change = dict.fromkeys(CHANGE_COLUMNS)
         change.update(list_id=row.list_id, action=inverse, email=row.email, match_key=row.match_key,
                       novi_id=row.novi_id, reason=f"undo of {run_name}: {_what(row)}")
-        if now is not None:
-            change.update(member_id=now["member_id"], previous=now["display_name"], display_name=now["display_name"])
+        if now is not None:  # with the account it is held through now: a rename there is the account's
+            change.update(member_id=now["member_id"], previous=now["display_name"], display_name=now["display_name"],
+                          account=now.get("account"))
         if inverse == Action.SUBSCRIBE:  # as they were: their name, digest and moderation, no welcome
             change.update(display_name=row.previous, **{c: getattr(row, c) for c in PREFERENCE_COLUMNS})
             if row.delivery_mode is None:  # removed before preferences were read for every removal

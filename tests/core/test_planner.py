@@ -167,6 +167,28 @@ def test_names_left_alone_when_the_rule_says_so_or_novi_has_none():
     assert run([novi_record("a", "a@x.org", first=None, last="")], [("a@x.org", "Old")]).changes.empty
 
 
+def test_a_name_chosen_in_a_mailman_account_is_left_as_it_is_unless_the_rule_corrects_accounts():
+    """Issue 32: a member subscribed through their Postorius account shows the account's name;
+    the sync renamed the address every night (the roster never changed: 2 writes a night for 2
+    such members). Now no change; asked for, one rename of the account, and every other change
+    (a lapse) still made."""
+    records = [novi_record("a", "nick@x.org", first="Nicholas", last="Lee"),
+               novi_record("b", "gone@x.org", status="expired")]
+
+    def roster():
+        frame = roster_frame(L, [("nick@x.org", "Nick"), ("gone@x.org", "Gone")])
+        return frame.assign(account=pd.Series(["user-nick", "user-gone"], dtype="string"))
+
+    rules = parse_rules({"lists": [{"list_id": L}]})
+    p = plan_changes(members_frame(records), {L: roster()}, rules)
+    assert changes(p) == [("unsubscribe", "gone@x.org", "status expired")]
+    assert p.figures.iloc[0]["in_step"] == 1
+    rules = parse_rules({"lists": [{"list_id": L, "update_account_names": True}]})
+    asked = plan_changes(members_frame(records), {L: roster()}, rules).changes.set_index("email")
+    assert asked.loc["nick@x.org", ["action", "display_name", "previous", "account"]].tolist() == [
+        "rename", "Nicholas Lee", "Nick", "user-nick"]
+
+
 # duplicates and quarantine ---------------------------------------------------------------
 
 @pytest.mark.parametrize("order", [0, 1], ids=["eligible-first", "eligible-last"])

@@ -59,7 +59,8 @@ def find_matcher(status, page, count):
                                          "count": str(count), "page": str(page)})
 
 
-ROSTER_QUERY = "fields=email&fields=display_name&fields=member_id&fields=moderation_action"
+ROSTER_QUERY = ("fields=email&fields=display_name&fields=member_id&fields=moderation_action"
+               "&fields=subscription_mode&fields=user")
 
 
 @responses.activate
@@ -67,6 +68,9 @@ def test_roster_sends_count_page_and_fields_and_finds_bounced_and_held_members()
     url = f"{REST}/lists/{LIST}/roster/member"
     first = roster_page(3, ["a@x.org", "b@x.org"])
     first["entries"][0].update(moderation_action="hold")
+    # Every address has a user; a membership held through it (Postorius) says so (issue 32)
+    first["entries"][0].update(subscription_mode="as_user", user=f"{REST}/users/0a1b2c")
+    first["entries"][1].update(subscription_mode="as_address", user=f"{REST}/users/ffee")
     for page, body in ((1, first), (2, roster_page(3, ["c@x.org"], start=2))):
         responses.get(url, json=body, match=[matchers.query_string_matcher(f"count=2&page={page}&{ROSTER_QUERY}")])
     for status, member in (("by_moderator", "id-b@x.org"), ("by_bounces", "id-c@x.org")):
@@ -78,6 +82,7 @@ def test_roster_sends_count_page_and_fields_and_finds_bounced_and_held_members()
     assert frame["delivery_status"].tolist() == ["enabled", "by_moderator", "by_bounces"]
     assert frame["delivery_mode"].isna().all()  # not read with the roster (see ROSTER_FIELDS)
     assert frame["moderation_action"].tolist() == ["hold", "", ""]
+    assert frame["account"].fillna("").tolist() == ["0a1b2c", "", ""]
     assert set(frame["list_id"]) == {LIST}
     assert responses.calls[0].request.headers["Authorization"].startswith("Basic ")
 
@@ -256,6 +261,15 @@ def test_rename_patches_the_address():
     responses.patch(f"{REST}/addresses/a%2Bb%40x.org", status=204)
     assert client().rename("a+b@x.org", "New Name") == (APPLIED, "")
     assert form(responses.calls[0]) == {"display_name": "New Name"}
+
+
+@responses.activate
+def test_rename_of_a_membership_held_through_an_account_patches_the_account():
+    """Measured on 3.3.10: the roster shows the user's name for such a membership, and a PATCH
+    on the address leaves it as it was; on the user it changes."""
+    responses.patch(f"{REST}/users/0a1b2c", status=204)
+    assert client().rename("nick@x.org", "Nicholas Lee", "0a1b2c") == (APPLIED, "")
+    assert form(responses.calls[0]) == {"display_name": "Nicholas Lee"}
 
 
 @pytest.mark.parametrize(("action", "status"), [("hold", "by_moderator"), ("release", "enabled")])
