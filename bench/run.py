@@ -162,7 +162,8 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
                 requests: int = 0) -> dict[str, int]:
     """The fewest calls that can read everything and make these changes.
 
-    Mailman's version (one call), pages of every collection read (Novi members, each roster;
+    Mailman's version (one call), each list's settings (one call each: who Mailman mails by
+    itself, tasks.core.notices), pages of every collection read (Novi members, each roster;
     of a roster with members, its bounce-disabled members, one page when there are none, and
     the held members of a list whose rule holds lapsed members, `held_before` None: the rule
     holds nobody; the list's bans
@@ -177,7 +178,7 @@ def lower_bound(summary: dict, roster_before: int, held_before: int | None, bans
     changes = {a: sum(item["changes"][a] for item in summary["lists"]) for a in
                ("subscribe", "unsubscribe", "hold", "release", "rename")}
     searched = roster_before > 0  # an empty roster has nobody to search for
-    bound = {"mailman_read": 1,
+    bound = {"mailman_read": 1 + len(summary["lists"]),
              "novi_page": pages(summary["novi_members"], NOVI_PAGE),
              "roster_page": pages(roster_before, ROSTER_PAGE_SIZE),
              "bouncing_page": int(searched),

@@ -97,6 +97,7 @@ def _sync_member(member_ids: list[str], options: RunOptions, *, wait_for_lock_s:
         keys = sorted(set(members["match_key"].dropna()) | set(remembered["match_key"]))
         rosters = {lid: mailman.membership(lid, keys) for lid in run.list_ids}
         bans = read_bans(mailman, run.list_ids)
+        run.settings = {lid: mailman.settings(lid) for lid in run.list_ids}  # who Mailman mails by itself
         requests = read_requests(mailman, run.list_ids)
         moderators = read_moderators(mailman, run.ledger, run.rules, keys)
         # Novi cannot be asked which companies name a person as their contact: whether someone

@@ -19,7 +19,7 @@ from tasks.core.eligibility import unknown_custom_fields
 from tasks.core.schema import LAPSE_HOLD, RunKind, RunSummary, note
 from tasks.errors import SyncError
 from tasks.http import halting
-from tasks.mailman import extract_bans, extract_requests
+from tasks.mailman import extract_bans, extract_requests, extract_settings
 from tasks.novi import extract_members
 from tasks.report import MAX_TABLE_ROWS, TABLE_ROWS
 from tasks.run import (MAX_WORKERS, Run, RunOptions, failed, flow_run_id, heard, plan_lists, read_ledger,
@@ -175,11 +175,13 @@ def read_sources(run: Run, novi, mailman) -> tuple[pd.DataFrame, dict, dict, dic
              **roster_reads(mailman, run.list_ids, held),  # keyed by list id: always with a dot
              "bans": partial(extract_bans.submit, mailman, run.list_ids),
              "requests": partial(extract_requests.submit, mailman, run.list_ids),
+             "settings": partial(extract_settings.submit, mailman, run.list_ids),
              "ledger": partial(read_ledger.submit, run.ledger, run.list_ids)}
     with run.phase("read"), halting(novi.http, mailman.http) as halt:
         got, ended = read_together(reads, run.options.workers, halt)
     # Each from the reads' start to its end: they overlap, so they do not add up to `read`.
     run.phases["extract_members"] = ended["members"]
     run.phases["extract_rosters"] = max(ended[lid] for lid in run.list_ids)
+    run.settings = got["settings"]
     return (got["members"], {lid: got[lid] for lid in run.list_ids}, got["bans"], got["requests"],
             got["ledger"])

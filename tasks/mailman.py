@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from tasks.core import addresses
+from tasks.core.notices import LIST_SETTINGS
 from tasks.core.schema import (
     REGULAR,
     REQUEST_COLUMNS,
@@ -107,6 +108,10 @@ def _account(entry: dict) -> str | None:
     return entry["user"].rstrip("/").rpartition("/")[2] or None
 
 
+def no_list(list_id: str) -> ListNotFound:
+    return ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id in the rules")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
     """`3.3.10` → (3, 3, 10); a suffix such as `3.3.9rc1` counts by its numbers."""
     numbers = re.findall(r"\d+", version)
@@ -177,6 +182,16 @@ class MailmanClient:
         return [e["list_id"] for e in self._entries("lists", "list of lists", needs=("list_id",),
                                                     bucket="mailman_read")]
 
+    def settings(self, list_id: str) -> dict[str, object]:
+        """The list's settings that decide whom Mailman mails by itself (tasks.core.notices)."""
+        response = self.http.request("GET", f"lists/{list_id}/config", bucket="mailman_read", accept=(404,))
+        if response.status_code == 404:
+            raise no_list(list_id)
+        body = json_body(response, f"{list_id}'s settings")
+        if not isinstance(body, dict):
+            raise UnexpectedResponse(f"Mailman {list_id}'s settings: not an object")
+        return {name: body.get(name) for name in LIST_SETTINGS}
+
     def owners(self, list_id: str) -> list[str]:
         """The list's owners' addresses (who a change digest goes to by default)."""
         return sorted({e["email"].lower() for e in self._entries(f"lists/{list_id}/roster/owner",
@@ -219,8 +234,7 @@ class MailmanClient:
         list_id = dot_list_id(list_id)
         pages = self._pages(f"lists/{list_id}/roster/member", f"roster of {list_id}", bucket="roster_page",
                             page_size=page_size, params=[("fields", f) for f in ROSTER_FIELDS],
-                            missing=ListNotFound(f"Mailman has no list {list_id}: create it, or correct its list_id "
-                                                 "in the rules"), in_flight=self.pages_in_flight)
+                            missing=no_list(list_id), in_flight=self.pages_in_flight)
         statuses = (*ALWAYS_FOUND, *((HELD,) if with_held else ()))
         entries: list = []
         with ThreadPoolExecutor(len(statuses), thread_name_prefix="search") as pool:
@@ -430,6 +444,12 @@ def with_preferences(rosters: dict[str, pd.DataFrame], read: pd.DataFrame) -> di
                                                             roster["member_id"].map(mine["delivery_status"]))
             .astype("string"))
     return out
+
+
+@task(name="extract-settings", cache_policy=NO_CACHE)
+def extract_settings(client: MailmanClient, list_ids: list[str]) -> dict[str, dict]:
+    """Each list's settings that decide whom Mailman mails by itself (tasks.core.notices)."""
+    return {list_id: client.settings(list_id) for list_id in list_ids}
 
 
 @task(name="extract-bans", cache_policy=NO_CACHE)

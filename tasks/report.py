@@ -73,7 +73,7 @@ def _counts(series: pd.Series) -> dict[str, int]:
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
               novi_members: int, duration_s: float, plan_csv: str | None, ledger: str,
               guards: list[str] | None = None, guards_overridden: bool = False,
-              approved: str | None = None) -> RunSummary:
+              approved: str | None = None, owner_notices: dict[str, int] | None = None) -> RunSummary:
     """The run as one plain dict (the `RunSummary` contract): what the flow returns and `--json`
     prints. `Run.finish` adds what the run knows at its end."""
     lists = []
@@ -88,6 +88,8 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "reasons": {a: _counts(mine.loc[mine["action"] == a, "reason"])
                         for a in ACTIONS if (mine["action"] == a).any()},
             "left_alone": _counts(alone["reason"]),
+            # what Mailman mails the list's owners for this plan by itself (tasks.core.notices)
+            "owner_notices": (owner_notices or {}).get(list_id, 0),
             # for the list owner: eligible members Mailman bans, who will not receive the list
             "banned_members": missing_as_none(alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]]
                                               .head(LISTED)).to_dict("records"),
@@ -150,6 +152,12 @@ def summary_markdown(summary: dict) -> str:
               "| list | eligible | on roster | managed | in step |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {md(item['list_id'])} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
               f"{item['in_step']:,} |" for item in summary["lists"]]
+    noticed = [item for item in summary["lists"] if item["owner_notices"]]
+    if noticed:  # Mailman mails the owners by itself for each subscribe (tasks.core.notices)
+        sends = "would make" if summary["dry_run"] or summary["state"] == RunState.REFUSED else "makes"
+        lines += ["", f"This run {sends} Mailman send its own notices to list owners (the list's "
+                  "`admin_notify_mchanges` is on): " + ", ".join(f"{item['owner_notices']:,} to the owners of "
+                                                                   f"{md(item['list_id'])}" for item in noticed) + "."]
     for item in summary["lists"]:
         if item["reasons"] or item["left_alone"]:
             lines += ["", f"## {md(item['list_id'])}", "", "| action | reason | count |", "|---|---|---:|"]

@@ -35,6 +35,7 @@ from tasks import logs, report
 from tasks.errors import BadParameter, ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
 from tasks.http import halting
 from tasks.core.intents import settle_intents
+from tasks.core.notices import owner_notices
 from tasks.blocks import open_ledger
 from tasks import ledger_keeping, retention
 from tasks.ledger_schema import HEAD
@@ -343,6 +344,7 @@ class Run:
     unrecorded: SyncError | None = None
     ledger_rows_written: int = 0      # the memory rows its record wrote (only those that changed)
     stand_ins: pd.DataFrame | None = None  # erased people's opt-outs it planned with (with_stand_ins)
+    settings: dict[str, dict] = field(default_factory=dict)  # each list's settings, as read (tasks.core.notices)
     # How an operator applies a refused plan, with `{plan}` for its fingerprint (the flow knows
     # its own command line and whether it can wait for the UI).
     how_to_approve: str = "a custom run with approve = {plan}"
@@ -544,7 +546,8 @@ class Run:
                                    novi_members=novi_members, duration_s=self.elapsed(), plan_csv=plan_csv,
                                    ledger=self.ledger.location, guards=self.tripped,
                                    guards_overridden=self.overridden,
-                                   approved=self.fingerprint if self.approved else None)
+                                   approved=self.fingerprint if self.approved else None,
+                                   owner_notices=owner_notices(plan.changes, self.settings, self.rules))
         if members is not None:
             summary.update(members=members, not_found=not_found or [])
         return summary

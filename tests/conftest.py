@@ -66,6 +66,9 @@ INTEGRATION = Path(__file__).parent / "integration"
 RUNS = Path(__file__).parent / "runs"
 
 
+SLOWEST_FILES = ("test_approval_lease.py", "test_approval.py", "test_crash.py", "test_interrupted.py")
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Markers from where a test lives and what it needs, never set by hand: `integration` for
     the tests under tests/integration (real peers), `flow` for those, for tests/runs and for
@@ -76,6 +79,11 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.flow)
         elif RUNS in item.path.parents or "prefect_server" in item.fixturenames:
             item.add_marker(pytest.mark.flow)
+    # Longest first (`make test` hands whole files to its workers in this order): the file that
+    # waits out a lease renewal (~6.5 min on one worker) starts at once instead of last, then
+    # the other tests on real peers, then the quick ones fill in. Measured: 15:03 → see README.
+    items.sort(key=lambda item: (item.path.name not in SLOWEST_FILES, INTEGRATION not in item.path.parents,
+                                 RUNS not in item.path.parents))
 
 
 @pytest.fixture(scope="session")

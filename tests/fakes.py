@@ -85,6 +85,7 @@ class FakeMailman:
         self.bans: dict[str | None, list[str]] = {}  # list id (None: global) → banned addresses
         self.requests: dict[str, list[dict]] = {}  # list id → pending {"email", "token", "token_owner"}
         self.version = "GNU Mailman 3.3.10 (Tom Sawyer)"
+        self.settings: dict[str, dict] = {}  # list id → config values other than Mailman's defaults
 
     @staticmethod
     def new_member(list_id: str, email: str, name: str, **preferences: str) -> dict:
@@ -99,6 +100,7 @@ class FakeMailman:
         mock.add_callback("GET", re.compile(rf"{base}/system/versions$"),
                           callback=lambda _: self._json(200, {"mailman_version": self.version}))
         mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/roster/member\?.*"), callback=self._roster)
+        mock.add_callback("GET", re.compile(rf"{base}/lists/([^/]+)/config$"), callback=self._config)
         mock.add_callback("GET", re.compile(rf"{base}/members/find\?.*"), callback=self._find)
         mock.add_callback("GET", re.compile(rf"{base}/(lists/[^/]+/)?bans\?.*"), callback=self._bans)
         mock.add_callback("GET", re.compile(rf"{base}/lists/[^/]+/requests\?.*"), callback=self._requests)
@@ -124,6 +126,14 @@ class FakeMailman:
         if chunk:  # Mailman leaves `entries` out of an empty page
             body["entries"] = chunk
         return self._json(200, body)
+
+    def _config(self, request):
+        list_id = urlsplit(request.url).path.split("/")[3]
+        if list_id not in self.rosters:
+            return self._json(404, {"title": "404 Not Found"})
+        return self._json(200, {"list_id": list_id, "admin_notify_mchanges": False, "send_welcome_message": True,
+                                "send_goodbye_message": True, "subscription_policy": "confirm",
+                                **self.settings.get(list_id, {})})
 
     def _roster(self, request):
         list_id = urlsplit(request.url).path.split("/")[3]

@@ -222,6 +222,7 @@ class ListSummary(TypedDict):
     outcomes: dict[str, int]              # by outcome
     reasons: dict[str, dict[str, int]]    # by action, then reason
     left_alone: dict[str, int]            # by reason
+    owner_notices: int                    # notices Mailman sends the list's owners for these changes
     banned_members: list[dict]            # eligible members Mailman bans: email, novi_id (the first 100)
 
 

@@ -133,3 +133,17 @@ def world(real_blocks, novi_sandbox, core_under_test, request):
     novi_sandbox.reset(size=120, seed=seed, domain=domain)
     return {"novi": novi_sandbox, "core": core, "admin": MailmanAdmin(core.rest_url),
             "domain": domain, "tag": tag, "seed": seed, "mailman_block": block}
+
+
+@pytest.fixture
+def deployed(world, tmp_path, isolated_ledger):
+    """prefect.yaml's deployments under names and a pool of this test's own, and a worker for them
+    (the approval tests)."""
+    from tests.integration.helpers import lists_for, sync, worker_deployment
+
+    (members,) = lists_for(world, "approved")
+    rules = tmp_path / "rules.yaml"
+    first, _ = sync(tmp_path, [{"list_id": members}])  # writes rules.yaml, and the list starts in step
+    assert first.is_completed(), first.message
+    with worker_deployment(world, tmp_path, rules, str(isolated_ledger), "it-pool") as deployment:
+        yield {"list": members, "deployment": deployment}

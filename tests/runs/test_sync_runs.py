@@ -60,8 +60,8 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # and a roster page; one page of the members whose delivery bounced, and no held-member
     # page, as the list's rule holds nobody; one page of the list's bans, one of the global
     # bans and one of the list's pending requests; the preferences of the 3 lapsed members
-    # it removes (they may renew)
-    assert summary["http_calls"] == {"mailman_read": 1, "novi_page": math.ceil(8 / 3), "roster_page": 1,
+    # it removes (they may renew); Mailman's version and the list's settings (who it mails by itself)
+    assert summary["http_calls"] == {"mailman_read": 2, "novi_page": math.ceil(8 / 3), "roster_page": 1,
                                      "bouncing_page": 1, "ban_page": 2, "request_page": 1, "preferences_read": 3,
                                      "subscribe": 3, "mass_unsubscribe": 2, "rename": 1}
     assert summary["flow_run_id"] == str(state.state_details.flow_run_id)
@@ -76,7 +76,7 @@ def test_real_run_applies_only_the_difference_in_batches_then_nothing_is_left(bl
     # reads only: Mailman's version, ceil(8 / 3) Novi pages, one roster page and its bounced
     # members' search (the rule holds nobody: no held search), the two ban pages and the
     # requests page
-    assert len(calls) == 1 + math.ceil(8 / 3) + 1 + 1 + 2 + 1
+    assert len(calls) == 1 + math.ceil(8 / 3) + 1 + 1 + 2 + 1 + 1  # + the list's settings
 
 
 def test_a_banned_eligible_member_never_fails_a_run_and_a_quiet_rerun_writes_nothing(blocks, tmp_path):
@@ -276,3 +276,20 @@ def test_a_digest_goes_through_a_notification_block_and_one_not_sent_never_fails
     finally:
         receiver.shutdown()
 
+
+
+def test_the_plan_and_the_summary_say_how_many_notices_mailman_will_send_the_owners(blocks, tmp_path):
+    """Issue 32: 153 notices reached a site's owners on its first sync, said nowhere."""
+    from prefect.artifacts import Artifact
+
+    records, roster = population()
+    mailman = FakeMailman({LIST: roster})
+    mailman.settings[LIST] = {"admin_notify_mchanges": True}
+    planned, _ = run(FakeNovi(records), mailman, tmp_path, dry_run=True)
+    (item,) = planned.result()["lists"]
+    assert item["owner_notices"] == item["changes"]["subscribe"] == 3  # the lapsed go in one mass unsubscribe
+    assert "would make Mailman send its own notices to list owners" in Artifact.get(
+        artifact_key(SUMMARY_KEY, True)).data
+    mailman.settings[LIST] = {"admin_notify_mchanges": False}
+    quiet, _ = run(FakeNovi(records), mailman, tmp_path, dry_run=True)
+    assert quiet.result()["lists"][0]["owner_notices"] == 0
