@@ -81,7 +81,7 @@ def pytest_collection_modifyitems(items) -> None:
             item.add_marker(pytest.mark.flow)
     # Longest first (`make test` hands whole files to its workers in this order): the file that
     # waits out a lease renewal (~6.5 min on one worker) starts at once instead of last, then
-    # the other tests on real peers, then the quick ones fill in. Measured: 15:03 → see README.
+    # the other tests on real peers, then the quick ones fill in (README, "The two commands").
     items.sort(key=lambda item: (item.path.name not in SLOWEST_FILES, INTEGRATION not in item.path.parents,
                                  RUNS not in item.path.parents))
 

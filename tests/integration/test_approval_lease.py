@@ -33,7 +33,7 @@ def test_a_refused_run_waits_past_the_engines_lease_renewal_and_keeps_the_deploy
 
     while time.time() - began < PAST_THE_FIRST_RENEWAL_S:
         now = deployments.wait_for_run(started.id, lambda state: True)
-        assert now.state.ispaused_for_approval(), f"the waiting run left Paused: {now.state.type.value} {now.state.message}"
+        assert now.state.is_paused(), f"the waiting run left Paused: {now.state.type.value} {now.state.message}"
         waiting = deployments.wait_for_run(second.id, lambda state: True)
         assert waiting.state.is_scheduled() and waiting.start_time is None, waiting.state
         time.sleep(10)
@@ -45,5 +45,5 @@ def test_a_refused_run_waits_past_the_engines_lease_renewal_and_keeps_the_deploy
     assert world["admin"].roster(deployed["list"]) == expected(world["novi"].records())
     assert f"plan {description.split('`')[1]}" in done.state.message  # exactly the plan reviewed
     # the slot came back when the first ended: the second runs, with nothing left to do
-    after = deployments.wait_for_run(second.id, lambda state: state.isfinal_state(), 240)
+    after = deployments.wait_for_run(second.id, lambda state: state.is_final(), 240)
     assert after.state.is_completed() and after.state.message.startswith("No changes"), after.state.message
