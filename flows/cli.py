@@ -215,13 +215,16 @@ def check(novi_block: NoviBlock = "novi", mailman_block: MailmanBlock = "mailman
             if missing:
                 raise SyncError(f"lists in {rules} that Mailman does not have: {', '.join(missing)}")
             out.print(f"Rules {rules}: every list exists")
-            from tasks.core.notices import LIST_SETTINGS
+            from tasks.core.notices import LIST_SETTINGS, OPEN_DOORS
 
             for rule in wanted.lists:  # whom Mailman mails by itself when the sync changes the list
                 said = client.settings(rule.list_id)
                 out.print(f"{rule.list_id}: " + ", ".join(f"{name} {said[name]}" for name in LIST_SETTINGS)
                           + ("; each subscribe the sync makes sends its owners a notice" if
                              said["admin_notify_mchanges"] is True else ""))
+                if said["subscription_policy"] in OPEN_DOORS:
+                    err.print(f"{rule.list_id}: anyone can join without Novi (subscription_policy "
+                              f"{said['subscription_policy']}); set it to moderate so that members come from Novi")
 
     failed = []
     for side, test in (("Novi", novi_side), ("Mailman", mailman_side)):

@@ -73,7 +73,8 @@ def _counts(series: pd.Series) -> dict[str, int]:
 def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, message: str,
               novi_members: int, duration_s: float, plan_csv: str | None, ledger: str,
               guards: list[str] | None = None, guards_overridden: bool = False,
-              approved: str | None = None, owner_notices: dict[str, int] | None = None) -> RunSummary:
+              approved: str | None = None, owner_notices: dict[str, int] | None = None,
+              open_doors: dict[str, str] | None = None) -> RunSummary:
     """The run as one plain dict (the `RunSummary` contract): what the flow returns and `--json`
     prints. `Run.finish` adds what the run knows at its end."""
     lists = []
@@ -90,6 +91,8 @@ def summarise(plan: Plan, outcomes: pd.DataFrame, *, dry_run: bool, state: str, 
             "left_alone": _counts(alone["reason"]),
             # what Mailman mails the list's owners for this plan by itself (tasks.core.notices)
             "owner_notices": (owner_notices or {}).get(list_id, 0),
+            # a subscription policy that lets people join around Novi (tasks.core.notices), else None
+            "open_door": (open_doors or {}).get(list_id),
             # for the list owner: eligible members Mailman bans, who will not receive the list
             "banned_members": missing_as_none(alone.loc[alone["reason"] == REASON_BANNED, ["email", "novi_id"]]
                                               .head(LISTED)).to_dict("records"),
@@ -152,6 +155,11 @@ def summary_markdown(summary: dict) -> str:
               "| list | eligible | on roster | managed | in step |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {md(item['list_id'])} | {item['eligible']:,} | {item['roster']:,} | {item['managed']:,} | "
               f"{item['in_step']:,} |" for item in summary["lists"]]
+    for item in summary["lists"]:
+        if item["open_door"]:
+            lines += ["", f"Anyone can join {md(item['list_id'])} without Novi: its subscription policy is "
+                      f"`{item['open_door']}`. Set it to `moderate` in Postorius (or the list's settings) so that "
+                      "members come from Novi only."]
     noticed = [item for item in summary["lists"] if item["owner_notices"]]
     if noticed:  # Mailman mails the owners by itself for each subscribe (tasks.core.notices)
         sends = "would make" if summary["dry_run"] or summary["state"] == RunState.REFUSED else "makes"

@@ -35,7 +35,7 @@ from tasks import logs, report
 from tasks.errors import BadParameter, ChangesFailed, GuardRefused, ReadStopped, SyncError, what_now
 from tasks.http import halting
 from tasks.core.intents import settle_intents
-from tasks.core.notices import owner_notices
+from tasks.core.notices import open_doors, owner_notices
 from tasks.blocks import open_ledger
 from tasks import ledger_keeping, retention
 from tasks.ledger_schema import HEAD
@@ -547,7 +547,8 @@ class Run:
                                    ledger=self.ledger.location, guards=self.tripped,
                                    guards_overridden=self.overridden,
                                    approved=self.fingerprint if self.approved else None,
-                                   owner_notices=owner_notices(plan.changes, self.settings, self.rules))
+                                   owner_notices=owner_notices(plan.changes, self.settings, self.rules),
+                                   open_doors=open_doors(self.settings))
         if members is not None:
             summary.update(members=members, not_found=not_found or [])
         return summary

@@ -1,5 +1,6 @@
-"""What a run makes Mailman send to a list's owners by itself: known before any write, from the
-list's settings, so that `check`, the plan and the summary can say it (issue 32).
+"""What a list's settings mean for a sync, read before any write so that `check`, the plan and
+the summary can say it (issue 32): the notices Mailman sends the list's owners by itself, and
+whether people can join the list around Novi.
 
 Measured on 3.3.10 with the list's `admin_notify_mchanges` on: every subscribe queues one notice
 to the owners; a single unsubscribe (`DELETE /members/{id}`, how removals go when the rule
@@ -19,6 +20,17 @@ from tasks.core.schema import Action
 
 # A list's settings a plan reads (GET /lists/{id}/config): who Mailman mails by itself.
 LIST_SETTINGS = ("admin_notify_mchanges", "send_welcome_message", "send_goodbye_message", "subscription_policy")
+
+
+# Subscription policies that let someone join without Novi: `open` (no confirmation at all) and
+# `confirm` (the person confirms by mail); `moderate` and `confirm_then_moderate` need a moderator.
+OPEN_DOORS = ("open", "confirm")
+
+
+def open_doors(settings: Mapping[str, Mapping[str, object]]) -> dict[str, str]:
+    """The lists whose subscription policy lets people join around Novi, with that policy."""
+    return {list_id: str(said.get("subscription_policy")) for list_id, said in settings.items()
+            if said.get("subscription_policy") in OPEN_DOORS}
 
 
 def owner_notices(changes: pd.DataFrame, settings: Mapping[str, Mapping[str, object]], rules: Rules) -> dict[str, int]:

@@ -223,6 +223,7 @@ class ListSummary(TypedDict):
     reasons: dict[str, dict[str, int]]    # by action, then reason
     left_alone: dict[str, int]            # by reason
     owner_notices: int                    # notices Mailman sends the list's owners for these changes
+    open_door: str | None                 # a subscription policy letting people join around Novi, else None
     banned_members: list[dict]            # eligible members Mailman bans: email, novi_id (the first 100)
 
 

@@ -18,3 +18,11 @@ def test_a_notice_per_subscribe_and_per_unsubscribe_that_sends_a_goodbye_where_t
                 N: {"admin_notify_mchanges": False}}
     assert owner_notices(changes, settings, rules) == {L: 2, M: 2, N: 0}
     assert owner_notices(changes.iloc[:0], settings, rules) == {L: 0, M: 0, N: 0}
+
+
+def test_a_list_anyone_can_join_around_novi_is_named_with_its_policy():
+    from tasks.core.notices import open_doors
+
+    settings = {L: {"subscription_policy": "confirm"}, M: {"subscription_policy": "moderate"},
+                N: {"subscription_policy": "open"}, "x.example.org": {"subscription_policy": "confirm_then_moderate"}}
+    assert open_doors(settings) == {L: "confirm", N: "open"}

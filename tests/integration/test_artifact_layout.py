@@ -57,7 +57,7 @@ def lived_in_summary() -> dict:
     item = {"list_id": LIST, "eligible": 104_312, "roster": 104_290, "managed": 103_998, "in_step": 101_120,
             "changes": changes, "outcomes": {Outcome.APPLIED: 2_700, Outcome.FAILED: 51},
             "reasons": {"unsubscribe": {"status expired": 1_000}}, "left_alone": {"duplicate address": 3},
-            "owner_notices": 0, "banned_members": [], "banned": 0}
+            "owner_notices": 0, "open_door": None, "banned_members": [], "banned": 0}
     return {"state": "completed", "message": "+1,204 −1,187 on " + LIST, "dry_run": False, "novi_members": 110_000,
             "quarantined": 12, "duration_s": 312.5, "lists": [item, {**item, "list_id": "board@example.org"}],
             "bouncing": {}, "quarantine_reasons": {}, "plan_csv": None, "ledger": "ledger.sqlite", "guards": [],

@@ -290,6 +290,9 @@ def test_the_plan_and_the_summary_say_how_many_notices_mailman_will_send_the_own
     assert item["owner_notices"] == item["changes"]["subscribe"] == 3  # the lapsed go in one mass unsubscribe
     assert "would make Mailman send its own notices to list owners" in Artifact.get(
         artifact_key(SUMMARY_KEY, True)).data
-    mailman.settings[LIST] = {"admin_notify_mchanges": False}
+    # Mailman's default policy, confirm, lets anyone join around Novi: said (issue 32, item 3)
+    assert item["open_door"] == "confirm"
+    assert "Anyone can join members.example.org without Novi" in Artifact.get(artifact_key(SUMMARY_KEY, True)).data
+    mailman.settings[LIST] = {"admin_notify_mchanges": False, "subscription_policy": "moderate"}
     quiet, _ = run(FakeNovi(records), mailman, tmp_path, dry_run=True)
-    assert quiet.result()["lists"][0]["owner_notices"] == 0
+    assert quiet.result()["lists"][0]["owner_notices"] == 0 and quiet.result()["lists"][0]["open_door"] is None
