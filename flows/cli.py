@@ -785,19 +785,26 @@ def ledger_forget(address: Annotated[str, typer.Argument(help="The e-mail addres
     said = {**{k: v for k, v in found.items() if k != "novi_ids"}, "ledger": kept.location,
             "csv_files": erased.csv_files, "csv_rows": erased.csv_rows, "artifacts": erased.artifacts,
             "history_runs_deleted": erased.flow_runs, "logs_naming_them": erased.logs_naming,
+            "logs_unsearched": erased.logs_unsearched,
             "prefect": "skipped" if skip_prefect else "done"}
     if as_json:
         out.print(json.dumps(said), soft_wrap=True)
         return
     lists = ", ".join(f"{lid} ({status})" for lid, status in found["lists"].items()) or "no list"
-    out.print(f"Erased {address} from the ledger at {kept.location}: its memory on {lists}, {found['changes']:,} "
-              f"recorded changes, {found['intents']:,} intents, {found['details_blanked']:,} mentions in other rows.")
+    if found["lists"] or found["changes"] or found["intents"] or found["details_blanked"]:
+        out.print(f"Erased {address} from the ledger at {kept.location}: its memory on {lists}, "
+                  f"{found['changes']:,} recorded changes, {found['intents']:,} intents, "
+                  f"{found['details_blanked']:,} mentions in other rows.")
+    else:
+        out.print(f"The ledger at {kept.location} holds nothing of {address}.")
     if found["opt_outs_kept"]:
         out.print(f"Kept without the address (a keyed digest): that they left {', '.join(found['opt_outs_kept'])} "
                   "by themselves, so that no run puts them back.")
     out.print(f"Erased from {erased.csv_files} plan CSVs ({erased.csv_rows} rows)"
               + ("" if skip_prefect else f", {erased.artifacts} artifacts and {erased.flow_runs} history runs on the "
                                          "Prefect server") + ".")
+    if erased.logs_unsearched:
+        err.print(f"Logs not searched for them: {erased.logs_unsearched}.")
     if erased.logs_naming:
         out.print(f"Still named in the logs of flow runs {', '.join(erased.logs_naming)}: Prefect cannot edit a log; "
                   "delete those runs in the UI if the request covers them.")

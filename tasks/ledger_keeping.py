@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 from sqlalchemy import delete, func, inspect, select
 
-from tasks.core.schema import (FLAG_COLUMNS, LEDGER_COLUMNS, TIMESTAMP_COLUMNS, TOOK, Action, How, RunKind, RunState,
+from tasks.core.schema import (FLAG_COLUMNS, LEDGER_COLUMNS, TIMESTAMP_COLUMNS, TOOK, Action, How,
                                Status, empty_ledger)
 from tasks.ledger import Ledger
 from tasks.ledger_schema import (
@@ -32,7 +31,7 @@ from tasks.ledger_schema import (
     written_by,
 )
 from tasks.release import RELEASE
-from tasks.retention import ERASED
+from tasks.retention import blank
 
 # What each table is, in the words `status` uses.
 TABLES = {
@@ -117,8 +116,12 @@ def prune(ledger: Ledger, keep_days: int, list_ids: Sequence[str] | None = None,
     since; each run's per-list figures; runs left with nothing."""
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=keep_days)
     removed: dict[str, int] = {}
+    if list_ids is None:
+        with ledger._connect() as conn:
+            list_ids = _lists(conn)
+    lists = list(list_ids)
+    kept_figures = sorted({figures["run_id"] for figures in ledger.last_figures(lists).values()})
     with ledger._begin() as conn:
-        lists = list(list_ids) if list_ids is not None else _lists(conn)
         in_lists = changes_table.c.list_id.in_(lists)
         moderators = conn.execute(
             select(changes_table.c.id, changes_table.c.list_id, changes_table.c.match_key, changes_table.c.action)
@@ -129,7 +132,6 @@ def prune(ledger: Ledger, keep_days: int, list_ids: Sequence[str] | None = None,
         in_effect = [row.id for row in last.values() if row.action == Action.MODERATE]
         removed[changes_table.name] = conn.execute(delete(changes_table).where(
             in_lists & (changes_table.c.at < cutoff) & changes_table.c.id.not_in(in_effect))).rowcount
-        kept_figures = _newest_completed(conn, lists)
         old_runs = select(runs_table.c.run_id).where(runs_table.c.ended_at < cutoff)
         removed[run_lists_table.name] = conn.execute(delete(run_lists_table).where(
             run_lists_table.c.list_id.in_(lists) & run_lists_table.c.run_id.in_(old_runs)
@@ -151,19 +153,6 @@ def _lists(conn) -> list[str]:
     """Every list the ledger knows."""
     return sorted({row[0] for table in (addresses_table, changes_table, run_lists_table)
                    for row in conn.execute(select(table.c.list_id).distinct())})
-
-
-def _newest_completed(conn, lists: Sequence[str]) -> list[str]:
-    """Per list, the newest completed full run that covered it (what `Ledger.last_figures` reads)."""
-    rows = conn.execute(select(run_lists_table.c.list_id, runs_table.c.run_id)
-                        .join(runs_table, runs_table.c.run_id == run_lists_table.c.run_id)
-                        .where((runs_table.c.state == RunState.COMPLETED) & (runs_table.c.kind == RunKind.FULL)
-                               & run_lists_table.c.list_id.in_(list(lists)))
-                        .order_by(runs_table.c.ended_at.desc())).all()
-    newest: dict[str, str] = {}
-    for list_id, run_id in rows:
-        newest.setdefault(list_id, run_id)
-    return sorted(set(newest.values()))
 
 
 # --- erasure ----------------------------------------------------------------------------------
@@ -210,7 +199,7 @@ def forget(ledger: Ledger, address: str, now: datetime | None = None) -> dict:
                                    .where(func.lower(column).contains(key))).all()
             for row_id, text in quoting:
                 conn.execute(table.update().where(table.primary_key.columns.values()[0] == row_id)
-                             .values({column.name: re.sub(re.escape(key), ERASED, text, flags=re.IGNORECASE)}))
+                             .values({column.name: blank(text, [key])}))
             found["details_blanked"] += len(quoting)
         found["novi_ids"] = sorted(novi_ids)
     return found

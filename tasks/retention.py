@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
+import httpx
+
 OURS = "novi-mailman-"          # every artifact key of this tool starts so (tasks.report, tasks.history)
 PLAN_FILES = "plan-*.csv"       # tasks.report.write_plan_csv
 ERASED = "(erased)"
@@ -34,6 +36,7 @@ class Erased:
     artifacts: int = 0        # artifacts rewritten (rows dropped, or the address and id blanked)
     flow_runs: int = 0        # history runs named after the address, deleted with their logs
     logs_naming: list[str] = field(default_factory=list)  # flow runs whose logs still name them
+    logs_unsearched: str | None = None  # why the logs could not be searched, when they could not
 
 
 def old_plan_files(reports_dir: Path, before: datetime) -> int:
@@ -97,12 +100,12 @@ def erase_from_prefect(client, address: str, novi_ids: Sequence[str], erased: Er
         if not _names(data, needles) and not _names(description, needles):
             continue
         client.update_artifact(artifact.id, ArtifactUpdate(data=_erased(artifact.type, data, needles),
-                                                           description=_blank(description, needles)))
+                                                           description=blank(description, needles)))
         erased.artifacts += 1
     try:  # what Prefect cannot edit: a log line; none of this tool's names an address, said if one does
         logs = client.read_logs(log_filter=LogFilter(text=LogFilterTextSearch(query=f'"{address}"')), limit=PAGE)
-    except Exception:  # noqa: BLE001 - a server without text search: nothing to say, not a failed erasure
-        logs = []
+    except httpx.HTTPStatusError as exc:  # a server without log search: said, the erasure above stands
+        logs, erased.logs_unsearched = [], f"the Prefect server refused the log search ({exc.response.status_code})"
     erased.logs_naming = sorted({str(log.flow_run_id) for log in logs if _names(log.message, [address])})
 
 
@@ -142,7 +145,7 @@ def _erased(kind: str | None, data: str, needles: Sequence[str]) -> str:
         if isinstance(rows, list):
             kept = [row for row in rows if not _names(json.dumps(row, ensure_ascii=False), needles)]
             return json.dumps(kept or [dict.fromkeys(rows[0] if rows and isinstance(rows[0], dict) else [], "")])
-    return _blank(data, needles)
+    return blank(data, needles)
 
 
 def _names(text: str | None, needles: Sequence[str]) -> bool:
@@ -150,7 +153,8 @@ def _names(text: str | None, needles: Sequence[str]) -> bool:
     return any(needle and needle.casefold() in folded for needle in needles)
 
 
-def _blank(text: str, needles: Sequence[str]) -> str:
+def blank(text: str, needles: Sequence[str]) -> str:
+    """The text with each needle replaced by ERASED, whatever its case."""
     for needle in needles:
         if needle:
             text = re.sub(re.escape(needle), ERASED, text, flags=re.IGNORECASE)
